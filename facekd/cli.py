@@ -1,0 +1,263 @@
+"""The ``facekd`` command line. Library code does the work; this file parses and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from facekd.errors import FacekdError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _progress_bar(desc: str):
+    """A tqdm bar driven by (done, total) callbacks; closes itself at the end."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=done, desc=desc, unit="img", dynamic_ncols=True)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+# --- align ---------------------------------------------------------------------------
+
+
+def _add_align(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("align", help="detect and align every face photo under SRC into DST")
+    p.add_argument("src", type=Path, help="folder of photos (any layout, e.g. ROOT/<identity>/<image>.jpg)")
+    p.add_argument("dst", type=Path, help="output folder; mirrors SRC's layout")
+    p.add_argument("--template", default="112x96", choices=["112x96", "112x112"])
+    p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+    p.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda)")
+    p.add_argument("--min-face-size", type=int, default=20, help="smallest face MTCNN looks for, pixels")
+    p.set_defaults(func=_run_align)
+
+
+def _run_align(args: argparse.Namespace) -> int:
+    from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder
+
+    opts = AlignOptions(
+        template=args.template, workers=args.workers, device=args.device, min_face_size=args.min_face_size
+    )
+    report = align_folder(args.src, args.dst, opts, progress=_progress_bar("align"))
+    rate = report["images_per_second"]
+    print(
+        f"{report['images']} images: {report['aligned']} aligned, {report['fallback']} central-box fallbacks, "
+        f"{len(report['unreadable'])} unreadable ({report['resumed']} done earlier)"
+        + (f"; {rate:.1f} images/s on {report['workers']} workers" if rate else "")
+    )
+    for u in report["unreadable"][:20]:
+        print(f"  unreadable: {u['file']}: {u['reason']}")
+    if len(report["unreadable"]) > 20:
+        print(f"  ... and {len(report['unreadable']) - 20} more")
+    print(f"report: {Path(report['dst']) / REPORT_NAME}")
+    return 0
+
+
+# --- eval lfw --------------------------------------------------------------------------
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registered backbone name, facekd checkpoint, or .onnx file")
+    p.add_argument("--weights", help="weights file (or manifest name) for a registered backbone")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate an embedder")
+    evsub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    lfw = evsub.add_parser("lfw", help="LFW View 2 verification (10-fold cosine accuracy, AUC, TAR@FAR, EER)")
+    _add_model_args(lfw)
+    lfw.add_argument("--data", type=Path, help="LFW folder with pairs.txt, or an insightface .bin (default: DATA/lfw)")
+    lfw.add_argument("--flip", action="store_true", help="add the mirror image's embedding (the model's fusion rule)")
+    lfw.add_argument("--aligned", action="store_true", help="treat the images as aligned crops (default: by size)")
+    lfw.add_argument("--batch-size", type=int, help="images per batch (default: what suits the device)")
+    lfw.add_argument("--json", type=Path, dest="json_out", help="write the results here")
+    lfw.add_argument("--plot", type=Path, help="write a ROC plot (PNG) here")
+    lfw.set_defaults(func=_run_eval_lfw)
+
+
+def _lfw_data(arg: Path | None) -> Path:
+    from facekd.data.fetch import ensure_lfw
+    from facekd.paths import data_root
+
+    if arg is not None:
+        return arg
+    return ensure_lfw(data_root(), progress=_progress_bar("download LFW"))
+
+
+def format_result(label: str, ev) -> str:
+    """Two lines a person reads: accuracy and the threshold-free metrics."""
+    r = ev.result
+    tar = "  ".join(f"TAR@FAR={far:g} {100 * v:.2f}%" for far, v in r.tar_at_far.items())
+    return (
+        f"{label:<26} {100 * r.accuracy:6.2f} ± {100 * r.std:.2f} %   AUC {r.auc:.4f}   "
+        f"EER {100 * r.eer:.2f}%   {tar}"
+    )
+
+
+def _run_eval_lfw(args: argparse.Namespace) -> int:
+    from facekd.evaluate import evaluate_pairs
+    from facekd.io_utils import atomic_write_json
+    from facekd.loading import load_embedder
+
+    embedder = load_embedder(args.model, args.weights, device=args.device)
+    data = _lfw_data(args.data)
+    ev = evaluate_pairs(
+        embedder,
+        data,
+        flip=args.flip,
+        aligned=True if args.aligned else None,
+        batch_size=args.batch_size,
+        align_progress=_progress_bar("align"),
+        embed_progress=_progress_bar("embed"),
+    )
+    info = ev.info
+    recipe = []
+    if args.flip:
+        recipe.append(f"flip ({info['flip_fusion']})")
+    if info["subtract_fold_mean"]:
+        recipe.append("training-fold mean subtracted")
+    print(f"{embedder.name} on {info['protocol']}" + (f"; {', '.join(recipe)}" if recipe else ""))
+    print(format_result("flip" if args.flip else "plain", ev))
+    print("folds: " + " ".join(f"{a:.2f}" for a in ev.result.to_dict()["folds"]))
+    if info.get("fallback_images"):
+        print(f"note: {info['fallback_images']} pair images had no detected face and used the central box")
+    print(
+        f"embedded {info['images']} images in {info['embed_seconds']:.1f} s "
+        f"({info['images'] / max(info['embed_seconds'], 1e-9):.0f} images/s); total {info['seconds']:.1f} s"
+    )
+    if args.json_out:
+        atomic_write_json(args.json_out, ev.to_dict())
+        print(f"results: {args.json_out}")
+    if args.plot:
+        from facekd.plots import plot_roc
+
+        plot_roc({f"{embedder.name}{' +flip' if args.flip else ''}": ev.result}, args.plot)
+        print(f"ROC plot: {args.plot}")
+    return 0
+
+
+# --- demo ------------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="fetch LFW and the reference model, align, evaluate, print the table")
+    p.add_argument("--data", type=Path, help="data root holding lfw/ (default: $FACEKD_DATA, else the cache)")
+    p.add_argument("--weights", help="MobileFaceNet weights file (default: manifest, $FACEKD_WEIGHTS, download)")
+    p.add_argument("--out", type=Path, default=Path("facekd-demo"), help="folder for results and plots")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from facekd.align.folder import AlignOptions, align_folder
+    from facekd.data.fetch import ensure_lfw
+    from facekd.evaluate import aligned_folder_for, evaluate_pairs
+    from facekd.io_utils import atomic_write_json
+    from facekd.loading import load_embedder
+    from facekd.paths import data_root
+    from facekd.plots import plot_roc
+
+    root = data_root(args.data)
+    print(f"data root: {root}")
+    lfw = ensure_lfw(root, progress=_progress_bar("download LFW"))
+    embedder = load_embedder("mobilefacenet", args.weights)
+    aligned = aligned_folder_for(lfw, embedder.pre.template)
+    print(f"1/3 aligning {lfw} -> {aligned} (MTCNN, template {embedder.pre.template}; resumes if interrupted)")
+    report = align_folder(lfw, aligned, AlignOptions(template=embedder.pre.template), progress=_progress_bar("align"))
+    print(
+        f"    {report['images']} images: {report['aligned']} aligned, {report['fallback']} central-box fallbacks, "
+        f"{len(report['unreadable'])} unreadable"
+    )
+    print(f"2/3 evaluating {embedder.name} on LFW View 2")
+    results = {}
+    for flip in (False, True):
+        ev = evaluate_pairs(embedder, aligned, flip=flip, aligned=True, embed_progress=_progress_bar("embed"))
+        results["flip" if flip else "plain"] = ev
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("3/3 results (10-fold accuracy mean ± std over folds)")
+    for label, ev in results.items():
+        print("    " + format_result(f"mobilefacenet {label}", ev))
+    atomic_write_json(args.out / "lfw_mobilefacenet.json", {k: v.to_dict() for k, v in results.items()})
+    plot_roc({f"mobilefacenet {k}": v.result for k, v in results.items()}, args.out / "lfw_roc.png")
+    print(f"    written: {args.out / 'lfw_mobilefacenet.json'}, {args.out / 'lfw_roc.png'}")
+    return 0
+
+
+# --- pack ------------------------------------------------------------------------------
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pack", help="pack aligned crops (identity folders, or one LFW folder) into one file")
+    p.add_argument("src", type=Path, nargs="+", help="aligned identity folders, merged by identity name")
+    p.add_argument("--out", type=Path, required=True, help="pack file to write (.fkpack)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality to re-encode at; 0 keeps the bytes")
+    p.add_argument("--pairs-only", action="store_true", help="LFW: keep only the images pairs.txt uses")
+    p.set_defaults(func=_run_pack)
+
+
+def _run_pack(args: argparse.Namespace) -> int:
+    from facekd.data.pack import build_pack
+
+    header = build_pack(
+        args.src, args.out, quality=args.quality or None, pairs_only=args.pairs_only, progress=_progress_bar("pack")
+    )
+    size = args.out.stat().st_size
+    print(
+        f"{args.out}: {header['count']} crops of {len(header['identities'])} identities, template "
+        f"{header['template']}, {size / 2**20:.1f} MiB ({size / max(header['count'], 1) / 1024:.1f} KiB per crop)"
+        + ("; holds pairs.txt" if "pairs_txt" in header["meta"] else "")
+    )
+    return 0
+
+
+# --- registry of sub-commands --------------------------------------------------------
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_align, _add_eval, _add_pack]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facekd", description="Knowledge distillation for compact face-recognition models."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("facekd: interrupted; finished work is kept, run the same command again to resume", file=sys.stderr)
+        return 130
+    except FacekdError as exc:
+        if args.debug:
+            raise
+        print(f"facekd: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
+        if args.debug:
+            raise
+        print(f"facekd: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets, image reading, LFW pairs, insightface binaries, packs and transforms."""

@@ -1,0 +1,209 @@
+"""LFW-style verification of an embedder: from a folder or an insightface .bin to scores."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from facekd.align.template import get_template, template_for_size
+from facekd.data.image_io import UnreadableImage, decode_rgb, read_rgb
+from facekd.embed import Embedder, crop_loader, embed_images
+from facekd.errors import FacekdError
+from facekd.verification import VerificationResult, verify
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PairsEvaluation:
+    """A verification result and how it was obtained."""
+
+    result: VerificationResult
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**self.info, **self.result.to_dict()}
+
+
+def _first_image_size(paths: list[Path]) -> tuple[int, int]:
+    try:
+        return read_rgb(paths[0]).shape[:2]
+    except UnreadableImage as exc:
+        raise FacekdError(f"{paths[0]}: {exc}") from None
+
+
+def aligned_folder_for(root: Path, template: str) -> Path:
+    """Where ``facekd eval`` keeps its own alignment of an unaligned folder."""
+    import hashlib
+
+    from facekd.paths import cache_dir
+
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "aligned" / f"{root.name}-{key}-{template}"
+
+
+@dataclass
+class _Pairs:
+    """Images to embed, read one at a time, and the pairs over them."""
+
+    count: int
+    read: Callable[[int], np.ndarray]
+    describe: Callable[[int], str]
+    idx1: np.ndarray
+    idx2: np.ndarray
+    issame: np.ndarray
+    fold_ids: np.ndarray | None
+    folds: int
+    info: dict
+
+
+def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+    from facekd.data.insightface_bin import read_bin
+
+    vb = read_bin(path)
+    n = len(vb.images)
+    return _Pairs(
+        count=n,
+        read=lambda i: decode_rgb(vb.images[i]),
+        describe=lambda i: f"{path} image {i}",
+        idx1=np.arange(0, n, 2),
+        idx2=np.arange(1, n, 2),
+        issame=np.array(vb.issame),
+        fold_ids=None,
+        folds=10,
+        info={"protocol": f"insightface .bin ({len(vb)} pairs, 10 consecutive folds)", "fallback_images": None},
+    )
+
+
+def _lfw_pairs(pairs, names: list[str], read, describe, info: dict) -> _Pairs:
+    index = {n: i for i, n in enumerate(names)}
+    info["protocol"] = f"LFW View 2 ({pairs.folds} folds, {len(pairs)} pairs)"
+    return _Pairs(
+        count=len(names),
+        read=read,
+        describe=describe,
+        idx1=np.array([index[n] for n in pairs.left]),
+        idx2=np.array([index[n] for n in pairs.right]),
+        issame=np.array(pairs.issame),
+        fold_ids=np.array(pairs.fold),
+        folds=pairs.folds,
+        info=info,
+    )
+
+
+def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+    from facekd.data.lfw import parse_pairs_text
+    from facekd.data.pack import Pack
+
+    pack = Pack(path)
+    if "pairs_txt" not in pack.meta:
+        raise FacekdError(f"{path}: this pack holds no pairs.txt (pack an LFW folder to evaluate on it)")
+    pairs = parse_pairs_text(pack.meta["pairs_txt"], f"{path} (pairs.txt)")
+    where = {f: i for i, f in enumerate(pack.files)}
+    names = pairs.images()
+    missing = [n for n in names if n not in where]
+    if missing:
+        raise FacekdError(f"{path}: {len(missing)} pair images are not in the pack, e.g. {', '.join(missing[:5])}")
+    return _lfw_pairs(
+        pairs,
+        names,
+        read=lambda i: pack.image(where[names[i]]),
+        describe=lambda i: f"{path}:{names[i]}",
+        info={"fallback_images": pack.meta.get("fallback_images")},
+    )
+
+
+def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+    from facekd.data.lfw import check_images, parse_pairs
+
+    pairs = parse_pairs(data / "pairs.txt")
+    check_images(pairs, data)
+    names = pairs.images()
+    root = data
+    info: dict = {}
+    if aligned is None:
+        aligned = template_for_size(*_first_image_size([data / names[0]])) is not None
+    report = None
+    if not aligned:
+        from facekd.align.folder import AlignOptions, align_folder
+
+        root = aligned_folder_for(data, template)
+        report = align_folder(data, root, AlignOptions(template=template), progress=align_progress)
+        wanted = set(names)
+        bad = [u["file"] for u in report["unreadable"] if u["file"] in wanted]
+        if bad:
+            raise FacekdError(f"{data}: {len(bad)} pair images are unreadable: {', '.join(bad[:10])}")
+        info["aligned_copy"] = str(root)
+    elif (data / "align_report.json").is_file():
+        report = json.loads((data / "align_report.json").read_text())
+    if report is not None:
+        fb = set(report.get("fallback_files", []))
+        info["fallback_images"] = sum(n in fb for n in names)
+
+    def read(i: int) -> np.ndarray:
+        try:
+            return read_rgb(root / names[i])
+        except UnreadableImage as exc:
+            raise FacekdError(f"{root / names[i]}: {exc}") from None
+
+    return _lfw_pairs(pairs, names, read, lambda i: str(root / names[i]), info)
+
+
+def _load_pairs(data: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+    from facekd.data.pack import SUFFIX
+
+    if data.is_dir():
+        return _pairs_from_folder(data, template, aligned, align_progress)
+    if data.is_file():
+        loader = _pairs_from_pack if data.suffix == SUFFIX else _pairs_from_bin
+        return loader(data, template, aligned, align_progress)
+    raise FacekdError(f"{data}: no such file or folder (expected an LFW folder with pairs.txt, a .bin or a {SUFFIX})")
+
+
+def evaluate_pairs(
+    embedder: Embedder,
+    data: Path | str,
+    *,
+    flip: bool = False,
+    aligned: bool | None = None,
+    batch_size: int | None = None,
+    align_progress: Progress | None = None,
+    embed_progress: Progress | None = None,
+) -> PairsEvaluation:
+    """Verifies LFW View 2 (a folder with pairs.txt, or an LFW pack) or an insightface ``.bin``.
+
+    An LFW folder of aligned crops is used as it is (detected from the image size, or
+    forced with ``aligned=True``); otherwise it is first aligned into the cache with
+    the embedder's template (``facekd align``), which resumes if interrupted.
+    """
+    data = Path(data)
+    want = get_template(embedder.pre.template)
+    started = time.perf_counter()
+    p = _load_pairs(data, want.name, aligned, align_progress)
+    load = crop_loader(want, None, p.read, p.describe)
+    t0 = time.perf_counter()
+    emb = embed_images(embedder, load, p.count, flip=flip, batch_size=batch_size, progress=embed_progress)
+    embed_seconds = time.perf_counter() - t0
+    result = verify(
+        emb[p.idx1], emb[p.idx2], p.issame, folds=p.folds, fold_ids=p.fold_ids,
+        subtract_mean=embedder.pre.subtract_fold_mean,
+    )
+    info = {
+        "model": embedder.name,
+        "data": str(data),
+        **p.info,
+        "template": want.name,
+        "flip": flip,
+        "flip_fusion": embedder.pre.flip_fusion if flip else None,
+        "subtract_fold_mean": embedder.pre.subtract_fold_mean,
+        "images": p.count,
+        "embedding_dim": int(emb.shape[1]),
+        "embed_seconds": round(embed_seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return PairsEvaluation(result=result, info=info)

@@ -1,0 +1,10 @@
+"""Backbones (image -> embedding), registered by name with their preprocessing facts.
+
+Importing this package registers the built-in backbones; ``build_backbone`` is the
+entry point.
+"""
+
+from facekd.models.base import BACKBONES, BackboneCfg, backbone_cfg, build_backbone, load_backbone_weights
+from facekd.models import mobilefacenet  # noqa: F401  (registers "mobilefacenet")
+
+__all__ = ["BACKBONES", "BackboneCfg", "backbone_cfg", "build_backbone", "load_backbone_weights"]

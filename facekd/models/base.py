@@ -1,0 +1,123 @@
+"""The backbone registry and the preprocessing facts each variant carries."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from facekd.errors import FacekdError
+from facekd.registry import Registry
+
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+
+
+@dataclass(frozen=True)
+class BackboneCfg:
+    """What a user must know to feed a backbone and to score it like its authors.
+
+    Attributes:
+        name: Registry name.
+        input_size: (height, width) of the aligned crop.
+        template: Alignment template name ("112x96", "112x112").
+        mean, std: Pixel normalisation, ``(x - mean) / std`` on 0..255 RGB values.
+        embedding_dim: Size of the embedding the backbone returns.
+        flip_fusion: How ``--flip`` combines an image's embedding with its mirror's:
+            "concat" (MobileFaceNet's recipe) or "sum".
+        subtract_fold_mean: Subtract the mean embedding of the 9 training folds before
+            normalising (MobileFaceNet's LFW recipe).
+        key_map: (regex, replacement) pairs that turn a published checkpoint's keys into
+            this implementation's.
+    """
+
+    name: str
+    input_size: tuple[int, int] = (112, 96)
+    template: str = "112x96"
+    mean: float = 127.5
+    std: float = 128.0
+    embedding_dim: int = 512
+    flip_fusion: str = "sum"
+    subtract_fold_mean: bool = False
+    key_map: tuple[tuple[str, str], ...] = field(default=())
+
+
+_CFGS: dict[str, BackboneCfg] = {}
+
+
+def register_backbone(cfg: BackboneCfg) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Registers a factory under ``cfg.name`` together with its preprocessing facts."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        BACKBONES.register(cfg.name)(fn)
+        _CFGS[cfg.name] = cfg
+        return fn
+
+    return deco
+
+
+def backbone_cfg(name: str) -> BackboneCfg:
+    BACKBONES.get(name)  # an unknown name lists the known ones
+    return _CFGS[name]
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    """Builds the registered backbone ``name``; the model carries its ``cfg``."""
+    model = BACKBONES.build(name, **kwargs)
+    model.cfg = backbone_cfg(name)
+    return model
+
+
+def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("net_state_dict", "state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise FacekdError(f"{path}: no state dict found (expected keys net_state_dict, state_dict or model)")
+
+
+def remap_keys(state: dict[str, torch.Tensor], key_map: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+    """Applies the first matching (regex, replacement) rule to each key."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in key_map:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def load_backbone_weights(model: nn.Module, path: Path | str) -> nn.Module:
+    """Loads a checkpoint into ``model`` safely (``weights_only=True``), through its key map.
+
+    Every key must match: a missing or unexpected key, or a shape mismatch, is an error
+    that names the file and the keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FacekdError(f"{path}: weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip, refused globals
+        raise FacekdError(f"{path}: cannot load weights ({type(exc).__name__}: {exc})".split("\n")[0]) from None
+    state = remap_keys(_extract_state_dict(obj, path), getattr(model, "cfg", BackboneCfg("?")).key_map)
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or bad_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise FacekdError(f"{path}: does not fit backbone {getattr(model, 'cfg', None) and model.cfg.name}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+    return model

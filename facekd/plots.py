@@ -1,0 +1,41 @@
+"""Figures people would rather look at than read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facekd.verification import VerificationResult
+
+
+def plot_roc(results: dict[str, VerificationResult], path: Path | str, title: str = "LFW verification ROC") -> Path:
+    """Saves a ROC plot (TAR against FAR, log FAR axis) of one or more results as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    from facekd.io_utils import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    floor = 1.0
+    for label, r in results.items():
+        fpr, tpr, _ = roc_curve(r.issame, r.scores)
+        ax.plot(fpr, tpr, label=f"{label}: {100 * r.accuracy:.2f}% acc, AUC {r.auc:.4f}")
+        floor = min(floor, float(tpr[fpr >= 1e-4].min()))
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1.0)
+    ax.set_ylim(max(0.0, floor - 0.05), 1.005)  # zoom on the part of the curve that differs
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

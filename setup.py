@@ -1,0 +1,30 @@
+"""facekd: knowledge distillation for compact face-recognition models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="facekd",
+    version="0.1.0",
+    description="Compress face-recognition models by knowledge distillation; "
+    "align, train, evaluate on LFW and deploy through ONNX Runtime.",
+    packages=find_packages(include=["facekd", "facekd.*"]),
+    package_data={"facekd": ["weights_manifest.json"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.2",
+        "torchvision>=0.17",
+        # 2.6.0 pins torch<2.3; 2.5.3 ships the same MTCNN weights without the pin.
+        "facenet-pytorch==2.5.3",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "scikit-learn>=1.3",
+        "albumentations>=1.4",
+        "onnx>=1.15",
+        "onnxruntime>=1.17",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={"test": ["pytest>=7.0"]},
+    entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
+)
