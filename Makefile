@@ -4,6 +4,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.facekd-installed
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
+# Beside a checkout that has ../shared (the development machines, CI), use its LFW and
+# reference weights instead of downloading them.
+SHARED := $(abspath ../shared)
+ifneq ($(wildcard $(SHARED)/data/lfw/pairs.txt),)
+export FACEKD_DATA ?= $(SHARED)/data
+endif
+ifneq ($(wildcard $(SHARED)/weights/mobilefacenet_casia.ckpt),)
+export FACEKD_WEIGHTS ?= $(SHARED)/weights
+endif
+
 .PHONY: install demo test test-all clean
 
 $(STAMP): setup.py constraints.txt

@@ -203,7 +203,7 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pack", help="pack aligned crops (identity folders, or one LFW folder) into one file")
     p.add_argument("src", type=Path, nargs="+", help="aligned identity folders, merged by identity name")
     p.add_argument("--out", type=Path, required=True, help="pack file to write (.fkpack)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality to re-encode at; 0 keeps the bytes")
+    p.add_argument("--quality", type=int, default=85, help="JPEG quality to re-encode at (default 85); 0 keeps the bytes")
     p.add_argument("--pairs-only", action="store_true", help="LFW: keep only the images pairs.txt uses")
     p.set_defaults(func=_run_pack)
 

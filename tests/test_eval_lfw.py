@@ -133,3 +133,32 @@ def test_cli_bad_data_folder(capsys, tmp_path, mobilefacenet_weights):
                  "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "pairs.txt: header says 10 folds" in err and "Traceback" not in err
+
+
+def test_onnx_embedder_matches_pytorch(capsys, tmp_path, aligned_mini, mobilefacenet_weights):
+    """An .onnx model (with facekd preprocessing metadata) scores like the PyTorch model."""
+    import warnings
+
+    import onnx
+    import torch
+
+    from facekd.embed import ONNX_META_KEY
+    from facekd.models import build_backbone, load_backbone_weights
+
+    model = load_backbone_weights(build_backbone("mobilefacenet"), mobilefacenet_weights).eval()
+    path = tmp_path / "mfn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, 3, 112, 96), path, input_names=["input"], output_names=["embedding"],
+                          dynamic_axes={"input": {0: "n"}}, dynamo=False)
+    proto = onnx.load(path)
+    meta = {"template": "112x96", "mean": 127.5, "std": 128.0, "flip_fusion": "concat", "subtract_fold_mean": True}
+    proto.metadata_props.add(key=ONNX_META_KEY, value=json.dumps(meta))
+    onnx.save(proto, path)
+    torch_res = _eval(capsys, tmp_path, mobilefacenet_weights, aligned_mini, "--flip")
+    out = tmp_path / "onnx.json"
+    assert main(["eval", "lfw", "--model", str(path), "--data", str(aligned_mini), "--flip", "--json", str(out)]) == 0
+    onnx_res = json.loads(out.read_text())
+    assert onnx_res["embedding_dim"] == 256 and onnx_res["subtract_fold_mean"] is True
+    assert onnx_res["accuracy"] == pytest.approx(torch_res["accuracy"])
+    assert onnx_res["auc"] == pytest.approx(torch_res["auc"], abs=1e-4)

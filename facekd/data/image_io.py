@@ -95,5 +95,6 @@ def decode_rgb(data: bytes) -> np.ndarray:
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     """Encodes an HxWx3 uint8 RGB array as JPEG."""
     buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality)
+    # optimize: per-image Huffman tables, ~5% smaller, still baseline (GPU-decodable)
+    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality, optimize=True)
     return buf.getvalue()

@@ -153,7 +153,7 @@ class Pack:
 def build_pack(
     roots: list[Path | str],
     out: Path | str,
-    quality: int | None = 90,
+    quality: int | None = 85,
     pairs_only: bool = False,
     progress=None,
 ) -> dict:
@@ -185,6 +185,15 @@ def build_pack(
             samples = [s for s in samples if s.rel in keep]
     if not samples:
         raise FacekdError(f"no images to pack under {', '.join(map(str, roots))}")
+    # Keep alignment fallbacks visible: an evaluation from the pack reports them too.
+    fallback: list[str] = []
+    packed = {s.rel for s in samples}
+    for r in roots:
+        report = r / "align_report.json"
+        if report.is_file():
+            fallback += [f for f in json.loads(report.read_text()).get("fallback_files", []) if f in packed]
+    meta["fallback_images"] = len(fallback)
+    meta["fallback_files"] = fallback
 
     def crop(path: Path) -> tuple[bytes, np.ndarray]:
         data = path.read_bytes()
