@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from facekd.errors import FacekdError
+from facekd.io_utils import atomic_open
 
 MAGIC = b"FKDPACK1"
 _FOOTER = struct.Struct("<QQ8s")
@@ -43,40 +42,30 @@ def write_pack(
     Returns:
         The header written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     offsets, labels, files = [0], [], []
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            for rel, label, data in items:
-                if not 0 <= label < len(identities):
-                    raise FacekdError(f"{rel}: label {label} outside 0..{len(identities) - 1}")
-                f.write(data)
-                offsets.append(offsets[-1] + len(data))
-                labels.append(label)
-                files.append(rel)
-            index_pos = f.tell()
-            f.write(np.asarray(offsets, dtype="<u8").tobytes())
-            f.write(np.asarray(labels, dtype="<i8").tobytes())
-            header = {
-                "version": 1,
-                "count": len(files),
-                "template": template,
-                "identities": identities,
-                "files": files,
-                "meta": meta or {},
-            }
-            blob = json.dumps(header).encode()
-            f.write(blob)
-            f.write(_FOOTER.pack(index_pos, len(blob), MAGIC))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(MAGIC)
+        for rel, label, data in items:
+            if not 0 <= label < len(identities):
+                raise FacekdError(f"{rel}: label {label} outside 0..{len(identities) - 1}")
+            f.write(data)
+            offsets.append(offsets[-1] + len(data))
+            labels.append(label)
+            files.append(rel)
+        index_pos = f.tell()
+        f.write(np.asarray(offsets, dtype="<u8").tobytes())
+        f.write(np.asarray(labels, dtype="<i8").tobytes())
+        header = {
+            "version": 1,
+            "count": len(files),
+            "template": template,
+            "identities": identities,
+            "files": files,
+            "meta": meta or {},
+        }
+        blob = json.dumps(header).encode()
+        f.write(blob)
+        f.write(_FOOTER.pack(index_pos, len(blob), MAGIC))
     return header
 
 
