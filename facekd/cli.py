@@ -223,9 +223,33 @@ def _run_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- models ----------------------------------------------------------------------------
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered backbones with their size and cost")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from facekd.models import BACKBONES
+    from facekd.models.profile import summarize
+
+    rows = [summarize(name) for name in BACKBONES.names()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<22}{'params':>12}{'GMAC':>8}  {'input':<9}{'emb':>5}  description")
+    for r in rows:
+        size = "x".join(map(str, r["input_size"]))
+        print(f"{r['name']:<22}{r['params'] / 1e6:>10.2f} M{r['macs'] / 1e9:>8.3f}  {size:<9}{r['embedding_dim']:>5}  {r['doc']}")
+    return 0
+
+
 # --- registry of sub-commands --------------------------------------------------------
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_align, _add_eval, _add_pack]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_align, _add_eval, _add_pack, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

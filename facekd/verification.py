@@ -59,8 +59,15 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     Candidates are the observed scores (from scikit-learn's ROC); the chosen one is moved
     halfway to the next lower score, so the decision boundary sits between pairs.
     """
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+
     issame = np.asarray(issame, dtype=bool)
-    fpr, tpr, thr = roc_curve(issame, scores, drop_intermediate=False)
+    with warnings.catch_warnings():  # a split with one class is legal: its best rule is trivial
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, thr = roc_curve(issame, scores, drop_intermediate=False)
+    fpr, tpr = np.nan_to_num(fpr), np.nan_to_num(tpr)
     pos, neg = issame.sum(), (~issame).sum()
     acc = (tpr * pos + (1.0 - fpr) * neg) / (pos + neg)
     i = int(np.argmax(acc))

@@ -52,3 +52,44 @@ def test_unpickling_code_is_refused(tmp_path):
     torch.save({"net_state_dict": Evil()}, p)
     with pytest.raises(FacekdError, match="evil.ckpt: cannot load weights"):
         load_backbone_weights(build_backbone("mobilefacenet"), p)
+
+
+def test_resnet27_matches_wen_et_al():
+    """Counted by hand from SPEC section 2: conv and fc weights + biases 27,535,808, PReLU
+    slopes 7,264 (one per channel after each conv); about 2.1 GMAC at 112x96."""
+    from facekd.models.profile import count_macs, count_params
+
+    model = build_backbone("resnet27")
+    assert count_params(model) == 27_535_808 + 7_264
+    assert count_macs(model, (112, 96)) == pytest.approx(2.11e9, rel=0.01)
+    assert model.fc5.in_features == 512 * 5 * 4  # 112x96 -> 5x4 after four no-pad convs and pools
+
+
+def test_student5_size():
+    """Five 3x3 convs 3-32-64-128-256-512 (1,567,584 weights, 1,984 BN, 992 PReLU) and a
+    4608 -> 512 embedding (2,359,296) with batch norm (1,024)."""
+    from facekd.models.profile import count_params
+
+    assert count_params(build_backbone("student5")) == 1_567_584 + 1_984 + 992 + 2_359_296 + 1_024
+
+
+def test_thinner_students_are_the_sizes_their_names_promise():
+    from facekd.models.profile import count_params
+
+    teacher = count_params(build_backbone("resnet27"))
+    s5 = count_params(build_backbone("student5"))
+    assert 0.2 < count_params(build_backbone("resnet27_c14")) / teacher < 0.3  # about 1/4
+    assert abs(count_params(build_backbone("resnet27_c10")) / s5 - 1) < 0.1  # about student5
+
+
+def test_models_json_lists_every_backbone(capsys):
+    import json
+
+    from facekd.cli import main
+
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(BACKBONES.names())
+    assert rows["mobilefacenet"]["params"] == 999_552 and rows["mobilefacenet"]["embedding_dim"] == 128
+    assert rows["resnet27"]["input_size"] == [112, 96] and rows["inception_resnet_v1"]["input_size"] == [112, 112]
+    assert all(r["macs"] > 0 for r in rows.values())
