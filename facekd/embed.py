@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -217,12 +216,13 @@ def embed_images(
     return out
 
 
-def crop_loader(want: Template, have: Template | None, read: Callable[[int], np.ndarray], describe: Callable[[int], str]):
-    """Wraps ``read(i)`` so each crop is checked for size and converted to ``want``."""
+def crop_loader(want: Template, read: Callable[[int], np.ndarray], describe: Callable[[int], str]):
+    """Wraps ``read(i)`` so each crop is checked for size and converted to ``want``
+    (its template is known from its size)."""
 
     def load(i: int) -> np.ndarray:
         img = read(i)
-        t = have or template_for_size(*img.shape[:2])
+        t = template_for_size(*img.shape[:2])
         if t is None or img.shape[:2] != t.size:
             raise FacekdError(
                 f"{describe(i)}: {img.shape[1]}x{img.shape[0]} is not an aligned crop size "
@@ -231,7 +231,3 @@ def crop_loader(want: Template, have: Template | None, read: Callable[[int], np.
         return adapt_crop(img, t, want)
 
     return load
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1

@@ -185,7 +185,7 @@ def evaluate_pairs(
     want = get_template(embedder.pre.template)
     started = time.perf_counter()
     p = _load_pairs(data, want.name, aligned, align_progress)
-    load = crop_loader(want, None, p.read, p.describe)
+    load = crop_loader(want, p.read, p.describe)
     t0 = time.perf_counter()
     emb = embed_images(embedder, load, p.count, flip=flip, batch_size=batch_size, progress=embed_progress)
     embed_seconds = time.perf_counter() - t0
