@@ -99,7 +99,7 @@ def _lfw_data(arg: Path | None) -> Path:
 
 
 def format_result(label: str, ev) -> str:
-    """Two lines a person reads: accuracy and the threshold-free metrics."""
+    """One line a person reads: accuracy ± std and the threshold-free metrics."""
     r = ev.result
     tar = "  ".join(f"TAR@FAR={far:g} {100 * v:.2f}%" for far, v in r.tar_at_far.items())
     return (
