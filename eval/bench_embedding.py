@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from facekd.embed import _optimize_for_cpu
+from facekd.embed import optimize_for_cpu
 from facekd.models import backbone_cfg, build_backbone
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     cfg = backbone_cfg(args.model)
     cores = torch.get_num_threads()
     eager = build_backbone(args.model).eval()
-    frozen = _optimize_for_cpu(build_backbone(args.model).eval(), cfg.input_size)
+    frozen = optimize_for_cpu(build_backbone(args.model).eval(), cfg.input_size)
 
     def call(model):
         def f(x):

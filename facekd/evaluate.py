@@ -80,6 +80,14 @@ def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progr
     )
 
 
+def _fallbacks_among(fallback_files: list[str] | None, names: list[str]) -> int | None:
+    """How many of the images the pairs use were central-box fallbacks (None: unknown)."""
+    if fallback_files is None:
+        return None
+    fb = set(fallback_files)
+    return sum(n in fb for n in names)
+
+
 def _lfw_pairs(pairs, names: list[str], read, describe, info: dict) -> _Pairs:
     index = {n: i for i, n in enumerate(names)}
     info["protocol"] = f"LFW View 2 ({pairs.folds} folds, {len(pairs)} pairs)"
@@ -114,7 +122,7 @@ def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_prog
         names,
         read=lambda i: pack.image(where[names[i]]),
         describe=lambda i: f"{path}:{names[i]}",
-        info={"fallback_images": pack.meta.get("fallback_images")},
+        info={"fallback_images": _fallbacks_among(pack.meta.get("fallback_files"), names)},
     )
 
 
@@ -142,8 +150,7 @@ def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_pr
     elif (data / "align_report.json").is_file():
         report = json.loads((data / "align_report.json").read_text())
     if report is not None:
-        fb = set(report.get("fallback_files", []))
-        info["fallback_images"] = sum(n in fb for n in names)
+        info["fallback_images"] = _fallbacks_among(report.get("fallback_files"), names)
 
     def read(i: int) -> np.ndarray:
         try:

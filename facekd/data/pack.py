@@ -181,7 +181,6 @@ def build_pack(
         report = r / "align_report.json"
         if report.is_file():
             fallback += [f for f in json.loads(report.read_text()).get("fallback_files", []) if f in packed]
-    meta["fallback_images"] = len(fallback)
     meta["fallback_files"] = fallback
 
     def crop(path: Path) -> tuple[bytes, np.ndarray]:
