@@ -252,13 +252,20 @@ def _run_models(args: argparse.Namespace) -> int:
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_align, _add_eval, _add_pack, _add_models]
 
 
+def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Core commands here; training and deployment commands live in their own modules."""
+    from facekd import cli_deploy, cli_train
+
+    return [*_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facekd", description="Knowledge distillation for compact face-recognition models."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in _COMMANDS:
+    for add in _all_commands():
         add(sub)
     return parser
 
