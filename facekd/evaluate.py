@@ -62,9 +62,11 @@ class _Pairs:
     info: dict
 
 
-def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
     from facekd.data.insightface_bin import read_bin
 
+    if per_fold:
+        raise FacekdError(f"{path}: a pairs subset needs LFW's pairs.txt folds; an insightface .bin has none")
     vb = read_bin(path)
     n = len(vb.images)
     return _Pairs(
@@ -104,7 +106,7 @@ def _lfw_pairs(pairs, names: list[str], read, describe, info: dict) -> _Pairs:
     )
 
 
-def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
     from facekd.data.lfw import parse_pairs_text
     from facekd.data.pack import Pack
 
@@ -112,6 +114,8 @@ def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_prog
     if "pairs_txt" not in pack.meta:
         raise FacekdError(f"{path}: this pack holds no pairs.txt (pack an LFW folder to evaluate on it)")
     pairs = parse_pairs_text(pack.meta["pairs_txt"], f"{path} (pairs.txt)")
+    if per_fold:
+        pairs = pairs.subset(per_fold)
     where = {f: i for i, f in enumerate(pack.files)}
     names = pairs.images()
     missing = [n for n in names if n not in where]
@@ -126,10 +130,12 @@ def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_prog
     )
 
 
-def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
     from facekd.data.lfw import check_images, parse_pairs
 
     pairs = parse_pairs(data / "pairs.txt")
+    if per_fold:
+        pairs = pairs.subset(per_fold)
     check_images(pairs, data)
     names = pairs.images()
     root = data
@@ -141,7 +147,7 @@ def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_pr
         from facekd.align.folder import AlignOptions, align_folder
 
         root = aligned_folder_for(data, template)
-        report = align_folder(data, root, AlignOptions(template=template), progress=align_progress)
+        report = align_folder(data, root, AlignOptions(template=template), progress=align_progress, files=names)
         wanted = set(names)
         bad = [u["file"] for u in report["unreadable"] if u["file"] in wanted]
         if bad:
@@ -161,14 +167,16 @@ def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_pr
     return _lfw_pairs(pairs, names, read, lambda i: str(root / names[i]), info)
 
 
-def _load_pairs(data: Path, template: str, aligned: bool | None, align_progress: Progress | None) -> _Pairs:
+def _load_pairs(
+    data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold: int | None
+) -> _Pairs:
     from facekd.data.pack import SUFFIX
 
     if data.is_dir():
-        return _pairs_from_folder(data, template, aligned, align_progress)
+        return _pairs_from_folder(data, template, aligned, align_progress, per_fold)
     if data.is_file():
         loader = _pairs_from_pack if data.suffix == SUFFIX else _pairs_from_bin
-        return loader(data, template, aligned, align_progress)
+        return loader(data, template, aligned, align_progress, per_fold)
     raise FacekdError(f"{data}: no such file or folder (expected an LFW folder with pairs.txt, a .bin or a {SUFFIX})")
 
 
@@ -181,17 +189,22 @@ def evaluate_pairs(
     batch_size: int | None = None,
     align_progress: Progress | None = None,
     embed_progress: Progress | None = None,
+    pairs_per_fold: int | None = None,
 ) -> PairsEvaluation:
     """Verifies LFW View 2 (a folder with pairs.txt, or an LFW pack) or an insightface ``.bin``.
 
     An LFW folder of aligned crops is used as it is (detected from the image size, or
     forced with ``aligned=True``); otherwise it is first aligned into the cache with
-    the embedder's template (``facekd align``), which resumes if interrupted.
+    the embedder's template (``facekd align``; only the images the pairs use), which
+    resumes if interrupted. ``pairs_per_fold`` evaluates a quick subset (N same and N
+    different pairs per fold), e.g. during training.
     """
     data = Path(data)
     want = get_template(embedder.pre.template)
     started = time.perf_counter()
-    p = _load_pairs(data, want.name, aligned, align_progress)
+    p = _load_pairs(data, want.name, aligned, align_progress, pairs_per_fold)
+    if pairs_per_fold:
+        p.info["protocol"] += f"; quick subset, the first {pairs_per_fold} same and different pairs per fold"
     load = crop_loader(want, p.read, p.describe)
     t0 = time.perf_counter()
     emb = embed_images(embedder, load, p.count, flip=flip, batch_size=batch_size, progress=embed_progress)
@@ -209,6 +222,7 @@ def evaluate_pairs(
         "flip_fusion": embedder.pre.flip_fusion if flip else None,
         "subtract_fold_mean": embedder.pre.subtract_fold_mean,
         "images": p.count,
+        "pairs": int(len(p.issame)),
         "embedding_dim": int(emb.shape[1]),
         "embed_seconds": round(embed_seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),

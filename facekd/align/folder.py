@@ -160,6 +160,7 @@ def align_folder(
     dst: Path | str,
     opts: AlignOptions = AlignOptions(),
     progress: Callable[[int, int], None] | None = None,
+    files: list[str] | None = None,
 ) -> dict:
     """Aligns every photo under ``src`` into ``dst`` (same layout) and writes the report.
 
@@ -171,6 +172,8 @@ def align_folder(
         dst: Output folder; created. Must not be inside ``src``.
         opts: Template, workers, device.
         progress: Called with (done, total) after each chunk.
+        files: Only these photos (paths relative to ``src``), e.g. the images LFW's
+            pairs use or a training slice; the report then covers just them.
 
     Returns:
         The report dict also written to ``dst/align_report.json``.
@@ -183,6 +186,12 @@ def align_folder(
     template = get_template(opts.template)
     dst.mkdir(parents=True, exist_ok=True)
     images, metadata = scan_folder(src)
+    if files is not None:
+        known = set(images)
+        missing = [f for f in files if f not in known]
+        if missing:
+            raise FacekdError(f"{src}: {len(missing)} requested photos are not there, e.g. {', '.join(missing[:5])}")
+        images = sorted(set(files))
     for rel in metadata:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, dst / rel)

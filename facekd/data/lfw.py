@@ -32,6 +32,19 @@ class LfwPairs:
         """Every distinct image the pairs use, sorted."""
         return sorted(set(self.left) | set(self.right))
 
+    def subset(self, per_fold: int) -> "LfwPairs":
+        """The first ``per_fold`` same-person and different-person pairs of each fold: a
+        quick check during training, not a result to report as LFW accuracy."""
+        if per_fold < 1:
+            raise FacekdError(f"pairs per fold must be at least 1, got {per_fold}")
+        keep, seen = [], {}
+        for i, (f, same) in enumerate(zip(self.fold, self.issame)):
+            if seen.get((f, same), 0) < per_fold:
+                seen[(f, same)] = seen.get((f, same), 0) + 1
+                keep.append(i)
+        pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+        return LfwPairs(pick(self.left), pick(self.right), pick(self.issame), pick(self.fold), self.folds)
+
 
 def lfw_image(name: str, index: int, suffix: str = ".jpg") -> str:
     """Relative LFW path of image ``index`` (1-based) of person ``name``."""

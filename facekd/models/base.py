@@ -65,9 +65,22 @@ def backbone_cfg(name: str) -> BackboneCfg:
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
-    """Builds the registered backbone ``name``; the model carries its ``cfg``."""
+    """Builds the registered backbone ``name``; the model carries its ``cfg``.
+
+    ``kwargs`` reach the variant's constructor (e.g. ``base``/``units`` of the ResNet
+    family); when they change the embedding size, ``model.cfg`` says the new one.
+    """
+    import dataclasses
+
     model = BACKBONES.build(name, **kwargs)
-    model.cfg = backbone_cfg(name)
+    cfg = backbone_cfg(name)
+    if kwargs:
+        was = model.training
+        with torch.no_grad():
+            dim = model.eval()(torch.zeros(2, 3, *cfg.input_size)).shape[1]
+        model.train(was)
+        cfg = dataclasses.replace(cfg, embedding_dim=int(dim))
+    model.cfg = cfg
     return model
 
 

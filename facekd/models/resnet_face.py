@@ -72,24 +72,24 @@ def _cfg(name: str) -> BackboneCfg:
 
 
 @register_backbone(_cfg("resnet27"))
-def resnet27() -> FaceResNet:
+def resnet27(**overrides) -> FaceResNet:
     """The teacher: 27 conv layers, 27.5 M parameters, about 2.1 GMAC at 112x96."""
-    return FaceResNet(base=32, units=(1, 2, 5, 3))
+    return FaceResNet(**{"base": 32, "units": (1, 2, 5, 3), **overrides})
 
 
 @register_backbone(_cfg("resnet27_c14"))
-def resnet27_c14() -> FaceResNet:
+def resnet27_c14(**overrides) -> FaceResNet:
     """Thinner: 14/32 of the teacher's width, about 1/4 of its parameters."""
-    return FaceResNet(base=14, units=(1, 2, 5, 3))
+    return FaceResNet(**{"base": 14, "units": (1, 2, 5, 3), **overrides})
 
 
 @register_backbone(_cfg("resnet27_c10"))
-def resnet27_c10() -> FaceResNet:
+def resnet27_c10(**overrides) -> FaceResNet:
     """Thinner: 10/32 of the teacher's width, about the size of ``student5``."""
-    return FaceResNet(base=10, units=(1, 2, 5, 3))
+    return FaceResNet(**{"base": 10, "units": (1, 2, 5, 3), **overrides})
 
 
 @register_backbone(_cfg("resnet37_c10"))
-def resnet37_c10() -> FaceResNet:
+def resnet37_c10(**overrides) -> FaceResNet:
     """Thinner and deeper: 10/32 width with 2+3+7+4 units (37 conv layers)."""
-    return FaceResNet(base=10, units=(2, 3, 7, 4))
+    return FaceResNet(**{"base": 10, "units": (2, 3, 7, 4), **overrides})

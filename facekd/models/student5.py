@@ -39,6 +39,6 @@ class Student5(nn.Module):
 
 
 @register_backbone(BackboneCfg(name="student5", input_size=(112, 96), template="112x96", embedding_dim=512))
-def student5() -> Student5:
+def student5(**overrides) -> Student5:
     """The 5-conv student, 3.9 M parameters."""
-    return Student5()
+    return Student5(**overrides)

@@ -1,0 +1,154 @@
+"""Typed configs: YAML (``yaml.safe_load``) into nested dataclasses.
+
+Defaults live in the dataclasses; a config file states only what differs. An unknown key
+is an error naming the file and the key's full path (``optim.lr``), and so is a value of
+the wrong type. ``--set a.b=value`` overrides parse ``value`` as YAML (``0.1``, ``true``,
+``[1, 2]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from facekd.errors import FacekdError
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks ``value`` against the annotation ``tp`` (dataclasses recursively)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except FacekdError as exc:
+                errors.append(str(exc))
+        raise FacekdError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {_type_name(tp)}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise FacekdError(f"{where}: {value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise FacekdError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise FacekdError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FacekdError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise FacekdError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Builds dataclass ``cls`` from ``data``; unknown keys and wrong types are errors.
+
+    Args:
+        where: How errors name this mapping: ``"file.yaml"`` for the top, then
+            ``"file.yaml: optim"`` and so on for nested sections.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise FacekdError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(names))})"
+        )
+    sep = ": " if ": " not in where else "."
+    kwargs = {k: _coerce(v, hints[k], f"{where}{sep}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise FacekdError(f"{where}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """A dataclass config as plain YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Applies ``a.b=value`` strings to a nested dict (values parsed as YAML)."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise FacekdError(f"{source} {item!r}: expected key=value, e.g. optim.lr=0.05")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise FacekdError(f"{source} {item!r}: empty key part")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise FacekdError(f"{source} {item!r}: value is not valid YAML ({exc})".split("\n")[0]) from None
+        node = raw
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise FacekdError(f"{source} {item!r}: {p} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path | str) -> dict:
+    """A YAML mapping from ``path`` (``safe_load``: no code, no custom tags)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FacekdError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise FacekdError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FacekdError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: Path | str, overrides: list[str] | None = None) -> T:
+    """Reads a YAML config file into ``cls``, after applying ``--set`` overrides."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return from_dict(cls, raw, str(path))

@@ -1,0 +1,95 @@
+"""Batch augmentation on tensors, on whatever device the batch is on (the GPU path).
+
+The same :class:`~facekd.data.transforms.AugmentCfg` drives albumentations in CPU
+workers and this module on the GPU: a flip, one affine warp (shift, zoom, rotation) per
+sample through ``affine_grid``/``grid_sample``, colour jitter and grayscale. Random draws
+come from a CPU ``torch.Generator`` (a few numbers per sample), so a run is repeatable
+whatever the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from facekd.data.transforms import AugmentCfg
+
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=gen)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def affine_thetas(n: int, height: int, width: int, cfg: AugmentCfg, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) sampling matrices for ``F.affine_grid`` (normalised coordinates).
+
+    Per sample: mirrored with probability ``cfg.flip``; with probability
+    ``cfg.affine_p``, shifted by up to ``cfg.shift`` of the size, zoomed by up to
+    ``cfg.scale`` and rotated by up to ``cfg.rotate`` degrees. The rotation is done in
+    pixel space, so a 112x96 crop is not sheared.
+    """
+    flip = torch.rand(n, generator=gen) < cfg.flip
+    warp = torch.rand(n, generator=gen) < cfg.affine_p
+    angle = torch.where(warp, _uniform(n, -cfg.rotate, cfg.rotate, gen), torch.zeros(n)) * (math.pi / 180)
+    zoom = torch.where(warp, _uniform(n, 1 - cfg.scale, 1 + cfg.scale, gen), torch.ones(n))
+    tx = torch.where(warp, _uniform(n, -cfg.shift, cfg.shift, gen), torch.zeros(n)) * 2
+    ty = torch.where(warp, _uniform(n, -cfg.shift, cfg.shift, gen), torch.zeros(n)) * 2
+    c, s = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    sign = torch.where(flip, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    # Normalised coords scale x by 2/W and y by 2/H: R_norm = D R D^-1 with D = diag(2/W, 2/H).
+    theta[:, 0, 0] = c * sign
+    theta[:, 0, 1] = -s * (height / width)
+    theta[:, 1, 0] = s * (width / height) * sign
+    theta[:, 1, 1] = c
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    return theta
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentCfg, gen: torch.Generator) -> torch.Tensor:
+    """Augments a batch of crops.
+
+    Args:
+        x: (N, 3, H, W) pixels on 0..255 (uint8 or float), any device.
+        cfg: What to apply and how strongly.
+        gen: CPU generator for the random draws.
+
+    Returns:
+        (N, 3, H, W) float32 pixels on 0..255, on ``x``'s device.
+    """
+    n, _, h, w = x.shape
+    x = x.float()
+    theta = affine_thetas(n, h, w, cfg, gen).to(x.device)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if cfg.color_p > 0 and cfg.color > 0:
+        on = (torch.rand(n, generator=gen) < cfg.color_p).float()
+        k = cfg.color
+
+        def factor() -> torch.Tensor:
+            f = 1 + on * _uniform(n, -k, k, gen)
+            return f.to(x.device).view(n, 1, 1, 1)
+
+        x = x * factor()  # brightness
+        mean = _gray(x).mean(dim=(2, 3), keepdim=True)
+        x = (x - mean) * factor() + mean  # contrast
+        g = _gray(x)
+        x = (x - g) * factor() + g  # saturation
+    if cfg.gray_p > 0:
+        on = (torch.rand(n, generator=gen) < cfg.gray_p).to(x.device).view(n, 1, 1, 1)
+        x = torch.where(on, _gray(x).expand_as(x), x)
+    if cfg.blur_p > 0:
+        from torchvision.transforms.v2.functional import gaussian_blur
+
+        on = (torch.rand(n, generator=gen) < cfg.blur_p).to(x.device).view(n, 1, 1, 1)
+        x = torch.where(on, gaussian_blur(x, kernel_size=[5, 5], sigma=[1.0, 1.0]), x)
+    return x.clamp_(0, 255)

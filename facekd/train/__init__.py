@@ -1,0 +1,1 @@
+"""Training embedders from identity labels: configs, data, optimisation, the loop."""

@@ -1,0 +1,105 @@
+"""The schema of a training config (``facekd train CONFIG``); defaults live here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from facekd.data.transforms import AugmentCfg
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """The backbone being trained and the head that classifies training identities."""
+
+    backbone: str = "student5"
+    backbone_args: dict = field(default_factory=dict)
+    head: str = "cosface"  # a name in facekd.heads.HEADS
+    head_args: dict = field(default_factory=dict)  # e.g. {scale: 32, margin: 0.3}
+    center_loss: float = 0.0  # weight of center loss (the teacher's original recipe: 0.008)
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    """Where training crops come from and which of them to use.
+
+    Each ``train`` entry is a ``.fkpack`` file, a folder of aligned crops, or a folder of
+    photos in identity folders (aligned into the cache first, then reused). Relative
+    entries are under ``root`` (default: ``$FACEKD_DATA``). Identities are merged by name
+    across entries.
+    """
+
+    root: str | None = None
+    train: list[str] = field(default_factory=lambda: ["celeba-10k", "celeba-wild"])
+    min_images: int = 1  # drop identities with fewer crops
+    max_identities: int | None = None  # keep the N identities with the most crops (slices, smoke runs)
+    max_per_identity: int | None = None
+    drop_fallbacks: bool = True  # leave out crops MTCNN found no face in
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
+    # "workers": decode + albumentations in DataLoader workers (CPU training);
+    # "device": JPEG decode (nvjpeg) and augmentation on the GPU per batch;
+    # "device-cache": decode everything once into GPU memory, augment per batch;
+    # "auto": workers on CPU, device-cache on GPU when it fits in a quarter of free memory.
+    loader: Literal["auto", "workers", "device", "device-cache"] = "auto"
+    workers: int | None = None  # DataLoader workers (default: cores - 1, at least 1)
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    """Optimizer (a name in facekd.train.optim.OPTIMIZERS)."""
+
+    name: str = "sgd"
+    lr: float = 0.1  # for the whole (global) batch
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4  # conv/linear weights only; biases, norms and PReLU get none
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+
+
+@dataclass(frozen=True)
+class ScheduleCfg:
+    """Learning-rate schedule (a name in facekd.train.optim.SCHEDULES), per step."""
+
+    name: str = "cosine"
+    warmup_epochs: float = 1.0  # linear warm-up from ~0 to the full rate
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9])  # step: fractions of training
+    gamma: float = 0.1  # step: factor at each milestone
+    min_lr_ratio: float = 0.0  # cosine: final rate as a fraction of the peak
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    """The loop: length, batch, precision, logging."""
+
+    epochs: int = 40
+    batch_size: int = 256  # global: split evenly over the processes of a distributed run
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when present
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA (fp16 with a grad scaler); CPU: fp32
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the backbone (CUDA)
+    grad_clip: float | None = None  # max gradient norm
+    log_every: int = 50  # steps between metrics.jsonl lines
+    threads: int | None = None  # CPU op threads (default: torch's)
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    """LFW verification during training (on the main process)."""
+
+    lfw: str | None = "lfw"  # LFW folder, LFW .fkpack or insightface .bin; relative: under data.root
+    every: int = 5  # epochs; the last epoch is always evaluated; 0: never
+    flip: bool = False
+    pairs_per_fold: int | None = None  # a quick subset: N same + N different pairs per fold
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole ``facekd train`` run."""
+
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)

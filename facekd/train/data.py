@@ -1,0 +1,402 @@
+"""Training data: encoded crops from packs or folders, sharded batches, and the loaders
+that turn them into normalised tensors on the training device.
+
+Memory holds encoded JPEG bytes (a pack is memory-mapped; a folder is read file by file),
+never a decoded copy of the set on the host. Three loaders, chosen by ``data.loader``:
+
+- ``workers``: decode and augment (albumentations) in DataLoader worker processes.
+- ``device``: per batch, JPEG decode on the GPU (nvjpeg, ``torchvision.io.decode_jpeg``)
+  and augmentation on the GPU; a background thread gathers the bytes ahead.
+- ``device-cache``: decode the whole set once into device memory as uint8 (14k crops of
+  112x96 take 0.46 GB; CASIA-WebFace's 494k take 16 GB), then each batch is an index and
+  a GPU augmentation: the data path costs next to nothing.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from facekd.data.transforms import AugmentCfg
+from facekd.errors import FacekdError
+from facekd.registry import Registry
+
+Progress = Callable[[int, int], None]
+
+
+# --- sources of encoded crops --------------------------------------------------------
+
+
+class _PackSource:
+    def __init__(self, pack) -> None:
+        self.pack = pack
+
+    def raw(self, key: int) -> bytes:
+        return self.pack.raw(int(key))
+
+    def describe(self, key: int) -> str:
+        return f"{self.pack.path}:{self.pack.files[int(key)]}"
+
+
+class _FolderSource:
+    def __init__(self, root: Path, files: list[str]) -> None:
+        self.root, self.files = root, files
+
+    def raw(self, key: int) -> bytes:
+        return (self.root / self.files[int(key)]).read_bytes()
+
+    def describe(self, key: int) -> str:
+        return str(self.root / self.files[int(key)])
+
+
+@dataclass
+class _Candidate:
+    source: int
+    key: int
+    identity: str
+    rel: str
+
+
+class TrainSet:
+    """Encoded aligned crops with labels, gathered from packs and folders.
+
+    Attributes:
+        identities: Identity names; label ``i`` is ``identities[i]``.
+        labels: (N,) int64 label per crop.
+        template: The crops' alignment template.
+        info: What was gathered and what was left out, for the run's log.
+    """
+
+    def __init__(self, sources: list, src: np.ndarray, keys: np.ndarray, labels: np.ndarray,
+                 identities: list[str], template: str, info: dict) -> None:
+        self._sources, self._src, self._keys = sources, src, keys
+        self.labels, self.identities, self.template, self.info = labels, identities, template, info
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def raw(self, i: int) -> bytes:
+        """The encoded bytes of crop ``i``."""
+        return self._sources[self._src[i]].raw(self._keys[i])
+
+    def describe(self, i: int) -> str:
+        return self._sources[self._src[i]].describe(self._keys[i])
+
+    def image(self, i: int) -> np.ndarray:
+        """Crop ``i`` decoded to HxWx3 uint8 RGB."""
+        from facekd.data.image_io import UnreadableImage, decode_rgb
+
+        try:
+            return decode_rgb(self.raw(i))
+        except UnreadableImage as exc:
+            raise FacekdError(f"{self.describe(i)}: {exc}") from None
+
+
+def resolve_path(entry: str, root: str | Path | None) -> Path:
+    """A config path: absolute or ``~`` as written, relative ones under the data root."""
+    from facekd.paths import data_root
+
+    p = Path(entry).expanduser()
+    return p if p.is_absolute() else data_root(Path(root) if root else None) / p
+
+
+def _first_crop_template(path: Path) -> str | None:
+    from facekd.align.template import template_for_size
+    from facekd.data.image_io import UnreadableImage, read_rgb
+
+    try:
+        t = template_for_size(*read_rgb(path).shape[:2])
+    except UnreadableImage as exc:
+        raise FacekdError(f"{path}: {exc}") from None
+    return t.name if t else None
+
+
+def build_train_set(cfg, template: str, align_progress: Progress | None = None) -> TrainSet:
+    """Gathers the crops ``cfg`` (a :class:`~facekd.train.config.DataCfg`) names.
+
+    Unaligned photo folders are aligned into the cache first (only the photos that the
+    identity selection keeps), with ``template``; packs and aligned folders must already
+    use ``template``.
+    """
+    from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder, output_relpath
+    from facekd.data.identity import scan_identities
+    from facekd.data.pack import SUFFIX, Pack
+    from facekd.evaluate import aligned_folder_for
+
+    if not cfg.train:
+        raise FacekdError("data.train is empty: name at least one pack or folder of face crops")
+    sources: list = []
+    cands: list[_Candidate] = []
+    fallback: set[tuple[int, str]] = set()
+    to_align: list[tuple[int, Path]] = []  # (source index, raw folder)
+    for entry in cfg.train:
+        path = resolve_path(entry, cfg.root)
+        s = len(sources)
+        if path.is_file() and path.suffix == SUFFIX:
+            pack = Pack(path)
+            if pack.template != template:
+                raise FacekdError(f"{path}: crops are aligned to {pack.template}, the backbone wants {template}")
+            sources.append(_PackSource(pack))
+            names = pack.identities
+            cands += [_Candidate(s, i, names[int(lab)], rel) for i, (rel, lab) in enumerate(zip(pack.files, pack.labels))]
+            fallback |= {(s, f) for f in pack.meta.get("fallback_files", [])}
+        elif path.is_dir():
+            samples, names = scan_identities([path])
+            crop_t = _first_crop_template(samples[0].path)
+            if crop_t is not None and crop_t != template:
+                raise FacekdError(f"{path}: crops are aligned to {crop_t}, the backbone wants {template}")
+            if crop_t is None:
+                to_align.append((s, path))
+            elif (path / REPORT_NAME).is_file():
+                import json
+
+                fallback |= {(s, f) for f in json.loads((path / REPORT_NAME).read_text()).get("fallback_files", [])}
+            files = [smp.rel for smp in samples]
+            sources.append(_FolderSource(path, files))
+            cands += [_Candidate(s, i, names[smp.label], smp.rel) for i, smp in enumerate(samples)]
+        else:
+            raise FacekdError(f"{path}: no such pack or folder (data.train entry {entry!r})")
+
+    by_id: dict[str, list[_Candidate]] = {}
+    for c in cands:
+        by_id.setdefault(c.identity, []).append(c)
+    if cfg.max_per_identity:
+        by_id = {k: v[: cfg.max_per_identity] for k, v in by_id.items()}
+    if cfg.max_identities:
+        chosen = sorted(by_id, key=lambda k: (-len(by_id[k]), k))[: cfg.max_identities]
+        by_id = {k: by_id[k] for k in chosen}
+
+    for s, raw_root in to_align:
+        wanted = sorted(c.rel for v in by_id.values() for c in v if c.source == s)
+        dst = aligned_folder_for(raw_root, template)
+        report = align_folder(raw_root, dst, AlignOptions(template=template), progress=align_progress, files=wanted)
+        bad = {u["file"] for u in report["unreadable"]}
+        fallback |= {(s, f) for f in report["fallback_files"]}
+        for v in by_id.values():
+            v[:] = [c for c in v if not (c.source == s and c.rel in bad)]
+        src = sources[s]
+        sources[s] = _FolderSource(dst, [output_relpath(f) for f in src.files])
+
+    dropped = 0
+    if cfg.drop_fallbacks:
+        for k, v in by_id.items():
+            keep = [c for c in v if (c.source, c.rel) not in fallback]
+            dropped += len(v) - len(keep)
+            by_id[k] = keep
+    identities = sorted(k for k, v in by_id.items() if len(v) >= max(1, cfg.min_images))
+    if not identities:
+        raise FacekdError(f"no identity keeps {cfg.min_images}+ crops in {', '.join(cfg.train)}")
+    chosen = [(label, c) for label, k in enumerate(identities) for c in by_id[k]]
+    info = {
+        "sources": [str(resolve_path(e, cfg.root)) for e in cfg.train],
+        "crops": len(chosen),
+        "identities": len(identities),
+        "fallbacks_dropped": dropped,
+        "template": template,
+    }
+    return TrainSet(
+        sources,
+        np.array([c.source for _, c in chosen], dtype=np.int32),
+        np.array([c.key for _, c in chosen], dtype=np.int64),
+        np.array([label for label, _ in chosen], dtype=np.int64),
+        identities,
+        template,
+        info,
+    )
+
+
+# --- batches --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a (possibly distributed) run."""
+
+    rank: int = 0
+    world_size: int = 1
+
+
+def epoch_batches(n: int, global_batch: int, seed: int, epoch: int, shard: Shard = Shard()) -> list[np.ndarray]:
+    """This process's batches of one epoch: a permutation fixed by (seed, epoch), cut
+    into global batches (the last, partial one dropped), each split evenly by rank.
+
+    Any number of processes sees the same global batches, so a 2-process run takes the
+    same steps as a 1-process run with the same global batch.
+    """
+    if global_batch % shard.world_size:
+        raise FacekdError(
+            f"train.batch_size {global_batch} does not split evenly over {shard.world_size} processes"
+        )
+    if n < global_batch:
+        raise FacekdError(f"{n} training crops are fewer than one batch of {global_batch}; lower train.batch_size")
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=gen).numpy()
+    local = global_batch // shard.world_size
+    lo = shard.rank * local
+    return [perm[b * global_batch + lo : b * global_batch + lo + local] for b in range(n // global_batch)]
+
+
+# --- loaders ---------------------------------------------------------------------------
+
+LOADERS: Registry = Registry("loader")
+
+
+@dataclass
+class LoaderCtx:
+    """What every loader needs."""
+
+    data: TrainSet
+    augment: AugmentCfg
+    mean: float
+    std: float
+    device: torch.device
+    workers: int
+    seed: int
+
+
+class _DecodeAugment:
+    """Dataset for DataLoader workers: index -> (augmented tensor, label)."""
+
+    def __init__(self, data: TrainSet, transform) -> None:
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.data.image(i)), int(self.data.labels[i])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker with base_seed + worker_id, base_seed drawn from the
+    # loader's generator (fixed per epoch): augmentations repeat exactly on resume.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.compose.set_random_seed(torch.initial_seed() % 2**32)
+
+
+@LOADERS.register("workers")
+class WorkerLoader:
+    """Decode + albumentations in DataLoader worker processes (the CPU path)."""
+
+    def __init__(self, ctx: LoaderCtx) -> None:
+        from facekd.data.transforms import train_transform
+
+        self.ctx = ctx
+        self.dataset = _DecodeAugment(ctx.data, train_transform(ctx.mean, ctx.std, ctx.augment))
+
+    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ctx = self.ctx
+        gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
+        if ctx.workers == 0:
+            self.dataset.transform.compose.set_random_seed(int(torch.randint(2**31, (1,), generator=gen)))
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=ctx.workers,
+            worker_init_fn=_seed_worker if ctx.workers else None,
+            generator=gen,
+            pin_memory=ctx.device.type == "cuda",
+            prefetch_factor=4 if ctx.workers else None,
+        )
+        for x, y in loader:
+            yield x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+
+
+def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    return (x - mean) / std
+
+
+def decode_on(device: torch.device, blobs: list[bytes]) -> torch.Tensor:
+    """JPEG bytes -> (N, 3, H, W) uint8 on ``device`` (nvjpeg on CUDA, libjpeg on CPU)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    return torch.stack(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+
+
+@LOADERS.register("device")
+class DeviceLoader:
+    """Per batch: bytes gathered by a thread, decoded and augmented on the device."""
+
+    def __init__(self, ctx: LoaderCtx) -> None:
+        self.ctx = ctx
+
+    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from facekd.data.gpu_augment import augment_batch
+
+        ctx = self.ctx
+        gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
+        q: queue.Queue = queue.Queue(maxsize=6)
+        stop = threading.Event()
+
+        def gather() -> None:
+            try:
+                for b in batches:
+                    if stop.is_set():
+                        return
+                    q.put(([ctx.data.raw(i) for i in b], torch.from_numpy(ctx.data.labels[b])))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                q.put(exc)
+                return
+            q.put(None)
+
+        t = threading.Thread(target=gather, daemon=True)
+        t.start()
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                blobs, y = item
+                x = augment_batch(decode_on(ctx.device, blobs), ctx.augment, gen)
+                yield _normalise(x, ctx.mean, ctx.std), y.to(ctx.device, non_blocking=True)
+        finally:
+            stop.set()
+            while t.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    t.join(timeout=0.05)
+
+
+@LOADERS.register("device-cache")
+class DeviceCacheLoader:
+    """Decodes the whole set once into device memory (uint8), then indexes batches."""
+
+    def __init__(self, ctx: LoaderCtx, chunk: int = 1024) -> None:
+        self.ctx = ctx
+        n = len(ctx.data)
+        parts = []
+        for start in range(0, n, chunk):
+            parts.append(decode_on(ctx.device, [ctx.data.raw(i) for i in range(start, min(n, start + chunk))]))
+        self.images = torch.cat(parts)
+        self.labels = torch.from_numpy(ctx.data.labels).to(ctx.device)
+
+    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from facekd.data.gpu_augment import augment_batch
+
+        ctx = self.ctx
+        gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
+        for b in batches:
+            idx = torch.from_numpy(b).to(ctx.device, non_blocking=True)
+            x = augment_batch(self.images.index_select(0, idx), ctx.augment, gen)
+            yield _normalise(x, ctx.mean, ctx.std), self.labels.index_select(0, idx)
+
+
+def choose_loader(name: str, data: TrainSet, device: torch.device) -> str:
+    """Resolves ``auto``: workers on CPU; on CUDA the device cache when the decoded set
+    fits in a quarter of free device memory, else per-batch device decoding."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "workers"
+    from facekd.align.template import get_template
+
+    h, w = get_template(data.template).size
+    free, _ = torch.cuda.mem_get_info(device)
+    return "device-cache" if len(data) * 3 * h * w < free // 4 else "device"

@@ -1,0 +1,355 @@
+"""``facekd train``: a plain loop in the shape of torchvision's reference scripts.
+
+``fit(cfg, run_dir)`` sets up (distributed group, data, model, optimizer), then runs
+``train_one_epoch`` and ``evaluate_lfw`` per epoch and saves ``checkpoints/last.pt``
+after each. ``resume=True`` continues from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facekd.errors import FacekdError
+from facekd.train.config import TrainConfig
+from facekd.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
+from facekd.train.run_log import RunLog
+
+CHECKPOINT = "checkpoints/last.pt"
+BEST = "checkpoints/best.pt"
+
+
+class LabelObjective(nn.Module):
+    """Backbone + classifier head (+ center loss): images and labels -> named loss terms."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, center: nn.Module | None = None, center_weight: float = 0.0):
+        super().__init__()
+        self.backbone, self.head, self.center = backbone, head, center
+        self.center_weight = center_weight
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        emb = self.backbone(x)
+        terms = {"cls": F.cross_entropy(self.head(emb, y).float(), y)}
+        if self.center is not None:
+            terms["center"] = self.center_weight * self.center(emb, y)
+        return terms
+
+
+def build_objective(cfg: TrainConfig, num_classes: int) -> LabelObjective:
+    """The backbone, head and center loss ``cfg.model`` names, for ``num_classes`` identities."""
+    from facekd.heads import CenterLoss, build_head
+    from facekd.models import build_backbone
+
+    backbone = build_backbone(cfg.model.backbone, **cfg.model.backbone_args)
+    dim = backbone.cfg.embedding_dim
+    head = build_head(cfg.model.head, dim, num_classes, **cfg.model.head_args)
+    center = CenterLoss(dim, num_classes) if cfg.model.center_loss > 0 else None
+    return LabelObjective(backbone, head, center, cfg.model.center_loss)
+
+
+@dataclass
+class Setup:
+    """Everything the epoch loop needs, built once by :func:`fit`."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    objective: nn.Module  # the module that steps (maybe DDP-wrapped)
+    plain: LabelObjective  # the same module unwrapped (for checkpoints and evaluation)
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader: object
+    n_crops: int
+    steps_per_epoch: int
+    log: RunLog
+    metrics: dict = field(default_factory=dict)
+
+
+def _autocast(setup: Setup):
+    p = setup.cfg.train.precision
+    if setup.device.type != "cuda" or p == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+
+def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, progress: Callable | None = None) -> tuple[int, dict]:
+    """One pass over this process's batches; returns the step reached and epoch stats."""
+    cfg = setup.cfg.train
+    setup.objective.train()
+    channels_last = cfg.channels_last and setup.device.type == "cuda"
+    window: dict[str, torch.Tensor] = {}
+    epoch_sum: dict[str, torch.Tensor] = {}
+    n_window = n_epoch = 0
+    t_window = t_epoch = time.perf_counter()
+    local_batch = cfg.batch_size // setup.dist.world_size
+    for x, y in batches:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(setup):
+            terms = setup.objective(x, y)
+        loss = sum(terms.values())
+        setup.optimizer.zero_grad(set_to_none=True)
+        setup.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            setup.scaler.unscale_(setup.optimizer)
+            nn.utils.clip_grad_norm_(setup.plain.parameters(), cfg.grad_clip)
+        setup.scaler.step(setup.optimizer)
+        setup.scaler.update()
+        setup.schedule.step()
+        step += 1
+        n_window += 1
+        n_epoch += 1
+        for k, v in {"loss": loss, **terms}.items():
+            v = v.detach().float()
+            window[k] = window.get(k, 0) + v
+            epoch_sum[k] = epoch_sum.get(k, 0) + v
+        if progress:
+            progress(n_epoch)
+        if step % cfg.log_every == 0:
+            names = list(window)
+            vals = mean_across(torch.stack([window[k] for k in names]) / n_window, setup.dist).tolist()
+            now = time.perf_counter()
+            rec = {"kind": "train", "epoch": epoch, "step": step, **dict(zip(names, vals))}
+            rec["lr"] = setup.optimizer.param_groups[0]["lr"]
+            rec["images_per_s"] = n_window * local_batch * setup.dist.world_size / max(now - t_window, 1e-9)
+            setup.log.write(rec)
+            window, n_window, t_window = {}, 0, now
+    seconds = time.perf_counter() - t_epoch
+    names = list(epoch_sum)
+    vals = mean_across(torch.stack([epoch_sum[k] for k in names]) / max(n_epoch, 1), setup.dist).tolist()
+    stats = {
+        **dict(zip(names, vals)),
+        "seconds": seconds,
+        "images_per_s": n_epoch * local_batch * setup.dist.world_size / max(seconds, 1e-9),
+    }
+    return step, stats
+
+
+def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
+    """LFW verification of the current backbone (a copy in eval mode)."""
+    from facekd.embed import Preprocessing, TorchEmbedder
+    from facekd.evaluate import evaluate_pairs
+    from facekd.train.data import resolve_path
+
+    net = copy.deepcopy(backbone)
+    net.cfg = backbone.cfg
+    emb = TorchEmbedder(net, Preprocessing.from_cfg(backbone.cfg), name=backbone.cfg.name, device=str(device))
+    ev = evaluate_pairs(
+        emb, resolve_path(cfg.eval.lfw, cfg.data.root), flip=cfg.eval.flip, pairs_per_fold=cfg.eval.pairs_per_fold
+    )
+    r = ev.result
+    return {
+        "lfw_acc": 100 * r.accuracy,
+        "lfw_std": 100 * r.std,
+        "lfw_auc": r.auc,
+        "lfw_eer": 100 * r.eer,
+        "lfw_pairs": ev.info["pairs"],
+        "eval_seconds": ev.info["seconds"],
+    }
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FacekdError(f"train.device is {name!r} but this machine has no CUDA device")
+    return dev
+
+
+def _checkpoint_state(setup: Setup, epoch: int, step: int) -> dict:
+    from facekd.config import to_dict
+    from facekd.train.checkpoint import rng_state
+
+    plain = setup.plain
+    return {
+        "format": "facekd-train-1",
+        "backbone": setup.cfg.model.backbone,
+        "backbone_args": dict(setup.cfg.model.backbone_args),
+        "model": plain.state_dict(),  # backbone.* (+ head.*, center.*)
+        "optimizer": setup.optimizer.state_dict(),
+        "schedule": setup.schedule.state_dict(),
+        "scaler": setup.scaler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "rng": rng_state(),
+        "config": to_dict(setup.cfg),
+        "metrics": setup.metrics,
+        "torch": str(torch.__version__),
+    }
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite one."""
+    from facekd.train.checkpoint import load_checkpoint
+
+    last = run_dir / CHECKPOINT
+    if resume:
+        return load_checkpoint(last) if last.is_file() else None
+    if last.is_file() or (run_dir / "metrics.jsonl").is_file():
+        raise FacekdError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
+    return None
+
+
+def _check_same_model(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
+    from facekd.config import to_dict
+
+    old = ckpt.get("config", {})
+    for section in ("model", "data"):
+        if old.get(section) != to_dict(getattr(cfg, section)):
+            raise FacekdError(
+                f"{path}: was trained with a different {section} section; resume with the same config "
+                "(only train.epochs, eval.* and logging may change)"
+            )
+
+
+def fit(cfg: TrainConfig, run_dir: Path | str, resume: bool = False, say: Callable[[str], None] = print) -> dict:
+    """Trains ``cfg`` into ``run_dir``; returns the final metrics.
+
+    Launched by ``torchrun``, each process joins the group and takes its share of every
+    global batch; only rank 0 writes files.
+    """
+    from facekd.config import to_dict
+    from facekd.models import backbone_cfg
+    from facekd.train.checkpoint import save_checkpoint, set_rng_state
+    from facekd.train.data import LOADERS, LoaderCtx, Shard, build_train_set, choose_loader, epoch_batches, resolve_path
+    from facekd.train.optim import build_optimizer, build_schedule
+
+    run_dir = Path(run_dir)
+    device = _device(cfg.train.device)
+    dist = init_distributed(device.type)
+    try:
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_main:
+            say = lambda msg: None  # noqa: E731
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        ckpt = _prepare_run_dir(run_dir, resume)
+        if ckpt is not None:
+            _check_same_model(cfg, ckpt, run_dir / CHECKPOINT)
+        if cfg.eval.every and cfg.eval.lfw:
+            lfw = resolve_path(cfg.eval.lfw, cfg.data.root)
+            if not lfw.exists():
+                raise FacekdError(f"{lfw}: LFW for eval.lfw not found (set eval.lfw, or eval.every=0 to skip)")
+        bcfg = backbone_cfg(cfg.model.backbone)
+
+        # Rank 0 aligns unaligned folders first; the others then find the crops cached.
+        data = None
+        if dist.is_main:
+            data = build_train_set(cfg.data, bcfg.template, align_progress=None)
+        barrier(dist)
+        if data is None:
+            data = build_train_set(cfg.data, bcfg.template)
+
+        torch.manual_seed(cfg.train.seed)
+        plain = build_objective(cfg, len(data.identities)).to(device)
+        if device.type == "cuda" and cfg.train.channels_last:
+            plain = plain.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer([plain], cfg.optim)
+        shard = Shard(dist.rank, dist.world_size)
+        steps = len(epoch_batches(len(data), cfg.train.batch_size, cfg.train.seed, 0, shard))
+        schedule = build_schedule(optimizer, cfg.schedule, steps, cfg.train.epochs)
+        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.precision == "fp16")
+
+        start_epoch, step, metrics = 0, 0, {}
+        if ckpt is not None:
+            plain.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            schedule.load_state_dict(ckpt["schedule"])
+            scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+            start_epoch, step, metrics = ckpt["epoch"], ckpt["step"], ckpt.get("metrics", {})
+        objective: nn.Module = plain
+        if cfg.train.compile:
+            plain.backbone.forward = torch.compile(plain.backbone.forward)
+        if dist.enabled:
+            objective = nn.parallel.DistributedDataParallel(plain, device_ids=[device] if device.type == "cuda" else None)
+
+        workers = cfg.data.workers if cfg.data.workers is not None else max(1, (torch.multiprocessing.cpu_count() or 2) - 1)
+        loader_name = choose_loader(cfg.data.loader, data, device)
+        ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, cfg.train.seed)
+        loader = LOADERS.get(loader_name)(ctx)
+
+        log = RunLog(run_dir, enabled=dist.is_main)
+        setup = Setup(cfg, dist, device, objective, plain, optimizer, schedule, scaler, loader, len(data), steps, log, metrics)
+        if dist.is_main:
+            from facekd.io_utils import atomic_write_bytes
+
+            import yaml
+
+            atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+            if ckpt is not None:
+                dropped = log.truncate_after(step)
+                say(f"resuming {run_dir} after epoch {start_epoch} (step {step}); dropped {dropped} log lines past it")
+        params = sum(p.numel() for p in plain.backbone.parameters())
+        say(
+            f"{cfg.model.backbone} ({params / 1e6:.2f} M params) + {cfg.model.head} head on {len(data)} crops of "
+            f"{len(data.identities)} identities ({data.info['fallbacks_dropped']} fallback crops left out); "
+            f"{steps} steps/epoch of {cfg.train.batch_size}; device {device}"
+            + (f" x{dist.world_size} processes" if dist.enabled else "")
+            + f"; loader {loader_name}"
+        )
+        result: dict = {}
+        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+            batches = epoch_batches(len(data), cfg.train.batch_size, cfg.train.seed, epoch, shard)
+            bar = _bar(f"epoch {epoch}/{cfg.train.epochs}", len(batches)) if dist.is_main else None
+            step, stats = train_one_epoch(setup, epoch, step, loader.epoch(batches, epoch), progress=bar)
+            if bar:
+                bar(None)
+            record = {"kind": "epoch", "epoch": epoch, "step": step, **stats}
+            if cfg.eval.every and cfg.eval.lfw and (epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs):
+                if dist.is_main:
+                    record.update(evaluate_lfw(plain.backbone, cfg, device))
+                barrier(dist)
+            log.write(record, prefix="epoch")
+            metrics = {**metrics, **{k: v for k, v in record.items() if k != "kind"}}
+            if "lfw_acc" in record:
+                metrics["best_lfw_acc"] = max(record["lfw_acc"], metrics.get("best_lfw_acc", -1.0))
+            setup.metrics = metrics
+            if dist.is_main:
+                state = _checkpoint_state(setup, epoch, step)
+                save_checkpoint(run_dir / CHECKPOINT, state)
+                if "lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"]:
+                    save_checkpoint(run_dir / BEST, {k: state[k] for k in ("format", "backbone", "backbone_args", "model", "epoch", "step", "config", "metrics")})
+            say(_epoch_line(record))
+            result = metrics
+        log.close()
+        barrier(dist)
+        return result or metrics
+    finally:
+        shutdown(dist)
+
+
+def _epoch_line(r: dict) -> str:
+    line = f"epoch {r['epoch']}: loss {r['loss']:.4f}, {r['images_per_s']:.0f} images/s, {r['seconds']:.1f} s"
+    if "lfw_acc" in r:
+        line += f"; LFW {r['lfw_acc']:.2f} ± {r['lfw_std']:.2f} % ({r['lfw_pairs']} pairs)"
+    return line
+
+
+def _bar(desc: str, total: int):
+    """A tqdm bar on interactive terminals; silent otherwise (one line per epoch is printed)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr, leave=False)
+
+    def update(n: int | None) -> None:
+        if n is None:
+            bar.close()
+        else:
+            bar.n = n
+            bar.refresh() if n % 10 == 0 or n == total else None
+
+    return update

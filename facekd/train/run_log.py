@@ -1,0 +1,66 @@
+"""A run's metrics: one JSON object per line in ``metrics.jsonl``, and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from facekd.io_utils import atomic_write_bytes
+
+
+class RunLog:
+    """Appends records to ``RUN_DIR/metrics.jsonl`` and scalars to ``RUN_DIR/tb``.
+
+    Only the main process of a distributed run writes; on others every call is a no-op.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is a dependency; a trimmed install still trains
+                self._tb = None
+        self._f = self.path.open("a") if enabled else None
+
+    def truncate_after(self, step: int) -> int:
+        """Drops records past ``step`` (a run killed mid-epoch logged steps that its
+        resumed run will take again); returns how many were dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        self._f.close()
+        keep, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by the kill
+                dropped += 1
+                continue
+            if rec.get("step", 0) <= step:
+                keep.append(line)
+            else:
+                dropped += 1
+        atomic_write_bytes(self.path, "".join(k + "\n" for k in keep).encode())
+        self._f = self.path.open("a")
+        return dropped
+
+    def write(self, record: dict, prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("epoch", "step", "kind") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self._f:
+            self._f.close()
+        if self._tb is not None:
+            self._tb.close()

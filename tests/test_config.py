@@ -1,0 +1,71 @@
+"""Typed configs: unknown keys and wrong types are errors that name them; overrides parse as YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facekd.config import apply_overrides, from_dict, load_config, to_dict
+from facekd.errors import FacekdError
+from facekd.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_fill_what_a_file_omits(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim: {lr: 0.02}\ntrain: {epochs: 3}\n")
+    cfg = load_config(TrainConfig, f)
+    assert cfg.optim.lr == 0.02 and cfg.train.epochs == 3
+    assert cfg.optim.momentum == 0.9 and cfg.model.backbone == "student5"
+
+
+def test_unknown_key_names_file_and_section(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim: {lrr: 0.02}\n")
+    with pytest.raises(FacekdError, match=r"c\.yaml: optim: unknown key lrr \(known: .*lr"):
+        load_config(TrainConfig, f)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {epochs: ten}\n")
+    with pytest.raises(FacekdError, match=r"train\.epochs: expected int, got 'ten'"):
+        load_config(TrainConfig, f)
+    f.write_text("data: {loader: gpu}\n")
+    with pytest.raises(FacekdError, match="data.loader: 'gpu' is not one of"):
+        load_config(TrainConfig, f)
+
+
+def test_ints_are_accepted_for_floats_and_yaml_cannot_run_code(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim: {lr: 1}\n")
+    assert load_config(TrainConfig, f).optim.lr == 1.0
+    f.write_text("optim: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(FacekdError, match="not valid YAML"):
+        load_config(TrainConfig, f)
+
+
+def test_overrides_parse_values_as_yaml():
+    raw = apply_overrides({"optim": {"lr": 0.1}}, ["optim.lr=0.05", "data.train=[a, b]", "train.compile=true"])
+    cfg = from_dict(TrainConfig, raw)
+    assert cfg.optim.lr == 0.05 and cfg.data.train == ["a", "b"] and cfg.train.compile is True
+    with pytest.raises(FacekdError, match="expected key=value"):
+        apply_overrides({}, ["optim.lr"])
+
+
+def test_round_trip_through_to_dict():
+    cfg = from_dict(TrainConfig, {"schedule": {"name": "step", "milestones": [0.5]}})
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from facekd.heads import HEADS
+    from facekd.models import BACKBONES
+    from facekd.train.optim import OPTIMIZERS, SCHEDULES
+
+    cfg = load_config(TrainConfig, path)
+    assert cfg.model.backbone in BACKBONES and cfg.model.head in HEADS
+    assert cfg.optim.name in OPTIMIZERS and cfg.schedule.name in SCHEDULES
