@@ -25,6 +25,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "tensorboard>=2.14",  # facekd train writes RUN_DIR/tb
     ],
     extras_require={"test": ["pytest>=7.0"]},
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
