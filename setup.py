@@ -19,7 +19,7 @@ setup(
         "numpy>=1.24",
         "pillow>=10.0",
         "scikit-learn>=1.3",
-        "albumentations>=1.4",
+        "albumentations>=2.0",  # Compose.set_random_seed: repeatable augmentation on resume
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "pyyaml>=6.0",
