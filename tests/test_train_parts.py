@@ -129,3 +129,34 @@ def test_checkpoint_survives_weights_only_load(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(FacekdError, match="bad.pt: cannot load checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_every_loader_gives_the_same_normalised_batch_without_augmentation(tmp_path):
+    """Worker (PIL + albumentations) and device (torchvision decode + tensor ops) paths
+    must agree on decoding and normalisation, or a model trained on one is off on the other."""
+    from facekd.data.image_io import encode_jpeg
+    from facekd.data.pack import write_pack
+    from facekd.train.config import DataCfg
+    from facekd.train.data import LOADERS, LoaderCtx, build_train_set
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:112, 0:96]
+    items = []
+    for i in range(8):
+        img = np.stack([(xx * (i + 1)) % 256, (yy * 2 + i * 9) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+        items.append((f"id{i % 2}/{i}.jpg", i % 2, encode_jpeg(img, 95)))
+    write_pack(tmp_path / "p.fkpack", items, ["id0", "id1"], "112x96")
+    data = build_train_set(DataCfg(train=[str(tmp_path / "p.fkpack")]), "112x96")
+    off = AugmentCfg(flip=0.0, affine_p=0.0, color_p=0.0, gray_p=0.0)
+    batches = [np.array([3, 0, 5, 6])]
+    out = {}
+    for name in ("workers", "device", "device-cache"):
+        ctx = LoaderCtx(data, off, 127.5, 128.0, torch.device("cpu"), 0, 0)
+        (x, y), = list(LOADERS.get(name)(ctx).epoch(batches, 1))
+        out[name] = (x, y)
+    ref = torch.from_numpy(np.stack([data.image(i) for i in batches[0]])).permute(0, 3, 1, 2).float()
+    ref = (ref - 127.5) / 128.0
+    for name, (x, y) in out.items():
+        assert x.shape == (4, 3, 112, 96) and y.tolist() == data.labels[batches[0]].tolist(), name
+        # Two JPEG decoders may round a few values differently: within 2 grey levels.
+        assert (x - ref).abs().max() <= 2 / 128 + 1e-6, name

@@ -162,3 +162,21 @@ def test_torchrun_two_gloo_processes_take_the_same_steps_as_one(train_crops, tmp
     sb = torch.load(two / "checkpoints/last.pt", weights_only=True)["model"]
     # Float sums differ in order (all-reduce), so after 16 SGD steps weights agree to ~5e-5.
     assert max((sa[k] - sb[k]).abs().max().item() for k in sa) < 5e-4
+
+
+def test_throughput_bench_runs_every_loader_on_cpu(train_crops, tmp_path):
+    """eval/bench_train_throughput.py is the H100 command of issue 3; keep it working."""
+    from facekd.data.pack import build_pack
+
+    pack = tmp_path / "crops.fkpack"
+    build_pack([train_crops], pack)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval/bench_train_throughput.py"), "--pack", str(pack), "--backbone", "student5",
+         "--batch", "16", "--device", "cpu", "--warmup", "1", "--steps", "2", "--workers", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [r["input"] for r in rows] == ["resident", "device-cache", "device", "workers"]
+    assert rows[0]["of_resident"] == 1.0 and all(r["images_per_s"] > 0 for r in rows)

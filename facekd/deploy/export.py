@@ -126,7 +126,10 @@ def export_onnx(
     proto = onnx.load_from_string(buf.getvalue())
     rewrites = optimize_graph(proto) if optimize else {}
     onnx.checker.check_model(proto)
-    set_metadata(proto, metadata or {})
+    metadata = dict(metadata or {})
+    if MODEL_META_KEY in metadata:  # record what was rewritten
+        metadata[MODEL_META_KEY] = json.dumps({**json.loads(metadata[MODEL_META_KEY]), "rewrites": rewrites})
+    set_metadata(proto, metadata)
     atomic_write_bytes(path, proto.SerializeToString())
     return rewrites
 
@@ -260,3 +263,152 @@ def synthetic_inputs(count: int, input_size: tuple[int, int], seed: int = 0) -> 
     """Deterministic stand-ins for normalised crops when no faces are at hand."""
     rng = np.random.default_rng(seed)
     return rng.uniform(-1.0, 1.0, size=(count, 3, *input_size)).astype(np.float32)
+
+
+# --- the whole `facekd export` -------------------------------------------------------
+
+NORMALIZE_CHOICES = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What ``facekd export`` was asked to do.
+
+    Attributes:
+        model: A facekd checkpoint, or a registered backbone name (with ``weights``).
+        weights: Weights file or manifest name for a registered name.
+        onnx: Output path. With ``int8``, the INT8 model; the FP32 one goes beside it
+            as ``<stem>.fp32.onnx``.
+        int8: None, "static" or "dynamic".
+        calib: Aligned crops (folder or .fkpack): INT8 calibration and parity faces.
+        lfw: LFW data to choose and store the verification threshold on.
+        normalize: "auto" (see :func:`default_normalize`), "yes" or "no".
+        optimize: Apply the graph rewrites of :mod:`facekd.deploy.graph`.
+    """
+
+    model: str
+    onnx: Path
+    weights: str | None = None
+    int8: str | None = None
+    calib: Path | None = None
+    lfw: Path | None = None
+    normalize: str = "auto"
+    optimize: bool = True
+
+
+def load_backbone(model: str, weights: str | None = None):
+    """The PyTorch backbone a ``--model`` / ``--weights`` pair names, in eval mode."""
+    from facekd.loading import load_checkpoint_backbone
+    from facekd.models import BACKBONES, build_backbone, load_backbone_weights
+    from facekd.weights import default_weights_for, manifest, resolve_weights
+
+    path = Path(model)
+    if path.is_file():
+        if weights:
+            raise FacekdError(f"{model} is a checkpoint; --weights is for a registered backbone name")
+        return load_checkpoint_backbone(path).eval()
+    if model not in BACKBONES:
+        if path.suffix or "/" in model:
+            raise FacekdError(f"{model}: no such file")
+        BACKBONES.get(model)  # raises, listing the known names
+    net = build_backbone(model)
+    weights = weights or default_weights_for(model)
+    if weights is None:
+        raise FacekdError(f"no published weights for {model!r}; pass --weights FILE")
+    wpath = Path(weights)
+    if not wpath.is_file():
+        if str(weights) not in manifest():
+            raise FacekdError(f"{weights}: weights file not found")
+        wpath = resolve_weights(str(weights))
+    load_backbone_weights(net, wpath)
+    return net.eval()
+
+
+def fp32_sibling(path: Path) -> Path:
+    """Where the FP32 model goes when ``path`` is to hold the INT8 one."""
+    return path.with_name(path.name[: -len(".onnx")] + ".fp32.onnx" if path.name.endswith(".onnx") else path.name + ".fp32.onnx")
+
+
+def run_export(req: ExportRequest, log=print) -> dict:
+    """Exports, checks parity, optionally quantizes and stores an LFW threshold.
+
+    Returns:
+        A JSON-ready report: paths, parity, rewrites, INT8 result, threshold.
+    """
+    import os
+
+    from facekd.deploy.crops import sample_crops
+    from facekd.embed import to_input
+
+    if req.normalize not in NORMALIZE_CHOICES:
+        raise FacekdError(f"--normalize must be one of {', '.join(NORMALIZE_CHOICES)}")
+    if req.int8 == "static" and req.calib is None:
+        raise FacekdError("--int8 static calibrates on aligned faces: pass --calib DIR (aligned crops or a .fkpack)")
+    net = load_backbone(req.model, req.weights)
+    cfg = net.cfg
+    pre = Preprocessing.from_cfg(cfg)
+    normalize = default_normalize(pre) if req.normalize == "auto" else req.normalize == "yes"
+    if req.calib is not None:
+        crops = sample_crops(req.calib, pre.template, 256)
+        calib = to_input(crops, pre)
+        probe, real = calib[:: max(1, len(calib) // 64)][:64], True
+    else:
+        calib, probe, real = None, synthetic_inputs(16, tuple(cfg.input_size)), False
+    out = Path(req.onnx)
+    fp32_path = fp32_sibling(out) if req.int8 else out
+    info = ModelInfo(
+        backbone=cfg.name, input_size=tuple(cfg.input_size), embedding_dim=cfg.embedding_dim, l2_normalized=normalize
+    )
+    tmp = fp32_path.with_name(f".{fp32_path.name}.unchecked")
+    rewrites = export_onnx(
+        net, tmp, input_size=tuple(cfg.input_size), normalize=normalize, optimize=req.optimize,
+        metadata=model_metadata(pre, info),
+    )
+    try:
+        parity = check_parity(net, tmp, probe, normalize=normalize, real_faces=real)
+        os.replace(tmp, fp32_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report: dict = {
+        "model": req.model,
+        "backbone": cfg.name,
+        "fp32": str(fp32_path),
+        "l2_normalized": normalize,
+        "rewrites": rewrites,
+        "parity": {
+            "min_cosine": {str(k): v for k, v in parity.min_cosine.items()},
+            "max_abs_diff": {str(k): v for k, v in parity.max_abs_diff.items()},
+            "images": parity.images,
+            "real_faces": parity.real_faces,
+        },
+    }
+    log(
+        f"exported {fp32_path} ({fp32_path.stat().st_size / 1e6:.1f} MB); parity with PyTorch on "
+        f"{parity.images} {'aligned faces' if real else 'random inputs (pass --calib DIR for real faces)'}: "
+        + ", ".join(f"batch {b} min cosine {c:.6f}" for b, c in parity.min_cosine.items())
+    )
+    final = fp32_path
+    if req.int8:
+        from facekd.deploy.quantize import quantize_int8
+
+        log(f"quantizing ({req.int8}); trying each recipe and timing it against FP32 ...")
+        res = quantize_int8(fp32_path, out, req.int8, calib=calib, probe=probe if real else synthetic_inputs(16, tuple(cfg.input_size)))
+        report["int8"] = res.to_dict() | {"path": str(out)}
+        for t in res.tried:
+            log(f"  {t['recipe']:<24} {t['ratio']:.2f}x FP32 latency, cosine to FP32 mean {t['cosine_mean']:.4f} -> {t['verdict']}")
+        log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, recipe {res.recipe}, {res.ratio:.2f}x FP32 latency at batch 1, one thread)")
+        final = out
+    if req.lfw is not None:
+        from facekd.deploy.threshold import choose_threshold, store_threshold
+
+        log(f"choosing the verification threshold on {req.lfw} ...")
+        choice = choose_threshold(final, req.lfw)
+        store_threshold(final, choice)  # chosen on this model's own scores
+        report["threshold"] = asdict(choice)
+        log(
+            f"threshold {choice.threshold:.4f} (cosine; right on {choice.accuracy_all_pairs:.2f}% of the {choice.pairs} "
+            f"LFW pairs; 10-fold {choice.accuracy_10fold:.2f} ± {choice.std_10fold:.2f}%) stored in {final}"
+        )
+    report["onnx"] = str(final)
+    return report
+

@@ -16,6 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+# Names of the nodes a decomposed PReLU becomes start with this (quantize.py keeps them FP32).
+PRELU_PREFIX = "facekd_prelu/"
+
 GraphRewrite = Callable[["onnx.ModelProto"], int]  # noqa: F821 - returns nodes rewritten
 
 
@@ -103,9 +106,9 @@ def decompose_prelu(model) -> int:
             model.graph.initializer.append(numpy_helper.from_array(slope - np.float32(1.0), shifted[s]))
         base = node.name or y
         nodes += [
-            helper.make_node("Min", [x, zero], [f"{y}_neg"], name=f"{base}_min"),
-            helper.make_node("Mul", [f"{y}_neg", shifted[s]], [f"{y}_scaled"], name=f"{base}_mul"),
-            helper.make_node("Add", [x, f"{y}_scaled"], [y], name=f"{base}_add"),
+            helper.make_node("Min", [x, zero], [f"{y}_neg"], name=f"{PRELU_PREFIX}{base}/min"),
+            helper.make_node("Mul", [f"{y}_neg", shifted[s]], [f"{y}_scaled"], name=f"{PRELU_PREFIX}{base}/mul"),
+            helper.make_node("Add", [x, f"{y}_scaled"], [y], name=f"{PRELU_PREFIX}{base}/add"),
         ]
         done += 1
     if done:

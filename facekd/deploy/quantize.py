@@ -52,6 +52,8 @@ class QuantRecipe:
         per_channel: Per-output-channel weight scales.
         reduce_range: 7-bit weights, against the saturation of AVX2's 8-bit
             multiply-add without VNNI (onnxruntime's advice for such CPUs).
+        prelu_fp32: Keep the Min/Mul/Add of decomposed PReLUs (``facekd.deploy.graph``)
+            in FP32: quantizing their intermediate values costs accuracy.
     """
 
     name: str
@@ -60,6 +62,7 @@ class QuantRecipe:
     min_conv_macs: int = 0
     per_channel: bool = True
     reduce_range: bool = True
+    prelu_fp32: bool = True
     doc: str = ""
 
 
@@ -77,6 +80,15 @@ _register(
         op_types=("Conv", "Gemm", "MatMul", "Add", "MaxPool", "Flatten", "Reshape"),
         min_conv_macs=64,
         doc="static QDQ; depthwise, stem and other narrow convs (<64 MACs per output) and PReLU stay FP32",
+    )
+)
+_register(QuantRecipe("qdq_all_q_prelu", prelu_fp32=False, doc="qdq_all, decomposed PReLUs quantized too"))
+_register(
+    QuantRecipe(
+        "qdq_wide_convs_q_prelu",
+        op_types=("Conv", "Gemm", "MatMul", "Add", "MaxPool", "Flatten", "Reshape"),
+        min_conv_macs=64,
+        prelu_fp32=False,
     )
 )
 _register(
@@ -165,7 +177,11 @@ def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np
     prepared = out_path.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
+    from facekd.deploy.graph import PRELU_PREFIX
+
     exclude = [name for name, k in _conv_macs_per_output(model).items() if k < recipe.min_conv_macs]
+    if recipe.prelu_fp32:
+        exclude += [n.name for n in model.graph.node if n.name.startswith(PRELU_PREFIX)]
     common = dict(
         op_types_to_quantize=list(recipe.op_types) or None,
         nodes_to_exclude=exclude or None,

@@ -55,7 +55,7 @@ class _FolderSource:
         return str(self.root / self.files[int(key)])
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     source: int
     key: int

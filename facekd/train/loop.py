@@ -124,9 +124,12 @@ def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, prog
             rec["images_per_s"] = n_window * local_batch * setup.dist.world_size / max(now - t_window, 1e-9)
             setup.log.write(rec)
             window, n_window, t_window = {}, 0, now
-    seconds = time.perf_counter() - t_epoch
     names = list(epoch_sum)
-    vals = mean_across(torch.stack([epoch_sum[k] for k in names]) / max(n_epoch, 1), setup.dist).tolist()
+    if not names:
+        raise FacekdError(f"epoch {epoch}: no batches (fewer crops than one batch per process?)")
+    # .tolist() waits for the device, so the time below includes the last steps' work.
+    vals = mean_across(torch.stack([epoch_sum[k] for k in names]) / n_epoch, setup.dist).tolist()
+    seconds = time.perf_counter() - t_epoch
     stats = {
         **dict(zip(names, vals)),
         "seconds": seconds,

@@ -1,0 +1,307 @@
+"""``facekd bench``: size, cost and speed of embedders side by side (SPEC section 5).
+
+Per model: parameters, MACs at its input size, FP32 and INT8 ONNX file sizes, CPU
+latency per face at batch 1 (one thread and all threads) for PyTorch eager, ONNX
+Runtime FP32 and ONNX Runtime INT8, throughput at batch 64 (all threads), and GPU
+throughput when there is one. Batch-1 calls of all engines are interleaved round by
+round (``facekd.deploy.timing``), so they see the same background load; each figure is
+the median over rounds, with the fastest and slowest round.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facekd.errors import FacekdError
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How ``facekd bench`` measures.
+
+    Attributes:
+        rounds: Interleaved rounds at batch 1.
+        rounds_b64: Rounds at batch 64.
+        int8: INT8 mode to benchmark ("static", "dynamic") or None to skip INT8.
+        calib: Aligned crops (folder or pack) to calibrate INT8 and probe it; without
+            them, random inputs (latency does not depend on the values).
+        threads: "All threads" (default: every core).
+    """
+
+    rounds: int = 10
+    rounds_b64: int = 3
+    int8: str | None = "static"
+    calib: Path | None = None
+    threads: int = 0
+
+
+@dataclass
+class BenchRow:
+    """One model's figures; latencies in ms per face, throughputs in faces/s."""
+
+    name: str
+    params: int
+    macs: int
+    input_size: list[int]
+    weights: str
+    onnx_fp32_mb: float
+    onnx_int8_mb: float | None
+    int8_recipe: str | None
+    int8_note: str | None
+    torch_ms_1t: float
+    torch_ms_all: float
+    ort_fp32_ms_1t: float
+    ort_fp32_ms_all: float
+    ort_int8_ms_1t: float | None
+    ort_int8_ms_all: float | None
+    int8_ratio_1t: float | None  # median round-by-round INT8/FP32, batch 1, one thread
+    torch_b64_fps: float
+    ort_fp32_b64_fps: float
+    ort_int8_b64_fps: float | None
+    gpu_b64_fps: float | None
+    spread: dict = field(default_factory=dict)  # per measurement: median/min/max
+    threads: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _load_model(spec: str):
+    """A registered name (random weights) or a facekd checkpoint -> (model, weights label)."""
+    from facekd.loading import load_checkpoint_backbone
+    from facekd.models import BACKBONES, build_backbone
+
+    path = Path(spec)
+    if path.is_file():
+        return load_checkpoint_backbone(path), path.name
+    if spec not in BACKBONES:
+        if path.suffix or "/" in spec:
+            raise FacekdError(f"{spec}: no such file")
+        BACKBONES.get(spec)  # raises, listing the known names
+    return build_backbone(spec), "random init (latency does not depend on weights)"
+
+
+def _ort(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def bench_model(spec: str, opts: BenchOptions = BenchOptions(), log=print) -> BenchRow:
+    """Measures one model (registered name or facekd checkpoint)."""
+    import torch
+
+    from facekd.deploy.crops import sample_crops
+    from facekd.deploy.export import export_onnx, synthetic_inputs
+    from facekd.deploy.quantize import quantize_int8
+    from facekd.deploy.timing import median_ratio, time_interleaved
+    from facekd.embed import Preprocessing, to_input
+    from facekd.models.profile import count_macs, count_params
+
+    model, weights = _load_model(spec)
+    model.eval()
+    cfg = model.cfg
+    name = cfg.name if not Path(spec).is_file() else f"{cfg.name} ({Path(spec).name})"
+    size = tuple(cfg.input_size)
+    all_threads = opts.threads or os.cpu_count() or 1
+    pre = Preprocessing.from_cfg(cfg)
+    if opts.calib is not None:
+        faces = to_input(sample_crops(opts.calib, pre.template, 128), pre)
+    else:
+        faces = synthetic_inputs(64, size)
+    one = np.ascontiguousarray(faces[:1])
+    b64 = np.ascontiguousarray(np.concatenate([faces] * (-(-64 // len(faces))))[:64])
+
+    with tempfile.TemporaryDirectory(prefix="facekd-bench-") as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        export_onnx(model, fp32_path, input_size=size)
+        int8_recipe = int8_note = None
+        if opts.int8:
+            log(f"{name}: quantizing ({opts.int8}) ...")
+            try:
+                res = quantize_int8(
+                    fp32_path, int8_path, opts.int8, calib=faces, probe=faces[:32],
+                    # Random weights give meaningless cosines; a checkpoint is held to the usual floor.
+                    **({} if Path(spec).is_file() and opts.calib is not None else {"min_cosine": -1.0}),
+                )
+                int8_recipe = res.recipe
+            except FacekdError as exc:
+                int8_note = str(exc)
+        has_int8 = int8_path.is_file()
+        s1 = {"fp32": _ort(fp32_path, 1), "fp32_all": _ort(fp32_path, all_threads)}
+        if has_int8:
+            s1.update(int8=_ort(int8_path, 1), int8_all=_ort(int8_path, all_threads))
+        in_name = s1["fp32"].get_inputs()[0].name
+        before = torch.get_num_threads()
+
+        def torch_call(x: np.ndarray, threads: int):
+            def call():
+                torch.set_num_threads(threads)
+                with torch.inference_mode():
+                    model(torch.from_numpy(x))
+
+            return call
+
+        calls = {
+            "torch_1t": torch_call(one, 1),
+            "torch_all": torch_call(one, all_threads),
+            "ort_fp32_1t": lambda: s1["fp32"].run(None, {in_name: one}),
+            "ort_fp32_all": lambda: s1["fp32_all"].run(None, {in_name: one}),
+        }
+        if has_int8:
+            calls["ort_int8_1t"] = lambda: s1["int8"].run(None, {in_name: one})
+            calls["ort_int8_all"] = lambda: s1["int8_all"].run(None, {in_name: one})
+        log(f"{name}: batch 1, {opts.rounds} interleaved rounds ...")
+        t1, rounds1 = time_interleaved(calls, rounds=opts.rounds)
+        calls64 = {
+            "torch_b64": torch_call(b64, all_threads),
+            "ort_fp32_b64": lambda: s1["fp32_all"].run(None, {in_name: b64}),
+        }
+        if has_int8:
+            calls64["ort_int8_b64"] = lambda: s1["int8_all"].run(None, {in_name: b64})
+        log(f"{name}: batch 64, {opts.rounds_b64} rounds ...")
+        t64, _ = time_interleaved(calls64, rounds=opts.rounds_b64, min_round_s=0.0, warmup=1)
+        torch.set_num_threads(before)
+        gpu = _gpu_throughput(model, b64)
+        fp32_mb = fp32_path.stat().st_size / 1e6
+        int8_mb = int8_path.stat().st_size / 1e6 if has_int8 else None
+
+    ms = {k: round(v.median * 1000, 3) for k, v in t1.items()}
+    fps = {k: round(64 / v.median, 1) for k, v in t64.items()}
+    spread = {k: v.ms() for k, v in t1.items()} | {k: v.ms(per=64) for k, v in t64.items()}
+    ratio = median_ratio(rounds1["ort_int8_1t"], rounds1["ort_fp32_1t"])[0] if has_int8 else None
+    return BenchRow(
+        name=name,
+        params=count_params(model),
+        macs=count_macs(model, size),
+        input_size=list(size),
+        weights=weights,
+        onnx_fp32_mb=round(fp32_mb, 3),
+        onnx_int8_mb=round(int8_mb, 3) if int8_mb else None,
+        int8_recipe=int8_recipe,
+        int8_note=int8_note,
+        torch_ms_1t=ms["torch_1t"],
+        torch_ms_all=ms["torch_all"],
+        ort_fp32_ms_1t=ms["ort_fp32_1t"],
+        ort_fp32_ms_all=ms["ort_fp32_all"],
+        ort_int8_ms_1t=ms.get("ort_int8_1t"),
+        ort_int8_ms_all=ms.get("ort_int8_all"),
+        int8_ratio_1t=round(ratio, 4) if ratio is not None else None,
+        torch_b64_fps=fps["torch_b64"],
+        ort_fp32_b64_fps=fps["ort_fp32_b64"],
+        ort_int8_b64_fps=fps.get("ort_int8_b64"),
+        gpu_b64_fps=gpu,
+        spread=spread,
+        threads=all_threads,
+    )
+
+
+def _gpu_throughput(model, batch: np.ndarray) -> float | None:
+    """PyTorch eager faces/s at batch 64 on CUDA (None without a GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from facekd.deploy.timing import time_interleaved
+
+    net = model.cuda().eval()
+    x = torch.from_numpy(batch).cuda()
+
+    def call():
+        with torch.inference_mode():
+            net(x)
+        torch.cuda.synchronize()
+
+    t, _ = time_interleaved({"gpu": call}, rounds=10)
+    model.cpu()
+    return round(64 / t["gpu"].median, 1)
+
+
+def teacher_ratios(rows: list[dict], teacher: str = "resnet27", key: str = "ort_fp32_ms_1t") -> dict[str, float]:
+    """How many times faster than ``teacher`` each other row is on ``key``."""
+    base = next((r for r in rows if r["name"] == teacher), None)
+    if base is None or not base.get(key):
+        return {}
+    return {r["name"]: round(base[key] / r[key], 2) for r in rows if r["name"] != teacher and r.get(key)}
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown_table(rows: list[dict], teacher: str = "resnet27") -> str:
+    """The benchmark as a Markdown table (latency in ms per face)."""
+    speedup = teacher_ratios(rows, teacher)
+    head = (
+        "| model | params (M) | MMAC | ONNX FP32 / INT8 (MB) | INT8 recipe | PyTorch 1t / all | ORT FP32 1t / all "
+        "| ORT INT8 1t / all | INT8/FP32 (1t) | b64 faces/s PyTorch / FP32 / INT8 | GPU b64 | "
+        f"vs {teacher} (ORT FP32 1t) |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e6:.0f} | "
+            f"{_fmt(r['onnx_fp32_mb'], '.1f')} / {_fmt(r['onnx_int8_mb'], '.1f')} | {r['int8_recipe'] or '–'} | "
+            f"{_fmt(r['torch_ms_1t'])} / {_fmt(r['torch_ms_all'])} | {_fmt(r['ort_fp32_ms_1t'])} / {_fmt(r['ort_fp32_ms_all'])} | "
+            f"{_fmt(r['ort_int8_ms_1t'])} / {_fmt(r['ort_int8_ms_all'])} | {_fmt(r['int8_ratio_1t'])} | "
+            f"{_fmt(r['torch_b64_fps'], '.0f')} / {_fmt(r['ort_fp32_b64_fps'], '.0f')} / {_fmt(r['ort_int8_b64_fps'], '.0f')} | "
+            f"{_fmt(r['gpu_b64_fps'], '.0f')} | {('%.1fx' % speedup[r['name']]) if r['name'] in speedup else '–'} |"
+        )
+    return "\n".join(lines)
+
+
+def read_accuracies(path: Path | str) -> dict[str, float]:
+    """LFW accuracies (percent) by model name, from ``{"name": 99.1, ...}`` or from a list
+    of rows that carry ``name`` and ``lfw_accuracy`` (or ``accuracy``)."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict):
+        return {str(k): float(v["accuracy"] if isinstance(v, dict) else v) for k, v in data.items()}
+    out = {}
+    for row in data:
+        acc = row.get("lfw_accuracy", row.get("accuracy"))
+        if acc is not None:
+            out[row["name"]] = float(acc)
+    return out
+
+
+def plot_accuracy_latency(rows: list[dict], accuracies: dict[str, float], path: Path | str, key: str = "ort_fp32_ms_1t") -> Path:
+    """PNG: LFW accuracy against CPU latency, marker area proportional to parameters."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from facekd.io_utils import atomic_write_bytes
+
+    pts = [(r, accuracies[r["name"]]) for r in rows if r["name"] in accuracies and r.get(key)]
+    if not pts:
+        raise FacekdError("no benchmarked model has an accuracy in the results file; nothing to plot")
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    biggest = max(r["params"] for r, _ in pts)
+    for r, acc in pts:
+        ax.scatter(r[key], acc, s=40 + 1500 * r["params"] / biggest, alpha=0.5)
+        ax.annotate(f"{r['name']}\n{r['params'] / 1e6:.1f} M", (r[key], acc), fontsize=8, ha="center", va="center")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"CPU latency per face, ms ({key})")
+    ax.set_ylabel("LFW accuracy, %")
+    ax.set_title("Accuracy against latency (marker area: parameters)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -1,0 +1,71 @@
+"""The same/different threshold ``facekd verify`` uses, chosen on LFW and stored in the model.
+
+``facekd verify`` compares two single embeddings by cosine: no mirror image, no mean
+subtracted. The threshold is chosen for exactly that score: the one that maximises
+accuracy over all 6,000 LFW View-2 pairs (``verification.best_threshold``). The
+10-fold accuracy of the same plain cosine, with thresholds fitted on nine folds, is
+stored beside it as the honest estimate of how often that threshold is right.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from facekd.errors import FacekdError
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A threshold and the evidence for it (accuracies in percent)."""
+
+    threshold: float
+    rule: str
+    data: str
+    pairs: int
+    accuracy_all_pairs: float  # of the threshold itself, on the pairs it was chosen on
+    accuracy_10fold: float
+    std_10fold: float
+    fold_thresholds: list[float]
+
+
+def choose_threshold(model_path: Path | str, data: Path | str, progress=None) -> ThresholdChoice:
+    """Evaluates the ONNX model at ``model_path`` on LFW ``data`` and picks the threshold.
+
+    Args:
+        model_path: An exported ``.onnx``.
+        data: LFW folder with pairs.txt (aligned or raw) or an LFW pack.
+        progress: ``(done, total)`` callback while embedding.
+    """
+    import numpy as np
+
+    from facekd.embed import OnnxEmbedder
+    from facekd.evaluate import evaluate_pairs
+    from facekd.verification import best_threshold
+
+    emb = OnnxEmbedder(model_path)
+    emb.pre = replace(emb.pre, subtract_fold_mean=False)  # verify scores plain cosines
+    ev = evaluate_pairs(emb, data, flip=False, embed_progress=progress)
+    r = ev.result
+    if r.pairs == 0:
+        raise FacekdError(f"{data}: no pairs to choose a threshold on")
+    thr = best_threshold(r.scores, r.issame)
+    acc = float(np.mean((r.scores >= thr) == r.issame))
+    return ThresholdChoice(
+        threshold=round(float(thr), 6),
+        rule="maximises accuracy of cosine >= threshold over all pairs",
+        data=ev.info["protocol"],
+        pairs=int(r.pairs),
+        accuracy_all_pairs=round(100 * acc, 3),
+        accuracy_10fold=round(100 * r.accuracy, 3),
+        std_10fold=round(100 * r.std, 3),
+        fold_thresholds=[round(float(t), 6) for t in r.thresholds],
+    )
+
+
+def store_threshold(model_path: Path | str, choice: ThresholdChoice) -> None:
+    """Writes ``choice`` into the model's metadata (key ``facekd.threshold``), atomically."""
+    from facekd.deploy.export import THRESHOLD_META_KEY, update_metadata
+
+    update_metadata(model_path, {THRESHOLD_META_KEY: json.dumps(asdict(choice))})
