@@ -148,7 +148,30 @@ def read_yaml(path: Path | str) -> dict:
     return data
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_tree(path: Path | str, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file with its ``extends: other.yaml`` chain merged in (paths relative to
+    the file; sections merge key by key, the extending file wins)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise FacekdError(f"{path}: extends itself (through {' -> '.join(p.name for p in _seen)})")
+    raw = read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise FacekdError(f"{path}: extends must be one file name, got {parent!r}")
+    return _merge(read_config_tree(path.parent / parent, (*_seen, path)), raw)
+
+
 def load_config(cls: type[T], path: Path | str, overrides: list[str] | None = None) -> T:
-    """Reads a YAML config file into ``cls``, after applying ``--set`` overrides."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    """Reads a YAML config file (and what it ``extends``) into ``cls``, after applying
+    ``--set`` overrides."""
+    raw = apply_overrides(read_config_tree(path), overrides or [])
     return from_dict(cls, raw, str(path))

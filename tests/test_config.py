@@ -69,3 +69,14 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(TrainConfig, path)
     assert cfg.model.backbone in BACKBONES and cfg.model.head in HEADS
     assert cfg.optim.name in OPTIMIZERS and cfg.schedule.name in SCHEDULES
+
+
+def test_extends_merges_sections_and_refuses_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim: {lr: 0.1, momentum: 0.8}\ntrain: {epochs: 40}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\noptim: {lr: 0.02}\n")
+    cfg = load_config(TrainConfig, tmp_path / "child.yaml")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.train.epochs) == (0.02, 0.8, 40)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(FacekdError, match="extends itself"):
+        load_config(TrainConfig, tmp_path / "a.yaml")
