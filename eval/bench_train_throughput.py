@@ -92,8 +92,8 @@ def bench(args: argparse.Namespace) -> list[dict]:
 
             bcfg = backbone_cfg(args.backbone)
             ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, 0, 0)
-            x, y = next(LOADERS.get("device")(ctx).epoch(batches[:1], 0))
-            feeds = (iter([(x, y)] * len(warm)), iter([(x, y)] * len(timed)))
+            x, y, idx = next(LOADERS.get("device")(ctx).epoch(batches[:1], 0))
+            feeds = (iter([(x, y, idx)] * len(warm)), iter([(x, y, idx)] * len(timed)))
         else:
             feeds = (setup.loader.epoch(warm, 1), setup.loader.epoch(timed, 2))
         train_one_epoch(setup, 1, 0, feeds[0])

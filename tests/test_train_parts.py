@@ -152,7 +152,8 @@ def test_every_loader_gives_the_same_normalised_batch_without_augmentation(tmp_p
     out = {}
     for name in ("workers", "device", "device-cache"):
         ctx = LoaderCtx(data, off, 127.5, 128.0, torch.device("cpu"), 0, 0)
-        (x, y), = list(LOADERS.get(name)(ctx).epoch(batches, 1))
+        (x, y, idx), = list(LOADERS.get(name)(ctx).epoch(batches, 1))
+        assert idx.tolist() == batches[0].tolist(), name
         out[name] = (x, y)
     ref = torch.from_numpy(np.stack([data.image(i) for i in batches[0]])).permute(0, 3, 1, 2).float()
     ref = (ref - 127.5) / 128.0

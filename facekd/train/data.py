@@ -4,6 +4,9 @@ that turn them into normalised tensors on the training device.
 Memory holds encoded JPEG bytes (a pack is memory-mapped; a folder is read file by file),
 never a decoded copy of the set on the host. Three loaders, chosen by ``data.loader``:
 
+Every loader yields ``(images, labels, indices)`` on the training device; the indices
+name the crops (a distillation run looks up cached teacher outputs by them).
+
 - ``workers``: decode and augment (albumentations) in DataLoader worker processes.
 - ``device``: per batch, JPEG decode on the GPU (nvjpeg, ``torchvision.io.decode_jpeg``)
   and augmentation on the GPU; a background thread gathers the bytes ahead.
@@ -270,7 +273,7 @@ class _DecodeAugment:
         return len(self.data)
 
     def __getitem__(self, i: int):
-        return self.transform(self.data.image(i)), int(self.data.labels[i])
+        return self.transform(self.data.image(i)), int(self.data.labels[i]), i
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -290,7 +293,7 @@ class WorkerLoader:
         self.ctx = ctx
         self.dataset = _DecodeAugment(ctx.data, train_transform(ctx.mean, ctx.std, ctx.augment))
 
-    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         ctx = self.ctx
         gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
         if ctx.workers == 0:
@@ -304,8 +307,8 @@ class WorkerLoader:
             pin_memory=ctx.device.type == "cuda",
             prefetch_factor=4 if ctx.workers else None,
         )
-        for x, y in loader:
-            yield x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        for x, y, idx in loader:
+            yield x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True), idx.to(ctx.device)
 
 
 def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -327,7 +330,7 @@ class DeviceLoader:
     def __init__(self, ctx: LoaderCtx) -> None:
         self.ctx = ctx
 
-    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         from facekd.data.gpu_augment import augment_batch
 
         ctx = self.ctx
@@ -340,7 +343,7 @@ class DeviceLoader:
                 for b in batches:
                     if stop.is_set():
                         return
-                    q.put(([ctx.data.raw(i) for i in b], torch.from_numpy(ctx.data.labels[b])))
+                    q.put(([ctx.data.raw(i) for i in b], torch.from_numpy(ctx.data.labels[b]), torch.from_numpy(b)))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 q.put(exc)
                 return
@@ -352,9 +355,9 @@ class DeviceLoader:
             while (item := q.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                blobs, y = item
+                blobs, y, idx = item
                 x = augment_batch(decode_on(ctx.device, blobs), ctx.augment, gen)
-                yield _normalise(x, ctx.mean, ctx.std), y.to(ctx.device, non_blocking=True)
+                yield _normalise(x, ctx.mean, ctx.std), y.to(ctx.device, non_blocking=True), idx.to(ctx.device)
         finally:
             stop.set()
             while t.is_alive():  # unblock a producer waiting on a full queue
@@ -377,7 +380,7 @@ class DeviceCacheLoader:
         self.images = torch.cat(parts)
         self.labels = torch.from_numpy(ctx.data.labels).to(ctx.device)
 
-    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         from facekd.data.gpu_augment import augment_batch
 
         ctx = self.ctx
@@ -385,7 +388,7 @@ class DeviceCacheLoader:
         for b in batches:
             idx = torch.from_numpy(b).to(ctx.device, non_blocking=True)
             x = augment_batch(self.images.index_select(0, idx), ctx.augment, gen)
-            yield _normalise(x, ctx.mean, ctx.std), self.labels.index_select(0, idx)
+            yield _normalise(x, ctx.mean, ctx.std), self.labels.index_select(0, idx), idx
 
 
 def choose_loader(name: str, data: TrainSet, device: torch.device) -> str:

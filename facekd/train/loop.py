@@ -25,6 +25,7 @@ from facekd.train.distributed import DistInfo, barrier, init_distributed, mean_a
 from facekd.train.run_log import RunLog
 
 CHECKPOINT = "checkpoints/last.pt"
+INFO_PREFIX = "info_"  # objective outputs logged but not added to the loss (e.g. mean μ)
 BEST = "checkpoints/best.pt"
 
 
@@ -36,7 +37,7 @@ class LabelObjective(nn.Module):
         self.backbone, self.head, self.center = backbone, head, center
         self.center_weight = center_weight
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         emb = self.backbone(x)
         terms = {"cls": F.cross_entropy(self.head(emb, y).float(), y)}
         if self.center is not None:
@@ -73,6 +74,7 @@ class Setup:
     steps_per_epoch: int
     log: RunLog
     metrics: dict = field(default_factory=dict)
+    identities: list[str] = field(default_factory=list)  # label -> name, saved with the model
 
 
 def _autocast(setup: Setup):
@@ -92,12 +94,12 @@ def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, prog
     n_window = n_epoch = 0
     t_window = t_epoch = time.perf_counter()
     local_batch = cfg.batch_size // setup.dist.world_size
-    for x, y in batches:
+    for x, y, index in batches:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(setup):
-            terms = setup.objective(x, y)
-        loss = sum(terms.values())
+            terms = setup.objective(x, y, index)
+        loss = sum(v for k, v in terms.items() if not k.startswith(INFO_PREFIX))
         setup.optimizer.zero_grad(set_to_none=True)
         setup.scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -187,6 +189,7 @@ def _checkpoint_state(setup: Setup, epoch: int, step: int) -> dict:
         "step": step,
         "rng": rng_state(),
         "config": to_dict(setup.cfg),
+        "identities": list(setup.identities),
         "metrics": setup.metrics,
         "torch": str(torch.__version__),
     }
@@ -208,19 +211,31 @@ def _check_same_model(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     from facekd.config import to_dict
 
     old = ckpt.get("config", {})
-    for section in ("model", "data"):
-        if old.get(section) != to_dict(getattr(cfg, section)):
+    for section in ("model", "data", "teacher", "distill"):
+        if hasattr(cfg, section) and old.get(section) != to_dict(getattr(cfg, section)):
             raise FacekdError(
                 f"{path}: was trained with a different {section} section; resume with the same config "
                 "(only train.epochs, eval.* and logging may change)"
             )
 
 
-def fit(cfg: TrainConfig, run_dir: Path | str, resume: bool = False, say: Callable[[str], None] = print) -> dict:
+def fit(
+    cfg: TrainConfig,
+    run_dir: Path | str,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+    make_objective: Callable | None = None,
+) -> dict:
     """Trains ``cfg`` into ``run_dir``; returns the final metrics.
 
     Launched by ``torchrun``, each process joins the group and takes its share of every
     global batch; only rank 0 writes files.
+
+    Args:
+        make_objective: ``(cfg, data, device, say) -> nn.Module`` with a ``backbone``
+            attribute, returning named loss terms from ``(images, labels, indices)``;
+            default: :class:`LabelObjective` (backbone + head from labels). Distillation
+            passes its own.
     """
     from facekd.config import to_dict
     from facekd.models import backbone_cfg
@@ -257,7 +272,11 @@ def fit(cfg: TrainConfig, run_dir: Path | str, resume: bool = False, say: Callab
             data = build_train_set(cfg.data, bcfg.template)
 
         torch.manual_seed(cfg.train.seed)
-        plain = build_objective(cfg, len(data.identities)).to(device)
+        if make_objective is None:
+            plain = build_objective(cfg, len(data.identities))
+        else:
+            plain = make_objective(cfg, data, device, say)
+        plain = plain.to(device)
         if device.type == "cuda" and cfg.train.channels_last:
             plain = plain.to(memory_format=torch.channels_last)
         optimizer = build_optimizer([plain], cfg.optim)
@@ -286,7 +305,10 @@ def fit(cfg: TrainConfig, run_dir: Path | str, resume: bool = False, say: Callab
         loader = LOADERS.get(loader_name)(ctx)
 
         log = RunLog(run_dir, enabled=dist.is_main)
-        setup = Setup(cfg, dist, device, objective, plain, optimizer, schedule, scaler, loader, len(data), steps, log, metrics)
+        setup = Setup(
+            cfg, dist, device, objective, plain, optimizer, schedule, scaler, loader, len(data), steps, log, metrics,
+            identities=data.identities,
+        )
         if dist.is_main:
             from facekd.io_utils import atomic_write_bytes
 
@@ -325,7 +347,7 @@ def fit(cfg: TrainConfig, run_dir: Path | str, resume: bool = False, say: Callab
                 state = _checkpoint_state(setup, epoch, step)
                 save_checkpoint(run_dir / CHECKPOINT, state)
                 if "lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"]:
-                    save_checkpoint(run_dir / BEST, {k: state[k] for k in ("format", "backbone", "backbone_args", "model", "epoch", "step", "config", "metrics")})
+                    save_checkpoint(run_dir / BEST, {k: state[k] for k in ("format", "backbone", "backbone_args", "model", "epoch", "step", "config", "identities", "metrics")})
             say(_epoch_line(record))
             result = metrics
         log.close()

@@ -1,0 +1,56 @@
+"""The schema of a distillation config (``facekd distill CONFIG``): a training config
+plus the teacher and the loss terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from facekd.distill.losses import CAFFE_MIN_CE
+from facekd.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TeacherCfg:
+    """Who teaches.
+
+    ``model`` is a facekd checkpoint (``RUN/checkpoints/best.pt``), a registered backbone
+    name with ``weights``, or an ``.onnx`` embedder. A teacher without a classifier over
+    the student's training identities (an embedder, or a checkpoint trained on other
+    identities) gets one fitted on its frozen embeddings first (``classifier_epochs``),
+    so soft terms and teacher weighting still apply.
+    """
+
+    model: str = ""
+    weights: str | None = None
+    classifier: str = "cosface"  # head fitted on frozen embeddings when the teacher has none
+    classifier_args: dict = field(default_factory=lambda: {"scale": 64.0, "margin": 0.35})
+    classifier_epochs: int = 10
+
+
+@dataclass(frozen=True)
+class DistillCfg:
+    """The loss: ``L = Σ terms``, each ``{name, weight, ...}`` from DISTILL_LOSSES;
+    teacher terms scaled per sample by μ when ``teacher_weighting`` is on (SPEC 3)."""
+
+    terms: list[dict] = field(
+        default_factory=lambda: [
+            {"name": "hard", "weight": 1.0},
+            {"name": "soft", "weight": 1.0, "tau": 4.0},
+            {"name": "featurenorm", "weight": 1.0},
+        ]
+    )
+    teacher_weighting: bool = False
+    k: float = -0.5
+    min_ce: float = CAFFE_MIN_CE
+    # cache: teacher outputs for the un-augmented crops, computed once and reused;
+    # online: the teacher sees each augmented batch; auto: cache when augmentation is off.
+    teacher_mode: Literal["auto", "cache", "online"] = "auto"
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainConfig):
+    """A whole ``facekd distill`` run: ``model`` is the student."""
+
+    teacher: TeacherCfg = field(default_factory=TeacherCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)

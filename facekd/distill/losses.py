@@ -1,0 +1,272 @@
+"""Distillation terms (Wang et al., ICIP 2018, and the other methods in SPEC sections 3-4).
+
+Each term is a registered ``nn.Module`` whose ``forward(student, teacher, target)``
+returns named, weighted loss values; the objective sums them and the trainer logs each
+by name. Terms that follow the teacher are scaled per sample by the teacher weight μ
+(``teacher.weight``) when teacher weighting is on; ``hard`` and ``label_smoothing``
+use labels only and are never scaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facekd.registry import Registry
+
+DISTILL_LOSSES: Registry[nn.Module] = Registry("distillation term")
+
+# The lowest cross-entropy Caffe reports, the source's MIN for teacher weighting.
+CAFFE_MIN_CE = -8.37665
+
+
+@dataclass
+class Outputs:
+    """What a network gives a distillation term.
+
+    Attributes:
+        embedding: (N, D) embedding, not normalised.
+        logits: (N, C) class logits without any margin (what soft labels come from).
+        margin_logits: (N, C) logits with the head's margin on the target class (what the
+            hard term trains with); the same as ``logits`` for a softmax head.
+        weight: (N,) per-sample teacher weight μ, or None (all ones).
+    """
+
+    embedding: torch.Tensor
+    logits: torch.Tensor | None = None
+    margin_logits: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+
+
+def teacher_weights(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    target: torch.Tensor,
+    k: float = -0.5,
+    min_ce: float = CAFFE_MIN_CE,
+) -> torch.Tensor:
+    """Per-sample teacher weight μ (Wang et al., ICIP 2018, section 3.2), without gradient.
+
+    ``w = H(X_T, y) / (H(X_S, y) + k)``; ``α = k / MIN`` if ``w > 1`` else 0;
+    ``μ = 1 − α·w`` clamped to [0, 1]. Where ``H(X_S, y) + k ≤ 0`` the ratio is
+    undefined and μ = 1. A sample the teacher gets more wrong than the student (by more
+    than the relaxation ``k``) gets less of the teacher's guidance.
+
+    Args:
+        teacher_logits, student_logits: (N, C) logits over the same classes.
+        target: (N,) labels.
+        k: Relaxation factor (the paper: −0.5).
+        min_ce: MIN, the lowest cross-entropy (Caffe's −8.37665).
+    """
+    with torch.no_grad():
+        h_t = F.cross_entropy(teacher_logits.float(), target, reduction="none")
+        h_s = F.cross_entropy(student_logits.float(), target, reduction="none")
+        denom = h_s + k
+        valid = denom > 0
+        w = torch.where(valid, h_t / torch.where(valid, denom, torch.ones_like(denom)), torch.zeros_like(h_t))
+        alpha = torch.where(w > 1, torch.full_like(w, k / min_ce), torch.zeros_like(w))
+        mu = (1 - alpha * w).clamp(0.0, 1.0)
+        return torch.where(valid, mu, torch.ones_like(mu))
+
+
+def _weighted_mean(per_sample: torch.Tensor, teacher: Outputs) -> torch.Tensor:
+    if teacher.weight is None:
+        return per_sample.mean()
+    return (teacher.weight.to(per_sample.dtype) * per_sample).mean()
+
+
+def soft_cross_entropy(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per sample ``τ² · H(softmax(z_T/τ), softmax(z_S/τ))``."""
+    p_t = F.softmax(teacher_logits.float() / tau, dim=1)
+    return -(p_t * F.log_softmax(student_logits.float() / tau, dim=1)).sum(dim=1) * tau * tau
+
+
+class _Term(nn.Module):
+    """A term with a weight λ and a name in the logs."""
+
+    name = "term"
+    follows_teacher = True
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def per_sample(self, student: Outputs, teacher: Outputs, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, student: Outputs, teacher: Outputs, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = self.per_sample(student, teacher, target)
+        mean = _weighted_mean(values, teacher) if self.follows_teacher else values.mean()
+        return {self.name: self.weight * mean}
+
+
+@DISTILL_LOSSES.register("hard")
+class Hard(_Term):
+    """``L_hard = H(X_S, y)``: the student's cross-entropy on the label, through its head
+    (with the head's margin). Labels only: never scaled by μ."""
+
+    name, follows_teacher = "hard", False
+
+    def per_sample(self, student, teacher, target):
+        return F.cross_entropy(student.margin_logits.float(), target, reduction="none")
+
+
+@DISTILL_LOSSES.register("soft")
+class Soft(_Term):
+    """``L_soft = τ²·H(X_T^τ, X_S^τ)`` with ``X^τ = softmax(Z/τ)`` (Wang et al.; Hinton et al.):
+    cross-entropy between the teacher's and the student's softened class probabilities."""
+
+    name = "soft"
+
+    def __init__(self, weight: float = 1.0, tau: float = 4.0) -> None:
+        super().__init__(weight)
+        self.tau = tau
+
+    def per_sample(self, student, teacher, target):
+        return soft_cross_entropy(teacher.logits, student.logits, self.tau)
+
+
+@DISTILL_LOSSES.register("feature")
+class Feature(_Term):
+    """Hint learning on the embedding: ``L_feature = ||F_S − F_T||²`` (squared L2 per sample;
+    the student's embedding passes through the objective's adaptation layer when the
+    widths differ). The paper found it hurts next to the other terms."""
+
+    name = "feature"
+
+    def per_sample(self, student, teacher, target):
+        return (student.embedding.float() - teacher.embedding.float()).pow(2).sum(dim=1)
+
+
+@DISTILL_LOSSES.register("featurenorm")
+class FeatureNorm(_Term):
+    """``L_featurenorm = ||F_S/|F_S| − F_T/|F_T|||² = 2 − 2·cos(F_S, F_T)``: hint learning
+    made consistent with cosine verification (Wang et al., section 3.1)."""
+
+    name = "featurenorm"
+
+    def per_sample(self, student, teacher, target):
+        s = F.normalize(student.embedding.float(), dim=1)
+        t = F.normalize(teacher.embedding.float(), dim=1)
+        return (s - t).pow(2).sum(dim=1)
+
+
+@DISTILL_LOSSES.register("hinton")
+class HintonKD(_Term):
+    """Hinton et al. (2015): ``(1 − α)·H(y, p_S) + α·τ²·H(p_T^τ, p_S^τ)`` with α = 0.5 and
+    τ of 2–5. Logged as two terms, ``hinton_hard`` and ``hinton_soft``."""
+
+    name = "hinton"
+
+    def __init__(self, weight: float = 1.0, tau: float = 4.0, alpha: float = 0.5) -> None:
+        super().__init__(weight)
+        self.tau, self.alpha = tau, alpha
+
+    def forward(self, student, teacher, target):
+        hard = F.cross_entropy(student.margin_logits.float(), target)
+        soft = _weighted_mean(soft_cross_entropy(teacher.logits, student.logits, self.tau), teacher)
+        return {"hinton_hard": self.weight * (1 - self.alpha) * hard, "hinton_soft": self.weight * self.alpha * soft}
+
+
+@DISTILL_LOSSES.register("logit_regression")
+class LogitRegression(_Term):
+    """Ba & Caruana (2014): the student regresses the teacher's logits,
+    ``½·mean_c (z_S − z_T)²`` per sample."""
+
+    name = "logit_regression"
+
+    def per_sample(self, student, teacher, target):
+        return 0.5 * (student.logits.float() - teacher.logits.float()).pow(2).mean(dim=1)
+
+
+@DISTILL_LOSSES.register("noisy_teacher")
+class NoisyTeacher(Soft):
+    """Sau & Balasubramanian (2016): soft targets from teacher logits with Gaussian noise
+    added, ``z_T + σ·|z_T|_mean·ε`` with probability ``p`` per sample, as a regulariser."""
+
+    name = "noisy_soft"
+
+    def __init__(self, weight: float = 1.0, tau: float = 4.0, sigma: float = 0.1, p: float = 0.5) -> None:
+        super().__init__(weight, tau)
+        self.sigma, self.p = sigma, p
+
+    def per_sample(self, student, teacher, target):
+        z = teacher.logits.float()
+        if self.training:
+            scale = z.abs().mean(dim=1, keepdim=True)
+            on = (torch.rand(z.shape[0], 1, device=z.device) < self.p).float()
+            z = z + on * self.sigma * scale * torch.randn_like(z)
+        return soft_cross_entropy(z, student.logits, self.tau)
+
+
+@DISTILL_LOSSES.register("manual_teacher")
+class ManualTeacher(_Term):
+    """Tf-KD with a manually designed teacher (Yuan et al., CVPR 2020): the teacher's
+    distribution is ``a`` on the true class and ``(1 − a)/(K − 1)`` elsewhere (a = 0.99
+    in the public code); the term is ``τ²·KL(p^d_τ ‖ p_S^τ)`` with ``p^d_τ`` the softmax of
+    ``log p^d / τ``. Needs no teacher network."""
+
+    name, follows_teacher = "manual_teacher", False
+
+    def __init__(self, weight: float = 1.0, a: float = 0.99, tau: float = 20.0) -> None:
+        super().__init__(weight)
+        self.a, self.tau = a, tau
+
+    def per_sample(self, student, teacher, target):
+        k = student.logits.shape[1]
+        p = torch.full_like(student.logits, (1 - self.a) / (k - 1), dtype=torch.float32)
+        p.scatter_(1, target[:, None], self.a)
+        p_tau = F.softmax(p.log() / self.tau, dim=1)
+        log_s = F.log_softmax(student.logits.float() / self.tau, dim=1)
+        return (p_tau * (p_tau.log() - log_s)).sum(dim=1) * self.tau * self.tau
+
+
+@DISTILL_LOSSES.register("label_smoothing")
+class LabelSmoothing(_Term):
+    """Label smoothing (Szegedy et al.; Tf-KD's "virtual teacher" reading of it):
+    cross-entropy against ``1 − ε`` on the label and ``ε/(K − 1)`` elsewhere."""
+
+    name, follows_teacher = "label_smoothing", False
+
+    def __init__(self, weight: float = 1.0, epsilon: float = 0.1) -> None:
+        super().__init__(weight)
+        self.epsilon = epsilon
+
+    def per_sample(self, student, teacher, target):
+        logits = student.margin_logits.float()
+        k = logits.shape[1]
+        q = torch.full_like(logits, self.epsilon / (k - 1))
+        q.scatter_(1, target[:, None], 1 - self.epsilon)
+        return -(q * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def needs_teacher(terms: list[nn.Module]) -> bool:
+    return any(t.follows_teacher for t in terms)
+
+
+def uses(terms: list[nn.Module], what: str) -> bool:
+    """Whether any term reads the teacher's ``logits`` or ``embedding``."""
+    logit_terms = (Soft, HintonKD, LogitRegression)
+    embed_terms = (Feature, FeatureNorm)
+    kinds = logit_terms if what == "logits" else embed_terms
+    return any(isinstance(t, kinds) for t in terms)
+
+
+def build_terms(specs: list[dict]) -> list[nn.Module]:
+    """Terms from config entries ``{name: soft, weight: 1.0, tau: 4}``."""
+    from facekd.errors import FacekdError
+
+    out = []
+    for spec in specs:
+        spec = dict(spec)
+        if "name" not in spec:
+            raise FacekdError(f"distill.terms entry {spec} has no name (one of {', '.join(DISTILL_LOSSES.names())})")
+        name = spec.pop("name")
+        try:
+            out.append(DISTILL_LOSSES.build(name, **spec))
+        except TypeError as exc:
+            raise FacekdError(f"distill.terms {name}: {exc}") from None
+    return out

@@ -1,0 +1,194 @@
+"""Teachers: loading one, its outputs on the training crops (computed once, cached on
+disk), and a classifier over the student's identities when the teacher has none."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from facekd.errors import FacekdError
+
+Progress = Callable[[int, int], None]
+CACHE_VERSION = 1
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher.
+
+    Attributes:
+        name: What to call it in logs.
+        key: Identifies its weights (a file hash) for the output cache.
+        template, mean, std: What input it expects.
+        backbone: The PyTorch network (None for an ONNX teacher: cached outputs only).
+        embedder: Embeds uint8 crops (PyTorch or ONNX Runtime) for the cache.
+        head: Classifier over the student's training identities, if the teacher has one.
+    """
+
+    name: str
+    key: str
+    template: str
+    mean: float
+    std: float
+    backbone: nn.Module | None
+    embedder: object
+    head: nn.Module | None = None
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _freeze(m: nn.Module) -> nn.Module:
+    m.eval()
+    m.requires_grad_(False)
+    return m
+
+
+def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
+    """Loads ``cfg`` (a :class:`~facekd.distill.config.TeacherCfg`), frozen, on ``device``.
+
+    A facekd checkpoint trained on the same identities (same names in the same order)
+    brings its classifier head; otherwise the teacher is an embedder only.
+    """
+    from facekd.embed import OnnxEmbedder, Preprocessing, TorchEmbedder
+    from facekd.heads import build_head
+    from facekd.loading import load_checkpoint_backbone
+    from facekd.models import BACKBONES, backbone_cfg, build_backbone, load_backbone_weights
+    from facekd.train.checkpoint import load_checkpoint
+
+    if not cfg.model:
+        raise FacekdError("teacher.model is empty: name a facekd checkpoint, a registered backbone with weights, or an .onnx file")
+    path = Path(cfg.model).expanduser()
+    if path.suffix.lower() == ".onnx":
+        emb = OnnxEmbedder(path)
+        return Teacher(path.name, _file_hash(path), emb.pre.template, emb.pre.mean, emb.pre.std, None, emb)
+    if path.is_file():
+        net = _freeze(load_checkpoint_backbone(path))
+        ckpt = load_checkpoint(path)
+        head = None
+        model_cfg = ckpt.get("config", {}).get("model", {})
+        head_state = {k[len("head."):]: v for k, v in ckpt["model"].items() if k.startswith("head.")}
+        if head_state and ckpt.get("identities") == list(identities) and model_cfg.get("head"):
+            head = build_head(model_cfg["head"], net.cfg.embedding_dim, len(identities), **model_cfg.get("head_args", {}))
+            head.load_state_dict(head_state)
+            head = _freeze(head).to(device)
+        key = _file_hash(path)
+    elif cfg.model in BACKBONES:
+        from facekd.weights import default_weights_for, manifest, resolve_weights
+
+        name = cfg.weights or default_weights_for(cfg.model)
+        if not name:
+            raise FacekdError(f"teacher {cfg.model!r}: a registered backbone needs teacher.weights (a file)")
+        weights = Path(name).expanduser()
+        if not weights.is_file():
+            if name not in manifest():
+                raise FacekdError(f"{name}: teacher weights file not found")
+            weights = resolve_weights(name)
+        net = _freeze(load_backbone_weights(build_backbone(cfg.model), weights))
+        head, key = None, f"{cfg.model}:{_file_hash(weights)}"
+    else:
+        raise FacekdError(f"teacher.model {cfg.model!r}: no such file, and not a registered backbone")
+    net = net.to(device)
+    c = backbone_cfg(net.cfg.name)
+    embedder = TorchEmbedder(net, Preprocessing.from_cfg(c), name=path.name if path.is_file() else cfg.model,
+                             device=str(device), optimize=False)
+    return Teacher(embedder.name, key, c.template, c.mean, c.std, net, embedder, head)
+
+
+def data_fingerprint(data) -> str:
+    """Identifies a training set's crops and labels (sources, sizes, order)."""
+    h = hashlib.sha256()
+    for src in data.info["sources"]:
+        p = Path(src)
+        h.update(f"{p}:{p.stat().st_size if p.is_file() else 'dir'}".encode())
+    h.update(data.labels.tobytes())
+    for i in range(len(data)):
+        h.update(data.describe(i).encode())
+    return h.hexdigest()
+
+
+def teacher_embeddings(teacher: Teacher, data, progress: Progress | None = None, say: Callable = print) -> torch.Tensor:
+    """The teacher's embeddings of every un-augmented training crop, (N, D) float16 on CPU.
+
+    Computed once per (teacher weights, training crops, preprocessing) and kept under
+    the cache (``$FACEKD_CACHE/teacher_outputs``); every run that can use them reuses them.
+    """
+    from facekd.embed import embed_images
+    from facekd.io_utils import atomic_open
+    from facekd.paths import cache_dir
+
+    key = hashlib.sha256(
+        json.dumps(
+            {"v": CACHE_VERSION, "teacher": teacher.key, "data": data_fingerprint(data),
+             "pre": [teacher.template, teacher.mean, teacher.std]}
+        ).encode()
+    ).hexdigest()[:24]
+    path = cache_dir() / "teacher_outputs" / f"{key}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached["embeddings"].shape[0] == len(data):
+                say(f"teacher outputs: reusing {path}")
+                return cached["embeddings"]
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
+            pass
+    say(f"teacher outputs: embedding {len(data)} crops with {teacher.name} (once; cached at {path})")
+    emb = embed_images(teacher.embedder, data.image, len(data), progress=progress)
+    out = torch.from_numpy(emb).to(torch.float16)
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"embeddings": out, "teacher": teacher.name, "crops": len(data)}, buf)
+    with atomic_open(path) as f:
+        f.write(buf.getvalue())
+    return out
+
+
+def fit_classifier(
+    embeddings: torch.Tensor, labels: torch.Tensor, head_name: str, head_args: dict, epochs: int,
+    device: torch.device, seed: int = 0,
+) -> tuple[nn.Module, float]:
+    """A classifier head over frozen teacher embeddings.
+
+    Class weights start at the normalised class means (already the best cosine
+    classifier for well-separated classes), then train ``epochs`` passes with Adam.
+
+    Returns:
+        (frozen head, top-1 accuracy on the training crops in %)
+    """
+    import torch.nn.functional as F
+
+    from facekd.heads import build_head
+
+    gen = torch.Generator().manual_seed(seed)
+    x = embeddings.float().to(device)
+    y = labels.to(device)
+    n, d = x.shape
+    c = int(y.max()) + 1
+    head = build_head(head_name, d, c, **head_args).to(device)
+    means = torch.zeros(c, d, device=device).index_add_(0, y, F.normalize(x, dim=1))
+    with torch.no_grad():
+        w = head.weight if hasattr(head, "weight") else head.fc.weight
+        w.copy_(F.normalize(means, dim=1) * (1.0 if hasattr(head, "weight") else 10.0))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for b in torch.randperm(n, generator=gen).split(1024):
+            b = b.to(device)
+            loss = F.cross_entropy(head(x[b], y[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        acc = (head(x).argmax(1) == y).float().mean().item() * 100
+    return _freeze(head), acc
