@@ -1,0 +1,143 @@
+"""``facekd distill``: the teacher cache, the objective's wiring, and the CI smoke config on real faces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _synthetic_pack(path: Path, n: int = 12) -> None:
+    from facekd.data.image_io import encode_jpeg
+    from facekd.data.pack import write_pack
+
+    yy, xx = np.mgrid[0:112, 0:96]
+    items = []
+    for i in range(n):
+        img = np.stack([(xx * (i + 1)) % 256, (yy * 3 + i * 17) % 256, (xx * yy + i) % 256], -1).astype(np.uint8)
+        items.append((f"id{i % 3}/{i}.jpg", i % 3, encode_jpeg(img, 90)))
+    write_pack(path, items, ["id0", "id1", "id2"], "112x96")
+
+
+def _teacher_checkpoint(path: Path, identities: list[str] | None = None) -> None:
+    from facekd.heads import build_head
+    from facekd.models import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("student5", widths=[4, 8, 8, 16, 16], embedding_dim=32)
+    state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    ckpt = {"backbone": "student5", "backbone_args": {"widths": [4, 8, 8, 16, 16], "embedding_dim": 32}, "model": state}
+    if identities:
+        head = build_head("softmax", 32, len(identities))
+        state.update({f"head.{k}": v for k, v in head.state_dict().items()})
+        ckpt.update(identities=identities, config={"model": {"head": "softmax", "head_args": {}}})
+    torch.save(ckpt, path)
+
+
+def _cfg(tmp_path: Path, **distill):
+    from facekd.config import from_dict
+    from facekd.distill.config import DistillConfig
+
+    return from_dict(DistillConfig, {
+        "model": {"backbone": "student5", "backbone_args": {"widths": [4, 8, 8, 8, 16]}, "head": "softmax"},
+        "teacher": {"model": str(tmp_path / "teacher.pt"), "classifier": "softmax", "classifier_args": {}},
+        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0}},
+        "train": {"device": "cpu"},
+        "distill": distill,
+    })
+
+
+def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
+    from facekd.distill.objective import CachedTeacher, make_distill_objective
+    from facekd.train.data import build_train_set
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    _teacher_checkpoint(tmp_path / "teacher.pt")
+    cfg = _cfg(tmp_path)
+    data = build_train_set(cfg.data, "112x96")
+    said: list[str] = []
+    obj = make_distill_objective(cfg, data, torch.device("cpu"), said.append)
+    assert isinstance(obj._teacher, CachedTeacher) and obj._teacher.embeddings.shape == (12, 32)
+    assert any("embedding 12 crops" in s for s in said)
+    assert any("fitted a softmax classifier" in s for s in said)  # the checkpoint has no head
+    assert obj.adapter is not None and obj.adapter.weight.shape == (32, 512)  # 512-d student, 32-d teacher
+
+    # The teacher's embeddings in the cache are what it computes on the crops.
+    from facekd.loading import load_checkpoint_backbone
+
+    net = load_checkpoint_backbone(tmp_path / "teacher.pt").eval()
+    x = torch.from_numpy(np.stack([data.image(i) for i in range(3)])).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        ref = net((x - 127.5) / 128.0)
+    assert torch.allclose(obj._teacher.embeddings[:3].float(), ref, atol=2e-2 * ref.abs().max().item())
+
+    # A second run over the same teacher and crops never embeds again.
+    def boom(*a, **k):
+        raise AssertionError("embedded again")
+
+    monkeypatch.setattr("facekd.embed.embed_images", boom)
+    said.clear()
+    make_distill_objective(cfg, data, torch.device("cpu"), said.append)
+    assert any("reusing" in s for s in said)
+
+
+def test_teacher_head_is_reused_only_for_the_same_identities(tmp_path):
+    from facekd.distill.objective import make_distill_objective
+    from facekd.train.data import build_train_set
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    _teacher_checkpoint(tmp_path / "teacher.pt", identities=["id0", "id1", "id2"])
+    cfg = _cfg(tmp_path)
+    data = build_train_set(cfg.data, "112x96")
+    said: list[str] = []
+    obj = make_distill_objective(cfg, data, torch.device("cpu"), said.append)
+    assert not any("fitted" in s for s in said)
+    # The objective's loss terms: hard (labels), soft and featurenorm (teacher), all finite.
+    x = torch.randn(4, 3, 112, 96)
+    terms = obj(x, torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3]))
+    assert set(terms) == {"hard", "soft", "featurenorm"} and all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert obj.adapter.weight.grad is not None
+    assert all(p.grad is None for p in obj._teacher.head.parameters())  # the teacher never learns
+
+    _teacher_checkpoint(tmp_path / "teacher.pt", identities=["x", "y", "z"])  # other identities
+    said.clear()
+    make_distill_objective(cfg, data, torch.device("cpu"), said.append)
+    assert any("fitted" in s for s in said)
+
+
+def test_teacher_weighting_is_logged_and_scales_teacher_terms(tmp_path):
+    from facekd.distill.objective import make_distill_objective
+    from facekd.train.data import build_train_set
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    _teacher_checkpoint(tmp_path / "teacher.pt", identities=["id0", "id1", "id2"])
+    cfg = _cfg(tmp_path, teacher_weighting=True)
+    data = build_train_set(cfg.data, "112x96")
+    obj = make_distill_objective(cfg, data, torch.device("cpu"), lambda s: None)
+    terms = obj(torch.randn(4, 3, 112, 96), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3]))
+    assert 0.0 <= terms["info_mu"].item() <= 1.0
+
+
+def test_smoke_distill_config_runs_and_logs_each_term(data_dir, mobilefacenet_weights, tmp_path):
+    """CI's distillation smoke: configs/smoke_distill.yaml as shipped."""
+    run = tmp_path / "run"
+    env = {**os.environ, "FACEKD_DATA": str(data_dir), "FACEKD_WEIGHTS": str(mobilefacenet_weights.parent)}
+    proc = subprocess.run([sys.executable, "-m", "facekd.cli", "distill", str(REPO / "configs/smoke_distill.yaml"),
+                           "--out", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    print(proc.stdout)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["kind"] == "train"]
+    assert train and all({"epoch", "step", "loss", "hard", "soft", "featurenorm", "info_mu"} <= set(r) for r in train)
+    for r in train:  # the loss is the sum of the named terms (μ is logged, not added)
+        assert r["loss"] == pytest.approx(r["hard"] + r["soft"] + r["featurenorm"], rel=1e-5)
+    assert (run / "checkpoints/last.pt").is_file()
