@@ -141,3 +141,16 @@ def test_smoke_distill_config_runs_and_logs_each_term(data_dir, mobilefacenet_we
     for r in train:  # the loss is the sum of the named terms (μ is logged, not added)
         assert r["loss"] == pytest.approx(r["hard"] + r["soft"] + r["featurenorm"], rel=1e-5)
     assert (run / "checkpoints/last.pt").is_file()
+
+
+def test_crop_adapter_matches_adapt_crop_both_ways():
+    from facekd.align.template import adapt_crop, get_template
+    from facekd.distill.teacher import crop_adapter
+
+    img = np.random.default_rng(0).integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    want = adapt_crop(img, get_template("112x112"), get_template("112x96"))
+    got = crop_adapter("112x112", "112x96")(torch.from_numpy(img).permute(2, 0, 1)[None])
+    assert torch.equal(got[0].permute(1, 2, 0), torch.from_numpy(want))
+    back = crop_adapter("112x96", "112x112", pad_value=-1.0)(torch.from_numpy(want).permute(2, 0, 1)[None].float())
+    assert back.shape == (1, 3, 112, 112) and (back[..., :8] == -1).all() and (back[..., -8:] == -1).all()
+    assert torch.equal(back[0, :, :, 8:-8].permute(1, 2, 0), torch.from_numpy(want).float())

@@ -34,14 +34,15 @@ class CachedTeacher:
 
 
 class OnlineTeacher:
-    """The teacher run on the same (augmented) batch as the student, without gradient."""
+    """The teacher run on the same (augmented) batch as the student, without gradient;
+    ``adapt`` converts the student's crops to the teacher's template if they differ."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module | None) -> None:
-        self.backbone, self.head = backbone, head
+    def __init__(self, backbone: nn.Module, head: nn.Module | None, adapt: Callable = lambda x: x) -> None:
+        self.backbone, self.head, self.adapt = backbone, head, adapt
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None) -> Outputs:
         with torch.no_grad():
-            emb = self.backbone(x).float()
+            emb = self.backbone(self.adapt(x)).float()
             logits = self.head(emb) if self.head is not None else None
         return Outputs(emb, logits)
 
@@ -106,12 +107,16 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
         say("distill: no term follows a teacher; training from labels and designed targets only")
         return DistillObjective(backbone, head, terms, None, None)
 
+    from facekd.distill.teacher import crop_adapter
+
     teacher = load_teacher(cfg.teacher, data.identities, device)
-    if teacher.template != data.template:
+    try:  # 112x112 and 112x96 crops convert into each other; other pairs cannot
+        adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.mean) / backbone.cfg.std)
+    except FacekdError:
         raise FacekdError(
-            f"teacher {teacher.name} wants {teacher.template} crops, the student {data.template}: "
-            "distil between models that share an alignment template"
-        )
+            f"teacher {teacher.name} wants {teacher.template} crops and the student {data.template}; "
+            "they do not convert into each other"
+        ) from None
     if (teacher.mean, teacher.std) != (backbone.cfg.mean, backbone.cfg.std) and teacher.backbone is not None:
         raise FacekdError(f"teacher {teacher.name} normalises pixels differently from {cfg.model.backbone}")
     need_logits = uses(terms, "logits") or d.teacher_weighting
@@ -136,7 +141,7 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
     if mode == "cache":
         source = CachedTeacher(cached.to(device), teacher.head)
     else:
-        source = OnlineTeacher(teacher.backbone, teacher.head)
+        source = OnlineTeacher(teacher.backbone, teacher.head, adapt)
     say(f"distill: teacher {teacher.name} ({mode}); terms " + ", ".join(_describe(t) for t in terms)
         + (f"; teacher weighting k={d.k}, MIN={d.min_ce}" if d.teacher_weighting else ""))
     return DistillObjective(backbone, head, terms, source, dim, (d.k, d.min_ce) if d.teacher_weighting else None)

@@ -106,6 +106,29 @@ def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
     return Teacher(embedder.name, key, c.template, c.mean, c.std, net, embedder, head)
 
 
+def crop_adapter(have: str, want: str, pad_value: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(batch)`` turning (N, C, H, W) crops aligned to ``have`` into ``want``'s (112x112
+    and 112x96 differ by 8 columns on each side); ``pad_value`` fills new columns."""
+    import numpy as np
+
+    from facekd.align.template import adapt_crop, get_template
+
+    if have == want:
+        return lambda x: x
+    h, w = get_template(have), get_template(want)
+    # Where column c of a "want" crop comes from: probe adapt_crop with column numbers.
+    probe = np.broadcast_to(np.arange(1, h.width + 1, dtype=np.int64)[None, :, None], (h.height, h.width, 1))
+    cols = adapt_crop(np.ascontiguousarray(probe), h, w)[0, :, 0] - 1  # -1 where padded
+    src = torch.from_numpy(cols.clip(min=0))
+    keep = torch.from_numpy(cols >= 0)
+
+    def adapt(x: torch.Tensor) -> torch.Tensor:
+        out = x.index_select(3, src.to(x.device))
+        return torch.where(keep.to(x.device).view(1, 1, 1, -1), out, torch.full_like(out, pad_value))
+
+    return adapt
+
+
 def data_fingerprint(data) -> str:
     """Identifies a training set's crops and labels (sources, sizes, order)."""
     h = hashlib.sha256()
@@ -144,7 +167,10 @@ def teacher_embeddings(teacher: Teacher, data, progress: Progress | None = None,
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
             pass
     say(f"teacher outputs: embedding {len(data)} crops with {teacher.name} (once; cached at {path})")
-    emb = embed_images(teacher.embedder, data.image, len(data), progress=progress)
+    from facekd.align.template import adapt_crop, get_template
+
+    have, want = get_template(data.template), get_template(teacher.template)
+    emb = embed_images(teacher.embedder, lambda i: adapt_crop(data.image(i), have, want), len(data), progress=progress)
     out = torch.from_numpy(emb).to(torch.float16)
     import io
 

@@ -1,0 +1,56 @@
+"""Reproduce the paper's tables (SPEC 3-4) on a protocol, resumably, and write docs/RESULTS.md.
+
+    python eval/reproduce_paper.py --protocol facekd-dev --tables A --seeds 1 --budget-minutes 9 \\
+        --set 'data.train=[.carry/dev_train_q85.fkpack]' --set eval.lfw=.carry/lfw_pairs_q85.fkpack
+
+Each finished run appends a line to ``--results`` (default ``docs/results/<protocol>.jsonl``);
+rows already there are skipped, so a suite spreads over several commands of at most
+10 minutes (teachers are retrained by each command that needs them). ``--protocol smoke``
+runs one row per table with tiny models on the CPU (what CI runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from facekd.experiments import TABLES, Runner, protocols, write_report
+
+    known = protocols(REPO)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=sorted(known), default="facekd-dev")
+    p.add_argument("--tables", default="A,B,C,D", help="comma-separated, e.g. A,B")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--budget-minutes", type=float, help="start no new run after this long")
+    p.add_argument("--runs", type=Path, help="run folders (default runs/paper-<protocol>)")
+    p.add_argument("--results", type=Path, help="results file to append to (default docs/results/<protocol>.jsonl)")
+    p.add_argument("--report", type=Path, help="Markdown report (default docs/RESULTS.md; smoke: beside --results)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override every run's config, e.g. data.train=[pack] (repeatable)")
+    args = p.parse_args(argv)
+    tables = [t.strip().upper() for t in args.tables.split(",") if t.strip()]
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        p.error(f"unknown tables {unknown}; known: {', '.join(TABLES)}")
+    proto = known[args.protocol]
+    results = args.results or REPO / "docs" / "results" / f"{proto.name}.jsonl"
+    report = args.report or (results.with_suffix(".md") if proto.smoke_only else REPO / "docs" / "RESULTS.md")
+    runner = Runner(
+        REPO, proto, args.runs or REPO / "runs" / f"paper-{proto.name}", results, args.overrides,
+        deadline=time.time() + 60 * args.budget_minutes if args.budget_minutes else None,
+    )
+    left = runner.run(tables, args.seeds)
+    write_report(results, report, proto.name)
+    print(f"report: {report}" + (f"; {left} runs left" if left else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The paper runner: its report's verdicts on constructed results, and the CPU smoke of every table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from facekd.experiments import TABLES, write_report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _rec(table, row, acc, seed=0, std=0.5, ms=2.0, student="student5"):
+    return {"protocol": "p", "table": table, "row": row, "seed": seed, "student": student, "lfw_acc": acc,
+            "lfw_std": std, "params": 1_000_000, "mb": 3.8, "cpu_ms": ms}
+
+
+def test_report_gives_mean_and_std_over_seeds_and_judges_findings(tmp_path):
+    recs = [
+        _rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27"),
+        _rec("A", "Hard", 85.0), _rec("A", "Feature", 80.0), _rec("A", "Hard+Soft", 87.0),
+        _rec("A", "Hard+Soft+Feature", 86.0), _rec("A", "Hard+Soft+FeatureNorm", 88.0, seed=0),
+        _rec("A", "Hard+Soft+FeatureNorm", 90.0, seed=1),
+        _rec("A", "Hard+Soft+FeatureNorm, teacher weighting", 89.5, ms=2.5),
+    ]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"torn": \n')
+    text = write_report(res, tmp_path / "R.md", "p")
+    # Two seeds: mean 89.00, sample std sqrt(2) = 1.41, no ¹ mark.
+    assert "| Hard+Soft+FeatureNorm | student5 | 89.00 ± 1.41 | 2 |" in text
+    assert "| Hard | student5 | 85.00 ± 0.50¹ | 1 |" in text
+    assert text.count("## Table ") == 4 and "| Soft | student5 | not run | 0 |" in text
+    assert "- Hard+Soft+Feature < Hard+Soft: confirmed: Hard+Soft+Feature 86.00 vs Hard+Soft 87.00." in text
+    assert "- Hard+Soft+FeatureNorm is the best combination: confirmed" in text
+    assert "- Teacher weighting helps: confirmed (within the spread, so not conclusive)" in text
+    assert "student5 89.50 at 2.5 ms vs teacher 88.00 at 9.0 ms (3.6x faster)" in text
+    assert "- The student can match or beat the teacher at 3x speed: confirmed" in text
+
+
+def test_every_table_has_one_smoke_row():
+    for name, rows in TABLES.items():
+        assert sum(r.smoke for r in rows) == 1, name
+
+
+def test_cpu_smoke_runs_one_row_per_table(data_dir, mobilefacenet_weights, tmp_path):
+    env = {**os.environ, "FACEKD_DATA": str(data_dir), "FACEKD_WEIGHTS": str(mobilefacenet_weights.parent)}
+    res = tmp_path / "results.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval/reproduce_paper.py"), "--protocol", "smoke", "--runs", str(tmp_path / "runs"),
+         "--results", str(res), "--report", str(tmp_path / "RESULTS.md")],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in res.read_text().splitlines()]
+    assert sorted(r["table"] for r in rows) == ["A", "B", "C", "D", "teachers"]
+    report = (tmp_path / "RESULTS.md").read_text()
+    for r in rows:
+        if r["table"] != "teachers":
+            assert f"| {r['row']} | {r['student']} | {r['lfw_acc']:.2f} ± " in report
+    # A second command finds everything done and trains nothing.
+    again = subprocess.run(
+        [sys.executable, str(REPO / "eval/reproduce_paper.py"), "--protocol", "smoke", "--runs", str(tmp_path / "runs"),
+         "--results", str(res), "--report", str(tmp_path / "RESULTS.md")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0 and "0 runs to do (5 results already" in again.stdout
