@@ -107,6 +107,7 @@ class Protocol:
     teacher: str  # config of the ResNet-27 teacher
     smoke_only: bool = False
     shrink: dict = field(default_factory=dict)  # backbone -> backbone_args (tiny CPU models)
+    overrides: tuple[str, ...] = ()  # applied to every run before the user's --set
 
 
 def protocols(repo: Path) -> dict[str, Protocol]:
@@ -114,7 +115,8 @@ def protocols(repo: Path) -> dict[str, Protocol]:
         "facekd-dev": Protocol("facekd-dev", str(repo / "configs/base/dev.yaml"),
                                str(repo / "configs/teacher/resnet27_dev.yaml")),
         "smoke": Protocol("smoke", str(repo / "configs/smoke.yaml"), str(repo / "configs/smoke.yaml"), True,
-                          {"student5": {"widths": [8, 16, 16, 32, 32]}, "resnet27": {"base": 4, "units": [1, 1, 1, 1]}}),
+                          {"student5": {"widths": [8, 16, 16, 32, 32]}, "resnet27": {"base": 4, "units": [1, 1, 1, 1]}},
+                          ("data.max_identities=8", "data.max_per_identity=20", "data.workers=0")),
     }
 
 
@@ -191,7 +193,7 @@ class Runner:
         if backbone in self.protocol.shrink:
             raw["model"]["backbone_args"] = self.protocol.shrink[backbone]
         raw.setdefault("train", {})["seed"] = seed
-        raw = apply_overrides(raw, self.overrides)
+        raw = apply_overrides(raw, [*self.protocol.overrides, *self.overrides])
         if epochs_scale != 1.0:
             epochs = raw["train"].get("epochs", 40)
             raw["train"]["epochs"] = max(1, round(epochs * epochs_scale))

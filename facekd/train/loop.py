@@ -271,12 +271,17 @@ def fit(
         if data is None:
             data = build_train_set(cfg.data, bcfg.template)
 
-        torch.manual_seed(cfg.train.seed)
-        if make_objective is None:
-            plain = build_objective(cfg, len(data.identities))
-        else:
-            plain = make_objective(cfg, data, device, say)
-        plain = plain.to(device)
+        def objective() -> nn.Module:
+            torch.manual_seed(cfg.train.seed)
+            if make_objective is None:
+                return build_objective(cfg, len(data.identities))
+            return make_objective(cfg, data, device, say)
+
+        # Rank 0 first: a distillation objective may compute and cache teacher outputs,
+        # which the other ranks then read instead of computing them again.
+        plain = objective() if dist.is_main else None
+        barrier(dist)
+        plain = (plain if plain is not None else objective()).to(device)
         if device.type == "cuda" and cfg.train.channels_last:
             plain = plain.to(memory_format=torch.channels_last)
         optimizer = build_optimizer([plain], cfg.optim)
