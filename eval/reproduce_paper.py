@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, help="run folders (default runs/paper-<protocol>)")
     p.add_argument("--results", type=Path, help="results file to append to (default docs/results/<protocol>.jsonl)")
     p.add_argument("--report", type=Path, help="Markdown report (default docs/RESULTS.md; smoke: beside --results)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the results file; train nothing")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override every run's config, e.g. data.train=[pack] (repeatable)")
     args = p.parse_args(argv)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         REPO, proto, args.runs or REPO / "runs" / f"paper-{proto.name}", results, args.overrides,
         deadline=time.time() + 60 * args.budget_minutes if args.budget_minutes else None,
     )
-    left = runner.run(tables, args.seeds)
+    left = 0 if args.report_only else runner.run(tables, args.seeds)
     write_report(results, report, proto.name)
     print(f"report: {report}" + (f"; {left} runs left" if left else ""))
     return 0
