@@ -89,16 +89,22 @@ def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
     assert any("reusing" in s for s in said)
 
 
-def test_teacher_head_is_reused_only_for_the_same_identities(tmp_path):
+def _objective(tmp_path: Path, identities: list[str] | None, **distill):
     from facekd.distill.objective import make_distill_objective
     from facekd.train.data import build_train_set
 
-    _synthetic_pack(tmp_path / "p.fkpack")
-    _teacher_checkpoint(tmp_path / "teacher.pt", identities=["id0", "id1", "id2"])
-    cfg = _cfg(tmp_path)
+    if not (tmp_path / "p.fkpack").is_file():
+        _synthetic_pack(tmp_path / "p.fkpack")
+    _teacher_checkpoint(tmp_path / "teacher.pt", identities=identities)
+    cfg = _cfg(tmp_path, **distill)
     data = build_train_set(cfg.data, "112x96")
     said: list[str] = []
-    obj = make_distill_objective(cfg, data, torch.device("cpu"), said.append)
+    torch.manual_seed(0)
+    return make_distill_objective(cfg, data, torch.device("cpu"), said.append), said
+
+
+def test_teacher_head_is_reused_only_for_the_same_identities(tmp_path):
+    obj, said = _objective(tmp_path, ["id0", "id1", "id2"])
     assert not any("fitted" in s for s in said)
     # The objective's loss terms: hard (labels), soft and featurenorm (teacher), all finite.
     x = torch.randn(4, 3, 112, 96)
@@ -108,23 +114,31 @@ def test_teacher_head_is_reused_only_for_the_same_identities(tmp_path):
     assert obj.adapter.weight.grad is not None
     assert all(p.grad is None for p in obj._teacher.head.parameters())  # the teacher never learns
 
-    _teacher_checkpoint(tmp_path / "teacher.pt", identities=["x", "y", "z"])  # other identities
-    said.clear()
-    make_distill_objective(cfg, data, torch.device("cpu"), said.append)
+    _, said = _objective(tmp_path, ["x", "y", "z"])  # a teacher trained on other identities
     assert any("fitted" in s for s in said)
 
 
-def test_teacher_weighting_is_logged_and_scales_teacher_terms(tmp_path):
-    from facekd.distill.objective import make_distill_objective
-    from facekd.train.data import build_train_set
+def test_teacher_weighting_scales_the_soft_term_per_sample(tmp_path):
+    from facekd.distill.losses import soft_cross_entropy
 
-    _synthetic_pack(tmp_path / "p.fkpack")
-    _teacher_checkpoint(tmp_path / "teacher.pt", identities=["id0", "id1", "id2"])
-    cfg = _cfg(tmp_path, teacher_weighting=True)
-    data = build_train_set(cfg.data, "112x96")
-    obj = make_distill_objective(cfg, data, torch.device("cpu"), lambda s: None)
-    terms = obj(torch.randn(4, 3, 112, 96), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3]))
-    assert 0.0 <= terms["info_mu"].item() <= 1.0
+    obj, _ = _objective(tmp_path, ["id0", "id1", "id2"], teacher_weighting=True)
+    obj.eval()
+    with torch.no_grad():  # a confidently wrong teacher: large H(X_T, y), so μ < 1
+        obj._teacher.head.fc.weight.mul_(-200.0)
+    x, y, idx = torch.randn(4, 3, 112, 96), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3])
+    terms = obj(x, y, idx)
+    with torch.no_grad():
+        t = obj._teacher(x, idx)
+        logits = obj.head(obj.backbone(x))
+        from facekd.distill import teacher_weights
+
+        mu = teacher_weights(t.logits, logits, y)
+        per = soft_cross_entropy(t.logits, logits, 4.0)
+    assert mu.min() < 1.0
+    assert terms["soft"].item() == pytest.approx((mu * per).mean().item(), rel=1e-5)
+    assert terms["info_mu"].item() == pytest.approx(mu.mean().item(), rel=1e-6)
+    hard = torch.nn.functional.cross_entropy(logits, y)  # softmax head: margin logits = logits
+    assert terms["hard"].item() == pytest.approx(hard.item(), rel=1e-5)  # never scaled by μ
 
 
 def test_smoke_distill_config_runs_and_logs_each_term(data_dir, mobilefacenet_weights, tmp_path):
