@@ -161,3 +161,24 @@ def test_every_loader_gives_the_same_normalised_batch_without_augmentation(tmp_p
         assert x.shape == (4, 3, 112, 96) and y.tolist() == data.labels[batches[0]].tolist(), name
         # Two JPEG decoders may round a few values differently: within 2 grey levels.
         assert (x - ref).abs().max() <= 2 / 128 + 1e-6, name
+
+
+def test_resumed_schedule_takes_its_shape_from_the_new_config():
+    """LambdaLR.load_state_dict would restore the old run's total length; a resume that
+    extends train.epochs must decay over the new length instead."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    cfg = ScheduleCfg(name="cosine", warmup_epochs=0)
+    old = build_schedule(torch.optim.SGD([p], lr=0.1), cfg, steps_per_epoch=10, epochs=2)
+    for _ in range(20):
+        old.optimizer.step()
+        old.step()
+    new = build_schedule(torch.optim.SGD([p], lr=0.1), cfg, steps_per_epoch=10, epochs=4)
+    import copy
+
+    shape = copy.deepcopy(new.lr_lambdas)
+    new.load_state_dict(old.state_dict())
+    new.lr_lambdas = shape  # what fit() does on resume
+    new.optimizer.step()
+    new.step()
+    # step 21 of 40: 0.1 * 0.5 * (1 + cos(pi * 21 / 40))
+    assert new.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 21 / 40)))

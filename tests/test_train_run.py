@@ -78,6 +78,7 @@ def test_smoke_config_trains_one_epoch_and_its_checkpoint_embeds(data_dir, tmp_p
     assert [r["step"] for r in _records(run, "train")] == list(range(1, steps + 1))
     assert epoch[0]["step"] == steps and torch.isfinite(torch.tensor(epoch[0]["loss"]))
     assert epoch[0]["lfw_pairs"] == 100 and 0 <= epoch[0]["lfw_acc"] <= 100
+    assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
 
     from facekd.embed import Preprocessing, TorchEmbedder
     from facekd.loading import load_checkpoint_backbone

@@ -294,7 +294,14 @@ def fit(
         if ckpt is not None:
             plain.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            # The step count comes from the checkpoint, the shape from this config: a
+            # resume with more train.epochs stretches the decay instead of ending at 0.
+            shape = copy.deepcopy(schedule.lr_lambdas)  # load_state_dict updates them in place
             schedule.load_state_dict(ckpt["schedule"])
+            schedule.lr_lambdas = shape
+            old_epochs = ckpt.get("config", {}).get("train", {}).get("epochs", cfg.train.epochs)
+            if old_epochs != cfg.train.epochs:
+                say(f"resuming with train.epochs {cfg.train.epochs} (was {old_epochs}): the schedule is stretched")
             scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
             start_epoch, step, metrics = ckpt["epoch"], ckpt["step"], ckpt.get("metrics", {})
