@@ -66,8 +66,15 @@ def test_every_shipped_config_loads(path):
     from facekd.models import BACKBONES
     from facekd.train.optim import OPTIMIZERS, SCHEDULES
 
-    cfg = load_config(TrainConfig, path)
+    from facekd.config import read_config_tree
+    from facekd.distill.config import DistillConfig
+    from facekd.distill.losses import DISTILL_LOSSES
+
+    schema = DistillConfig if "teacher" in read_config_tree(path) else TrainConfig
+    cfg = load_config(schema, path)
     assert cfg.model.backbone in BACKBONES and cfg.model.head in HEADS
+    if schema is DistillConfig:
+        assert cfg.distill.terms and all(t["name"] in DISTILL_LOSSES for t in cfg.distill.terms)
     assert cfg.optim.name in OPTIMIZERS and cfg.schedule.name in SCHEDULES
 
 
