@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,16 @@ def test_resumed_schedule_takes_its_shape_from_the_new_config():
     new.step()
     # step 21 of 40: 0.1 * 0.5 * (1 + cos(pi * 21 / 40))
     assert new.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 21 / 40)))
+
+
+def test_config_paths_resolve_from_the_working_directory_then_the_data_root(tmp_path, monkeypatch):
+    from facekd.train.data import resolve_path
+
+    (tmp_path / "work" / ".carry").mkdir(parents=True)
+    (tmp_path / "work" / ".carry" / "dev.fkpack").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("FACEKD_DATA", str(tmp_path / "data"))
+    assert resolve_path(".carry/dev.fkpack", None) == Path(".carry/dev.fkpack")
+    assert resolve_path("celeba-10k", None) == tmp_path / "data" / "celeba-10k"
+    assert resolve_path("celeba-10k", str(tmp_path / "other")) == tmp_path / "other" / "celeba-10k"
+    assert resolve_path(str(tmp_path / "abs"), None) == tmp_path / "abs"

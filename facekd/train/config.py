@@ -24,9 +24,9 @@ class DataCfg:
     """Where training crops come from and which of them to use.
 
     Each ``train`` entry is a ``.fkpack`` file, a folder of aligned crops, or a folder of
-    photos in identity folders (aligned into the cache first, then reused). Relative
-    entries are under ``root`` (default: ``$FACEKD_DATA``). Identities are merged by name
-    across entries.
+    photos in identity folders (aligned into the cache first, then reused). A relative
+    entry is taken from the working directory when it exists there, otherwise under
+    ``root`` (default: ``$FACEKD_DATA``). Identities are merged by name across entries.
     """
 
     root: str | None = None

@@ -102,11 +102,15 @@ class TrainSet:
 
 
 def resolve_path(entry: str, root: str | Path | None) -> Path:
-    """A config path: absolute or ``~`` as written, relative ones under the data root."""
+    """A config path: absolute or ``~`` as written; a relative one from the working
+    directory when it exists there (``.carry/dev.fkpack``), otherwise under the data root
+    (``celeba-10k`` -> ``$FACEKD_DATA/celeba-10k``)."""
     from facekd.paths import data_root
 
     p = Path(entry).expanduser()
-    return p if p.is_absolute() else data_root(Path(root) if root else None) / p
+    if p.is_absolute() or p.exists():
+        return p
+    return data_root(Path(root) if root else None) / p
 
 
 def _first_crop_template(path: Path) -> str | None:
