@@ -15,6 +15,7 @@ from torch import nn
 from facekd.distill.losses import Outputs, build_terms, needs_teacher, teacher_weights, uses
 from facekd.errors import FacekdError
 from facekd.heads import SoftmaxHead
+from facekd.train.loop import full_precision
 
 
 class CachedTeacher:
@@ -73,14 +74,19 @@ class DistillObjective(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         emb = self.backbone(x)
-        margin_logits = self.head(emb, y)
-        logits = margin_logits if isinstance(self.head, SoftmaxHead) else self.head(emb)
-        s_emb = self.adapter(emb.float()) if self.adapter is not None else emb
-        student = Outputs(s_emb, logits, margin_logits)
         teacher = self._teacher(x, index) if self._teacher is not None else Outputs(emb.new_zeros(0))
+        with full_precision(x):
+            emb = emb.float()
+            margin_logits = self.head(emb, y)
+            logits = margin_logits if isinstance(self.head, SoftmaxHead) else self.head(emb)
+            s_emb = self.adapter(emb) if self.adapter is not None else emb
+            student = Outputs(s_emb, logits, margin_logits)
+            return self._terms(student, teacher, y)
+
+    def _terms(self, student: Outputs, teacher: Outputs, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.weighting is not None:
             k, min_ce = self.weighting
-            teacher.weight = teacher_weights(teacher.logits, logits, y, k=k, min_ce=min_ce)
+            teacher.weight = teacher_weights(teacher.logits, student.logits, y, k=k, min_ce=min_ce)
         out: dict[str, torch.Tensor] = {}
         for term in self.terms:
             out.update(term(student, teacher, y))

@@ -39,10 +39,17 @@ class LabelObjective(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         emb = self.backbone(x)
-        terms = {"cls": F.cross_entropy(self.head(emb, y).float(), y)}
-        if self.center is not None:
-            terms["center"] = self.center_weight * self.center(emb, y)
+        with full_precision(x):  # margins on bf16 cosines would be off by ~0.004
+            emb = emb.float()
+            terms = {"cls": F.cross_entropy(self.head(emb, y), y)}
+            if self.center is not None:
+                terms["center"] = self.center_weight * self.center(emb, y)
         return terms
+
+
+def full_precision(x: torch.Tensor):
+    """Leaves autocast for the enclosed ops (classifier heads and losses run in fp32)."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def build_objective(cfg: TrainConfig, num_classes: int) -> LabelObjective:
@@ -266,7 +273,7 @@ def fit(
         # Rank 0 aligns unaligned folders first; the others then find the crops cached.
         data = None
         if dist.is_main:
-            data = build_train_set(cfg.data, bcfg.template, align_progress=None)
+            data = build_train_set(cfg.data, bcfg.template, align_progress=_count_bar("align training photos", "img"))
         barrier(dist)
         if data is None:
             data = build_train_set(cfg.data, bcfg.template)
@@ -374,6 +381,24 @@ def _epoch_line(r: dict) -> str:
     if "lfw_acc" in r:
         line += f"; LFW {r['lfw_acc']:.2f} ± {r['lfw_std']:.2f} % ({r['lfw_pairs']} pairs)"
     return line
+
+
+def _count_bar(desc: str, unit: str):
+    """A ``progress(done, total)`` callback drawing a tqdm bar (interactive terminals only)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=done, desc=desc, unit=unit, dynamic_ncols=True, disable=None, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
 
 
 def _bar(desc: str, total: int):
