@@ -202,6 +202,38 @@ def _checkpoint_state(setup: Setup, epoch: int, step: int) -> dict:
     }
 
 
+def _restore(ckpt: dict, cfg: TrainConfig, plain, optimizer, schedule, scaler, say) -> tuple[int, int, dict]:
+    """Loads a checkpoint's states; returns (epochs done, step, metrics)."""
+    from facekd.train.checkpoint import set_rng_state
+
+    plain.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    # The step count comes from the checkpoint, the shape from this config: a resume
+    # with more train.epochs stretches the decay instead of ending at 0.
+    shape = copy.deepcopy(schedule.lr_lambdas)  # load_state_dict updates them in place
+    schedule.load_state_dict(ckpt["schedule"])
+    schedule.lr_lambdas = shape
+    old_epochs = ckpt.get("config", {}).get("train", {}).get("epochs", cfg.train.epochs)
+    if old_epochs != cfg.train.epochs:
+        say(f"resuming with train.epochs {cfg.train.epochs} (was {old_epochs}): the schedule is stretched")
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return ckpt["epoch"], ckpt["step"], ckpt.get("metrics", {})
+
+
+_BEST_KEYS = ("format", "backbone", "backbone_args", "model", "epoch", "step", "config", "identities", "metrics")
+
+
+def _save(setup: Setup, run_dir: Path, epoch: int, step: int, best: bool) -> None:
+    """``last.pt`` after every epoch; ``best.pt`` (model only) when LFW improved."""
+    from facekd.train.checkpoint import save_checkpoint
+
+    state = _checkpoint_state(setup, epoch, step)
+    save_checkpoint(run_dir / CHECKPOINT, state)
+    if best:
+        save_checkpoint(run_dir / BEST, {k: state[k] for k in _BEST_KEYS})
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to overwrite one."""
     from facekd.train.checkpoint import load_checkpoint
@@ -246,7 +278,6 @@ def fit(
     """
     from facekd.config import to_dict
     from facekd.models import backbone_cfg
-    from facekd.train.checkpoint import save_checkpoint, set_rng_state
     from facekd.train.data import LOADERS, LoaderCtx, Shard, build_train_set, choose_loader, epoch_batches, resolve_path
     from facekd.train.optim import build_optimizer, build_schedule
 
@@ -299,19 +330,7 @@ def fit(
 
         start_epoch, step, metrics = 0, 0, {}
         if ckpt is not None:
-            plain.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            # The step count comes from the checkpoint, the shape from this config: a
-            # resume with more train.epochs stretches the decay instead of ending at 0.
-            shape = copy.deepcopy(schedule.lr_lambdas)  # load_state_dict updates them in place
-            schedule.load_state_dict(ckpt["schedule"])
-            schedule.lr_lambdas = shape
-            old_epochs = ckpt.get("config", {}).get("train", {}).get("epochs", cfg.train.epochs)
-            if old_epochs != cfg.train.epochs:
-                say(f"resuming with train.epochs {cfg.train.epochs} (was {old_epochs}): the schedule is stretched")
-            scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-            start_epoch, step, metrics = ckpt["epoch"], ckpt["step"], ckpt.get("metrics", {})
+            start_epoch, step, metrics = _restore(ckpt, cfg, plain, optimizer, schedule, scaler, say)
         objective: nn.Module = plain
         if cfg.train.compile:
             plain.backbone.forward = torch.compile(plain.backbone.forward)
@@ -363,10 +382,7 @@ def fit(
                 metrics["best_lfw_acc"] = max(record["lfw_acc"], metrics.get("best_lfw_acc", -1.0))
             setup.metrics = metrics
             if dist.is_main:
-                state = _checkpoint_state(setup, epoch, step)
-                save_checkpoint(run_dir / CHECKPOINT, state)
-                if "lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"]:
-                    save_checkpoint(run_dir / BEST, {k: state[k] for k in ("format", "backbone", "backbone_args", "model", "epoch", "step", "config", "identities", "metrics")})
+                _save(setup, run_dir, epoch, step, best="lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"])
             say(_epoch_line(record))
             result = metrics
         log.close()
