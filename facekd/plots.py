@@ -15,8 +15,6 @@ def plot_roc(results: dict[str, VerificationResult], path: Path | str, title: st
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    from facekd.io_utils import atomic_write_bytes
-
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
     floor = 1.0
     for label, r in results.items():
@@ -31,9 +29,18 @@ def plot_roc(results: dict[str, VerificationResult], path: Path | str, title: st
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path | str) -> Path:
+    """Writes a matplotlib figure as PNG, atomically, and closes it."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    from facekd.io_utils import atomic_write_bytes
+
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

@@ -286,14 +286,12 @@ def read_accuracies(path: Path | str) -> dict[str, float]:
 
 def plot_accuracy_latency(rows: list[dict], accuracies: dict[str, float], path: Path | str, key: str = "ort_fp32_ms_1t") -> Path:
     """PNG: LFW accuracy against CPU latency, marker area proportional to parameters."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from facekd.io_utils import atomic_write_bytes
+    from facekd.plots import save_figure
 
     pts = [(r, accuracies[r["name"]]) for r in rows if r["name"] in accuracies and r.get(key)]
     if not pts:
@@ -308,9 +306,4 @@ def plot_accuracy_latency(rows: list[dict], accuracies: dict[str, float], path: 
     ax.set_ylabel("LFW accuracy, %")
     ax.set_title("Accuracy against latency (marker area: parameters)")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
