@@ -9,26 +9,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from facekd.errors import FacekdError
+from facekd.progress import progress_bar
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _progress_bar(desc: str):
-    """A tqdm bar driven by (done, total) callbacks; closes itself at the end."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, initial=done, desc=desc, unit="img", dynamic_ncols=True)
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
 
 
 # --- align ---------------------------------------------------------------------------
@@ -51,7 +34,7 @@ def _run_align(args: argparse.Namespace) -> int:
     opts = AlignOptions(
         template=args.template, workers=args.workers, device=args.device, min_face_size=args.min_face_size
     )
-    report = align_folder(args.src, args.dst, opts, progress=_progress_bar("align"))
+    report = align_folder(args.src, args.dst, opts, progress=progress_bar("align"))
     rate = report["images_per_second"]
     print(
         f"{report['images']} images: {report['aligned']} aligned, {report['fallback']} central-box fallbacks, "
@@ -95,7 +78,7 @@ def _lfw_data(arg: Path | None) -> Path:
 
     if arg is not None:
         return arg
-    return ensure_lfw(data_root(), progress=_progress_bar("download LFW"))
+    return ensure_lfw(data_root(), progress=progress_bar("download LFW"))
 
 
 def format_result(label: str, ev) -> str:
@@ -121,8 +104,8 @@ def _run_eval_lfw(args: argparse.Namespace) -> int:
         flip=args.flip,
         aligned=True if args.aligned else None,
         batch_size=args.batch_size,
-        align_progress=_progress_bar("align"),
-        embed_progress=_progress_bar("embed"),
+        align_progress=progress_bar("align"),
+        embed_progress=progress_bar("embed"),
     )
     info = ev.info
     recipe = []
@@ -172,11 +155,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     root = data_root(args.data)
     print(f"data root: {root}")
-    lfw = ensure_lfw(root, progress=_progress_bar("download LFW"))
+    lfw = ensure_lfw(root, progress=progress_bar("download LFW"))
     embedder = load_embedder("mobilefacenet", args.weights)
     aligned = aligned_folder_for(lfw, embedder.pre.template)
     print(f"1/3 aligning {lfw} -> {aligned} (MTCNN, template {embedder.pre.template}; resumes if interrupted)")
-    report = align_folder(lfw, aligned, AlignOptions(template=embedder.pre.template), progress=_progress_bar("align"))
+    report = align_folder(lfw, aligned, AlignOptions(template=embedder.pre.template), progress=progress_bar("align"))
     print(
         f"    {report['images']} images: {report['aligned']} aligned, {report['fallback']} central-box fallbacks, "
         f"{len(report['unreadable'])} unreadable"
@@ -184,7 +167,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"2/3 evaluating {embedder.name} on LFW View 2")
     results = {}
     for flip in (False, True):
-        ev = evaluate_pairs(embedder, aligned, flip=flip, aligned=True, embed_progress=_progress_bar("embed"))
+        ev = evaluate_pairs(embedder, aligned, flip=flip, aligned=True, embed_progress=progress_bar("embed"))
         results["flip" if flip else "plain"] = ev
     args.out.mkdir(parents=True, exist_ok=True)
     print("3/3 results (10-fold accuracy mean ± std over folds)")
@@ -212,7 +195,7 @@ def _run_pack(args: argparse.Namespace) -> int:
     from facekd.data.pack import build_pack
 
     header = build_pack(
-        args.src, args.out, quality=args.quality or None, pairs_only=args.pairs_only, progress=_progress_bar("pack")
+        args.src, args.out, quality=args.quality or None, pairs_only=args.pairs_only, progress=progress_bar("pack")
     )
     size = args.out.stat().st_size
     print(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekd.errors import FacekdError
+from facekd.progress import progress_bar
 from facekd.train.config import TrainConfig
 from facekd.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from facekd.train.run_log import RunLog
@@ -82,6 +82,26 @@ class Setup:
     log: RunLog
     metrics: dict = field(default_factory=dict)
     identities: list[str] = field(default_factory=list)  # label -> name, saved with the model
+
+
+def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.device, loader: str | None,
+                     workers: int) -> Setup:
+    """A one-process :class:`Setup` for timing :func:`train_one_epoch` outside :func:`fit`
+    (the eval/ benchmarks): the same optimizer, schedule and loaders; no files written."""
+    from facekd.models import backbone_cfg
+    from facekd.train.data import LOADERS, LoaderCtx
+    from facekd.train.optim import build_optimizer, build_schedule
+
+    module = module.to(device)
+    optimizer = build_optimizer([module], cfg.optim)
+    schedule = build_schedule(optimizer, cfg.schedule, steps_per_epoch=10_000, epochs=1)
+    bcfg = backbone_cfg(cfg.model.backbone)
+    feed = None
+    if loader:
+        feed = LOADERS.get(loader)(LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, 0))
+    return Setup(cfg, DistInfo(), device, module, module, optimizer, schedule,
+                 torch.amp.GradScaler(device.type, enabled=False), feed, len(data), 0,
+                 RunLog(Path("."), enabled=False))
 
 
 def _autocast(setup: Setup):
@@ -278,7 +298,7 @@ def fit(
     """
     from facekd.config import to_dict
     from facekd.models import backbone_cfg
-    from facekd.train.data import LOADERS, LoaderCtx, Shard, build_train_set, choose_loader, epoch_batches, resolve_path
+    from facekd.train.data import LOADERS, LoaderCtx, Shard, build_train_set, choose_loader, epoch_batches, resolve_path, steps_per_epoch
     from facekd.train.optim import build_optimizer, build_schedule
 
     run_dir = Path(run_dir)
@@ -304,7 +324,7 @@ def fit(
         # Rank 0 aligns unaligned folders first; the others then find the crops cached.
         data = None
         if dist.is_main:
-            data = build_train_set(cfg.data, bcfg.template, align_progress=_count_bar("align training photos", "img"))
+            data = build_train_set(cfg.data, bcfg.template, align_progress=progress_bar("align training photos", interactive_only=True))
         barrier(dist)
         if data is None:
             data = build_train_set(cfg.data, bcfg.template)
@@ -324,7 +344,7 @@ def fit(
             plain = plain.to(memory_format=torch.channels_last)
         optimizer = build_optimizer([plain], cfg.optim)
         shard = Shard(dist.rank, dist.world_size)
-        steps = len(epoch_batches(len(data), cfg.train.batch_size, cfg.train.seed, 0, shard))
+        steps = steps_per_epoch(len(data), cfg.train.batch_size, shard)
         schedule = build_schedule(optimizer, cfg.schedule, steps, cfg.train.epochs)
         scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.precision == "fp16")
 
@@ -367,10 +387,11 @@ def fit(
         result: dict = {}
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
             batches = epoch_batches(len(data), cfg.train.batch_size, cfg.train.seed, epoch, shard)
-            bar = _bar(f"epoch {epoch}/{cfg.train.epochs}", len(batches)) if dist.is_main else None
+            bar = None
+            if dist.is_main:  # on terminals only: logs get one line per epoch instead
+                draw = progress_bar(f"epoch {epoch}/{cfg.train.epochs}", unit="step", interactive_only=True, leave=False)
+                bar = lambda n, _total=len(batches): draw(n, _total)  # noqa: E731
             step, stats = train_one_epoch(setup, epoch, step, loader.epoch(batches, epoch), progress=bar)
-            if bar:
-                bar(None)
             record = {"kind": "epoch", "epoch": epoch, "step": step, **stats}
             if cfg.eval.every and cfg.eval.lfw and (epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs):
                 if dist.is_main:
@@ -397,37 +418,3 @@ def _epoch_line(r: dict) -> str:
     if "lfw_acc" in r:
         line += f"; LFW {r['lfw_acc']:.2f} ± {r['lfw_std']:.2f} % ({r['lfw_pairs']} pairs)"
     return line
-
-
-def _count_bar(desc: str, unit: str):
-    """A ``progress(done, total)`` callback drawing a tqdm bar (interactive terminals only)."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, initial=done, desc=desc, unit=unit, dynamic_ncols=True, disable=None, file=sys.stderr)
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
-
-
-def _bar(desc: str, total: int):
-    """A tqdm bar on interactive terminals; silent otherwise (one line per epoch is printed)."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr, leave=False)
-
-    def update(n: int | None) -> None:
-        if n is None:
-            bar.close()
-        else:
-            bar.n = n
-            bar.refresh() if n % 10 == 0 or n == total else None
-
-    return update
