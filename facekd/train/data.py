@@ -236,17 +236,24 @@ def epoch_batches(n: int, global_batch: int, seed: int, epoch: int, shard: Shard
     Any number of processes sees the same global batches, so a 2-process run takes the
     same steps as a 1-process run with the same global batch.
     """
+    steps = steps_per_epoch(n, global_batch, shard)
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=gen).numpy()
+    local = global_batch // shard.world_size
+    lo = shard.rank * local
+    return [perm[b * global_batch + lo : b * global_batch + lo + local] for b in range(steps)]
+
+
+def steps_per_epoch(n: int, global_batch: int, shard: Shard = Shard()) -> int:
+    """Steps in an epoch of :func:`epoch_batches`; errors when the batch cannot be split
+    evenly over the processes or is larger than the set."""
     if global_batch % shard.world_size:
         raise FacekdError(
             f"train.batch_size {global_batch} does not split evenly over {shard.world_size} processes"
         )
     if n < global_batch:
         raise FacekdError(f"{n} training crops are fewer than one batch of {global_batch}; lower train.batch_size")
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=gen).numpy()
-    local = global_batch // shard.world_size
-    lo = shard.rank * local
-    return [perm[b * global_batch + lo : b * global_batch + lo + local] for b in range(n // global_batch)]
+    return n // global_batch
 
 
 # --- loaders ---------------------------------------------------------------------------
