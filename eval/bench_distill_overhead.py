@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,11 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from facekd.distill.objective import make_distill_objective
     from facekd.io_utils import atomic_write_json
     from facekd.models import backbone_cfg
-    from facekd.train.data import LOADERS, LoaderCtx, build_train_set, epoch_batches
-    from facekd.train.distributed import DistInfo
-    from facekd.train.loop import Setup, build_objective, train_one_epoch
-    from facekd.train.optim import build_optimizer, build_schedule
-    from facekd.train.run_log import RunLog
+    from facekd.train.data import build_train_set, epoch_batches
+    from facekd.train.loop import build_objective, standalone_setup, train_one_epoch
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", required=True)
@@ -68,15 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     plain = build_objective(cfg, len(data.identities))
 
+    loader = "workers" if device.type == "cpu" else "device-cache"
+
     def setup_for(module):
-        module = module.to(device)
-        opt = build_optimizer([module], cfg.optim)
-        sched = build_schedule(opt, cfg.schedule, 10_000, 1)
-        ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, args.workers, 0)
-        loader = LOADERS.get("workers" if device.type == "cpu" else "device-cache")(ctx)
-        return Setup(cfg, DistInfo(), device, module, module, opt, sched,
-                     torch.amp.GradScaler(device.type, enabled=False), loader, len(data), 0,
-                     RunLog(Path(tempfile.mkdtemp()), enabled=False))
+        return standalone_setup(cfg, module, data, device, loader, args.workers)
 
     setups = {"student": setup_for(plain), "distill": setup_for(distill)}
     times: dict[str, list[float]] = {k: [] for k in setups}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,12 +35,7 @@ from facekd.train.config import TrainConfig  # noqa: E402
 
 
 def _setup(cfg: TrainConfig, data, loader_name: str | None, device: torch.device):
-    from facekd.models import backbone_cfg
-    from facekd.train.data import LOADERS, LoaderCtx
-    from facekd.train.distributed import DistInfo
-    from facekd.train.loop import Setup, build_objective
-    from facekd.train.optim import build_optimizer, build_schedule
-    from facekd.train.run_log import RunLog
+    from facekd.train.loop import build_objective, standalone_setup
 
     torch.manual_seed(0)
     plain = build_objective(cfg, len(data.identities)).to(device)
@@ -49,16 +43,7 @@ def _setup(cfg: TrainConfig, data, loader_name: str | None, device: torch.device
         plain = plain.to(memory_format=torch.channels_last)
     if cfg.train.compile:
         plain.backbone.forward = torch.compile(plain.backbone.forward)
-    opt = build_optimizer([plain], cfg.optim)
-    sched = build_schedule(opt, cfg.schedule, 10_000, 1)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    bcfg = backbone_cfg(cfg.model.backbone)
-    loader = None
-    if loader_name:
-        ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, cfg.data.workers or 0, 0)
-        loader = LOADERS.get(loader_name)(ctx)
-    log = RunLog(Path(tempfile.mkdtemp()), enabled=False)
-    return Setup(cfg, DistInfo(), device, plain, plain, opt, sched, scaler, loader, len(data), 0, log)
+    return standalone_setup(cfg, plain, data, device, loader_name, cfg.data.workers or 0)
 
 
 def bench(args: argparse.Namespace) -> list[dict]:
