@@ -58,7 +58,7 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 
 def _report(metrics: dict, out: Path) -> int:
-    from facekd.train.loop import CHECKPOINT
+    from facekd.train.checkpoint import CHECKPOINT
 
     if "lfw_acc" in metrics:
         print(f"LFW (epoch {metrics.get('epoch')}): {metrics['lfw_acc']:.2f} ± {metrics['lfw_std']:.2f} %; "

@@ -201,7 +201,8 @@ class Runner:
 
     def _fit(self, raw: dict, run: Path, distill: bool) -> dict:
         from facekd.config import from_dict
-        from facekd.train.loop import CHECKPOINT, fit
+        from facekd.train.checkpoint import CHECKPOINT
+        from facekd.train.loop import fit
 
         if distill:
             from facekd.distill.config import DistillConfig
@@ -219,7 +220,7 @@ class Runner:
     def prerequisite(self, key: str, seed: int) -> Path:
         """The checkpoint of a teacher run, trained here unless this command already did."""
         from facekd.train.checkpoint import load_checkpoint
-        from facekd.train.loop import CHECKPOINT
+        from facekd.train.checkpoint import CHECKPOINT
 
         if (key, seed) in self._prereq_ckpt:
             return self._prereq_ckpt[(key, seed)]

@@ -20,13 +20,12 @@ from torch import nn
 
 from facekd.errors import FacekdError
 from facekd.progress import progress_bar
+from facekd.train.checkpoint import CHECKPOINT, check_same_model, prepare_run_dir, restore_run, save_run
 from facekd.train.config import TrainConfig
 from facekd.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from facekd.train.run_log import RunLog
 
-CHECKPOINT = "checkpoints/last.pt"
 INFO_PREFIX = "info_"  # objective outputs logged but not added to the loss (e.g. mean μ)
-BEST = "checkpoints/best.pt"
 
 
 class LabelObjective(nn.Module):
@@ -199,85 +198,6 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-def _checkpoint_state(setup: Setup, epoch: int, step: int) -> dict:
-    from facekd.config import to_dict
-    from facekd.train.checkpoint import rng_state
-
-    plain = setup.plain
-    return {
-        "format": "facekd-train-1",
-        "backbone": setup.cfg.model.backbone,
-        "backbone_args": dict(setup.cfg.model.backbone_args),
-        "model": plain.state_dict(),  # backbone.* (+ head.*, center.*)
-        "optimizer": setup.optimizer.state_dict(),
-        "schedule": setup.schedule.state_dict(),
-        "scaler": setup.scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "rng": rng_state(),
-        "config": to_dict(setup.cfg),
-        "identities": list(setup.identities),
-        "metrics": setup.metrics,
-        "torch": str(torch.__version__),
-    }
-
-
-def _restore(ckpt: dict, cfg: TrainConfig, plain, optimizer, schedule, scaler, say) -> tuple[int, int, dict]:
-    """Loads a checkpoint's states; returns (epochs done, step, metrics)."""
-    from facekd.train.checkpoint import set_rng_state
-
-    plain.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    # The step count comes from the checkpoint, the shape from this config: a resume
-    # with more train.epochs stretches the decay instead of ending at 0.
-    shape = copy.deepcopy(schedule.lr_lambdas)  # load_state_dict updates them in place
-    schedule.load_state_dict(ckpt["schedule"])
-    schedule.lr_lambdas = shape
-    old_epochs = ckpt.get("config", {}).get("train", {}).get("epochs", cfg.train.epochs)
-    if old_epochs != cfg.train.epochs:
-        say(f"resuming with train.epochs {cfg.train.epochs} (was {old_epochs}): the schedule is stretched")
-    scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
-    return ckpt["epoch"], ckpt["step"], ckpt.get("metrics", {})
-
-
-_BEST_KEYS = ("format", "backbone", "backbone_args", "model", "epoch", "step", "config", "identities", "metrics")
-
-
-def _save(setup: Setup, run_dir: Path, epoch: int, step: int, best: bool) -> None:
-    """``last.pt`` after every epoch; ``best.pt`` (model only) when LFW improved."""
-    from facekd.train.checkpoint import save_checkpoint
-
-    state = _checkpoint_state(setup, epoch, step)
-    save_checkpoint(run_dir / CHECKPOINT, state)
-    if best:
-        save_checkpoint(run_dir / BEST, {k: state[k] for k in _BEST_KEYS})
-
-
-def _prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite one."""
-    from facekd.train.checkpoint import load_checkpoint
-
-    last = run_dir / CHECKPOINT
-    if resume:
-        return load_checkpoint(last) if last.is_file() else None
-    if last.is_file() or (run_dir / "metrics.jsonl").is_file():
-        raise FacekdError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
-    return None
-
-
-def _check_same_model(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
-    from facekd.config import to_dict
-
-    old = ckpt.get("config", {})
-    for section in ("model", "data", "teacher", "distill"):
-        if hasattr(cfg, section) and old.get(section) != to_dict(getattr(cfg, section)):
-            raise FacekdError(
-                f"{path}: was trained with a different {section} section; resume with the same config "
-                "(only train.epochs, eval.* and logging may change)"
-            )
-
-
 def fit(
     cfg: TrainConfig,
     run_dir: Path | str,
@@ -312,9 +232,9 @@ def fit(
             say = lambda msg: None  # noqa: E731
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        ckpt = _prepare_run_dir(run_dir, resume)
+        ckpt = prepare_run_dir(run_dir, resume)
         if ckpt is not None:
-            _check_same_model(cfg, ckpt, run_dir / CHECKPOINT)
+            check_same_model(cfg, ckpt, run_dir / CHECKPOINT)
         if cfg.eval.every and cfg.eval.lfw:
             lfw = resolve_path(cfg.eval.lfw, cfg.data.root)
             if not lfw.exists():
@@ -350,7 +270,7 @@ def fit(
 
         start_epoch, step, metrics = 0, 0, {}
         if ckpt is not None:
-            start_epoch, step, metrics = _restore(ckpt, cfg, plain, optimizer, schedule, scaler, say)
+            start_epoch, step, metrics = restore_run(ckpt, cfg, plain, optimizer, schedule, scaler, say)
         objective: nn.Module = plain
         if cfg.train.compile:
             plain.backbone.forward = torch.compile(plain.backbone.forward)
@@ -403,7 +323,7 @@ def fit(
                 metrics["best_lfw_acc"] = max(record["lfw_acc"], metrics.get("best_lfw_acc", -1.0))
             setup.metrics = metrics
             if dist.is_main:
-                _save(setup, run_dir, epoch, step, best="lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"])
+                save_run(setup, run_dir, epoch, step, best="lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"])
             say(_epoch_line(record))
             result = metrics
         log.close()
