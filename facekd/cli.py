@@ -94,7 +94,7 @@ def format_result(label: str, ev) -> str:
 def _run_eval_lfw(args: argparse.Namespace) -> int:
     from facekd.evaluate import evaluate_pairs
     from facekd.io_utils import atomic_write_json
-    from facekd.loading import load_embedder
+    from facekd.models.hub import load_embedder
 
     embedder = load_embedder(args.model, args.weights, device=args.device)
     data = _lfw_data(args.data)
@@ -149,7 +149,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from facekd.data.fetch import ensure_lfw
     from facekd.evaluate import aligned_folder_for, evaluate_pairs
     from facekd.io_utils import atomic_write_json
-    from facekd.loading import load_embedder
+    from facekd.models.hub import load_embedder
     from facekd.paths import data_root
     from facekd.plots import plot_roc
 

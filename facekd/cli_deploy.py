@@ -89,7 +89,7 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     from facekd.deploy.photos import embed_faces
     from facekd.io_utils import atomic_open
-    from facekd.loading import load_embedder
+    from facekd.models.hub import load_embedder
 
     embedder = load_embedder(args.model, args.weights, device=args.device)
     faces, errors = _align_all(args.photos, embedder.pre.template, args.device)
@@ -121,7 +121,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from facekd.deploy.photos import stored_threshold, verify_photos
     from facekd.io_utils import atomic_write_json
-    from facekd.loading import load_embedder
+    from facekd.models.hub import load_embedder
 
     def fail(exc: FacekdError) -> int:
         if args.json_out:

@@ -71,9 +71,9 @@ def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
     assert obj.adapter is not None and obj.adapter.weight.shape == (32, 512)  # 512-d student, 32-d teacher
 
     # The teacher's embeddings in the cache are what it computes on the crops.
-    from facekd.loading import load_checkpoint_backbone
+    from facekd.models.hub import resolve
 
-    net = load_checkpoint_backbone(tmp_path / "teacher.pt").eval()
+    net = resolve(tmp_path / "teacher.pt").backbone
     x = torch.from_numpy(np.stack([data.image(i) for i in range(3)])).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         ref = net((x - 127.5) / 128.0)

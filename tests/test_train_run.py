@@ -81,9 +81,9 @@ def test_smoke_config_trains_one_epoch_and_its_checkpoint_embeds(data_dir, tmp_p
     assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
 
     from facekd.embed import Preprocessing, TorchEmbedder
-    from facekd.loading import load_checkpoint_backbone
+    from facekd.models.hub import resolve
 
-    net = load_checkpoint_backbone(run / "checkpoints/last.pt")
+    net = resolve(run / "checkpoints/last.pt").backbone
     emb = TorchEmbedder(net, Preprocessing.from_cfg(net.cfg), "smoke", device="cpu")
     out = emb(torch.zeros(2, 112, 96, 3, dtype=torch.uint8).numpy())
     assert out.shape == (2, 512)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.errors import FacekdError
+from facekd.models.hub import resolve
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,10 @@ class BenchRow:
 
 def _load_model(spec: str):
     """A registered name (random weights) or a facekd checkpoint -> (model, weights label)."""
-    from facekd.loading import load_checkpoint_backbone
-    from facekd.models import BACKBONES, build_backbone
-
-    path = Path(spec)
-    if path.is_file():
-        return load_checkpoint_backbone(path), path.name
-    if spec not in BACKBONES:
-        if path.suffix or "/" in spec:
-            raise FacekdError(f"{spec}: no such file")
-        BACKBONES.get(spec)  # raises, listing the known names
-    return build_backbone(spec), "random init (latency does not depend on weights)"
+    ref = resolve(spec, random_weights=True)
+    net = ref.require_backbone("bench")
+    label = ref.path.name if ref.path is not None else "random init (latency does not depend on weights)"
+    return net, label
 
 
 def _ort(path: Path, threads: int):

@@ -19,32 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.embed import ONNX_META_KEY, Preprocessing
+from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
+from facekd.embed import Preprocessing
 from facekd.errors import FacekdError
+from facekd.models.hub import resolve
 
-MODEL_META_KEY = "facekd.model"
-THRESHOLD_META_KEY = "facekd.threshold"
 # FP32 ONNX Runtime against PyTorch, per embedding (issue 5).
 PARITY_MIN_COSINE = 0.9999
 OPSET = 17
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What facekd records about an exported model (metadata key ``facekd.model``)."""
-
-    backbone: str
-    input_size: tuple[int, int]
-    embedding_dim: int
-    l2_normalized: bool
-    rewrites: dict[str, int] = field(default_factory=dict)
-    int8: str | None = None  # INT8 recipe name, None for FP32
-
-    @classmethod
-    def from_json(cls, text: str) -> "ModelInfo":
-        d = json.loads(text)
-        d["input_size"] = tuple(d["input_size"])
-        return cls(**d)
 
 
 def default_normalize(pre: Preprocessing) -> bool:
@@ -132,40 +114,6 @@ def export_onnx(
     set_metadata(proto, metadata)
     atomic_write_bytes(path, proto.SerializeToString())
     return rewrites
-
-
-def set_metadata(proto, entries: dict[str, str]) -> None:
-    """Sets (or replaces) ``metadata_props`` entries of an ONNX ModelProto."""
-    keep = [p for p in proto.metadata_props if p.key not in entries]
-    del proto.metadata_props[:]
-    for p in keep:
-        proto.metadata_props.add(key=p.key, value=p.value)
-    for key, value in entries.items():
-        proto.metadata_props.add(key=key, value=value)
-
-
-def read_metadata(path: Path | str) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file, without loading its weights into a session."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def update_metadata(path: Path | str, entries: dict[str, str]) -> None:
-    """Rewrites ``path`` atomically with ``entries`` added to its metadata."""
-    import onnx
-
-    from facekd.io_utils import atomic_write_bytes
-
-    proto = onnx.load(str(path))
-    set_metadata(proto, entries)
-    atomic_write_bytes(path, proto.SerializeToString())
-
-
-def model_metadata(pre: Preprocessing, info: ModelInfo) -> dict[str, str]:
-    """The facekd metadata entries for a model with this preprocessing and info."""
-    return {ONNX_META_KEY: json.dumps(asdict(pre)), MODEL_META_KEY: json.dumps(asdict(info))}
 
 
 @dataclass(frozen=True)
@@ -298,30 +246,7 @@ class ExportRequest:
 
 def load_backbone(model: str, weights: str | None = None):
     """The PyTorch backbone a ``--model`` / ``--weights`` pair names, in eval mode."""
-    from facekd.loading import load_checkpoint_backbone
-    from facekd.models import BACKBONES, build_backbone, load_backbone_weights
-    from facekd.weights import default_weights_for, manifest, resolve_weights
-
-    path = Path(model)
-    if path.is_file():
-        if weights:
-            raise FacekdError(f"{model} is a checkpoint; --weights is for a registered backbone name")
-        return load_checkpoint_backbone(path).eval()
-    if model not in BACKBONES:
-        if path.suffix or "/" in model:
-            raise FacekdError(f"{model}: no such file")
-        BACKBONES.get(model)  # raises, listing the known names
-    net = build_backbone(model)
-    weights = weights or default_weights_for(model)
-    if weights is None:
-        raise FacekdError(f"no published weights for {model!r}; pass --weights FILE")
-    wpath = Path(weights)
-    if not wpath.is_file():
-        if str(weights) not in manifest():
-            raise FacekdError(f"{weights}: weights file not found")
-        wpath = resolve_weights(str(weights))
-    load_backbone_weights(net, wpath)
-    return net.eval()
+    return resolve(model, weights).require_backbone("export").eval()
 
 
 def fp32_sibling(path: Path) -> Path:

@@ -12,7 +12,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from facekd.embed import TorchEmbedder
 from facekd.errors import FacekdError
+from facekd.models.hub import resolve
 
 Progress = Callable[[int, int], None]
 CACHE_VERSION = 1
@@ -41,14 +43,6 @@ class Teacher:
     head: nn.Module | None = None
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _freeze(m: nn.Module) -> nn.Module:
     m.eval()
     m.requires_grad_(False)
@@ -58,52 +52,22 @@ def _freeze(m: nn.Module) -> nn.Module:
 def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
     """Loads ``cfg`` (a :class:`~facekd.distill.config.TeacherCfg`), frozen, on ``device``.
 
-    A facekd checkpoint trained on the same identities (same names in the same order)
-    brings its classifier head; otherwise the teacher is an embedder only.
+    Anything the model hub resolves can teach. A facekd checkpoint trained on the same
+    identities (same names in the same order) brings its classifier head; otherwise the
+    teacher is an embedder only (a classifier is fitted on its embeddings).
     """
-    from facekd.embed import OnnxEmbedder, Preprocessing, TorchEmbedder
-    from facekd.heads import build_head
-    from facekd.loading import load_checkpoint_backbone
-    from facekd.models import BACKBONES, backbone_cfg, build_backbone, load_backbone_weights
-    from facekd.train.checkpoint import load_checkpoint
-
     if not cfg.model:
         raise FacekdError("teacher.model is empty: name a facekd checkpoint, a registered backbone with weights, or an .onnx file")
-    path = Path(cfg.model).expanduser()
-    if path.suffix.lower() == ".onnx":
-        emb = OnnxEmbedder(path)
-        return Teacher(path.name, _file_hash(path), emb.pre.template, emb.pre.mean, emb.pre.std, None, emb)
-    if path.is_file():
-        net = _freeze(load_checkpoint_backbone(path))
-        ckpt = load_checkpoint(path)
-        head = None
-        model_cfg = ckpt.get("config", {}).get("model", {})
-        head_state = {k[len("head."):]: v for k, v in ckpt["model"].items() if k.startswith("head.")}
-        if head_state and ckpt.get("identities") == list(identities) and model_cfg.get("head"):
-            head = build_head(model_cfg["head"], net.cfg.embedding_dim, len(identities), **model_cfg.get("head_args", {}))
-            head.load_state_dict(head_state)
-            head = _freeze(head).to(device)
-        key = _file_hash(path)
-    elif cfg.model in BACKBONES:
-        from facekd.weights import default_weights_for, manifest, resolve_weights
-
-        name = cfg.weights or default_weights_for(cfg.model)
-        if not name:
-            raise FacekdError(f"teacher {cfg.model!r}: a registered backbone needs teacher.weights (a file)")
-        weights = Path(name).expanduser()
-        if not weights.is_file():
-            if name not in manifest():
-                raise FacekdError(f"{name}: teacher weights file not found")
-            weights = resolve_weights(name)
-        net = _freeze(load_backbone_weights(build_backbone(cfg.model), weights))
-        head, key = None, f"{cfg.model}:{_file_hash(weights)}"
-    else:
-        raise FacekdError(f"teacher.model {cfg.model!r}: no such file, and not a registered backbone")
-    net = net.to(device)
-    c = backbone_cfg(net.cfg.name)
-    embedder = TorchEmbedder(net, Preprocessing.from_cfg(c), name=path.name if path.is_file() else cfg.model,
-                             device=str(device), optimize=False)
-    return Teacher(embedder.name, key, c.template, c.mean, c.std, net, embedder, head)
+    ref = resolve(cfg.model, cfg.weights or None)
+    pre = ref.pre
+    if ref.backbone is None:  # ONNX or an external embedder: cached outputs only
+        return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, None, ref.embedder(str(device)))
+    net = _freeze(ref.backbone).to(device)
+    head = ref.head_for(identities)
+    if head is not None:
+        head = _freeze(head).to(device)
+    embedder = TorchEmbedder(net, pre, name=ref.name, device=str(device), optimize=False)
+    return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, net, embedder, head)
 
 
 def crop_adapter(have: str, want: str, pad_value: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
