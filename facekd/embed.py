@@ -11,6 +11,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from facekd.align.template import Template, adapt_crop, get_template, template_for_size
+from facekd.deploy.metadata import PREPROCESSING_META_KEY
 from facekd.errors import FacekdError
 
 
@@ -125,8 +126,6 @@ class TorchEmbedder:
             return self.model(x).float().cpu().numpy()
 
 
-# Keys facekd writes into an exported model's metadata (issue: export).
-ONNX_META_KEY = "facekd"
 
 
 class OnnxEmbedder:
@@ -147,7 +146,7 @@ class OnnxEmbedder:
             raise FacekdError(f"{path}: cannot load ONNX model ({exc})".split("\n")[0]) from None
         meta = self.ort.get_modelmeta().custom_metadata_map
         if pre is None:
-            pre = Preprocessing(**json.loads(meta[ONNX_META_KEY])) if ONNX_META_KEY in meta else Preprocessing()
+            pre = Preprocessing(**json.loads(meta[PREPROCESSING_META_KEY])) if PREPROCESSING_META_KEY in meta else Preprocessing()
         self.pre = pre
         self.name = path.name
         self.input_name = self.ort.get_inputs()[0].name

@@ -9,16 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from facekd.deploy.export import (
-    MODEL_META_KEY,
-    ModelInfo,
-    check_parity,
-    default_normalize,
-    export_onnx,
-    model_metadata,
-    read_metadata,
-    synthetic_inputs,
-)
+from facekd.deploy.export import check_parity, default_normalize, export_onnx, synthetic_inputs
+from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, read_metadata
 from facekd.embed import OnnxEmbedder, Preprocessing
 from facekd.errors import FacekdError
 from facekd.models import BACKBONES, build_backbone

@@ -254,7 +254,7 @@ def quantize_int8(
     """
     import onnx
 
-    from facekd.deploy.export import MODEL_META_KEY, ModelInfo, set_metadata
+    from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, set_metadata
     from facekd.deploy.timing import median_ratio, time_interleaved
     from facekd.io_utils import atomic_write_bytes
 

@@ -1,0 +1,75 @@
+"""ONNX metadata: the one module that writes and reads facekd's ``metadata_props``.
+
+An exported model carries:
+
+- ``facekd``: the :class:`~facekd.embed.Preprocessing` fields as JSON (what
+  :class:`~facekd.embed.OnnxEmbedder` reads),
+- ``facekd.model``: :class:`ModelInfo` (backbone name, input size, embedding size,
+  whether the output is L2-normalised, graph rewrites, INT8 recipe),
+- ``facekd.threshold``: the verification threshold chosen on LFW
+  (:mod:`facekd.deploy.threshold`).
+
+Export, quantization, the threshold and the embedders import from here, and from
+nothing else in ``facekd.deploy``, so the deploy modules form no cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from facekd.io_utils import atomic_write_bytes
+
+PREPROCESSING_META_KEY = "facekd"
+MODEL_META_KEY = "facekd.model"
+THRESHOLD_META_KEY = "facekd.threshold"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What facekd records about an exported model (metadata key ``facekd.model``)."""
+
+    backbone: str
+    input_size: tuple[int, int]
+    embedding_dim: int
+    l2_normalized: bool
+    rewrites: dict[str, int] = field(default_factory=dict)
+    int8: str | None = None  # INT8 recipe name, None for FP32
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelInfo":
+        d = json.loads(text)
+        d["input_size"] = tuple(d["input_size"])
+        return cls(**d)
+
+
+def set_metadata(proto, entries: dict[str, str]) -> None:
+    """Sets (or replaces) ``metadata_props`` entries of an ONNX ModelProto."""
+    keep = [p for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    for p in keep:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(path: Path | str) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file, without loading its weights into a session."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def update_metadata(path: Path | str, entries: dict[str, str]) -> None:
+    """Rewrites ``path`` atomically with ``entries`` added to its metadata."""
+    proto = onnx.load(str(path))
+    set_metadata(proto, entries)
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+def model_metadata(pre, info: ModelInfo) -> dict[str, str]:
+    """The facekd metadata entries for a model with this preprocessing (a
+    :class:`~facekd.embed.Preprocessing`) and info."""
+    return {PREPROCESSING_META_KEY: json.dumps(asdict(pre)), MODEL_META_KEY: json.dumps(asdict(info))}
