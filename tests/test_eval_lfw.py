@@ -114,7 +114,7 @@ def test_pack_and_bin_give_the_same_scores(capsys, tmp_path, aligned_mini, mobil
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["eval", "lfw", "--model", "resnet9000", "--data", "."], "unknown backbone 'resnet9000'; known:"),
+        (["eval", "lfw", "--model", "resnet9000", "--data", "."], "unknown model 'resnet9000'; known:"),
         (["eval", "lfw", "--model", "mobilefacenet", "--weights", "/nope.ckpt", "--data", "."], "/nope.ckpt: weights file not found"),
         (["eval", "lfw", "--model", "missing.onnx", "--data", "."], "missing.onnx: ONNX model not found"),
         (["align", "/no/such/dir", "/tmp/x"], "/no/such/dir: source folder does not exist"),
