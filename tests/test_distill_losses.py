@@ -94,13 +94,13 @@ def test_logit_regression_is_half_mean_squared_logit_gap():
 
 def test_noisy_teacher_without_noise_is_soft_and_with_noise_differs():
     s, t, y = _outs()
-    quiet = DISTILL_LOSSES.build("noisy_teacher", tau=2.0, sigma=0.0)(s, t, y)["noisy_soft"]
+    quiet = DISTILL_LOSSES.build("noisy_teacher", tau=2.0, sigma=0.0)(s, t, y)["noisy_teacher"]
     assert quiet.item() == pytest.approx(DISTILL_LOSSES.build("soft", tau=2.0)(s, t, y)["soft"].item(), rel=1e-6)
     torch.manual_seed(0)
-    noisy = DISTILL_LOSSES.build("noisy_teacher", tau=2.0, sigma=1.0, p=1.0)(s, t, y)["noisy_soft"]
+    noisy = DISTILL_LOSSES.build("noisy_teacher", tau=2.0, sigma=1.0, p=1.0)(s, t, y)["noisy_teacher"]
     assert abs(noisy.item() - quiet.item()) > 1e-3
     term = DISTILL_LOSSES.build("noisy_teacher", tau=2.0, sigma=1.0, p=1.0).eval()  # no noise at eval
-    assert term(s, t, y)["noisy_soft"].item() == pytest.approx(quiet.item(), rel=1e-6)
+    assert term(s, t, y)["noisy_teacher"].item() == pytest.approx(quiet.item(), rel=1e-6)
 
 
 def test_manual_teacher_is_kl_to_the_designed_distribution():
@@ -170,3 +170,29 @@ def test_terms_from_config_entries():
         build_terms([{"name": "sfot"}])
     with pytest.raises(FacekdError, match="soft: .*unexpected keyword"):
         build_terms([{"name": "soft", "temperature": 3}])
+
+
+def _outputs_with(needs: frozenset[str], drop: str | None = None):
+    """Student and teacher outputs holding only what ``needs`` names (minus ``drop``)."""
+    have = set(needs) - {drop}
+    zs, zt = torch.tensor(ZS), torch.tensor(ZT)
+    student = Outputs(torch.tensor(FS), zs if "student_logits" in have else None,
+                      zs if "student_logits" in have else None)
+    teacher = Outputs(torch.tensor(FT) if "teacher_embedding" in have else None,
+                      zt if "teacher_logits" in have else None)
+    target = torch.tensor(Y) if "labels" in have else None
+    return student, teacher, target
+
+
+@pytest.mark.parametrize("name", DISTILL_LOSSES.names())
+def test_each_term_reads_exactly_what_it_declares(name):
+    """``needs`` is the contract the objective reads: the term runs on just those
+    inputs, fails without any one of them, and logs under its registry name."""
+    term = DISTILL_LOSSES.build(name)
+    assert term.needs and term.needs <= {"labels", "student_logits", "teacher_logits", "teacher_embedding"}
+    out = term(*_outputs_with(term.needs))
+    assert all(torch.isfinite(v) for v in out.values())
+    assert all(k == name or k.startswith(f"{name}_") for k in out), out.keys()
+    for need in term.needs:
+        with pytest.raises((TypeError, AttributeError, RuntimeError)):
+            term(*_outputs_with(term.needs, drop=need))

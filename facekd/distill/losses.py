@@ -1,10 +1,15 @@
-"""Distillation terms (Wang et al., ICIP 2018, and the other methods in SPEC sections 3-4).
+"""Distillation terms (Wang et al., ICIP 2018, and the methods around it: Hinton et al.
+2015, Ba & Caruana 2014, Sau & Balasubramanian 2016, Yuan et al. 2020).
 
 Each term is a registered ``nn.Module`` whose ``forward(student, teacher, target)``
 returns named, weighted loss values; the objective sums them and the trainer logs each
-by name. Terms that follow the teacher are scaled per sample by the teacher weight μ
-(``teacher.weight``) when teacher weighting is on; ``hard`` and ``label_smoothing``
-use labels only and are never scaled.
+by name (the registry name, or ``<name>_<part>`` for a term with several parts).
+
+A term states what it reads as data, in ``needs`` (a subset of :data:`NEEDS`); the
+objective reads that set to decide what to compute (teacher logits, the adapter to the
+teacher's embedding width, labels), never a list of classes. Terms that follow the
+teacher are scaled per sample by the teacher weight μ (``teacher.weight``) when teacher
+weighting is on; terms that use labels only are never scaled.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from torch import nn
 from facekd.registry import Registry
 
 DISTILL_LOSSES: Registry[nn.Module] = Registry("distillation term")
+
+# What a term may read: the labels, the student's class logits (through its head), the
+# teacher's class logits, the teacher's embedding. The student's embedding is always there.
+NEEDS = frozenset({"labels", "student_logits", "teacher_logits", "teacher_embedding"})
 
 # The lowest cross-entropy Caffe reports, the source's MIN for teacher weighting.
 CAFFE_MIN_CE = -8.37665
@@ -85,10 +94,15 @@ def soft_cross_entropy(teacher_logits: torch.Tensor, student_logits: torch.Tenso
 
 
 class _Term(nn.Module):
-    """A term with a weight λ and a name in the logs."""
+    """A term with a weight λ, a name in the logs (its registry name) and what it reads."""
 
     name = "term"
-    follows_teacher = True
+    needs: frozenset[str] = frozenset()
+
+    @property
+    def follows_teacher(self) -> bool:
+        """Whether μ scales it: it reads something of the teacher's."""
+        return any(n.startswith("teacher_") for n in self.needs)
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -108,7 +122,7 @@ class Hard(_Term):
     """``L_hard = H(X_S, y)``: the student's cross-entropy on the label, through its head
     (with the head's margin). Labels only: never scaled by μ."""
 
-    name, follows_teacher = "hard", False
+    name, needs = "hard", frozenset({"labels", "student_logits"})
 
     def per_sample(self, student, teacher, target):
         return F.cross_entropy(student.margin_logits.float(), target, reduction="none")
@@ -119,7 +133,7 @@ class Soft(_Term):
     """``L_soft = τ²·H(X_T^τ, X_S^τ)`` with ``X^τ = softmax(Z/τ)`` (Wang et al.; Hinton et al.):
     cross-entropy between the teacher's and the student's softened class probabilities."""
 
-    name = "soft"
+    name, needs = "soft", frozenset({"student_logits", "teacher_logits"})
 
     def __init__(self, weight: float = 1.0, tau: float = 4.0) -> None:
         super().__init__(weight)
@@ -135,7 +149,7 @@ class Feature(_Term):
     the student's embedding passes through the objective's adaptation layer when the
     widths differ). The paper found it hurts next to the other terms."""
 
-    name = "feature"
+    name, needs = "feature", frozenset({"teacher_embedding"})
 
     def per_sample(self, student, teacher, target):
         return (student.embedding.float() - teacher.embedding.float()).pow(2).sum(dim=1)
@@ -146,7 +160,7 @@ class FeatureNorm(_Term):
     """``L_featurenorm = ||F_S/|F_S| − F_T/|F_T|||² = 2 − 2·cos(F_S, F_T)``: hint learning
     made consistent with cosine verification (Wang et al., section 3.1)."""
 
-    name = "featurenorm"
+    name, needs = "featurenorm", frozenset({"teacher_embedding"})
 
     def per_sample(self, student, teacher, target):
         s = F.normalize(student.embedding.float(), dim=1)
@@ -159,7 +173,7 @@ class HintonKD(_Term):
     """Hinton et al. (2015): ``(1 − α)·H(y, p_S) + α·τ²·H(p_T^τ, p_S^τ)`` with α = 0.5 and
     τ of 2–5. Logged as two terms, ``hinton_hard`` and ``hinton_soft``."""
 
-    name = "hinton"
+    name, needs = "hinton", frozenset({"labels", "student_logits", "teacher_logits"})
 
     def __init__(self, weight: float = 1.0, tau: float = 4.0, alpha: float = 0.5) -> None:
         super().__init__(weight)
@@ -176,7 +190,7 @@ class LogitRegression(_Term):
     """Ba & Caruana (2014): the student regresses the teacher's logits,
     ``½·mean_c (z_S − z_T)²`` per sample."""
 
-    name = "logit_regression"
+    name, needs = "logit_regression", frozenset({"student_logits", "teacher_logits"})
 
     def per_sample(self, student, teacher, target):
         return 0.5 * (student.logits.float() - teacher.logits.float()).pow(2).mean(dim=1)
@@ -187,7 +201,7 @@ class NoisyTeacher(Soft):
     """Sau & Balasubramanian (2016): soft targets from teacher logits with Gaussian noise
     added, ``z_T + σ·|z_T|_mean·ε`` with probability ``p`` per sample, as a regulariser."""
 
-    name = "noisy_soft"
+    name = "noisy_teacher"
 
     def __init__(self, weight: float = 1.0, tau: float = 4.0, sigma: float = 0.1, p: float = 0.5) -> None:
         super().__init__(weight, tau)
@@ -209,7 +223,7 @@ class ManualTeacher(_Term):
     in the public code); the term is ``τ²·KL(p^d_τ ‖ p_S^τ)`` with ``p^d_τ`` the softmax of
     ``log p^d / τ``. Needs no teacher network."""
 
-    name, follows_teacher = "manual_teacher", False
+    name, needs = "manual_teacher", frozenset({"labels", "student_logits"})
 
     def __init__(self, weight: float = 1.0, a: float = 0.99, tau: float = 20.0) -> None:
         super().__init__(weight)
@@ -229,7 +243,7 @@ class LabelSmoothing(_Term):
     """Label smoothing (Szegedy et al.; Tf-KD's "virtual teacher" reading of it):
     cross-entropy against ``1 − ε`` on the label and ``ε/(K − 1)`` elsewhere."""
 
-    name, follows_teacher = "label_smoothing", False
+    name, needs = "label_smoothing", frozenset({"labels", "student_logits"})
 
     def __init__(self, weight: float = 1.0, epsilon: float = 0.1) -> None:
         super().__init__(weight)
@@ -244,15 +258,13 @@ class LabelSmoothing(_Term):
 
 
 def needs_teacher(terms: list[nn.Module]) -> bool:
+    """Whether any term reads the teacher's outputs."""
     return any(t.follows_teacher for t in terms)
 
 
 def uses(terms: list[nn.Module], what: str) -> bool:
-    """Whether any term reads the teacher's ``logits`` or ``embedding``."""
-    logit_terms = (Soft, HintonKD, LogitRegression)
-    embed_terms = (Feature, FeatureNorm)
-    kinds = logit_terms if what == "logits" else embed_terms
-    return any(isinstance(t, kinds) for t in terms)
+    """Whether any term reads the teacher's ``logits`` or ``embedding`` (its ``needs``)."""
+    return any(f"teacher_{what}" in t.needs for t in terms)
 
 
 def build_terms(specs: list[dict]) -> list[nn.Module]:

@@ -19,7 +19,7 @@ import copy
 import io
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,10 +30,7 @@ from facekd.errors import FacekdError
 from facekd.heads import build_head
 from facekd.io_utils import atomic_write_bytes
 from facekd.models import build_backbone
-
-if TYPE_CHECKING:  # the loop imports this module; only its type is needed here
-    from facekd.train.config import TrainConfig
-    from facekd.train.loop import Setup
+from facekd.train.config import TrainConfig
 
 FORMAT = "facekd-train-1"
 CHECKPOINT = "checkpoints/last.pt"
@@ -137,8 +134,13 @@ def head_from_checkpoint(ckpt: dict, identities: list[str], embedding_dim: int) 
 # Run checkpoints: what fit() saves after every epoch and restores on --resume.
 
 
-def run_state(setup: "Setup", epoch: int, step: int) -> dict:
-    """Everything ``--resume`` needs, as a weights-only-loadable dict."""
+def run_state(setup, epoch: int, step: int) -> dict:
+    """Everything ``--resume`` needs, as a weights-only-loadable dict.
+
+    Args:
+        setup: The loop's :class:`~facekd.train.loop.Setup` (cfg, plain module,
+            optimizer, schedule, scaler, identities, metrics).
+    """
     return {
         "format": FORMAT,
         "backbone": setup.cfg.model.backbone,
@@ -157,7 +159,7 @@ def run_state(setup: "Setup", epoch: int, step: int) -> dict:
     }
 
 
-def save_run(setup: "Setup", run_dir: Path, epoch: int, step: int, best: bool) -> None:
+def save_run(setup, run_dir: Path, epoch: int, step: int, best: bool) -> None:
     """``last.pt`` after every epoch; ``best.pt`` (model only) when LFW improved."""
     state = run_state(setup, epoch, step)
     save_checkpoint(run_dir / CHECKPOINT, state)
@@ -165,7 +167,7 @@ def save_run(setup: "Setup", run_dir: Path, epoch: int, step: int, best: bool) -
         save_checkpoint(run_dir / BEST, {k: state[k] for k in _BEST_KEYS})
 
 
-def restore_run(ckpt: dict, cfg: "TrainConfig", plain, optimizer, schedule, scaler, say: Callable[[str], None]) -> tuple[int, int, dict]:
+def restore_run(ckpt: dict, cfg: TrainConfig, plain, optimizer, schedule, scaler, say: Callable[[str], None]) -> tuple[int, int, dict]:
     """Loads a checkpoint's states; returns (epochs done, step, metrics)."""
     plain.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -192,7 +194,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
     return None
 
 
-def check_same_model(cfg: "TrainConfig", ckpt: dict, path: Path) -> None:
+def check_same_model(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     """Refuses to resume a run whose model, data, teacher or distillation changed."""
     old = ckpt.get("config", {})
     for section in ("model", "data", "teacher", "distill"):
