@@ -1,28 +1,44 @@
-"""Training throughput: the real input pipeline against data already resident on the device.
+"""Training throughput on real crops: the plain path, the default path and the ceiling.
 
-Runs ``facekd.train.loop.train_one_epoch`` (the same step ``facekd train`` takes:
-forward, head, loss, backward, optimizer, schedule) side by side, in one process:
+For each backbone, in one process, runs ``facekd.train.loop.train_one_epoch`` (the step
+``facekd train`` takes: forward, head, loss, backward, optimizer, schedule) fed three ways:
 
-- ``resident``: one pre-normalised batch already on the device, fed again and again:
-  the ceiling for this model and step;
-- one row per loader (``device-cache``, ``device``, ``workers``) fed from a pack.
+- ``plain``: the old CPU path: ``data.loader=workers`` (decode + albumentations in
+  DataLoader workers), fp32, contiguous layout, eager;
+- ``default``: what ``facekd train`` picks with the config defaults on this machine
+  (``data.loader=auto``, ``train.precision/channels_last/compile=auto``, resolved by
+  :func:`facekd.train.data.choose_loader` and :func:`facekd.train.speed.plan_speed` for a
+  run of ``--epochs`` epochs);
+- ``ceiling``: the default path's model and step fed one pre-normalised batch already in
+  memory, again and again (no data path);
+- one row per ``--loaders`` name, with the default path's step.
 
-Each row warms up first (torch.compile, cuDNN autotuning), then times ``--steps`` steps.
+Each row warms up (``--warmup`` steps: compile, workers filling their queue), then takes
+``--rounds`` rounds of ``--steps`` steps; its figure is the median over its rounds. Rows
+run one after another.
 
-Usage (H100; the pack travels in the checkout, e.g. under .carry/)::
+Usage (dev CPU)::
 
-    python eval/bench_train_throughput.py --pack .carry/dev_train_q85.fkpack \\
-        --backbone resnet27 --batch 256 --compile --json out.json
+    python eval/bench_train_throughput.py --pack /tmp/dev_train_q85.fkpack \\
+        --backbones student5 resnet27_c10 --batch 256 --json /tmp/throughput.json
 
-On a CPU it runs too (small ``--steps``), which is how CI keeps it working.
+On an accelerator (the pack travels in the checkout)::
+
+    python eval/bench_train_throughput.py --pack .carry/dev_train_q85.fkpack --backbones resnet27 \\
+        --loaders device-cache device --batch 256
+
+CI runs it at a tiny size (tests/test_train_run.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,93 +47,137 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from facekd.config import from_dict  # noqa: E402
 from facekd.io_utils import atomic_write_json  # noqa: E402
+from facekd.models import backbone_cfg  # noqa: E402
 from facekd.train.config import TrainConfig  # noqa: E402
+from facekd.train.data import LOADERS, LoaderCtx, build_train_set, choose_loader, epoch_batches  # noqa: E402
+from facekd.train.loop import build_objective, standalone_setup, train_one_epoch  # noqa: E402
+from facekd.train.speed import SpeedPlan, cpu_info, plan_speed  # noqa: E402
 
 
-def _setup(cfg: TrainConfig, data, loader_name: str | None, device: torch.device):
-    from facekd.train.loop import build_objective, standalone_setup
+@dataclass
+class Row:
+    """One timed way of feeding one backbone."""
 
-    torch.manual_seed(0)
-    plain = build_objective(cfg, len(data.identities)).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
-        plain = plain.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        plain.backbone.forward = torch.compile(plain.backbone.forward)
-    return standalone_setup(cfg, plain, data, device, loader_name, cfg.data.workers or 0)
+    backbone: str
+    input: str  # plain | default | ceiling | a loader name
+    loader: str  # the loader, or "resident"
+    precision: str
+    channels_last: bool
+    compile: bool
+    images_per_s: float
+    rounds: list[float]
+    setup_seconds: float  # building the loader and model, the probe, and the warm-up steps (compile)
+    of_ceiling: float = 0.0
+    of_plain: float = 0.0
 
 
-def bench(args: argparse.Namespace) -> list[dict]:
-    from facekd.train.data import build_train_set, epoch_batches
-    from facekd.train.loop import train_one_epoch
+def _batches(n: int, batch: int, count: int) -> list:
+    out, epoch = [], 0
+    while len(out) < count:
+        epoch += 1
+        out += epoch_batches(n, batch, 0, epoch)
+    return out[:count]
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device) -> list[Row]:
     raw = {
-        "model": {"backbone": args.backbone, "head": "cosface"},
+        "model": {"backbone": backbone, "head": "cosface"},
         "data": {"train": [str(Path(args.pack).resolve())], "workers": args.workers},
-        "train": {"batch_size": args.batch, "compile": args.compile, "device": str(device), "log_every": 10**9},
+        "train": {"batch_size": args.batch, "device": str(device), "log_every": 10**9, "epochs": args.epochs},
     }
     cfg = from_dict(TrainConfig, raw, "bench")
-    from facekd.models import backbone_cfg
+    bcfg = backbone_cfg(backbone)
+    data = build_train_set(cfg.data, bcfg.template)
+    workers = cfg.data.workers if cfg.data.workers is not None else max(1, (torch.multiprocessing.cpu_count() or 2) - 1)
+    per_row = args.warmup + args.rounds * args.steps
+    order = _batches(len(data), args.batch, per_row)
+    n_classes = len(data.identities)
 
-    data = build_train_set(cfg.data, backbone_cfg(args.backbone).template)
+    def objective():
+        torch.manual_seed(0)
+        return build_objective(cfg, n_classes).to(device)
+
+    feeds: dict[str, tuple] = {}  # input -> (setup, iterator, meta)
+    t0 = time.perf_counter()
+    plain = standalone_setup(cfg, objective(), data, device, "workers", workers, SpeedPlan("fp32", False, False))
+    feeds["plain"] = (plain, plain.loader.epoch(order, 1), "workers", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    steps = len(data) // args.batch
+    probe_model = objective()
+    plan = plan_speed(cfg.train, probe_model, device, bcfg.input_size, n_classes, steps * cfg.train.epochs)
+    del probe_model
+    chosen = choose_loader(cfg.data.loader, data, device)
+    default = standalone_setup(cfg, objective(), data, device, chosen.name, workers, plan)
+    plan_s = time.perf_counter() - t0
+    print(f"{backbone}: default path: loader {chosen.name} ({chosen.reason}); {plan.describe()}", flush=True)
+    feeds["default"] = (default, default.loader.epoch(order, 1), chosen.name, plan_s)
+    ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, 0, 0)
+    x, y, idx = next(LOADERS.get("memory")(ctx).epoch(order[:1], 0)) if device.type == "cpu" else \
+        next(LOADERS.get("device")(ctx).epoch(order[:1], 0))
+    feeds["ceiling"] = (default, itertools.repeat((x, y, idx)), "resident", 0.0)
+    for name in args.loaders:
+        t0 = time.perf_counter()
+        s = standalone_setup(cfg, default.plain, data, device, name, workers, SpeedPlan(plan.precision, False, False))
+        s.channels_last = plan.channels_last
+        feeds[name] = (s, s.loader.epoch(order, 1), name, time.perf_counter() - t0)
+
+    # Row after row, not interleaved: a workers loader left waiting would have its queue
+    # full when its turn came, and its first steps would look free.
+    setup_s: dict[str, float] = {}
+    rounds: dict[str, list[float]] = {}
+    for name, (s, it, _, build_s) in feeds.items():
+        t0 = time.perf_counter()
+        train_one_epoch(s, 1, 0, itertools.islice(it, args.warmup))
+        setup_s[name] = build_s + time.perf_counter() - t0
+        rounds[name] = [train_one_epoch(s, 1, 0, itertools.islice(it, args.steps))[1]["images_per_s"]
+                        for _ in range(args.rounds)]
+        if hasattr(it, "close"):
+            it.close()  # stops a workers loader's processes
+        print(f"{backbone:<14}{name:<10}" + " ".join(f"{v:7.1f}" for v in rounds[name]) + " images/s", flush=True)
     rows = []
-    for name in ["resident", *args.loaders]:
-        t_build = time.perf_counter()
-        setup = _setup(cfg, data, None if name == "resident" else name, device)
-        build_s = time.perf_counter() - t_build
-        n = args.warmup + args.steps
-        batches = []
-        epoch = 0
-        while len(batches) < n:
-            epoch += 1
-            batches += epoch_batches(len(data), args.batch, 0, epoch)
-        warm, timed = batches[: args.warmup], batches[args.warmup : n]
-        if name == "resident":
-            from facekd.train.data import LOADERS, LoaderCtx
-
-            bcfg = backbone_cfg(args.backbone)
-            ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, 0, 0)
-            x, y, idx = next(LOADERS.get("device")(ctx).epoch(batches[:1], 0))
-            feeds = (iter([(x, y, idx)] * len(warm)), iter([(x, y, idx)] * len(timed)))
-        else:
-            feeds = (setup.loader.epoch(warm, 1), setup.loader.epoch(timed, 2))
-        train_one_epoch(setup, 1, 0, feeds[0])
-        _, stats = train_one_epoch(setup, 1, 0, feeds[1])
-        rows.append({"input": name, "images_per_s": round(stats["images_per_s"], 1), "steps": args.steps,
-                     "seconds": round(stats["seconds"], 2), "setup_seconds": round(build_s, 1)})
-        print(f"{name:<13} {stats['images_per_s']:>10.1f} images/s  ({args.steps} steps of {args.batch})", flush=True)
-        del setup
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    ceiling = rows[0]["images_per_s"]
+    for name, (s, _, loader, _) in feeds.items():
+        rows.append(Row(backbone, name, loader, s.precision, s.channels_last, name != "plain" and plan.compile,
+                        round(statistics.median(rounds[name]), 1), [round(v, 1) for v in rounds[name]],
+                        round(setup_s[name], 1)))
+    by = {r.input: r for r in rows}
     for r in rows:
-        r["of_resident"] = round(r["images_per_s"] / ceiling, 3)
-    info = {
-        "backbone": args.backbone, "batch": args.batch, "compile": args.compile, "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "precision": cfg.train.precision if device.type == "cuda" else "fp32", "pack": str(args.pack),
-        "crops": len(data), "torch": str(torch.__version__),
-    }
-    print(json.dumps(info))
-    return [{**info, **r} for r in rows]
+        r.of_ceiling = round(r.images_per_s / by["ceiling"].images_per_s, 3)
+        r.of_plain = round(r.images_per_s / by["plain"].images_per_s, 3)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", required=True, help="training pack (.fkpack)")
-    p.add_argument("--backbone", default="resnet27")
+    p.add_argument("--backbones", nargs="+", default=["student5", "resnet27_c10"])
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--epochs", type=int, default=TrainConfig().train.epochs,
+                   help="run length the default path plans for (compile: auto)")
     p.add_argument("--device", default=None)
-    p.add_argument("--loaders", nargs="*", default=["device-cache", "device", "workers"])
-    p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the 'workers' row")
-    p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--loaders", nargs="*", default=[], help="extra rows: these loaders with the default step")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as facekd train)")
+    p.add_argument("--warmup", type=int, default=4, help="untimed steps per row (at least the workers' prefetch)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4, help="steps per row per round")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    rows = bench(args)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_info().describe()
+    print(f"{machine}; torch {torch.__version__}, {torch.get_num_threads()} threads; pack {args.pack}; "
+          f"batch {args.batch}", flush=True)
+    rows = [r for b in args.backbones for r in bench_backbone(args, b, device)]
+    print(f"{'backbone':<14}{'input':<14}{'loader':<14}{'step':<28}{'images/s':>9}{'x plain':>9}{'of ceiling':>11}")
+    for r in rows:
+        step = f"{r.precision}{', channels_last' if r.channels_last else ''}{', compiled' if r.compile else ''}"
+        print(f"{r.backbone:<14}{r.input:<14}{r.loader:<14}{step:<28}{r.images_per_s:>9.1f}{r.of_plain:>9.2f}"
+              f"{r.of_ceiling:>11.2f}")
     if args.json:
-        atomic_write_json(args.json, rows)
+        info = {"machine": machine, "device": str(device), "torch": str(torch.__version__), "batch": args.batch,
+                "threads": torch.get_num_threads(), "pack": str(args.pack)}
+        atomic_write_json(args.json, [{**info, **asdict(r)} for r in rows])
+    print(json.dumps({"rows": len(rows)}))
     return 0
 
 

@@ -151,7 +151,7 @@ def test_every_loader_gives_the_same_normalised_batch_without_augmentation(tmp_p
     off = AugmentCfg(flip=0.0, affine_p=0.0, color_p=0.0, gray_p=0.0)
     batches = [np.array([3, 0, 5, 6])]
     out = {}
-    for name in ("workers", "device", "device-cache"):
+    for name in ("workers", "memory", "device", "device-cache"):
         ctx = LoaderCtx(data, off, 127.5, 128.0, torch.device("cpu"), 0, 0)
         (x, y, idx), = list(LOADERS.get(name)(ctx).epoch(batches, 1))
         assert idx.tolist() == batches[0].tolist(), name
@@ -162,6 +162,28 @@ def test_every_loader_gives_the_same_normalised_batch_without_augmentation(tmp_p
         assert x.shape == (4, 3, 112, 96) and y.tolist() == data.labels[batches[0]].tolist(), name
         # Two JPEG decoders may round a few values differently: within 2 grey levels.
         assert (x - ref).abs().max() <= 2 / 128 + 1e-6, name
+
+    # With augmentation on, the loaders that share augment_batch give the same batches
+    # for the same seed, and a flip drawn for a sample is an exact mirror of its crop.
+    on = AugmentCfg(flip=0.5, shift=0.05, scale=0.05, rotate=5.0, affine_p=0.0, color=0.2, color_p=0.0, gray_p=0.0)
+    two = [np.array([3, 0, 5, 6]), np.array([1, 2, 7, 4])]
+    aug = {}
+    for name in ("memory", "device", "device-cache"):
+        ctx = LoaderCtx(data, on, 127.5, 128.0, torch.device("cpu"), 0, seed=4)
+        aug[name] = [x for x, _, _ in LOADERS.get(name)(ctx).epoch(two, 3)]
+    for name in ("device", "device-cache"):
+        for a, b in zip(aug["memory"], aug[name]):
+            assert torch.equal(a, b), name
+    crops = torch.from_numpy(np.stack([data.image(i) for i in two[0]])).permute(0, 3, 1, 2).float()
+    crops = (crops - 127.5) / 128.0
+    flipped = [torch.allclose(a, torch.flip(c, dims=[2]), atol=1e-4) for a, c in zip(aug["memory"][0], crops)]
+    kept = [torch.allclose(a, c, atol=1e-4) for a, c in zip(aug["memory"][0], crops)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each sample is its crop, mirrored or not
+    def memory_batches(seed: int) -> list[torch.Tensor]:
+        ctx = LoaderCtx(data, on, 127.5, 128.0, torch.device("cpu"), 0, seed=seed)
+        return [x for x, _, _ in LOADERS.get("memory")(ctx).epoch(two * 8, 3)]
+
+    assert not all(torch.equal(a, b) for a, b in zip(memory_batches(4), memory_batches(5)))  # the seed matters
 
 
 def test_resumed_schedule_takes_its_shape_from_the_new_config():

@@ -165,19 +165,27 @@ def test_torchrun_two_gloo_processes_take_the_same_steps_as_one(train_crops, tmp
     assert max((sa[k] - sb[k]).abs().max().item() for k in sa) < 5e-4
 
 
-def test_throughput_bench_runs_every_loader_on_cpu(train_crops, tmp_path):
-    """eval/bench_train_throughput.py is the H100 command of issue 3; keep it working."""
+def test_throughput_bench_runs_on_cpu_at_a_tiny_size(train_crops, tmp_path):
+    """eval/bench_train_throughput.py (issue 10's CPU table, issue 3's H100 command) keeps working."""
     from facekd.data.pack import build_pack
 
     pack = tmp_path / "crops.fkpack"
     build_pack([train_crops], pack)
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "eval/bench_train_throughput.py"), "--pack", str(pack), "--backbone", "student5",
-         "--batch", "16", "--device", "cpu", "--warmup", "1", "--steps", "2", "--workers", "1", "--json", str(out)],
+        [sys.executable, str(REPO / "eval/bench_train_throughput.py"), "--pack", str(pack), "--backbones", "student5",
+         "--batch", "16", "--device", "cpu", "--warmup", "1", "--rounds", "2", "--steps", "1", "--workers", "1",
+         "--loaders", "device-cache", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert [r["input"] for r in rows] == ["resident", "device-cache", "device", "workers"]
-    assert rows[0]["of_resident"] == 1.0 and all(r["images_per_s"] > 0 for r in rows)
+    assert [r["input"] for r in rows] == ["plain", "default", "ceiling", "device-cache"]
+    by = {r["input"]: r for r in rows}
+    assert by["plain"]["loader"] == "workers" and by["plain"]["precision"] == "fp32" and not by["plain"]["channels_last"]
+    assert by["default"]["loader"] == "memory"  # 160 crops fit in any machine's free memory
+    assert by["ceiling"]["loader"] == "resident" and by["ceiling"]["of_ceiling"] == 1.0
+    for r in rows:
+        assert len(r["rounds"]) == 2 and all(v > 0 for v in r["rounds"])
+        assert r["of_plain"] == pytest.approx(r["images_per_s"] / by["plain"]["images_per_s"], abs=2e-3)
+    assert "images/s" in proc.stdout and "student5" in proc.stdout

@@ -36,11 +36,13 @@ class DataCfg:
     max_per_identity: int | None = None
     drop_fallbacks: bool = True  # leave out crops MTCNN found no face in
     augment: AugmentCfg = field(default_factory=AugmentCfg)
-    # "workers": decode + albumentations in DataLoader workers (CPU training);
+    # "workers": decode + albumentations in DataLoader workers;
+    # "memory": decode everything once into host memory (uint8), augment each batch in-process;
     # "device": JPEG decode (nvjpeg) and augmentation on the GPU per batch;
     # "device-cache": decode everything once into GPU memory, augment per batch;
-    # "auto": workers on CPU, device-cache on GPU when it fits in a quarter of free memory.
-    loader: Literal["auto", "workers", "device", "device-cache"] = "auto"
+    # "auto": memory on CPU / device-cache on GPU when the decoded set fits in a quarter of
+    # free memory there, else workers / device.
+    loader: Literal["auto", "workers", "memory", "device", "device-cache"] = "auto"
     workers: int | None = None  # DataLoader workers (default: cores - 1, at least 1)
 
 
@@ -75,9 +77,12 @@ class TrainCfg:
     batch_size: int = 256  # global: split evenly over the processes of a distributed run
     seed: int = 0
     device: str = "auto"  # auto: cuda when present
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA (fp16 with a grad scaler); CPU: fp32
-    channels_last: bool = True  # on CUDA
-    compile: bool = False  # torch.compile the backbone (CUDA)
+    # Autocast dtype (heads and losses stay fp32). auto: bf16 on CUDA; on a CPU bf16 only
+    # with native support (AVX512-BF16 / AMX) and when timed steps confirm it, else fp32.
+    # fp16 (with a grad scaler) is CUDA only. See facekd/train/speed.py.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA; on a CPU where timed steps show it pays
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the backbone; auto: CPU runs long enough to pay
     grad_clip: float | None = None  # max gradient norm
     log_every: int = 50  # steps between metrics.jsonl lines
     threads: int | None = None  # CPU op threads (default: torch's)

@@ -24,6 +24,7 @@ from facekd.train.checkpoint import CHECKPOINT, check_same_model, prepare_run_di
 from facekd.train.config import TrainConfig
 from facekd.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from facekd.train.run_log import RunLog
+from facekd.train.speed import SpeedPlan, autocast_dtype, plan_speed
 
 INFO_PREFIX = "info_"  # objective outputs logged but not added to the loss (e.g. mean μ)
 
@@ -81,17 +82,21 @@ class Setup:
     log: RunLog
     metrics: dict = field(default_factory=dict)
     identities: list[str] = field(default_factory=list)  # label -> name, saved with the model
+    precision: str = "fp32"  # resolved (facekd.train.speed.plan_speed): fp32 | bf16 | fp16
+    channels_last: bool = False
 
 
 def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.device, loader: str | None,
-                     workers: int) -> Setup:
+                     workers: int, plan: SpeedPlan | None = None) -> Setup:
     """A one-process :class:`Setup` for timing :func:`train_one_epoch` outside :func:`fit`
-    (the eval/ benchmarks): the same optimizer, schedule and loaders; no files written."""
+    (the eval/ benchmarks): the same optimizer, schedule, loaders and ``plan`` (precision,
+    layout, compile; default: fp32, contiguous, eager); no files written."""
     from facekd.models import backbone_cfg
     from facekd.train.data import LOADERS, LoaderCtx
     from facekd.train.optim import build_optimizer, build_schedule
 
-    module = module.to(device)
+    plan = plan or SpeedPlan("fp32", False, False)
+    module = apply_plan(module.to(device), plan)
     optimizer = build_optimizer([module], cfg.optim)
     schedule = build_schedule(optimizer, cfg.schedule, steps_per_epoch=10_000, epochs=1)
     bcfg = backbone_cfg(cfg.model.backbone)
@@ -99,22 +104,32 @@ def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.de
     if loader:
         feed = LOADERS.get(loader)(LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, 0))
     return Setup(cfg, DistInfo(), device, module, module, optimizer, schedule,
-                 torch.amp.GradScaler(device.type, enabled=False), feed, len(data), 0,
-                 RunLog(Path("."), enabled=False))
+                 torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16"), feed, len(data), 0,
+                 RunLog(Path("."), enabled=False), precision=plan.precision, channels_last=plan.channels_last)
+
+
+def apply_plan(objective: nn.Module, plan: SpeedPlan) -> nn.Module:
+    """Puts ``objective`` in the plan's memory layout and compiles its backbone's forward
+    (in place, so checkpoints keep their keys; :func:`evaluate_lfw` drops it on its copy)."""
+    if plan.channels_last:
+        objective = objective.to(memory_format=torch.channels_last)
+    if plan.compile:
+        objective.backbone.forward = torch.compile(objective.backbone.forward)
+    return objective
 
 
 def _autocast(setup: Setup):
-    p = setup.cfg.train.precision
-    if setup.device.type != "cuda" or p == "fp32":
+    dtype = autocast_dtype(setup.precision)
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+    return torch.autocast(setup.device.type, dtype=dtype)
 
 
 def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, progress: Callable | None = None) -> tuple[int, dict]:
     """One pass over this process's batches; returns the step reached and epoch stats."""
     cfg = setup.cfg.train
     setup.objective.train()
-    channels_last = cfg.channels_last and setup.device.type == "cuda"
+    channels_last = setup.channels_last
     window: dict[str, torch.Tensor] = {}
     epoch_sum: dict[str, torch.Tensor] = {}
     n_window = n_epoch = 0
@@ -173,6 +188,9 @@ def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) ->
     from facekd.train.data import resolve_path
 
     net = copy.deepcopy(backbone)
+    # A compiled forward (apply_plan) is a function bound to the original module, which
+    # deepcopy shares: without this the copy would run the training model in train mode.
+    net.__dict__.pop("forward", None)
     net.cfg = backbone.cfg
     emb = TorchEmbedder(net, Preprocessing.from_cfg(backbone.cfg), name=backbone.cfg.name, device=str(device))
     ev = evaluate_pairs(
@@ -260,32 +278,35 @@ def fit(
         plain = objective() if dist.is_main else None
         barrier(dist)
         plain = (plain if plain is not None else objective()).to(device)
-        if device.type == "cuda" and cfg.train.channels_last:
-            plain = plain.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer([plain], cfg.optim)
         shard = Shard(dist.rank, dist.world_size)
         steps = steps_per_epoch(len(data), cfg.train.batch_size, shard)
+        # Ranks must agree: a distributed run does not time the choices.
+        todo = 0 if dist.enabled else steps * (cfg.train.epochs - (ckpt["epoch"] if ckpt is not None else 0))
+        plan = plan_speed(cfg.train, plain, device, bcfg.input_size, len(data.identities), todo)
+        if plan.channels_last:
+            plain = plain.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer([plain], cfg.optim)
         schedule = build_schedule(optimizer, cfg.schedule, steps, cfg.train.epochs)
-        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.precision == "fp16")
+        scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
 
         start_epoch, step, metrics = 0, 0, {}
         if ckpt is not None:
             start_epoch, step, metrics = restore_run(ckpt, cfg, plain, optimizer, schedule, scaler, say)
         objective: nn.Module = plain
-        if cfg.train.compile:
-            plain.backbone.forward = torch.compile(plain.backbone.forward)
+        if plan.compile:
+            apply_plan(plain, SpeedPlan(plan.precision, False, True))
         if dist.enabled:
             objective = nn.parallel.DistributedDataParallel(plain, device_ids=[device] if device.type == "cuda" else None)
 
         workers = cfg.data.workers if cfg.data.workers is not None else max(1, (torch.multiprocessing.cpu_count() or 2) - 1)
-        loader_name = choose_loader(cfg.data.loader, data, device)
+        chosen = choose_loader(cfg.data.loader, data, device)
         ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, cfg.train.seed)
-        loader = LOADERS.get(loader_name)(ctx)
+        loader = LOADERS.get(chosen.name)(ctx)
 
         log = RunLog(run_dir, enabled=dist.is_main)
         setup = Setup(
             cfg, dist, device, objective, plain, optimizer, schedule, scaler, loader, len(data), steps, log, metrics,
-            identities=data.identities,
+            identities=data.identities, precision=plan.precision, channels_last=plan.channels_last,
         )
         if dist.is_main:
             from facekd.io_utils import atomic_write_bytes
@@ -302,7 +323,7 @@ def fit(
             f"{len(data.identities)} identities ({data.info['fallbacks_dropped']} fallback crops left out); "
             f"{steps} steps/epoch of {cfg.train.batch_size}; device {device}"
             + (f" x{dist.world_size} processes" if dist.enabled else "")
-            + f"; loader {loader_name}"
+            + f"; loader {chosen.name} ({chosen.reason}); {plan.describe()}"
         )
         result: dict = {}
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
