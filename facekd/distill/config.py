@@ -11,6 +11,15 @@ from facekd.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
+class TeacherMember:
+    """One teacher of an ensemble (see :class:`TeacherCfg`)."""
+
+    model: str = ""
+    weights: str | None = None
+    crops: str | None = None
+
+
+@dataclass(frozen=True)
 class TeacherCfg:
     """Who teaches.
 
@@ -19,10 +28,21 @@ class TeacherCfg:
     the student's training identities (an embedder, or a checkpoint trained on other
     identities) gets one fitted on its frozen embeddings first (``classifier_epochs``),
     so soft terms and teacher weighting still apply.
+
+    ``crops``: a pack (or aligned folder) of the teacher's own crops of the training
+    photos, under the same relative names (``eval/teacher_crops.py`` + ``facekd pack``),
+    for a teacher whose geometry differs from the student's (FaceNet's 160x160, dlib's
+    chip); it then teaches through cached outputs.
+
+    ``members``: an ensemble instead of ``model``: each member's L2-normalised embeddings
+    (of its own crops) concatenated, a classifier fitted on the concatenation
+    (:mod:`facekd.distill.ensemble`); cached outputs only.
     """
 
     model: str = ""
     weights: str | None = None
+    crops: str | None = None
+    members: list[TeacherMember] = field(default_factory=list)
     classifier: str = "cosface"  # head fitted on frozen embeddings when the teacher has none
     classifier_args: dict = field(default_factory=lambda: {"scale": 64.0, "margin": 0.35})
     classifier_epochs: int = 10

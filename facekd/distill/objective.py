@@ -99,7 +99,7 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
     """Builds the student, loads the teacher, computes or reuses its cached outputs, and
     fits it a classifier if the terms need logits it lacks (the ``make_objective`` hook
     of :func:`facekd.train.loop.fit`)."""
-    from facekd.distill.teacher import fit_classifier, load_teacher, teacher_embeddings
+    from facekd.distill.teacher import crop_adapter, fit_classifier, load_teacher, teacher_embeddings
     from facekd.heads import build_head
     from facekd.models import build_backbone
 
@@ -113,29 +113,36 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
         say("distill: no term follows a teacher; training from labels and designed targets only")
         return DistillObjective(backbone, head, terms, None, None)
 
-    from facekd.distill.teacher import crop_adapter
-
-    teacher = load_teacher(cfg.teacher, data.identities, device)
-    try:  # 112x112 and 112x96 crops convert into each other; other pairs cannot
-        adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.mean) / backbone.cfg.std)
-    except FacekdError:
-        raise FacekdError(
-            f"teacher {teacher.name} wants {teacher.template} crops and the student {data.template}; "
-            "they do not convert into each other"
-        ) from None
-    if (teacher.mean, teacher.std) != (backbone.cfg.mean, backbone.cfg.std) and teacher.backbone is not None:
-        raise FacekdError(f"teacher {teacher.name} normalises pixels differently from {cfg.model.backbone}")
     need_logits = uses(terms, "logits") or d.teacher_weighting
     augmenting = _augments(cfg.data.augment)
-    mode = d.teacher_mode if d.teacher_mode != "auto" else ("online" if augmenting else "cache")
-    if mode == "online" and teacher.backbone is None:
-        raise FacekdError(f"teacher {teacher.name} is an ONNX model: use distill.teacher_mode=cache (no augmentation)")
+    if cfg.teacher.members:
+        teacher, cached = _ensemble_teacher(cfg, data, device, say)
+        mode = "cache"
+    else:
+        teacher = load_teacher(cfg.teacher, data.identities, device)
+        own_crops = bool(cfg.teacher.crops)
+        mode = d.teacher_mode if d.teacher_mode != "auto" else ("online" if augmenting and not own_crops else "cache")
+        if mode == "online":
+            if own_crops:
+                raise FacekdError(f"teacher {teacher.name} reads its own crops (teacher.crops): use distill.teacher_mode=cache")
+            if teacher.backbone is None:
+                raise FacekdError(f"teacher {teacher.name} has no PyTorch model: use distill.teacher_mode=cache (no augmentation)")
+            if (teacher.mean, teacher.std) != (backbone.cfg.mean, backbone.cfg.std):
+                raise FacekdError(f"teacher {teacher.name} normalises pixels differently from {cfg.model.backbone}")
+        if not own_crops:
+            try:  # 112x112 and 112x96 crops convert into each other; other pairs cannot
+                adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.mean) / backbone.cfg.std)
+            except FacekdError:
+                raise FacekdError(
+                    f"teacher {teacher.name} wants {teacher.template} crops and the student {data.template}; "
+                    "give it its own crops of the same photos: teacher.crops (eval/teacher_crops.py, then facekd pack)"
+                ) from None
+        cached = None
+        if mode == "cache" or (need_logits and teacher.head is None):
+            cached = teacher_embeddings(teacher, teacher_inputs(cfg.teacher, teacher.template, data), say=say)
     if mode == "cache" and augmenting:
         say("distill: note: cached teacher outputs are of un-augmented crops while the student sees augmented ones")
 
-    cached = None
-    if mode == "cache" or (need_logits and teacher.head is None):
-        cached = teacher_embeddings(teacher, data, say=say)
     if need_logits and teacher.head is None:
         teacher.head, acc = fit_classifier(
             cached, torch.from_numpy(data.labels), cfg.teacher.classifier, cfg.teacher.classifier_args,
@@ -151,6 +158,56 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
     say(f"distill: teacher {teacher.name} ({mode}); terms " + ", ".join(_describe(t) for t in terms)
         + (f"; teacher weighting k={d.k}, MIN={d.min_ce}" if d.teacher_weighting else ""))
     return DistillObjective(backbone, head, terms, source, dim, (d.k, d.min_ce) if d.teacher_weighting else None)
+
+
+class _TeacherView:
+    """The training set as a teacher with its own crops sees it: the same samples,
+    labels and order, each image read from the teacher's crops of the same photo."""
+
+    def __init__(self, data, crops) -> None:
+        self._data = data
+        self._load = crops.loader(data)
+        self.labels, self.identities, self.template = data.labels, data.identities, crops.template
+        self.info = {**data.info, "sources": [*data.info.get("sources", []), f"teacher crops {crops.fingerprint()}"]}
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def describe(self, i: int) -> str:
+        return self._data.describe(i)
+
+    def image(self, i: int):
+        return self._load(i)
+
+
+def teacher_inputs(tcfg, template: str, data):
+    """What a teacher embeds: the student's crops, or its own (``teacher.crops``)."""
+    if not tcfg.crops:
+        return data
+    from facekd.distill.teacher_crops import TeacherCrops
+    from facekd.train.data import resolve_path
+
+    return _TeacherView(data, TeacherCrops(resolve_path(tcfg.crops, None), template))
+
+
+def _ensemble_teacher(cfg, data, device, say):
+    """Every member's cached embeddings of its own crops, L2-normalised and concatenated."""
+    from facekd.distill.config import TeacherCfg
+    from facekd.distill.ensemble import combine
+    from facekd.distill.teacher import Teacher, load_teacher, teacher_embeddings
+
+    parts, names = [], []
+    for m in cfg.teacher.members:
+        mcfg = TeacherCfg(model=m.model, weights=m.weights, crops=m.crops)
+        t = load_teacher(mcfg, data.identities, device)
+        if not m.crops and t.template != data.template:
+            raise FacekdError(f"ensemble member {t.name} wants {t.template} crops, the student has {data.template}: "
+                              "set the member's crops (a pack of its own crops of the same photos)")
+        parts.append(teacher_embeddings(t, teacher_inputs(mcfg, t.template, data), say=say).float().numpy())
+        names.append(t.name)
+    cached = torch.from_numpy(combine(parts)).to(torch.float16)
+    name = "ensemble(" + " + ".join(names) + ")"
+    return Teacher(name, name, data.template, 0.0, 1.0, None, None), cached
 
 
 def _augments(a) -> bool:
