@@ -1,10 +1,12 @@
-"""Batch augmentation on tensors, on whatever device the batch is on (the GPU path).
+"""Batch augmentation on tensors, on whatever device the batch is on: the one
+implementation behind the ``memory`` (host), ``device`` and ``device-cache`` (GPU) loaders.
 
-The same :class:`~facekd.data.transforms.AugmentCfg` drives albumentations in CPU
-workers and this module on the GPU: a flip, one affine warp (shift, zoom, rotation) per
-sample through ``affine_grid``/``grid_sample``, colour jitter and grayscale. Random draws
-come from a CPU ``torch.Generator`` (a few numbers per sample), so a run is repeatable
-whatever the device.
+The same :class:`~facekd.data.transforms.AugmentCfg` drives albumentations in the
+``workers`` loader's processes and this module everywhere else: a flip, one affine warp
+(shift, zoom, rotation) per sample through ``affine_grid``/``grid_sample``, colour jitter
+and grayscale. Random draws come from a CPU ``torch.Generator`` (a few numbers per
+sample), so a run is repeatable whatever the device, and the three loaders give the same
+batches for the same seed.
 """
 
 from __future__ import annotations
