@@ -217,16 +217,28 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 def _run_models(args: argparse.Namespace) -> int:
     from facekd.models import BACKBONES
+    from facekd.models.hub import MODEL_SOURCES
     from facekd.models.profile import summarize
+    from facekd.weights import default_weights_for, provenance
 
     rows = [summarize(name) for name in BACKBONES.names()]
+    sources = [{"name": n, "doc": " ".join((MODEL_SOURCES.get(n).__doc__ or "").split())} for n in MODEL_SOURCES.names()]
+    for r in rows + sources:  # where published weights come from, and their licence
+        w = default_weights_for(r["name"])
+        r["weights"], r["provenance"] = (w, provenance(w)) if w else (None, None)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + sources, indent=2))
         return 0
     print(f"{'name':<22}{'params':>12}{'GMAC':>8}  {'input':<9}{'emb':>5}  description")
     for r in rows:
         size = "x".join(map(str, r["input_size"]))
         print(f"{r['name']:<22}{r['params'] / 1e6:>10.2f} M{r['macs'] / 1e9:>8.3f}  {size:<9}{r['embedding_dim']:>5}  {r['doc']}")
+    for r in sources:
+        print(f"{r['name']:<22}{'(external embedder)':>30}  {r['doc']}")
+    print("\nPublished weights:")
+    for r in rows + sources:
+        if r["weights"]:
+            print(f"  {r['name']:<20} {r['weights']}: {r['provenance']}")
     return 0
 
 

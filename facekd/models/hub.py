@@ -167,3 +167,8 @@ def resolve(
 def load_embedder(spec: str, weights: str | Path | None = None, device: str | None = None, allow_download: bool = True) -> Embedder:
     """An embedder of uint8 crops for what a user typed after ``--model``."""
     return resolve(spec, weights, allow_download=allow_download).embedder(device)
+
+
+# Model sources that are not a facekd backbone register themselves on import; imported
+# last because they build on the names above (dlib's ResNet: facekd.teachers.sources).
+from facekd.teachers import sources as _sources  # noqa: E402,F401

