@@ -57,14 +57,10 @@ class TeacherCrops:
                            if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         else:
             raise FacekdError(f"{self.path}: teacher crops not found (a pack or a folder of the teacher's crops)")
-        self._index: dict[str, int] = {}
         self._files = files
-        dup = set()
+        self._where: dict[str, list[int]] = {}
         for k, rel in enumerate(files):
-            if rel in self._index:
-                dup.add(rel)
-            self._index[rel] = k
-        self._ambiguous = dup
+            self._where.setdefault(rel, []).append(k)
 
     def fingerprint(self) -> str:
         """Identifies these crops (path, size, names) for the teacher-output cache."""
@@ -72,23 +68,34 @@ class TeacherCrops:
         h.update("\n".join(self._files).encode())
         return h.hexdigest()[:16]
 
-    def image(self, rel: str) -> np.ndarray:
+    def image(self, k: int) -> np.ndarray:
+        """Crop ``k`` (in the pack's or folder's order)."""
         from facekd.data.image_io import read_rgb
 
-        if rel in self._ambiguous:
-            raise FacekdError(f"{self.path}: {rel} appears more than once; cannot tell which photo it is")
-        k = self._index.get(rel)
-        if k is None:
-            raise FacekdError(f"{self.path}: no teacher crop of {rel} (cut the same photos the student trains on)")
-        return self._pack.image(k) if self._pack is not None else read_rgb(self.path / rel)
+        return self._pack.image(k) if self._pack is not None else read_rgb(self.path / self._files[k])
 
     def loader(self, data) -> Callable[[int], np.ndarray]:
-        """``load(i)``: the teacher's crop of training crop ``i`` of ``data``."""
+        """``load(i)``: the teacher's crop of training crop ``i`` of ``data``.
+
+        A name can occur more than once when packs merge folders (the same CelebA photo
+        aligned and in the wild): the n-th training crop of that name gets the n-th
+        teacher crop of it, which is the same photo when the teacher pack was packed from
+        the same folders in the same order as the student's.
+        """
         names = [_relative_name(data, i) for i in range(len(data))]
-        missing = [n for n in names if n not in self._index]
+        seen: dict[str, int] = {}
+        keys, missing = [], []
+        for n in names:
+            j = seen.get(n, 0)
+            seen[n] = j + 1
+            where = self._where.get(n, [])
+            if j < len(where):
+                keys.append(where[j])
+            else:
+                missing.append(n)
         if missing:
             raise FacekdError(
                 f"{self.path}: {len(missing)} of the {len(names)} training photos have no teacher crop, "
-                f"e.g. {', '.join(missing[:3])}"
+                f"e.g. {', '.join(missing[:3])} (cut the same photos the student trains on)"
             )
-        return lambda i: self.image(names[i])
+        return lambda i: self.image(keys[i])
