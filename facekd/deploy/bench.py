@@ -10,15 +10,25 @@ the median over rounds, with the fastest and slowest round.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import torch
 
+from facekd.deploy.crops import sample_crops
+from facekd.deploy.export import export_onnx, synthetic_inputs
+from facekd.deploy.quantize import quantize_int8
+from facekd.deploy.timing import median_ratio, time_interleaved
+from facekd.embed import Preprocessing, to_input
 from facekd.errors import FacekdError
 from facekd.models.hub import resolve
+from facekd.models.profile import count_macs, count_params
+from facekd.plots import save_figure
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,6 @@ def _load_model(spec: str):
 
 
 def _ort(path: Path, threads: int):
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -92,130 +100,111 @@ def _ort(path: Path, threads: int):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def bench_model(spec: str, opts: BenchOptions = BenchOptions(), log=print) -> BenchRow:
-    """Measures one model (registered name or facekd checkpoint)."""
-    import torch
-
-    from facekd.deploy.crops import sample_crops
-    from facekd.deploy.export import export_onnx, synthetic_inputs
-    from facekd.deploy.quantize import quantize_int8
-    from facekd.deploy.timing import median_ratio, time_interleaved
-    from facekd.embed import Preprocessing, to_input
-    from facekd.models.profile import count_macs, count_params
-
-    model, weights = _load_model(spec)
-    model.eval()
-    cfg = model.cfg
-    name = cfg.name if not Path(spec).is_file() else f"{cfg.name} ({Path(spec).name})"
-    size = tuple(cfg.input_size)
-    all_threads = opts.threads or os.cpu_count() or 1
-    pre = Preprocessing.from_cfg(cfg)
-    if opts.calib is not None:
-        faces = to_input(sample_crops(opts.calib, pre.template, 128), pre)
-    else:
-        faces = synthetic_inputs(64, size)
+def _bench_inputs(pre: Preprocessing, calib: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised faces (real crops from ``calib``, else synthetic), one, and a batch of 64."""
+    faces = to_input(sample_crops(calib, pre.template, 128), pre) if calib is not None else synthetic_inputs(64, pre.input_size)
     one = np.ascontiguousarray(faces[:1])
     b64 = np.ascontiguousarray(np.concatenate([faces] * (-(-64 // len(faces))))[:64])
+    return faces, one, b64
 
-    with tempfile.TemporaryDirectory(prefix="facekd-bench-") as tmp:
-        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        export_onnx(model, fp32_path, input_size=size)
-        int8_recipe = int8_note = None
-        if opts.int8:
-            log(f"{name}: quantizing ({opts.int8}) ...")
-            try:
-                res = quantize_int8(
-                    fp32_path, int8_path, opts.int8, calib=faces, probe=faces[:32],
-                    # Random weights give meaningless cosines; a checkpoint is held to the usual floor.
-                    **({} if Path(spec).is_file() and opts.calib is not None else {"min_cosine": -1.0}),
-                )
-                int8_recipe = res.recipe
-            except FacekdError as exc:
-                int8_note = str(exc)
-        has_int8 = int8_path.is_file()
-        s1 = {"fp32": _ort(fp32_path, 1), "fp32_all": _ort(fp32_path, all_threads)}
-        if has_int8:
-            s1.update(int8=_ort(int8_path, 1), int8_all=_ort(int8_path, all_threads))
-        in_name = s1["fp32"].get_inputs()[0].name
-        before = torch.get_num_threads()
 
-        def torch_call(x: np.ndarray, threads: int):
-            def call():
-                torch.set_num_threads(threads)
-                with torch.inference_mode():
-                    model(torch.from_numpy(x))
+def _try_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, real_weights: bool, opts: BenchOptions,
+              name: str, log) -> tuple[str | None, str | None]:
+    """Quantizes when asked: (recipe shipped, or the reason none was)."""
+    if not opts.int8:
+        return None, None
+    log(f"{name}: quantizing ({opts.int8}) ...")
+    try:
+        # Random weights give meaningless cosines; a checkpoint is held to the usual floor.
+        floor = {} if real_weights else {"min_cosine": -1.0}
+        return quantize_int8(fp32_path, int8_path, opts.int8, calib=faces, probe=faces[:32], **floor).recipe, None
+    except FacekdError as exc:
+        return None, str(exc)
 
-            return call
 
+def _torch_call(model, x: np.ndarray, threads: int):
+    def call():
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(torch.from_numpy(x))
+
+    return call
+
+
+def _time_engines(model, fp32_path: Path, int8_path: Path | None, one: np.ndarray, b64: np.ndarray,
+                  opts: BenchOptions, threads: int, name: str, log) -> tuple[dict, dict, dict]:
+    """Median timings at batch 1 (one thread, all threads) and batch 64; and the per-round
+    batch-1 one-thread times (for the INT8/FP32 ratio)."""
+    s = {"fp32": _ort(fp32_path, 1), "fp32_all": _ort(fp32_path, threads)}
+    if int8_path is not None:
+        s.update(int8=_ort(int8_path, 1), int8_all=_ort(int8_path, threads))
+    in_name = s["fp32"].get_inputs()[0].name
+
+    def ort(key: str, x: np.ndarray):
+        return lambda: s[key].run(None, {in_name: x})
+
+    engines = [k for k in ("fp32", "int8") if k in s]
+    before = torch.get_num_threads()
+    try:
         # Engines are interleaved only with engines of the same thread count, and PyTorch
         # with several threads is timed on its own: idle OpenMP and ORT pool threads spin
         # after a call and slowed the next engine's call by up to 1.5x when all were mixed.
         torch.set_num_threads(1)
-        group1 = {
-            "torch_1t": torch_call(one, 1),
-            "ort_fp32_1t": lambda: s1["fp32"].run(None, {in_name: one}),
-        }
-        if has_int8:
-            group1["ort_int8_1t"] = lambda: s1["int8"].run(None, {in_name: one})
         log(f"{name}: batch 1, one thread, {opts.rounds} interleaved rounds ...")
+        group1 = {"torch_1t": _torch_call(model, one, 1)} | {f"ort_{k}_1t": ort(k, one) for k in engines}
         t1, rounds1 = time_interleaved(group1, rounds=opts.rounds)
-        group_all = {"ort_fp32_all": lambda: s1["fp32_all"].run(None, {in_name: one})}
-        if has_int8:
-            group_all["ort_int8_all"] = lambda: s1["int8_all"].run(None, {in_name: one})
-        log(f"{name}: batch 1, {all_threads} threads ...")
-        t1 |= time_interleaved(group_all, rounds=opts.rounds)[0]
-        t1 |= time_interleaved({"torch_all": torch_call(one, all_threads)}, rounds=opts.rounds)[0]
+        log(f"{name}: batch 1, {threads} threads ...")
+        t1 |= time_interleaved({f"ort_{k}_all": ort(f"{k}_all", one) for k in engines}, rounds=opts.rounds)[0]
+        t1 |= time_interleaved({"torch_all": _torch_call(model, one, threads)}, rounds=opts.rounds)[0]
         log(f"{name}: batch 64, {opts.rounds_b64} rounds ...")
-        ort64 = {"ort_fp32_b64": lambda: s1["fp32_all"].run(None, {in_name: b64})}
-        if has_int8:
-            ort64["ort_int8_b64"] = lambda: s1["int8_all"].run(None, {in_name: b64})
-        t64, _ = time_interleaved(ort64, rounds=opts.rounds_b64, min_round_s=0.0, warmup=1)
-        t64 |= time_interleaved(
-            {"torch_b64": torch_call(b64, all_threads)}, rounds=opts.rounds_b64, min_round_s=0.0, warmup=1
-        )[0]
+        big = {"rounds": opts.rounds_b64, "min_round_s": 0.0, "warmup": 1}
+        t64 = time_interleaved({f"ort_{k}_b64": ort(f"{k}_all", b64) for k in engines}, **big)[0]
+        t64 |= time_interleaved({"torch_b64": _torch_call(model, b64, threads)}, **big)[0]
+    finally:
         torch.set_num_threads(before)
-        gpu = _gpu_throughput(model, b64)
+    return t1, rounds1, t64
+
+
+def bench_model(spec: str, opts: BenchOptions = BenchOptions(), log=print) -> BenchRow:
+    """Measures one model (registered name or facekd checkpoint)."""
+    model, weights = _load_model(spec)
+    model.eval()
+    cfg = model.cfg
+    real_weights = Path(spec).is_file()
+    name = f"{cfg.name} ({Path(spec).name})" if real_weights else cfg.name
+    size = tuple(cfg.input_size)
+    threads = opts.threads or os.cpu_count() or 1
+    faces, one, b64 = _bench_inputs(Preprocessing.from_cfg(cfg), opts.calib)
+    with tempfile.TemporaryDirectory(prefix="facekd-bench-") as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        export_onnx(model, fp32_path, input_size=size)
+        int8_recipe, int8_note = _try_int8(fp32_path, int8_path, faces, real_weights and opts.calib is not None, opts, name, log)
+        has_int8 = int8_path.is_file()
+        t1, rounds1, t64 = _time_engines(model, fp32_path, int8_path if has_int8 else None, one, b64, opts, threads, name, log)
         fp32_mb = fp32_path.stat().st_size / 1e6
         int8_mb = int8_path.stat().st_size / 1e6 if has_int8 else None
-
     ms = {k: round(v.median * 1000, 3) for k, v in t1.items()}
     fps = {k: round(64 / v.median, 1) for k, v in t64.items()}
-    spread = {k: v.ms() for k, v in t1.items()} | {k: v.ms(per=64) for k, v in t64.items()}
     ratio = median_ratio(rounds1["ort_int8_1t"], rounds1["ort_fp32_1t"])[0] if has_int8 else None
     return BenchRow(
-        name=name,
-        params=count_params(model),
-        macs=count_macs(model, size),
-        input_size=list(size),
-        weights=weights,
-        onnx_fp32_mb=round(fp32_mb, 3),
-        onnx_int8_mb=round(int8_mb, 3) if int8_mb else None,
-        int8_recipe=int8_recipe,
-        int8_note=int8_note,
-        torch_ms_1t=ms["torch_1t"],
-        torch_ms_all=ms["torch_all"],
-        ort_fp32_ms_1t=ms["ort_fp32_1t"],
-        ort_fp32_ms_all=ms["ort_fp32_all"],
-        ort_int8_ms_1t=ms.get("ort_int8_1t"),
-        ort_int8_ms_all=ms.get("ort_int8_all"),
+        name=name, params=count_params(model), macs=count_macs(model, size), input_size=list(size), weights=weights,
+        onnx_fp32_mb=round(fp32_mb, 3), onnx_int8_mb=round(int8_mb, 3) if int8_mb else None,
+        int8_recipe=int8_recipe, int8_note=int8_note,
+        torch_ms_1t=ms["torch_1t"], torch_ms_all=ms["torch_all"],
+        ort_fp32_ms_1t=ms["ort_fp32_1t"], ort_fp32_ms_all=ms["ort_fp32_all"],
+        ort_int8_ms_1t=ms.get("ort_int8_1t"), ort_int8_ms_all=ms.get("ort_int8_all"),
         int8_ratio_1t=round(ratio, 4) if ratio is not None else None,
-        torch_b64_fps=fps["torch_b64"],
-        ort_fp32_b64_fps=fps["ort_fp32_b64"],
-        ort_int8_b64_fps=fps.get("ort_int8_b64"),
-        gpu_b64_fps=gpu,
-        spread=spread,
-        threads=all_threads,
+        torch_b64_fps=fps["torch_b64"], ort_fp32_b64_fps=fps["ort_fp32_b64"], ort_int8_b64_fps=fps.get("ort_int8_b64"),
+        gpu_b64_fps=_gpu_throughput(model, b64),
+        spread={k: v.ms() for k, v in t1.items()} | {k: v.ms(per=64) for k, v in t64.items()},
+        threads=threads,
     )
 
 
 def _gpu_throughput(model, batch: np.ndarray) -> float | None:
     """PyTorch eager faces/s at batch 64 on CUDA (None without a GPU)."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
-    from facekd.deploy.timing import time_interleaved
-
     net = model.cuda().eval()
     x = torch.from_numpy(batch).cuda()
 
@@ -265,8 +254,6 @@ def markdown_table(rows: list[dict], teacher: str = "resnet27") -> str:
 def read_accuracies(path: Path | str) -> dict[str, float]:
     """LFW accuracies (percent) by model name, from ``{"name": 99.1, ...}`` or from a list
     of rows that carry ``name`` and ``lfw_accuracy`` (or ``accuracy``)."""
-    import json
-
     data = json.loads(Path(path).read_text())
     if isinstance(data, dict):
         return {str(k): float(v["accuracy"] if isinstance(v, dict) else v) for k, v in data.items()}
@@ -283,9 +270,7 @@ def plot_accuracy_latency(rows: list[dict], accuracies: dict[str, float], path: 
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from facekd.plots import save_figure
+    import matplotlib.pyplot as plt  # heavy; only the plot needs it
 
     pts = [(r, accuracies[r["name"]]) for r in rows if r["name"] in accuracies and r.get(key)]
     if not pts:
