@@ -22,13 +22,23 @@ What the dev CPU (AVX2, no VNNI) showed, ORT 1.32 profiler at batch 1, one threa
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from facekd.deploy.graph import PRELU_PREFIX
+from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, read_metadata, set_metadata
+from facekd.deploy.timing import median_ratio, time_interleaved
 from facekd.errors import FacekdError
+from facekd.io_utils import atomic_write_bytes
 from facekd.registry import Registry
 
 # An INT8 model must beat FP32 by this much (median latency ratio), so that noise on a
@@ -135,7 +145,6 @@ class Int8Result:
 
 
 def _conv_macs_per_output(model) -> dict[str, int]:
-    from onnx import numpy_helper
 
     weights = {t.name: t for t in model.graph.initializer}
     out = {}
@@ -167,18 +176,10 @@ class _Reader:
 
 def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np.ndarray | None) -> None:
     """Quantizes ``fp32_path`` into ``out_path`` (not atomic: a scratch file)."""
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer logs through the root logger
     prepared = out_path.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
-    from facekd.deploy.graph import PRELU_PREFIX
-
     exclude = [name for name, k in _conv_macs_per_output(model).items() if k < recipe.min_conv_macs]
     if recipe.prelu_fp32:
         exclude += [n.name for n in model.graph.node if n.name.startswith(PRELU_PREFIX)]
@@ -207,8 +208,6 @@ def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np
 
 
 def _session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -220,6 +219,46 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return np.sum(a * b, axis=1)
+
+
+def _measure(cand: Path, fp32, probe: np.ndarray, rounds: int) -> dict:
+    """A candidate against FP32: interleaved batch-1 latency ratio, cosines on ``probe``."""
+    sess = _session(cand)
+    in_name = fp32.get_inputs()[0].name
+    one = probe[:1]
+    cos = _cosines(sess.run(None, {in_name: probe})[0], fp32.run(None, {in_name: probe})[0])
+    timings, rounds_s = time_interleaved(
+        {"fp32": lambda: fp32.run(None, {in_name: one}), "int8": lambda: sess.run(None, {in_name: one})},
+        rounds=rounds,
+    )
+    ratio, lo, hi = median_ratio(rounds_s["int8"], rounds_s["fp32"])
+    return {
+        "ratio": round(ratio, 4),
+        "ratio_range": [round(lo, 4), round(hi, 4)],
+        "fp32_ms": round(timings["fp32"].median * 1000, 3),
+        "int8_ms": round(timings["int8"].median * 1000, 3),
+        "cosine_mean": round(float(cos.mean()), 6),
+        "cosine_min": round(float(cos.min()), 6),
+    }
+
+
+def _verdict(row: dict, min_cosine: float, max_ratio: float) -> str:
+    if row["cosine_mean"] < min_cosine:
+        return f"rejected: mean cosine to FP32 {row['cosine_mean']:.4f} < {min_cosine}"
+    if row["ratio"] > max_ratio:
+        return f"rejected: {row['ratio']:.2f}x FP32 latency (need <= {max_ratio})"
+    return "ok"
+
+
+def _ship(chosen: Path, fp32_path: Path, out_path: Path, recipe: str) -> None:
+    """Writes the chosen INT8 model atomically with the FP32 model's metadata (``int8`` set)."""
+    proto = onnx.load(str(chosen))
+    meta = read_metadata(fp32_path)
+    if MODEL_META_KEY in meta:
+        info = ModelInfo.from_json(meta[MODEL_META_KEY])
+        meta[MODEL_META_KEY] = json.dumps(asdict(replace(info, int8=recipe)))
+    set_metadata(proto, meta)
+    atomic_write_bytes(out_path, proto.SerializeToString())
 
 
 def quantize_int8(
@@ -252,63 +291,28 @@ def quantize_int8(
     Raises:
         FacekdError: No candidate is both faithful and faster; nothing is written.
     """
-    import onnx
-
-    from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, set_metadata
-    from facekd.deploy.timing import median_ratio, time_interleaved
-    from facekd.io_utils import atomic_write_bytes
-
     if mode not in MODES:
         raise FacekdError(f"unknown INT8 mode {mode!r}; known: {', '.join(MODES)}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    names = candidates or MODES[mode]
-    recipes = [INT8_RECIPES.build(n) for n in names]
+    recipes = [INT8_RECIPES.build(n) for n in candidates or MODES[mode]]
     fp32 = _session(fp32_path)
-    in_name = fp32.get_inputs()[0].name
-    ref = fp32.run(None, {in_name: probe})[0]
-    one = probe[:1]
     tried: list[dict] = []
     best: tuple[float, dict, Path] | None = None
     with tempfile.TemporaryDirectory(prefix="facekd-int8-") as tmp:
         for recipe in recipes:
             cand = Path(tmp) / f"{recipe.name}.onnx"
             apply_recipe(fp32_path, cand, recipe, calib)
-            sess = _session(cand)
-            cos = _cosines(sess.run(None, {in_name: probe})[0], ref)
-            timings, rounds_s = time_interleaved(
-                {"fp32": lambda: fp32.run(None, {in_name: one}), "int8": lambda: sess.run(None, {in_name: one})},
-                rounds=rounds,
-            )
-            ratio, lo, hi = median_ratio(rounds_s["int8"], rounds_s["fp32"])
-            row = {
-                "recipe": recipe.name,
-                "ratio": round(ratio, 4),
-                "ratio_range": [round(lo, 4), round(hi, 4)],
-                "fp32_ms": round(timings["fp32"].median * 1000, 3),
-                "int8_ms": round(timings["int8"].median * 1000, 3),
-                "cosine_mean": round(float(cos.mean()), 6),
-                "cosine_min": round(float(cos.min()), 6),
-            }
-            if row["cosine_mean"] < min_cosine:
-                row["verdict"] = f"rejected: mean cosine to FP32 {row['cosine_mean']:.4f} < {min_cosine}"
-            elif ratio > max_ratio:
-                row["verdict"] = f"rejected: {ratio:.2f}x FP32 latency (need <= {max_ratio})"
-            else:
-                row["verdict"] = "ok"
-                if best is None or ratio < best[0]:
-                    best = (ratio, row, cand)
+            row = _measure(cand, fp32, probe, rounds)
+            row["recipe"] = recipe.name
+            row["verdict"] = _verdict(row, min_cosine, max_ratio)
+            if row["verdict"] == "ok" and (best is None or row["ratio"] < best[0]):
+                best = (row["ratio"], row, cand)
             tried.append(row)
         if best is None:
             lines = "; ".join(f"{t['recipe']}: {t['verdict']}" for t in tried)
             raise FacekdError(f"no INT8 recipe beats FP32 on this CPU without losing accuracy ({lines}); ship the FP32 model")
         _, row, chosen = best
-        proto = onnx.load(str(chosen))
-        meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-        if MODEL_META_KEY in meta:
-            info = ModelInfo.from_json(meta[MODEL_META_KEY])
-            meta[MODEL_META_KEY] = json.dumps(asdict(replace(info, int8=row["recipe"])))
-        set_metadata(proto, meta)
-        atomic_write_bytes(out_path, proto.SerializeToString())
+        _ship(chosen, fp32_path, out_path, row["recipe"])
     for t in tried:
         t["chosen"] = t is row
     return Int8Result(
