@@ -93,3 +93,25 @@ def test_models_json_lists_every_backbone(capsys):
     assert rows["mobilefacenet"]["params"] == 999_552 and rows["mobilefacenet"]["embedding_dim"] == 128
     assert rows["resnet27"]["input_size"] == [112, 96] and rows["inception_resnet_v1"]["input_size"] == [112, 112]
     assert all(r["macs"] > 0 for r in rows.values())
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_factory_keeps_the_registry_contract(name):
+    """Every factory carries its facts and rejects an argument it does not take with a
+    message naming the backbone (what ``backbone_args`` in a config relies on)."""
+    factory = BACKBONES.get(name)
+    assert factory.cfg is backbone_cfg(name) and factory.cfg.name == name
+    with pytest.raises(FacekdError, match=rf"backbone '{name}': .*'not_an_argument'.*backbone_args it takes"):
+        build_backbone(name, not_an_argument=1)
+
+
+@pytest.mark.parametrize("name, args, dim", [("mobilefacenet", {"embedding_dim": 64}, 64),
+                                             ("mobilenet_v2", {"embedding_dim": 96, "width_mult": 0.5}, 96),
+                                             ("resnet27_c10", {"embedding_dim": 128}, 128)])
+def test_backbone_args_reach_every_family(name, args, dim):
+    model = build_backbone(name, **args).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, *model.cfg.input_size))
+    assert out.shape == (1, dim) and model.cfg.embedding_dim == dim
+    if "width_mult" in args:  # half the width: fewer parameters than the default
+        assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in build_backbone(name).parameters())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,35 +47,55 @@ class BackboneCfg:
     key_map: tuple[tuple[str, str], ...] = field(default=())
 
 
-_CFGS: dict[str, BackboneCfg] = {}
-
-
 def register_backbone(cfg: BackboneCfg) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Registers a factory under ``cfg.name`` together with its preprocessing facts."""
+    """Registers a factory under ``cfg.name``; the factory carries its facts as ``.cfg``.
+
+    The contract every factory keeps: ``factory(**overrides) -> nn.Module``, where the
+    overrides are constructor arguments of that family (``backbone_args`` in a config),
+    and no argument is required.
+    """
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        fn.cfg = cfg
         BACKBONES.register(cfg.name)(fn)
-        _CFGS[cfg.name] = cfg
         return fn
 
     return deco
 
 
 def backbone_cfg(name: str) -> BackboneCfg:
-    BACKBONES.get(name)  # an unknown name lists the known ones
-    return _CFGS[name]
+    """The registered facts of backbone ``name`` (an unknown name lists the known ones)."""
+    return BACKBONES.get(name).cfg
+
+
+def _accepted(fn: Callable[..., nn.Module]) -> str:
+    """The keyword arguments a factory takes: its own, or its model class's when it
+    passes ``**overrides`` on."""
+    sig = inspect.signature(fn).parameters.values()
+    own = [p.name for p in sig if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    if not any(p.kind is p.VAR_KEYWORD for p in sig):
+        return ", ".join(own) or "none"
+    if own:  # its own, then the wrapped constructor's (named in the error)
+        return ", ".join(own) + ", and the constructor's keywords"
+    inner = inspect.signature(type(fn()).__init__).parameters.values()
+    return ", ".join(p.name for p in inner if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """Builds the registered backbone ``name``; the model carries its ``cfg``.
 
     ``kwargs`` reach the variant's constructor (e.g. ``base``/``units`` of the ResNet
-    family); when they change the embedding size, ``model.cfg`` says the new one.
+    family); when they change the embedding size, ``model.cfg`` says the new one. An
+    argument the family does not take is an error naming the ones it does.
     """
-    import dataclasses
-
-    model = BACKBONES.build(name, **kwargs)
-    cfg = backbone_cfg(name)
+    factory = BACKBONES.get(name)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        if "argument" not in str(exc):
+            raise
+        raise FacekdError(f"backbone {name!r}: {exc} (backbone_args it takes: {_accepted(factory)})") from None
+    cfg = factory.cfg
     if kwargs:
         was = model.training
         with torch.no_grad():

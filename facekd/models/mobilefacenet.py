@@ -102,6 +102,6 @@ _XIAOCCER_KEYS = (
         key_map=_XIAOCCER_KEYS,
     )
 )
-def mobilefacenet(embedding_dim: int = 128) -> MobileFaceNet:
+def mobilefacenet(**overrides) -> MobileFaceNet:
     """MobileFaceNet, 112x96, 0.99 M parameters."""
-    return MobileFaceNet(embedding_dim=embedding_dim)
+    return MobileFaceNet(**overrides)

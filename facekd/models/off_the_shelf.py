@@ -12,6 +12,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+# torchvision and facenet-pytorch are imported inside the factories: importing them costs
+# seconds, and every facekd command imports this registry.
+
 from facekd.models.base import BackboneCfg, register_backbone
 
 
@@ -52,44 +55,42 @@ def _cfg(name: str, template: str = "112x96") -> BackboneCfg:
     return BackboneCfg(name=name, input_size=size, template=template, embedding_dim=512)
 
 
-def _tv(builder: Callable[[], nn.Module], cfg: BackboneCfg) -> nn.Module:
-    return FeaturesWithHead(builder(), cfg.input_size, cfg.embedding_dim)
-
-
-def _register_tv(name: str, features: Callable[[], nn.Module], doc: str) -> None:
+def _register_tv(name: str, features: Callable[..., nn.Module], doc: str) -> None:
     cfg = _cfg(name)
 
-    def factory() -> nn.Module:
-        return _tv(features, cfg)
+    def factory(embedding_dim: int = cfg.embedding_dim, **overrides) -> nn.Module:
+        """``embedding_dim`` sizes the GDC head; other overrides reach the torchvision
+        constructor (e.g. ``width_mult`` of MobileNetV2)."""
+        return FeaturesWithHead(features(**overrides), cfg.input_size, embedding_dim)
 
     factory.__doc__ = doc
     register_backbone(cfg)(factory)
 
 
-def _squeezenet() -> nn.Module:
+def _squeezenet(**overrides) -> nn.Module:
     from torchvision.models import squeezenet1_1
 
-    return squeezenet1_1(weights=None).features
+    return squeezenet1_1(weights=None, **overrides).features
 
 
-def _mobilenet_v2() -> nn.Module:
+def _mobilenet_v2(**overrides) -> nn.Module:
     from torchvision.models import mobilenet_v2
 
-    return mobilenet_v2(weights=None).features
+    return mobilenet_v2(weights=None, **overrides).features
 
 
-def _shufflenet_v2() -> nn.Module:
+def _shufflenet_v2(**overrides) -> nn.Module:
     from torchvision.models import shufflenet_v2_x1_0
 
-    m = shufflenet_v2_x1_0(weights=None)
+    m = shufflenet_v2_x1_0(weights=None, **overrides)
     return nn.Sequential(m.conv1, m.maxpool, m.stage2, m.stage3, m.stage4, m.conv5)
 
 
-def _densenet121() -> nn.Module:
+def _densenet121(**overrides) -> nn.Module:
     from torchvision.models import densenet121
 
     # torchvision applies the final ReLU in DenseNet.forward, outside .features.
-    return nn.Sequential(densenet121(weights=None).features, nn.ReLU(inplace=True))
+    return nn.Sequential(densenet121(weights=None, **overrides).features, nn.ReLU(inplace=True))
 
 
 _register_tv("squeezenet1_1", _squeezenet, "torchvision SqueezeNet 1.1 features + GDC embedding head.")
@@ -99,12 +100,12 @@ _register_tv("densenet121", _densenet121, "torchvision DenseNet-121 features + G
 
 
 @register_backbone(_cfg("inception_resnet_v1", template="112x112"))
-def inception_resnet_v1() -> nn.Module:
+def inception_resnet_v1(**overrides) -> nn.Module:
     """facenet-pytorch's Inception-ResNet-v1 (512-d) at 112x112, returning the embedding
     before facenet-pytorch's L2 normalisation."""
     from facenet_pytorch import InceptionResnetV1
 
-    model = InceptionResnetV1(pretrained=None, classify=False)
+    model = InceptionResnetV1(pretrained=None, classify=False, **overrides)
     # With classify=True facenet-pytorch returns logits(last_bn(...)) instead of the
     # normalised embedding; an identity "classifier" leaves the raw embedding.
     model.classify = True
