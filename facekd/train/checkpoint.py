@@ -4,6 +4,8 @@ A checkpoint is a plain dict of tensors, numbers and strings, so the safe loader
 (``weights_only=True``) reads it:
 
 - ``format`` ("facekd-train-1"), ``backbone`` (registry name), ``backbone_args``;
+- ``transforms``: what turns the registered backbone into this model (a pruning record,
+  early exits; :mod:`facekd.models.transforms`), replayed before the weights load;
 - ``model``: the training module's state dict, ``backbone.*`` keys (plus ``head.*`` and
   ``center.*``), so ``facekd eval lfw --model RUN/checkpoints/last.pt`` works;
 - ``identities`` (the head's classes, in order), ``config``, ``metrics``, ``epoch``, ``step``;
@@ -30,13 +32,15 @@ from facekd.errors import FacekdError
 from facekd.heads import build_head
 from facekd.io_utils import atomic_write_bytes
 from facekd.models import build_backbone
+from facekd.models.transforms import apply_transforms
+from facekd.models.transforms import records as transform_records
 from facekd.train.config import TrainConfig
 
 FORMAT = "facekd-train-1"
 CHECKPOINT = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 # What best.pt keeps: enough to evaluate, export or teach, not to resume.
-_BEST_KEYS = ("format", "backbone", "backbone_args", "model", "epoch", "step", "config", "identities", "metrics")
+_BEST_KEYS = ("format", "backbone", "backbone_args", "transforms", "model", "epoch", "step", "config", "identities", "metrics")
 
 
 def rng_state() -> dict:
@@ -111,7 +115,7 @@ def backbone_from_checkpoint(ckpt: dict, path: Path | str) -> nn.Module:
             f"{path}: not a facekd checkpoint (needs 'backbone' and 'model'); for published weights "
             "use --model NAME --weights FILE"
         )
-    model = build_backbone(ckpt["backbone"], **ckpt.get("backbone_args", {}))
+    model = apply_transforms(build_backbone(ckpt["backbone"], **ckpt.get("backbone_args", {})), ckpt.get("transforms"))
     try:
         model.load_state_dict(backbone_state(ckpt))
     except RuntimeError as exc:
@@ -145,6 +149,7 @@ def run_state(setup, epoch: int, step: int) -> dict:
         "format": FORMAT,
         "backbone": setup.cfg.model.backbone,
         "backbone_args": dict(setup.cfg.model.backbone_args),
+        "transforms": transform_records(setup.plain.backbone),
         "model": setup.plain.state_dict(),  # backbone.* (+ head.*, center.*)
         "optimizer": setup.optimizer.state_dict(),
         "schedule": setup.schedule.state_dict(),
@@ -157,6 +162,20 @@ def run_state(setup, epoch: int, step: int) -> dict:
         "metrics": setup.metrics,
         "torch": str(torch.__version__),
     }
+
+
+def model_checkpoint(backbone: nn.Module, name: str, args: dict, **extra) -> dict:
+    """A model-only checkpoint (what ``best.pt`` keeps) of a backbone built outside a run
+    (a pruned model before recovery): ``extra`` adds ``config``, ``metrics``, ..."""
+    state = {
+        "format": FORMAT,
+        "backbone": name,
+        "backbone_args": dict(args),
+        "transforms": transform_records(backbone),
+        "model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+        **extra,
+    }
+    return {k: v for k, v in state.items() if k in _BEST_KEYS}
 
 
 def save_run(setup, run_dir: Path, epoch: int, step: int, best: bool) -> None:

@@ -1,0 +1,162 @@
+"""Early exits attached to a backbone by configuration ("anytime" embedders).
+
+Phuong & Lampert (ICCV 2019) train a network with early exits, each its own small
+predictor, so that at run time one can stop at the first exit the compute budget
+allows. Here an exit reads the output of a named node of the backbone's traced graph
+(``at: features.9``: a module path, as ``torchvision``'s ``get_graph_node_names``
+lists them) and maps it to an embedding of the backbone's size; the backbone itself is
+not edited. The last exit is the backbone's own output.
+
+The wrapper cuts the backbone's graph at the node an exit reads
+(``torchvision.models.feature_extraction.create_feature_extractor``), so running exit
+``k`` computes only the layers before it, in PyTorch and in an exported ONNX graph
+alike. Exits are numbered from 1 (the earliest) to :attr:`MultiExit.num_exits` (the
+full model); ``model.active_exit`` chooses which one ``forward`` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from facekd.config import from_dict
+from facekd.errors import FacekdError
+
+
+@dataclass(frozen=True)
+class ExitCfg:
+    """One early exit.
+
+    Attributes:
+        at: The graph node whose output the exit reads (a module path such as
+            ``features.9``; a module with inner nodes means its last one).
+        width: Channels of the exit's convolutions (default: the tapped channels).
+        downsample: Stride-2 3x3 convolutions before the embedding layer (default:
+            as many as bring the feature map's height to 8 or less).
+    """
+
+    at: str
+    width: int | None = None
+    downsample: int | None = None
+
+
+class ExitHead(nn.Module):
+    """Feature map (N, C, H, W) -> embedding: ``downsample`` x (3x3 stride-2 conv, PReLU),
+    then a fully connected layer on the flattened map (as the ResNet family's ``fc5``)."""
+
+    def __init__(self, channels: int, size: tuple[int, int], width: int, downsample: int, embedding_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        h, w, cin = size[0], size[1], channels
+        for _ in range(downsample):
+            layers += [nn.Conv2d(cin, width, 3, stride=2, padding=1), nn.PReLU(width)]
+            h, w, cin = math.ceil(h / 2), math.ceil(w / 2), width
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin * h * w, embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(x).flatten(1))
+
+
+class MultiExit(nn.Module):
+    """A backbone with early exits; ``forward`` returns the active exit's embedding.
+
+    Args:
+        net: The backbone (registered, possibly pruned); it keeps its parameter names
+            under ``net.``.
+        exits: :class:`ExitCfg` mappings, earliest first.
+    """
+
+    def __init__(self, net: nn.Module, exits: list[dict]) -> None:
+        super().__init__()
+        if not exits:
+            raise FacekdError("a multi-exit model needs at least one early exit (exits: [{at: NODE}])")
+        specs = [from_dict(ExitCfg, dict(e), f"exits[{i}]") for i, e in enumerate(exits)]
+        self.net = net
+        self.cfg = net.cfg
+        self.points = [s.at for s in specs]
+        self._extractors: dict[tuple[str, ...], nn.Module] = {}
+        self._last_node = get_graph_node_names(net)[1][-1]
+        was = net.training
+        with torch.no_grad():
+            taps = self._extract(tuple(self.points), torch.zeros(1, 3, *net.cfg.input_size), train=False)
+        net.train(was)
+        resolved, heads = [], []
+        for spec, point in zip(specs, self.points):
+            _, c, h, w = taps[point].shape
+            down = spec.downsample
+            if down is None:
+                down, hh = 0, h
+                while hh > 8:
+                    hh, down = math.ceil(hh / 2), down + 1
+            width = spec.width or c
+            heads.append(ExitHead(c, (h, w), width, down, net.cfg.embedding_dim))
+            resolved.append(asdict(ExitCfg(point, width, down)))
+        self.heads = nn.ModuleList(heads)
+        self.active_exit = self.num_exits
+        self.transforms = [*getattr(net, "transforms", []), {"name": "exits", "exits": resolved}]
+
+    def __getstate__(self) -> dict:
+        # The cut graphs are caches that hold references into ``net``: a copy builds its own.
+        return {**self.__dict__, "_extractors": {}}
+
+    @property
+    def num_exits(self) -> int:
+        """Early exits + the full model."""
+        return len(self.points) + 1
+
+    def _extract(self, nodes: tuple[str, ...], x: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
+        """The backbone's graph cut after ``nodes``, run on ``x``: node -> output."""
+        ext = self._extractors.get(nodes)
+        if ext is None:
+            try:
+                ext = create_feature_extractor(self.net, return_nodes=list(nodes))
+            except ValueError as exc:
+                names = get_graph_node_names(self.net)[1]
+                raise FacekdError(
+                    f"exit at {nodes}: not a node of {self.cfg.name}'s graph ({str(exc).splitlines()[0][:120]}); "
+                    f"nodes include {', '.join(names[1:4])}, ..., {', '.join(names[-3:])}"
+                ) from None
+            self._extractors[nodes] = ext
+        ext.train(train)
+        return ext(x)
+
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's embedding from one pass, earliest first; the last is the backbone's."""
+        out = self._extract((*self.points, self._last_node), x, self.training)
+        return [head(out[p]) for head, p in zip(self.heads, self.points)] + [out[self._last_node]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.active_exit
+        if k == self.num_exits:
+            return self.net(x)
+        point = self.points[k - 1]
+        return self.heads[k - 1](self._extract((point,), x, self.training)[point])
+
+
+class AllExits(nn.Module):
+    """A multi-exit model whose forward returns every exit's embedding (a tuple,
+    earliest first): what the all-exits ONNX export traces."""
+
+    def __init__(self, model: MultiExit) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.forward_all(x))
+
+
+def select_exit(model: nn.Module, k: int | None) -> nn.Module:
+    """Makes ``model`` answer with exit ``k`` (1 = earliest); None leaves it as is."""
+    if k is None:
+        return model
+    if not isinstance(model, MultiExit):
+        raise FacekdError(f"--exit {k}: {getattr(model, 'cfg', None) and model.cfg.name} has no early exits")
+    if not 1 <= k <= model.num_exits:
+        raise FacekdError(f"--exit {k}: the model has exits 1..{model.num_exits} ({model.num_exits} is the full model)")
+    model.active_exit = k
+    return model

@@ -1,0 +1,54 @@
+"""The schema of a pruning config (``facekd prune CONFIG``): a distillation config (the
+recovery: the unpruned model teaches the pruned one) plus the ``prune`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from facekd.distill.config import DistillCfg, DistillConfig
+
+
+@dataclass(frozen=True)
+class PruneCfg:
+    """What to prune and how.
+
+    Attributes:
+        source: The trained model (a facekd checkpoint). Its ``model`` section (backbone,
+            arguments, head) replaces the config's, and it teaches the recovery unless
+            ``teacher.model`` names another teacher.
+        importance: A name in ``facekd.prune.importance.IMPORTANCES``: taylor, l1, random.
+        ratio: Fraction of the filters removed in the end (per layer, or of all layers
+            together with ``global_pruning``).
+        steps: Iterative steps; each removes ``ratio / steps`` of the original filters,
+            then recovers for ``train.epochs`` epochs.
+        global_pruning: One ranking across layers instead of the same ratio per layer.
+        layer_ratios: Per-module ratios (module path -> fraction), overriding ``ratio``.
+        max_layer_ratio: With global pruning, the most any layer loses (per step).
+        round_to: Keep channel counts multiples of this.
+        importance_batches: Training batches (of ``train.batch_size``) the taylor
+            criterion averages over; its loss is the source checkpoint's classifier
+            head on the labels.
+    """
+
+    source: str = ""
+    importance: str = "taylor"
+    ratio: float = 0.5
+    steps: int = 1
+    global_pruning: bool = False
+    layer_ratios: dict = field(default_factory=dict)
+    max_layer_ratio: float = 0.9
+    round_to: int | None = None
+    importance_batches: int = 8
+
+
+def _featurenorm_only() -> DistillCfg:
+    return DistillCfg(terms=[{"name": "featurenorm", "weight": 1.0}], teacher_mode="cache")
+
+
+@dataclass(frozen=True)
+class PruneConfig(DistillConfig):
+    """A whole ``facekd prune`` run. ``distill`` is the recovery (default: FeatureNorm on
+    the embedding against the unpruned model, which needs no labels)."""
+
+    distill: DistillCfg = field(default_factory=_featurenorm_only)
+    prune: PruneCfg = field(default_factory=PruneCfg)

@@ -1,0 +1,227 @@
+"""``facekd prune``: iterative structured pruning, each step recovered by distillation.
+
+Step k of N removes filters (:func:`facekd.prune.core.prune_once`) so that ``ratio·k/N``
+of the source model's filters are gone, saves the result before recovery
+(``RUN/stepK/pruned.pt``, with its LFW), then recovers it with ``facekd distill``'s
+objective and trainer (:func:`facekd.train.loop.fit` into ``RUN/stepK``: the same
+checkpoints, ``--resume`` and logs). The teacher is the unpruned source model and the
+default term FeatureNorm on the embedding, so the recovery needs no labels. The last
+step's recovered model is copied to ``RUN/pruned.pt``; ``RUN/prune.json`` (this module
+writes and reads it) holds one row per step: parameters, MACs and LFW before and after
+recovery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facekd.config import from_dict, to_dict
+from facekd.distill.objective import make_distill_objective
+from facekd.embed import Preprocessing, to_input
+from facekd.errors import FacekdError
+from facekd.io_utils import atomic_write_json
+from facekd.models.hub import resolve
+from facekd.models.profile import count_macs, count_params
+from facekd.prune.config import PruneConfig
+from facekd.prune.core import StepPlan, check_supported, prune_once, step_ratio
+from facekd.prune.importance import IMPORTANCES
+from facekd.train.checkpoint import (
+    CHECKPOINT,
+    backbone_from_checkpoint,
+    head_from_checkpoint,
+    load_checkpoint,
+    model_checkpoint,
+    save_checkpoint,
+)
+from facekd.train.config import ModelCfg
+from facekd.train.data import build_train_set
+from facekd.train.loop import evaluate_lfw, fit
+
+RESULT = "prune.json"
+PRUNED = "pruned.pt"
+
+
+@dataclass
+class StepRow:
+    """One pruning step.
+
+    Attributes:
+        removed: Fraction of the source's filters removed after this step (the target).
+        params, macs: Of the pruned model (MACs for one face).
+        lfw_before, lfw_after: LFW accuracy (%) after pruning, and after recovery.
+        checkpoint: The recovered model.
+    """
+
+    step: int
+    removed: float
+    params: int
+    macs: int
+    lfw_before: float | None = None
+    lfw_after: float | None = None
+    checkpoint: str = ""
+
+
+@dataclass
+class PruneResult:
+    """What ``RUN/prune.json`` holds."""
+
+    source: str
+    importance: str
+    ratio: float
+    global_pruning: bool
+    source_params: int
+    source_macs: int
+    source_lfw: float | None
+    steps: list[StepRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PruneResult":
+        return cls(**{**d, "steps": [StepRow(**s) for s in d.get("steps", [])]})
+
+
+def read_result(run_dir: Path | str) -> PruneResult:
+    """A run's ``prune.json``."""
+    import json
+
+    path = Path(run_dir) / RESULT
+    if not path.is_file():
+        raise FacekdError(f"{path}: not found (not a facekd prune run?)")
+    return PruneResult.from_dict(json.loads(path.read_text()))
+
+
+def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, dict]:
+    """The config with the source's ``model`` section and, unless set, the source as
+    teacher; and the source checkpoint."""
+    p = cfg.prune
+    if not p.source:
+        raise FacekdError("prune.source: name the trained model to prune (a facekd checkpoint)")
+    IMPORTANCES.get(p.importance)
+    if not 0 < p.ratio < 1 or p.steps < 1:
+        raise FacekdError(f"prune.ratio must lie in (0, 1) and prune.steps be >= 1 (got {p.ratio}, {p.steps})")
+    src = resolve(p.source)
+    if src.checkpoint is None:
+        raise FacekdError(f"prune.source {p.source}: needs a facekd checkpoint (it holds the model section to rebuild)")
+    ckpt = src.checkpoint
+    check_supported(ckpt["backbone"])
+    model = dict(ckpt.get("config", {}).get("model", {}))
+    model.update(backbone=ckpt["backbone"], backbone_args=dict(ckpt.get("backbone_args", {})))
+    teacher = cfg.teacher if cfg.teacher.model or cfg.teacher.members else dataclasses.replace(cfg.teacher, model=p.source)
+    return dataclasses.replace(cfg, model=from_dict(ModelCfg, model, f"{p.source}: model"), teacher=teacher), ckpt
+
+
+def _importance_batches(cfg: PruneConfig, data, pre: Preprocessing, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    bs, n = cfg.train.batch_size, cfg.prune.importance_batches
+    rng = np.random.default_rng(cfg.train.seed + step)
+    idx = rng.permutation(len(data))[: bs * n]
+    out = []
+    for start in range(0, len(idx) - bs + 1, bs):
+        part = idx[start : start + bs]
+        x = torch.from_numpy(to_input(np.stack([data.image(int(i)) for i in part]), pre))
+        out.append((x, torch.from_numpy(data.labels[part].astype(np.int64))))
+    return out
+
+
+def _label_loss(head: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(model(x).float(), y), y)
+
+    return loss
+
+
+def _recovery(pruned: Path, head: nn.Module | None):
+    """``fit``'s ``make_objective``: facekd distill's objective with the pruned student."""
+
+    def make(cfg, data, device, say):
+        obj = make_distill_objective(cfg, data, device, say)
+        obj.backbone = backbone_from_checkpoint(load_checkpoint(pruned), pruned)
+        if head is not None:  # the source's classifier, for label terms
+            obj.head.load_state_dict(head.state_dict())
+        return obj
+
+    return make
+
+
+def _lfw(net: nn.Module, cfg: PruneConfig, device: torch.device) -> float | None:
+    if not (cfg.eval.every and cfg.eval.lfw):
+        return None
+    return float(evaluate_lfw(net, cfg, device)["lfw_acc"])
+
+
+def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: Callable[[str], None] = print) -> PruneResult:
+    """Prunes ``cfg.prune.source`` in ``cfg.prune.steps`` steps into ``run_dir``."""
+    run_dir = Path(run_dir)
+    if (run_dir / RESULT).is_file() and not resume:
+        raise FacekdError(f"{run_dir}: already holds a pruning run; pass --resume to continue it, or choose another --out")
+    cfg, src_ckpt = resolve_config(cfg)
+    p = cfg.prune
+    device = torch.device(cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    source = backbone_from_checkpoint(src_ckpt, p.source)
+    size = tuple(source.cfg.input_size)
+    data = build_train_set(cfg.data, source.cfg.template)
+    head = head_from_checkpoint(src_ckpt, data.identities, source.cfg.embedding_dim)
+    if IMPORTANCES.build(p.importance).needs_loss and head is None:
+        raise FacekdError(
+            f"importance {p.importance} ranks filters by the gradient of the classification loss, and "
+            f"{p.source} holds no classifier over these {len(data.identities)} training identities; use l1, "
+            "or a source trained on this data"
+        )
+    if resume and (run_dir / RESULT).is_file():
+        result = read_result(run_dir)
+    else:
+        result = PruneResult(p.source, p.importance, p.ratio, p.global_pruning, count_params(source),
+                             count_macs(source, size), _lfw(source, cfg, device))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say(f"prune {p.source}: {cfg.model.backbone}, {result.source_params / 1e6:.2f} M params, "
+        f"{result.source_macs / 1e6:.1f} MMAC" + (f", LFW {result.source_lfw:.2f} %" if result.source_lfw else "")
+        + f"; {p.importance}, {100 * p.ratio:g}% of filters in {p.steps} step(s), "
+        + ("global" if p.global_pruning else "per layer") + f"; recovery {cfg.train.epochs} epoch(s) per step")
+    done = {r.step: r for r in result.steps}
+    prev: Path | None = None
+    for k in range(1, p.steps + 1):
+        step_dir = run_dir / f"step{k}"
+        pruned_path = step_dir / PRUNED
+        if not pruned_path.is_file():
+            model = source if prev is None else backbone_from_checkpoint(load_checkpoint(prev), prev)
+            plan = StepPlan(step_ratio(p.ratio, k, p.steps), p.global_pruning, dict(p.layer_ratios), p.max_layer_ratio, p.round_to)
+            batches = _importance_batches(cfg, data, Preprocessing.from_cfg(model.cfg), k) if head is not None and IMPORTANCES.build(p.importance).needs_loss else []
+            prune_once(model, p.importance, plan, batches, _label_loss(head) if head is not None else None)
+            row = StepRow(k, round(p.ratio * k / p.steps, 6), count_params(model), count_macs(model, size), _lfw(model, cfg, device))
+            step_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(pruned_path, model_checkpoint(model, cfg.model.backbone, cfg.model.backbone_args,
+                                                          config=to_dict(cfg), metrics=asdict(row)))
+            done[k] = row
+            say(f"step {k}/{p.steps}: {row.params / 1e6:.2f} M params, {row.macs / 1e6:.1f} MMAC"
+                + (f", LFW {row.lfw_before:.2f} % before recovery" if row.lfw_before is not None else ""))
+        row = done.get(k) or StepRow(**load_checkpoint(pruned_path)["metrics"])
+        last = step_dir / CHECKPOINT
+        if cfg.train.epochs > 0:
+            finished = last.is_file() and load_checkpoint(last).get("epoch", 0) >= cfg.train.epochs
+            if not finished:
+                metrics = fit(cfg, step_dir, resume=last.is_file(), say=say, make_objective=_recovery(pruned_path, head))
+            else:
+                metrics = load_checkpoint(last).get("metrics", {})
+            row.lfw_after = metrics.get("lfw_acc")
+            prev = last
+        else:
+            prev = pruned_path
+        row.checkpoint = str(prev)
+        done[k] = row
+        result.steps = [done[i] for i in sorted(done)]
+        atomic_write_json(run_dir / RESULT, result.to_dict())
+    final = load_checkpoint(prev)
+    net = backbone_from_checkpoint(final, prev)
+    save_checkpoint(run_dir / PRUNED, model_checkpoint(net, cfg.model.backbone, cfg.model.backbone_args,
+                                                       config=to_dict(cfg), metrics=final.get("metrics", {}),
+                                                       identities=final.get("identities", [])))
+    return result

@@ -1,0 +1,194 @@
+"""Structured pruning (``facekd prune``): every prunable registered backbone stays runnable,
+rebuildable from its checkpoint and exportable; the refused ones still fail; the Taylor
+criterion against a hand computation; a whole iterative run with recovery and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("torch_pruning", reason="pruning needs the prune extra (torch-pruning)")
+
+import torch_pruning as tp  # noqa: E402
+
+from facekd.errors import FacekdError  # noqa: E402
+from facekd.models import BACKBONES, BackboneCfg, backbone_cfg, build_backbone  # noqa: E402
+from facekd.models.profile import count_params  # noqa: E402
+from facekd.prune.core import REFUSED, StepPlan, check_supported, output_layer, prune_once, step_ratio  # noqa: E402
+from facekd.prune.importance import taylor_scores  # noqa: E402
+
+# Default suite: one backbone per kind of layer coupling (plain convs + flatten, residual
+# PReLU, depthwise + batch norm, concatenation); the rest, seconds each, run with -m slow.
+FAST = {"student5", "resnet27_c10", "mobilefacenet", "squeezenet1_1"}
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n not in FAST else n for n in names]
+
+
+@pytest.mark.parametrize("name", _params([n for n in BACKBONES.names() if n not in REFUSED]))
+def test_pruned_backbone_runs_reloads_and_exports(name, tmp_path):
+    from facekd.deploy.export import check_parity, export_onnx, synthetic_inputs
+    from facekd.models.hub import resolve
+    from facekd.train.checkpoint import model_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_backbone(name).eval()
+    cfg = backbone_cfg(name)
+    before = count_params(net)
+    keep = output_layer(net)
+    prune_once(net, "l1", StepPlan(0.5))
+    assert count_params(net) < 0.6 * before
+    x = torch.randn(2, 3, *cfg.input_size)
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (2, cfg.embedding_dim) and torch.isfinite(out).all()
+    assert keep.weight.shape[0] == cfg.embedding_dim or keep.out_channels == cfg.embedding_dim
+    # The checkpoint rebuilds the pruned widths from the registered backbone.
+    path = tmp_path / "pruned.pt"
+    save_checkpoint(path, model_checkpoint(net, name, {}))
+    again = resolve(path).backbone
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), out, rtol=0, atol=0)
+    onnx_path = tmp_path / "pruned.onnx"
+    export_onnx(net, onnx_path, input_size=cfg.input_size)
+    report = check_parity(net, onnx_path, synthetic_inputs(4, cfg.input_size), batch_sizes=(1, 8), real_faces=False)
+    assert report.worst >= 0.9999
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_backbones_say_why_and_really_fail(name):
+    with pytest.raises(FacekdError, match=f"cannot prune {name}: .+"):
+        check_supported(name)
+    with pytest.raises(FacekdError, match="cannot prune"):
+        prune_once(build_backbone(name), "l1", StepPlan(0.5))
+    # The refusal stays true: Torch-Pruning itself still fails on this backbone.
+    net = build_backbone(name).eval()
+    x = torch.zeros(1, 3, *backbone_cfg(name).input_size)
+    with pytest.raises(Exception):
+        tp.pruner.MetaPruner(net, x, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                             pruning_ratio=0.5, ignored_layers=[output_layer(net)]).step()
+
+
+class _Tiny(nn.Module):
+    """conv(3->4) -> PReLU -> conv(4->3) -> flatten -> linear(3*4*4 -> 5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.PReLU(4)
+        self.conv2 = nn.Conv2d(4, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+        self.cfg = BackboneCfg("tiny", input_size=(4, 4), embedding_dim=5)
+
+    def forward(self, x):
+        return self.fc(self.conv2(self.act(self.conv1(x))).flatten(1))
+
+
+def test_taylor_scores_match_a_hand_computation():
+    """Θ(k) = |mean over positions of a·∂L/∂a| per example, averaged over examples, then
+    L2-normalised over the layer's channels (Molchanov et al. 2017), for conv2's input."""
+    torch.manual_seed(0)
+    net = _Tiny()
+    x, y = torch.randn(6, 3, 4, 4), torch.tensor([0, 1, 2, 3, 4, 0])
+    loss = lambda m, x, y: F.cross_entropy(m(x), y)  # noqa: E731
+    scores = taylor_scores(net, [(x[:3], y[:3]), (x[3:], y[3:])], loss)
+    per_example = []
+    for part in (slice(0, 3), slice(3, 6)):
+        a = net.act(net.conv1(x[part]))
+        out = net.fc(net.conv2(a).flatten(1))
+        (g,) = torch.autograd.grad(F.cross_entropy(out, y[part]), a)
+        per_example.append((a * g).mean(dim=(2, 3)).abs() * 3)  # the batch mean sums 3 examples' grads
+    theta = torch.cat(per_example).mean(0)
+    torch.testing.assert_close(scores[net.conv2], theta / theta.norm(), rtol=1e-5, atol=1e-7)
+    assert net.conv1 not in scores  # the image is no feature map
+
+
+def test_taylor_removes_a_dead_feature_map_first():
+    torch.manual_seed(0)
+    net = _Tiny()
+    with torch.no_grad():  # channel 2 of conv1 outputs zeros: removing it changes nothing
+        net.conv1.weight[2] = 0
+        net.conv1.bias[2] = 0
+    kept_w = net.conv1.weight.detach().clone()
+    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 5, (8,))
+    prune_once(net, "taylor", StepPlan(0.25), [(x, y)], lambda m, x, y: F.cross_entropy(m(x), y))
+    assert net.conv1.out_channels == 3 and net.conv2.in_channels == 3
+    torch.testing.assert_close(net.conv1.weight.detach(), kept_w[[0, 1, 3]])
+
+
+def test_step_ratios_compound_to_the_total():
+    for total, steps in ((0.5, 1), (0.75, 3), (0.25, 2)):
+        kept = np.prod([1 - step_ratio(total, k, steps) for k in range(1, steps + 1)])
+        assert kept == pytest.approx(1 - total)
+
+
+def test_unknown_importance_and_missing_loss_are_errors():
+    with pytest.raises(FacekdError, match="unknown pruning importance 'fisher'; known: l1, random, taylor"):
+        prune_once(_Tiny(), "fisher", StepPlan(0.5))
+    with pytest.raises(FacekdError, match="needs a loss"):
+        prune_once(_Tiny(), "taylor", StepPlan(0.5))
+
+
+def _source(tmp_path: Path) -> Path:
+    """A tiny trained-looking student5 checkpoint with a softmax head over id0..id2."""
+    from facekd.heads import build_head
+
+    torch.manual_seed(0)
+    args = {"widths": [8, 8, 16, 16, 16], "embedding_dim": 32}
+    net = build_backbone("student5", **args)
+    head = build_head("softmax", 32, 3)
+    state = {**{f"backbone.{k}": v for k, v in net.state_dict().items()}, **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    path = tmp_path / "source.pt"
+    torch.save({"format": "facekd-train-1", "backbone": "student5", "backbone_args": args, "model": state,
+                "identities": ["id0", "id1", "id2"], "config": {"model": {"backbone": "student5", "backbone_args": args,
+                                                                           "head": "softmax", "head_args": {}}}}, path)
+    return path
+
+
+def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
+    from test_distill_run import _synthetic_pack
+
+    from facekd.config import from_dict
+    from facekd.models.hub import resolve
+    from facekd.prune.config import PruneConfig
+    from facekd.prune.run import read_result, run_prune
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    src = _source(tmp_path)
+    raw = {
+        "prune": {"source": str(src), "importance": "taylor", "ratio": 0.5, "steps": 2, "importance_batches": 2},
+        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
+                 "workers": 1, "loader": "workers"},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
+                  "channels_last": False, "compile": False},
+        "eval": {"every": 0},
+    }
+    cfg = from_dict(PruneConfig, raw)
+    run = tmp_path / "run"
+    said: list[str] = []
+    result = run_prune(cfg, run, say=said.append)
+    assert [r.step for r in result.steps] == [1, 2] and [r.removed for r in result.steps] == [0.25, 0.5]
+    assert result.source_params > result.steps[0].params > result.steps[1].params
+    assert result.steps[1].macs < result.source_macs
+    # Each step recovered by facekd distill's loop, FeatureNorm against the unpruned source.
+    log = [json.loads(line) for line in (run / "step2" / "metrics.jsonl").read_text().splitlines()]
+    assert any("featurenorm" in rec for rec in log)
+    final = resolve(run / "pruned.pt").backbone
+    assert count_params(final) == result.steps[1].params
+    assert final(torch.zeros(2, 3, 112, 96)).shape == (2, 32)
+    assert read_result(run).to_dict() == result.to_dict()
+    # A finished run resumes to the same table without pruning or training again; a
+    # second run into the same folder is refused.
+    before = (run / "step1" / "pruned.pt").stat().st_mtime_ns
+    again = run_prune(cfg, run, resume=True, say=said.append)
+    assert again.to_dict() == result.to_dict()
+    assert (run / "step1" / "pruned.pt").stat().st_mtime_ns == before
+    with pytest.raises(FacekdError, match="already holds a pruning run"):
+        run_prune(cfg, run)
