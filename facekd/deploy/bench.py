@@ -1,4 +1,4 @@
-"""``facekd bench``: size, cost and speed of embedders side by side (SPEC section 5).
+"""``facekd bench``: size, cost and speed of embedders side by side (the deployment figures of Wang et al.'s comparison: parameters, size, latency).
 
 Per model: parameters, MACs at its input size, FP32 and INT8 ONNX file sizes, CPU
 latency per face at batch 1 (one thread and all threads) for PyTorch eager, ONNX

@@ -24,7 +24,7 @@ from facekd.embed import Preprocessing
 from facekd.errors import FacekdError
 from facekd.models.hub import resolve
 
-# FP32 ONNX Runtime against PyTorch, per embedding (issue 5).
+# FP32 ONNX Runtime against PyTorch, per embedding: what an exact export keeps.
 PARITY_MIN_COSINE = 0.9999
 OPSET = 17
 

@@ -51,7 +51,7 @@ class TeacherCfg:
 @dataclass(frozen=True)
 class DistillCfg:
     """The loss: ``L = Σ terms``, each ``{name, weight, ...}`` from DISTILL_LOSSES;
-    teacher terms scaled per sample by μ when ``teacher_weighting`` is on (SPEC 3)."""
+    teacher terms scaled per sample by μ when ``teacher_weighting`` is on (Wang et al., ICIP 2018, section 3.2)."""
 
     terms: list[dict] = field(
         default_factory=lambda: [

@@ -1,7 +1,7 @@
 """The paper's experiment tables as data, a resumable runner, and the RESULTS.md report.
 
-- :mod:`.tables`: tables A-D (SPEC sections 3-4; Wang et al., ICIP 2018, and the
-  methods around it) and the protocols that scale them;
+- :mod:`.tables`: tables A-D (Wang et al., ICIP 2018, and the methods around
+  it) and the protocols that scale them;
 - :mod:`.results`: the results file (one JSON line per finished run; owner of the format);
 - :mod:`.runner`: runs rows and the teachers they need, resumably, within a budget;
 - :mod:`.report`: renders docs/RESULTS.md with a verdict per finding.

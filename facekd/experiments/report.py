@@ -40,7 +40,7 @@ def _get(by: dict, table: str, row: str) -> dict | None:
 
 
 def findings(by: dict) -> list[str]:
-    """One line per SPEC 3 finding: confirmed, not confirmed, or not measured."""
+    """One line per finding of Wang et al. (ICIP 2018): confirmed, not confirmed, or not measured."""
 
     def cmp(label: str, a: tuple[str, str], b: tuple[str, str], want: str) -> str:
         x, y = _get(by, *a), _get(by, *b)
@@ -135,7 +135,7 @@ def write_report(results: Path, out: Path, protocol: str) -> str:
             "```",
             "",
         ]
-    lines += ["## Findings of SPEC section 3", ""] + findings(by) + [""]
+    lines += ["## Findings of Wang et al. (ICIP 2018)", ""] + findings(by) + [""]
     text = "\n".join(lines)
     atomic_write_bytes(out, text.encode())
     return text
