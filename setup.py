@@ -20,6 +20,7 @@ setup(
         "pillow>=10.0",
         "scikit-learn>=1.3",
         "albumentations>=2.0",  # Compose.set_random_seed: repeatable augmentation on resume
+        "opencv-python-headless>=4.8",  # cv2.FaceDetectorYN (YuNet), warpAffine; albumentations needs it too
         "onnx>=1.15",
         "onnxruntime>=1.17",
         "pyyaml>=6.0",

@@ -21,7 +21,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=Path, required=True, help="output .onnx (the INT8 model with --int8)")
     p.add_argument("--int8", choices=["static", "dynamic"], help="quantize; the FP32 model is kept as OUT.fp32.onnx")
     p.add_argument("--calib", type=Path, help="aligned face crops (folder or .fkpack): INT8 calibration and parity faces")
-    p.add_argument("--lfw", type=Path, help="LFW (folder with pairs.txt or pack): choose and store the verify threshold")
+    p.add_argument("--lfw", type=Path,
+                   help="LFW (folder with pairs.txt or pack) to choose and store the verify threshold on "
+                        "(default: $FACEKD_DATA/lfw when it exists)")
+    p.add_argument("--no-threshold", action="store_true", help="store no verify threshold, even where LFW is found")
     p.add_argument("--normalize", choices=["auto", "yes", "no"], default="auto",
                    help="L2-normalise the embedding in the graph (auto: unless the model's recipe subtracts a mean)")
     p.add_argument("--no-optimize", action="store_true", help="keep PReLU etc. as exported (no graph rewrites)")
@@ -33,16 +36,51 @@ def _run_export(args: argparse.Namespace) -> int:
     from facekd.deploy.export import ExportRequest, run_export
     from facekd.io_utils import atomic_write_json
 
+    from facekd.deploy.threshold import add_threshold_command, find_lfw
+
     if bool(args.checkpoint) == bool(args.model):
         raise FacekdError("give either a checkpoint or --model NAME (with --weights FILE)")
+    if args.no_threshold and args.lfw:
+        raise FacekdError("give --lfw or --no-threshold, not both")
+    lfw = None if args.no_threshold else find_lfw(args.lfw)
+    if lfw is not None and args.lfw is None:
+        print(f"LFW found at {lfw}: the verify threshold will be chosen on it and stored (--no-threshold skips this)")
     req = ExportRequest(
         model=args.checkpoint or args.model, weights=args.weights, onnx=args.onnx, int8=args.int8,
-        calib=args.calib, lfw=args.lfw, normalize=args.normalize, optimize=not args.no_optimize,
+        calib=args.calib, lfw=lfw, normalize=args.normalize, optimize=not args.no_optimize,
     )
     report = run_export(req)
+    if lfw is None:
+        why = "--no-threshold" if args.no_threshold else "no LFW found (--lfw, or $FACEKD_DATA/lfw with pairs.txt)"
+        print(f"no verify threshold stored ({why}); to add one: {add_threshold_command(report['onnx'])}")
     if args.json_out:
         atomic_write_json(args.json_out, report)
         print(f"report: {args.json_out}")
+    return 0
+
+
+def _add_threshold(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("threshold", help="choose the verify threshold on LFW and store it in an exported .onnx")
+    p.add_argument("model", type=Path, help="exported .onnx")
+    p.add_argument("--lfw", type=Path, help="LFW folder with pairs.txt (raw or aligned) or pack (default: $FACEKD_DATA/lfw)")
+    p.set_defaults(func=_run_threshold)
+
+
+def _run_threshold(args: argparse.Namespace) -> int:
+    from facekd.deploy.threshold import choose_threshold, find_lfw, store_threshold
+    from facekd.progress import progress_bar
+
+    if not str(args.model).lower().endswith(".onnx") or not args.model.is_file():
+        raise FacekdError(f"{args.model}: not an exported .onnx file")
+    lfw = find_lfw(args.lfw)
+    if lfw is None:
+        raise FacekdError("no LFW found: pass --lfw FOLDER (with pairs.txt) or set FACEKD_DATA")
+    choice = choose_threshold(args.model, lfw, progress=progress_bar("embed"))
+    store_threshold(args.model, choice)
+    print(
+        f"threshold {choice.threshold:.4f} (cosine; right on {choice.accuracy_all_pairs:.2f}% of the {choice.pairs} "
+        f"LFW pairs; 10-fold {choice.accuracy_10fold:.2f} ± {choice.std_10fold:.2f}%) stored in {args.model}"
+    )
     return 0
 
 
@@ -53,6 +91,8 @@ def _add_photo_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="exported .onnx (or a registered name / checkpoint)")
     p.add_argument("--weights", help="weights for a registered backbone name")
     p.add_argument("--device", default="cpu", help="MTCNN / PyTorch device (default cpu)")
+    p.add_argument("--detector", default="yunet,mtcnn",
+                   help="face detectors tried in order per photo (default yunet,mtcnn: MTCNN only where YuNet finds no face)")
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
@@ -63,16 +103,15 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_embed)
 
 
-def _align_all(paths: list[Path], template: str, device: str):
+def _align_all(paths: list[Path], template: str, detector: str, device: str):
     """Aligned faces for every photo; every unusable photo reported before failing."""
-    from facekd.align.detector import FaceDetector
-    from facekd.deploy.photos import PhotoError, align_photo
+    from facekd.deploy.photos import DetectorChain, PhotoError, align_photo
 
-    detector = FaceDetector(device=device)
+    chain = DetectorChain.parse(detector, device=device)
     faces, errors = [], []
     for p in paths:
         try:
-            faces.append(align_photo(p, detector, template))
+            faces.append(align_photo(p, chain, template))
         except PhotoError as exc:
             errors.append(exc)
     return faces, errors
@@ -92,7 +131,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     from facekd.models.hub import load_embedder
 
     embedder = load_embedder(args.model, args.weights, device=args.device)
-    faces, errors = _align_all(args.photos, embedder.pre.template, args.device)
+    faces, errors = _align_all(args.photos, embedder.pre.template, args.detector, args.device)
     if errors:
         for e in errors[:-1]:
             print(f"facekd: error: {e}", file=sys.stderr)
@@ -100,7 +139,8 @@ def _run_embed(args: argparse.Namespace) -> int:
     _warn_several(faces)
     emb = embed_faces(embedder, faces)
     for f, e in zip(faces, emb):
-        print(f"{f.photo}: {len(e)}-d embedding (face score {f.score:.3f}{f', 1 of {f.faces} faces' if f.faces > 1 else ''})")
+        several = f", 1 of {f.faces} faces" if f.faces > 1 else ""
+        print(f"{f.photo}: {len(e)}-d embedding (face found by {f.detector}, score {f.score:.3f}{several})")
     if args.out:
         with atomic_open(args.out) as fh:
             np.save(fh, emb)
@@ -120,6 +160,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from facekd.deploy.photos import stored_threshold, verify_photos
+    from facekd.deploy.threshold import add_threshold_command
     from facekd.io_utils import atomic_write_json
     from facekd.models.hub import load_embedder
 
@@ -135,9 +176,10 @@ def _run_verify(args: argparse.Namespace) -> int:
             threshold = stored_threshold(args.model)
         if threshold is None:
             raise FacekdError(
-                f"{args.model}: no verification threshold stored; export with --lfw DATA or pass --threshold"
+                f"{args.model}: no verification threshold stored; add one with `{add_threshold_command(args.model)}` "
+                "or pass --threshold"
             )
-        faces, errors = _align_all([args.photo_a, args.photo_b], embedder.pre.template, args.device)
+        faces, errors = _align_all([args.photo_a, args.photo_b], embedder.pre.template, args.detector, args.device)
         if errors:
             for e in errors[:-1]:
                 print(f"facekd: error: {e}", file=sys.stderr)
@@ -145,6 +187,8 @@ def _run_verify(args: argparse.Namespace) -> int:
     except FacekdError as exc:
         return fail(exc)
     _warn_several(faces)
+    for f in faces:
+        print(f"{f.photo}: face found by {f.detector} (score {f.score:.3f})")
     v = verify_photos(embedder, faces[0], faces[1], threshold)
     verdict = "same person" if v.same else "different people"
     print(f"{verdict}: cosine similarity {v.similarity:.4f} {'>=' if v.same else '<'} threshold {v.threshold:.4f}")
@@ -212,4 +256,6 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_embed, _add_verify, _add_bench]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_export, _add_threshold, _add_embed, _add_verify, _add_bench,
+]

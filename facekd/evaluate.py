@@ -37,14 +37,15 @@ def _first_image_size(paths: list[Path]) -> tuple[int, int]:
         raise FacekdError(f"{paths[0]}: {exc}") from None
 
 
-def aligned_folder_for(root: Path, template: str) -> Path:
-    """Where ``facekd eval`` keeps its own alignment of an unaligned folder."""
+def aligned_folder_for(root: Path, template: str, detector: str = "mtcnn") -> Path:
+    """Where ``facekd eval`` keeps its own alignment of an unaligned folder; the template
+    and the detector are part of the name, so crops of different detectors never mix."""
     import hashlib
 
     from facekd.paths import cache_dir
 
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return cache_dir() / "aligned" / f"{root.name}-{key}-{template}"
+    return cache_dir() / "aligned" / f"{root.name}-{key}-{template}-{detector}"
 
 
 @dataclass
@@ -130,7 +131,9 @@ def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_prog
     )
 
 
-def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
+def _pairs_from_folder(
+    data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold, detector: str = "mtcnn"
+) -> _Pairs:
     from facekd.data.lfw import check_images, parse_pairs
 
     pairs = parse_pairs(data / "pairs.txt")
@@ -146,8 +149,9 @@ def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_pr
     if not aligned:
         from facekd.align.folder import AlignOptions, align_folder
 
-        root = aligned_folder_for(data, template)
-        report = align_folder(data, root, AlignOptions(template=template), progress=align_progress, files=names)
+        root = aligned_folder_for(data, template, detector)
+        opts = AlignOptions(template=template, detector=detector)
+        report = align_folder(data, root, opts, progress=align_progress, files=names)
         wanted = set(names)
         bad = [u["file"] for u in report["unreadable"] if u["file"] in wanted]
         if bad:
@@ -168,12 +172,13 @@ def _pairs_from_folder(data: Path, template: str, aligned: bool | None, align_pr
 
 
 def _load_pairs(
-    data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold: int | None
+    data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold: int | None,
+    detector: str = "mtcnn",
 ) -> _Pairs:
     from facekd.data.pack import SUFFIX
 
     if data.is_dir():
-        return _pairs_from_folder(data, template, aligned, align_progress, per_fold)
+        return _pairs_from_folder(data, template, aligned, align_progress, per_fold, detector)
     if data.is_file():
         loader = _pairs_from_pack if data.suffix == SUFFIX else _pairs_from_bin
         return loader(data, template, aligned, align_progress, per_fold)
@@ -190,19 +195,20 @@ def evaluate_pairs(
     align_progress: Progress | None = None,
     embed_progress: Progress | None = None,
     pairs_per_fold: int | None = None,
+    detector: str = "mtcnn",
 ) -> PairsEvaluation:
     """Verifies LFW View 2 (a folder with pairs.txt, or an LFW pack) or an insightface ``.bin``.
 
     An LFW folder of aligned crops is used as it is (detected from the image size, or
     forced with ``aligned=True``); otherwise it is first aligned into the cache with
-    the embedder's template (``facekd align``; only the images the pairs use), which
-    resumes if interrupted. ``pairs_per_fold`` evaluates a quick subset (N same and N
+    the embedder's template and ``detector`` (``facekd align``; only the images the
+    pairs use), which resumes if interrupted. ``pairs_per_fold`` evaluates a quick subset (N same and N
     different pairs per fold), e.g. during training.
     """
     data = Path(data)
     want = get_template(embedder.pre.template)
     started = time.perf_counter()
-    p = _load_pairs(data, want.name, aligned, align_progress, pairs_per_fold)
+    p = _load_pairs(data, want.name, aligned, align_progress, pairs_per_fold, detector)
     if pairs_per_fold:
         p.info["protocol"] += f"; quick subset, the first {pairs_per_fold} same and different pairs per fold"
     load = crop_loader(want, p.read, p.describe)

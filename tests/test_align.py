@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from facekd.align.aligner import align_image
-from facekd.align.detector import FaceDetector, select_central_face
+from facekd.align.detector import FaceDetector, build_detector, select_central_face
 from facekd.align.folder import REPORT_NAME, STATE_NAME, AlignOptions, align_folder
 from facekd.align.template import get_template, similarity_transform
 
@@ -21,7 +21,7 @@ OTHER = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
-    return FaceDetector()
+    return build_detector("mtcnn")
 
 
 @pytest.mark.parametrize("name", ["112x96", "112x112"])

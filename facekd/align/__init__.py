@@ -1,1 +1,1 @@
-"""Face alignment: MTCNN detection and a 5-point similarity warp onto a template."""
+"""Face alignment: a registered detector (MTCNN, YuNet) and a 5-point similarity warp onto a template."""

@@ -1,11 +1,31 @@
-"""MTCNN face detection (facenet-pytorch) and the choice of one face per photo."""
+"""Face detectors with five landmarks (a registry: ``mtcnn``, ``yunet``) and the choice of
+one face per photo.
+
+Public API for anyone who cuts crops from photos::
+
+    det = build_detector("yunet")            # or "mtcnn"
+    faces = det.detect(rgb)                  # list[Detection], landmarks in MTCNN's order
+    face = select_central_face(faces, *rgb.shape[:2])
+    crop = warp_to_template(rgb, face.landmarks, get_template("112x96"))  # facekd.align.template
+
+Every detector returns landmarks in the same order (left eye, right eye, nose tip, left
+and right mouth corner, left/right as seen in the image) and in the coordinates of the
+image it was given, and states as data the score at which a detection counts as a face
+(``min_score``) and whether it runs its neural network in torch.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+
+from facekd.align.template import TEMPLATES, similarity_transform
+from facekd.errors import FacekdError
+from facekd.registry import Registry
 
 # Below this shorter side, photos are upscaled before detection: MTCNN misses faces in
 # small crops such as CelebA's 89x109 aligned images, and finds them after a 2x upscale.
@@ -46,7 +66,53 @@ def upscale_factor(height: int, width: int) -> int:
     return min(MAX_UPSCALE, math.ceil(UPSCALE_BELOW / max(short, 1)))
 
 
+def _resize(image: np.ndarray, factor: float) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    interp = cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA
+    return cv2.resize(image, size, interpolation=interp)
+
+
 class FaceDetector:
+    """What every registered detector provides.
+
+    Attributes:
+        name: The registry name; recorded in reports and cache keys.
+        min_score: A detection scoring below this is not a face (the aligner's rule).
+        uses_torch: The detector runs in torch (workers then set torch's thread count).
+    """
+
+    name: ClassVar[str] = ""
+    min_score: ClassVar[float] = 0.9
+    uses_torch: ClassVar[bool] = False
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """All faces in an HxWx3 uint8 RGB image."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        """Faces for each image."""
+        return [self.detect(im) for im in images]
+
+    def faces(self, image: np.ndarray) -> list[Detection]:
+        """The detections that count as faces (score at least ``min_score``)."""
+        return [d for d in self.detect(image) if d.score >= self.min_score]
+
+
+DETECTORS: Registry[FaceDetector] = Registry("face detector")
+
+
+def build_detector(name: str, **kwargs) -> FaceDetector:
+    """The detector registered as ``name`` ("mtcnn", "yunet"), e.g. ``device="cuda"``.
+
+    Every factory accepts ``device`` and ``min_face_size`` (pixels, in the upscaled image).
+    """
+    return DETECTORS.build(name, **kwargs)
+
+
+class MtcnnDetector(FaceDetector):
     """Finds faces and their five landmarks with facenet-pytorch's MTCNN.
 
     Args:
@@ -55,13 +121,17 @@ class FaceDetector:
         thresholds: MTCNN's P-, R- and O-net score thresholds.
     """
 
+    name = "mtcnn"
+    min_score = 0.9
+    uses_torch = True
+
     def __init__(
         self,
         device: str = "cpu",
         min_face_size: int = 20,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
     ) -> None:
-        from facenet_pytorch import MTCNN  # heavy; loaded when a detector is made
+        from facenet_pytorch import MTCNN  # heavy (torch); loaded only when MTCNN is chosen
 
         self._mtcnn = MTCNN(
             keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds), device=device
@@ -81,9 +151,7 @@ class FaceDetector:
             f = upscale_factor(h, w)
             batch = [images[i] for i in idx]
             if f > 1:
-                import cv2
-
-                batch = [cv2.resize(im, (w * f, h * f), interpolation=cv2.INTER_CUBIC) for im in batch]
+                batch = [_resize(im, f) for im in batch]
             boxes, probs, points = self._mtcnn.detect(np.stack(batch), landmarks=True)
             for j, i in enumerate(idx):
                 if boxes[j] is None:
@@ -93,3 +161,115 @@ class FaceDetector:
                     for b, p, l in zip(boxes[j], probs[j], points[j])
                 ]
         return out
+
+
+@DETECTORS.register("mtcnn")
+def _mtcnn(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
+    return MtcnnDetector(device=device, min_face_size=min_face_size)
+
+
+# YuNet's landmarks sit, on the same faces, a little away from MTCNN's (the two were
+# trained on different annotations). This is the mean offset of MTCNN's landmarks from
+# YuNet's on LFW, in pixels of the 112x96 template frame fitted to YuNet's landmarks
+# (docs/BENCHMARKS.md, "YuNet detector"); ``YunetDetector(correct=True)`` adds it.
+YUNET_TO_MTCNN_OFFSET = np.zeros((5, 2))
+
+
+class YunetDetector(FaceDetector):
+    """YuNet (Wu et al., "YuNet: A Tiny Millisecond-level Face Detector", MIR 2023) through
+    OpenCV's ``cv2.FaceDetectorYN``: 75k parameters, five landmarks, a few ms per photo.
+
+    Photos whose shorter side is below ``UPSCALE_BELOW`` are upscaled as for MTCNN; photos
+    whose longer side exceeds ``max_side`` are downscaled first (speed; a face that fills
+    less than ``min_face_size`` pixels after that is not looked for).
+
+    Args:
+        model: The ONNX file; default: manifest entry ``yunet_2023mar`` (``$FACEKD_WEIGHTS``,
+            the cache, else a verified download).
+        min_face_size: Smallest face box side kept, in pixels of the (upscaled) image.
+        max_side: Longer side photos are brought down to before detection.
+        correct: Move the landmarks by ``YUNET_TO_MTCNN_OFFSET`` (MTCNN-like crops).
+        threads: OpenCV threads (None: OpenCV's default, every core).
+    """
+
+    name = "yunet"
+    min_score = 0.6
+    uses_torch = False
+    # Boxes scoring below this are dropped inside OpenCV (faster NMS); the aligner's
+    # own rule is ``min_score``.
+    _detector_score = 0.3
+
+    def __init__(
+        self,
+        model: Path | str | None = None,
+        min_face_size: int = 20,
+        max_side: int = 960,
+        correct: bool = False,
+        threads: int | None = None,
+    ) -> None:
+        import cv2
+
+        if model is None:
+            from facekd.weights import resolve_weights
+
+            model = resolve_weights("yunet_2023mar")
+        model = Path(model)
+        if not model.is_file():
+            raise FacekdError(f"{model}: YuNet model file not found")
+        if not hasattr(cv2, "FaceDetectorYN"):
+            raise FacekdError(f"OpenCV {cv2.__version__} has no FaceDetectorYN; install opencv-python-headless>=4.8")
+        if threads is not None:
+            cv2.setNumThreads(threads)
+        self._det = cv2.FaceDetectorYN.create(str(model), "", (320, 320), self._detector_score, 0.3, 5000)
+        self._size: tuple[int, int] = (320, 320)
+        self.min_face_size = min_face_size
+        self.max_side = max_side
+        self.correct = correct
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """All faces in an HxWx3 uint8 RGB image."""
+        h, w = image.shape[:2]
+        f: float = float(upscale_factor(h, w))
+        if max(h, w) * f > self.max_side:
+            f = self.max_side / max(h, w)
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        if f != 1.0:
+            bgr = _resize(bgr, f)
+        size = (bgr.shape[1], bgr.shape[0])
+        if size != self._size:
+            self._det.setInputSize(size)
+            self._size = size
+        _, rows = self._det.detect(bgr)
+        if rows is None:
+            return []
+        out = []
+        for r in np.asarray(rows, dtype=np.float64):
+            x, y, bw, bh = r[:4]
+            if min(bw, bh) < self.min_face_size:
+                continue
+            lm = r[4:14].reshape(5, 2) / f
+            if self.correct:
+                lm = correct_landmarks(lm, YUNET_TO_MTCNN_OFFSET)
+            out.append(Detection(box=np.array([x, y, x + bw, y + bh]) / f, score=float(r[14]), landmarks=lm))
+        return out
+
+
+def correct_landmarks(landmarks: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Moves five landmarks by ``offset`` (5, 2), given in pixels of the 112x96 template
+    frame fitted to them, and returns them in image coordinates.
+
+    A template-frame offset does not depend on the face's size or roll in the photo, so
+    one offset measured over LFW applies to any photo.
+    """
+    ref = TEMPLATES["112x96"].points
+    m = similarity_transform(landmarks, ref)  # image -> template frame
+    a, t = m[:, :2], m[:, 2]
+    in_frame = landmarks @ a.T + t + offset
+    return (in_frame - t) @ np.linalg.inv(a).T
+
+
+@DETECTORS.register("yunet")
+def _yunet(device: str = "cpu", min_face_size: int = 20, correct: bool = False) -> FaceDetector:
+    # OpenCV's wheel runs YuNet on the CPU (a few ms a photo); ``device`` is for MTCNN.
+    del device
+    return YunetDetector(min_face_size=min_face_size, correct=correct)

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from facekd.align.aligner import align_detected
+from facekd.align.detector import DETECTORS, build_detector
 from facekd.align.template import Template, get_template
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes, atomic_write_json
@@ -32,6 +33,7 @@ class AlignOptions:
     """How ``facekd align`` runs."""
 
     template: str = "112x96"
+    detector: str = "mtcnn"  # a name in facekd.align.detector.DETECTORS
     workers: int = 0  # 0: every core
     device: str = "cpu"
     min_face_size: int = 20
@@ -73,17 +75,21 @@ def _init_worker(src: str, dst: str, opts: AlignOptions, threads: int) -> None:
     # (1.1 GB -> 1.45 GB in 30 s on LFW). Without the cache it stays flat at ~850 MB
     # for ~7% less speed. Must be set before torch first runs a convolution.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    import torch
+    detector = build_detector(opts.detector, device=opts.device, min_face_size=opts.min_face_size)
+    if detector.uses_torch:
+        import torch  # only a torch detector pays for importing torch in every worker
 
-    from facekd.align.detector import FaceDetector
+        torch.set_num_threads(threads)
+    else:
+        import cv2
 
-    torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
     _WORKER.update(
         src=Path(src),
         dst=Path(dst),
         opts=opts,
         template=get_template(opts.template),
-        detector=FaceDetector(device=opts.device, min_face_size=opts.min_face_size),
+        detector=detector,
     )
 
 
@@ -115,20 +121,22 @@ def _align_chunk(rels: list[str]) -> list[dict]:
             results.append({"file": rel, "status": "unreadable", "reason": str(exc)})
         except OSError as exc:  # permission denied, vanished file
             results.append({"file": rel, "status": "unreadable", "reason": f"cannot read file ({exc.strerror or exc})"})
-    detections = _WORKER["detector"].detect_batch(images) if images else []
+    detector = _WORKER["detector"]
+    detections = detector.detect_batch(images) if images else []
     for rel, img, dets in zip(keep, images, detections):
-        face = align_detected(img, dets, template)
+        face = align_detected(img, dets, template, detector.min_score)
         out_rel = output_relpath(rel)
         atomic_write_bytes(dst / out_rel, _encode(face.crop, Path(out_rel).suffix, opts.jpeg_quality))
-        results.append(
-            {
-                "file": rel,
-                "status": "fallback" if face.fallback else "aligned",
-                "faces": face.faces,
-                "score": round(face.score, 4),
-                "size": [int(img.shape[1]), int(img.shape[0])],
-            }
-        )
+        rec = {
+            "file": rel,
+            "status": "fallback" if face.fallback else "aligned",
+            "faces": face.faces,
+            "score": round(face.score, 4),
+            "size": [int(img.shape[1]), int(img.shape[0])],
+        }
+        if face.landmarks is not None:  # lets a later step re-cut the photo for another geometry
+            rec["landmarks"] = np.round(face.landmarks, 2).tolist()
+        results.append(rec)
     return results
 
 
@@ -170,7 +178,7 @@ def align_folder(
     Args:
         src: Folder of photos, any depth.
         dst: Output folder; created. Must not be inside ``src``.
-        opts: Template, workers, device.
+        opts: Template, detector, workers, device.
         progress: Called with (done, total) after each chunk.
         files: Only these photos (paths relative to ``src``), e.g. the images LFW's
             pairs use or a training slice; the report then covers just them.
@@ -184,6 +192,7 @@ def align_folder(
     if dst == src or src in dst.parents:
         raise FacekdError(f"{dst}: the output folder must not be the source folder or inside it")
     template = get_template(opts.template)
+    DETECTORS.get(opts.detector)  # an unknown name fails here, listing the known ones
     dst.mkdir(parents=True, exist_ok=True)
     images, metadata = scan_folder(src)
     if files is not None:
@@ -198,10 +207,17 @@ def align_folder(
 
     state_path = dst / STATE_NAME
     state = _read_state(state_path)
-    old_template = state.pop("__template__", {}).get("template")
+    header = state.pop("__template__", {})
+    old_template = header.get("template")
     if old_template not in (None, template.name):
         raise FacekdError(
             f"{dst}: holds crops for template {old_template}, not {template.name}; use another output folder"
+        )
+    # Folders written before detectors were selectable hold MTCNN crops.
+    old_detector = header.get("detector", "mtcnn") if header else None
+    if old_detector not in (None, opts.detector):
+        raise FacekdError(
+            f"{dst}: holds crops from detector {old_detector}, not {opts.detector}; use another output folder"
         )
     done = {
         rel
@@ -216,7 +232,8 @@ def align_folder(
 
     with state_path.open("a") as state_file:
         if old_template is None:
-            state_file.write(json.dumps({"file": "__template__", "template": template.name}) + "\n")
+            first = {"file": "__template__", "template": template.name, "detector": opts.detector}
+            state_file.write(json.dumps(first) + "\n")
 
         def record(batch: list[dict]) -> None:
             for rec in batch:
@@ -251,6 +268,7 @@ def align_folder(
         "src": str(src),
         "dst": str(dst),
         "template": template.name,
+        "detector": opts.detector,
         "images": total,
         "aligned": sum(r["status"] == "aligned" for r in recs),
         "fallback": len(fallback),

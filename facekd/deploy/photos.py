@@ -1,11 +1,13 @@
 """From photos to embeddings and same/different decisions with an exported ONNX model.
 
-Each photo is detected with MTCNN and aligned with the template stored in the model,
-exactly as ``facekd align`` does it, with one difference: a photo without a face is an
-error here (``align`` falls back to the central box, which suits a dataset, not a
-decision about one photo). With several faces, the most central large one is used
-(``select_central_face``, the rule ``align`` follows) and the result says how many
-faces there were.
+Each photo is detected and aligned with the template stored in the model, exactly as
+``facekd align`` does it, by a chain of detectors tried in order (default: YuNet, the
+fast one, then MTCNN for a photo where YuNet finds no face); the result names the
+detector that found the face. One difference from ``align``: a photo where no detector
+finds a face is an error here (``align`` falls back to the central box, which suits a
+dataset, not a decision about one photo). With several faces, the most central large
+one is used (``select_central_face``, the rule ``align`` follows) and the result says
+how many faces there were.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from facekd.align.detector import DETECTORS, FaceDetector, build_detector, select_central_face
+from facekd.align.template import get_template, warp_to_template
+from facekd.data.image_io import UnreadableImage, read_rgb
 from facekd.errors import FacekdError
+
+# YuNet first (milliseconds); MTCNN only for the photos where YuNet finds no face.
+DEFAULT_DETECTORS = ("yunet", "mtcnn")
 
 
 class PhotoError(FacekdError):
@@ -35,21 +44,50 @@ class PhotoFace:
     photo: str
     crop: np.ndarray  # H x W x 3 uint8, aligned to the model's template
     faces: int  # faces detected (the most central one is used)
-    score: float  # MTCNN score of the face used
+    score: float  # the detector's score of the face used
+    detector: str  # the detector that found it
 
 
-def align_photo(path: Path | str, detector, template: str) -> PhotoFace:
-    """Reads, detects and aligns one photo.
+class DetectorChain:
+    """Detectors tried in order for each photo; each is built on first use, so a run
+    where YuNet finds every face never loads MTCNN (nor torch).
+
+    Args:
+        detectors: Registered detector names, e.g. ``("yunet", "mtcnn")``, or detectors
+            already built.
+        device: Device for detectors that use one (MTCNN).
+    """
+
+    def __init__(self, detectors: Sequence[str | FaceDetector] = DEFAULT_DETECTORS, device: str = "cpu") -> None:
+        if not detectors:
+            raise FacekdError("name at least one face detector")
+        self._built: dict[str, FaceDetector] = {}
+        for d in detectors:
+            if isinstance(d, FaceDetector):
+                self._built[d.name] = d
+            else:
+                DETECTORS.get(d)  # an unknown name fails now, listing the known ones
+        self.names = tuple(d.name if isinstance(d, FaceDetector) else d for d in detectors)
+        self.device = device
+
+    @classmethod
+    def parse(cls, spec: str, device: str = "cpu") -> DetectorChain:
+        """From a command-line value: ``"yunet,mtcnn"``, ``"mtcnn"``."""
+        return cls([n.strip() for n in spec.split(",") if n.strip()], device=device)
+
+    def get(self, name: str) -> FaceDetector:
+        if name not in self._built:
+            self._built[name] = build_detector(name, device=self.device)
+        return self._built[name]
+
+
+def align_photo(path: Path | str, detectors: DetectorChain, template: str) -> PhotoFace:
+    """Reads, detects and aligns one photo with the first detector that finds a face.
 
     Raises:
-        PhotoError: The file is missing or not an image, or no face scores at least
-            ``facekd.align.aligner.MIN_SCORE``.
+        PhotoError: The file is missing or not an image, or no detector finds a face
+            scoring at least its ``min_score``.
     """
-    from facekd.align.aligner import MIN_SCORE
-    from facekd.align.detector import select_central_face
-    from facekd.align.template import get_template, warp_to_template
-    from facekd.data.image_io import UnreadableImage, read_rgb
-
     path = Path(path)
     if not path.is_file():
         raise PhotoError(path, "no such file")
@@ -59,12 +97,16 @@ def align_photo(path: Path | str, detector, template: str) -> PhotoFace:
         raise PhotoError(path, f"unreadable ({exc})") from None
     except OSError as exc:
         raise PhotoError(path, f"cannot read file ({exc.strerror or exc})") from None
-    faces = [d for d in detector.detect(image) if d.score >= MIN_SCORE]
-    if not faces:
-        raise PhotoError(path, "no face found")
-    face = select_central_face(faces, *image.shape[:2])
-    crop = warp_to_template(image, face.landmarks, get_template(template))
-    return PhotoFace(photo=str(path), crop=crop, faces=len(faces), score=float(face.score))
+    for name in detectors.names:
+        detector = detectors.get(name)
+        faces = detector.faces(image)
+        if faces:
+            face = select_central_face(faces, *image.shape[:2])
+            crop = warp_to_template(image, face.landmarks, get_template(template))
+            return PhotoFace(
+                photo=str(path), crop=crop, faces=len(faces), score=float(face.score), detector=detector.name
+            )
+    raise PhotoError(path, f"no face found (tried {', '.join(detectors.names)})")
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -84,6 +126,7 @@ class Verification:
     threshold: float
     same: bool
     faces: tuple[int, int]
+    detectors: tuple[str, str]  # which detector found each photo's face
 
     def to_dict(self) -> dict:
         return {
@@ -91,6 +134,7 @@ class Verification:
             "threshold": self.threshold,
             "same": self.same,
             "faces": list(self.faces),
+            "detectors": list(self.detectors),
         }
 
 
@@ -108,4 +152,7 @@ def verify_photos(embedder, a: PhotoFace, b: PhotoFace, threshold: float) -> Ver
     """Cosine similarity of the two faces and the decision ``similarity >= threshold``."""
     emb = embed_faces(embedder, [a, b])
     sim = float(np.dot(emb[0], emb[1]))
-    return Verification(similarity=sim, threshold=float(threshold), same=sim >= threshold, faces=(a.faces, b.faces))
+    return Verification(
+        similarity=sim, threshold=float(threshold), same=sim >= threshold, faces=(a.faces, b.faces),
+        detectors=(a.detector, b.detector),
+    )
