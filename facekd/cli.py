@@ -76,6 +76,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     lfw.add_argument("--batch-size", type=int, help="images per batch (default: what suits the device)")
     lfw.add_argument("--json", type=Path, dest="json_out", help="write the results here")
     lfw.add_argument("--plot", type=Path, help="write a ROC plot (PNG) here")
+    lfw.add_argument("--exit", type=int, dest="exit_k", help="multi-exit model: answer with exit K (1 = earliest)")
     lfw.set_defaults(func=_run_eval_lfw)
 
 
@@ -101,9 +102,14 @@ def format_result(label: str, ev) -> str:
 def _run_eval_lfw(args: argparse.Namespace) -> int:
     from facekd.evaluate import evaluate_pairs
     from facekd.io_utils import atomic_write_json
-    from facekd.models.hub import load_embedder
+    from facekd.models.exits import select_exit
+    from facekd.models.hub import resolve
 
-    embedder = load_embedder(args.model, args.weights, device=args.device)
+    resolved = resolve(args.model, args.weights)
+    if args.exit_k is not None:
+        select_exit(resolved.require_backbone("--exit"), args.exit_k)
+        resolved.name += f" exit {args.exit_k}"
+    embedder = resolved.embedder(args.device)
     data = _lfw_data(args.data)
     ev = evaluate_pairs(
         embedder,
@@ -257,9 +263,9 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add
 
 def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Core commands here; training and deployment commands live in their own modules."""
-    from facekd import cli_deploy, cli_train
+    from facekd import cli_compress, cli_deploy, cli_train
 
-    return [*_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS]
+    return [*_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

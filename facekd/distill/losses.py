@@ -257,6 +257,27 @@ class LabelSmoothing(_Term):
         return -(q * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
+@DISTILL_LOSSES.register("exit_kl")
+class ExitKL(_Term):
+    """Distillation between the exits of a multi-exit network (Phuong & Lampert, ICCV
+    2019): an earlier exit (the student) learns the soft outputs of a later exit (the
+    teacher, detached: a constant for this term),
+    ``τ²·KL(p_T^τ ‖ p_S^τ) = τ²·Σ_c p_T^τ(c)·(log p_T^τ(c) − log p_S^τ(c))`` with
+    ``p^τ = softmax(z/τ)``. The multi-exit objective (:mod:`facekd.multiexit`) pairs
+    every exit with each later one and raises τ during training."""
+
+    name, needs = "exit_kl", frozenset({"student_logits", "teacher_logits"})
+
+    def __init__(self, weight: float = 1.0, tau: float = 1.0) -> None:
+        super().__init__(weight)
+        self.tau = tau
+
+    def per_sample(self, student, teacher, target):
+        log_t = F.log_softmax(teacher.logits.detach().float() / self.tau, dim=1)
+        log_s = F.log_softmax(student.logits.float() / self.tau, dim=1)
+        return (log_t.exp() * (log_t - log_s)).sum(dim=1) * self.tau * self.tau
+
+
 def needs_teacher(terms: list[nn.Module]) -> bool:
     """Whether any term reads the teacher's outputs."""
     return any(t.follows_teacher for t in terms)

@@ -1,0 +1,188 @@
+"""Multi-exit embedders: exits attached by configuration match the backbone at the last
+exit, a cut graph computes what the full pass does, the inter-exit KL term against a
+hand computation, the objective's weighting, a training run, ONNX and the budget mode."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facekd.distill.losses import DISTILL_LOSSES, Outputs
+from facekd.errors import FacekdError
+from facekd.models import build_backbone
+from facekd.models.exits import MultiExit, select_exit
+
+# A thin FaceResNet (widths 4, 8, 16, 32) keeps these tests to seconds.
+TINY = {"base": 2, "units": [1, 1, 2, 1]}
+POINTS = [{"at": "features.4"}, {"at": "features.8"}]
+
+
+def _model(name: str = "resnet37_c10", args: dict | None = None, points=POINTS) -> MultiExit:
+    torch.manual_seed(0)
+    return MultiExit(build_backbone(name, **(TINY if args is None else args)), points)
+
+
+@pytest.mark.parametrize("name,points", [("resnet37_c10", POINTS), ("student5", [{"at": "features.7"}, {"at": "features.11"}])])
+def test_last_exit_is_the_backbone_and_cut_graphs_match_the_full_pass(name, points):
+    args = TINY if name == "resnet37_c10" else {"widths": [4, 8, 8, 16, 16], "embedding_dim": 32}
+    m = _model(name, args, points).eval()
+    x = torch.randn(3, 3, 112, 96)
+    with torch.no_grad():
+        outs = m.forward_all(x)
+        full = m.net(x)
+        assert len(outs) == m.num_exits == 3
+        torch.testing.assert_close(outs[-1], full, rtol=0, atol=0)
+        torch.testing.assert_close(m(x), full, rtol=0, atol=0)  # default: the last exit
+        for k in (1, 2):
+            torch.testing.assert_close(select_exit(m, k)(x), outs[k - 1], rtol=1e-6, atol=1e-6)
+    assert all(o.shape == full.shape for o in outs)
+
+
+def test_an_early_exit_computes_less_and_trains_its_head():
+    from facekd.models.profile import count_macs
+
+    m = _model()
+    macs = [count_macs(select_exit(m, k), (112, 96)) for k in (1, 2, 3)]
+    assert macs[0] < macs[1] < macs[2] == count_macs(m.net, (112, 96))
+    select_exit(m, 1)
+    m.train()(torch.randn(2, 3, 112, 96)).square().sum().backward()
+    assert all(p.grad is not None for p in m.heads[0].parameters())
+    assert all(p.grad is None for p in m.net.features[8].parameters())  # after the exit: not run
+
+
+def test_checkpoint_rebuilds_the_exits_and_bad_points_are_named(tmp_path):
+    from facekd.models.hub import resolve
+    from facekd.train.checkpoint import model_checkpoint, save_checkpoint
+
+    m = _model().eval()
+    path = tmp_path / "me.pt"
+    save_checkpoint(path, model_checkpoint(m, "resnet37_c10", TINY))
+    again = resolve(path).backbone
+    assert isinstance(again, MultiExit) and again.points == m.points
+    x = torch.randn(2, 3, 112, 96)
+    with torch.no_grad():
+        for a, b in zip(again.forward_all(x), m.forward_all(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(FacekdError, match="exit at .*features.99.*not a node"):
+        _model(points=[{"at": "features.99"}])
+    with pytest.raises(FacekdError, match="exits 1..3"):
+        select_exit(m, 4)
+    with pytest.raises(FacekdError, match="has no early exits"):
+        select_exit(build_backbone("student5"), 1)
+
+
+def test_exit_kl_matches_a_hand_computed_value():
+    """τ²·Σ_c p_T(c)·log(p_T(c)/p_S(c)) with p = softmax(z/τ), by hand for two samples."""
+    zs = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], requires_grad=True)
+    zt = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    tau = 2.0
+
+    def softmax(row):
+        e = [math.exp(v / tau) for v in row]
+        return [v / sum(e) for v in e]
+
+    per = []
+    for s, t in zip(zs.tolist(), zt.tolist()):
+        ps, pt = softmax(s), softmax(t)
+        per.append(tau * tau * sum(a * math.log(a / b) for a, b in zip(pt, ps)))
+    term = DISTILL_LOSSES.build("exit_kl", weight=0.5, tau=tau)
+    got = term(Outputs(torch.zeros(2, 1), zs), Outputs(torch.zeros(2, 1), zt), torch.tensor([0, 1]))["exit_kl"]
+    assert got.item() == pytest.approx(0.5 * sum(per) / 2, rel=1e-6)
+    got.backward()
+    assert zs.grad is not None and zt.grad is None  # the later exit is a constant teacher
+
+
+def _objective(tau=(1.0, 4.0), total=10):
+    from facekd.heads import build_head
+    from facekd.multiexit.objective import MultiExitObjective
+
+    m = _model()
+    heads = [build_head("softmax", 512, 3) for _ in range(3)]
+    terms = [DISTILL_LOSSES.build("hard")]
+    return MultiExitObjective(m, heads, terms, DISTILL_LOSSES.build("exit_kl", tau=tau[0]), tau, total)
+
+
+def test_objective_distils_each_exit_from_every_later_one():
+    """(1/M)·mean over later exits t of exit_kl(m <- t), M = 3 exits; τ rises per step."""
+    obj = _objective().train()
+    x, y = torch.randn(4, 3, 112, 96), torch.tensor([0, 1, 2, 0])
+    terms = obj(x, y)
+    assert set(terms) == {"exit1_hard", "exit2_hard", "exit3_hard", "exit1_exit_kl", "exit2_exit_kl", "info_tau"}
+    assert terms["info_tau"].item() == pytest.approx(1.0)
+    with torch.no_grad():
+        outs = obj.exit_outputs(obj.backbone.forward_all(x), y)
+    kl = DISTILL_LOSSES.build("exit_kl", tau=1.0)
+    pair = lambda s, t: kl(outs[s], outs[t], y)["exit_kl"].item()  # noqa: E731
+    assert terms["exit1_exit_kl"].item() == pytest.approx((pair(0, 1) + pair(0, 2)) / 2 / 3, rel=1e-4)
+    assert terms["exit2_exit_kl"].item() == pytest.approx(pair(1, 2) / 3, rel=1e-4)
+    # The distillation reaches the earlier exits only: the last head gets no gradient from it.
+    obj.zero_grad()
+    (terms["exit1_exit_kl"] + terms["exit2_exit_kl"]).backward()
+    assert all(p.grad is None or not p.grad.any() for p in obj.heads[2].parameters())
+    assert any(p.grad is not None and p.grad.any() for p in obj.heads[0].parameters())
+    for _ in range(4):
+        obj(x, y)
+    assert obj.temperature() == pytest.approx(1.0 + 3.0 * 5 / 10)
+    assert "steps_done" in dict(obj.named_buffers())  # saved with the run: τ resumes
+
+
+def test_multiexit_training_run_writes_a_loadable_checkpoint(tmp_path):
+    from test_distill_run import _synthetic_pack
+
+    from facekd.config import from_dict
+    from facekd.models.hub import resolve
+    from facekd.multiexit.config import MultiExitConfig
+    from facekd.multiexit.objective import make_multiexit_objective
+    from facekd.train.loop import fit
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    cfg = from_dict(MultiExitConfig, {
+        "model": {"backbone": "resnet37_c10", "backbone_args": TINY, "head": "softmax"},
+        "exits": {"points": POINTS, "kl_weight": 1.0, "tau_start": 1.0, "tau_end": 3.0},
+        "data": {"train": [str(tmp_path / "p.fkpack")], "workers": 1, "loader": "workers",
+                 "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0}},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
+                  "channels_last": False, "compile": False},
+        "eval": {"every": 0},
+    })
+    fit(cfg, tmp_path / "run", say=lambda s: None, make_objective=make_multiexit_objective)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"exit1_hard", "exit3_hard", "exit1_exit_kl", "exit2_exit_kl"} <= set(log[-1])
+    model = resolve(tmp_path / "run" / "checkpoints" / "last.pt").backbone
+    assert isinstance(model, MultiExit) and model.num_exits == 3
+
+
+def test_all_exits_onnx_and_the_budget_mode(tmp_path):
+    import onnxruntime as ort
+
+    from facekd.cli import main
+    from facekd.multiexit.deploy import ExitCost, budget_exit, costs_to_json, export_all_exits
+    from facekd.train.checkpoint import model_checkpoint, save_checkpoint
+
+    m = _model().eval()
+    report = export_all_exits(m, tmp_path / "all.onnx")
+    assert report["outputs"] == ["embedding", "exit1", "exit2"] and min(report["min_cosine"].values()) >= 0.9999
+    sess = ort.InferenceSession(str(tmp_path / "all.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 112, 96)).astype(np.float32)
+    full, e1, e2 = sess.run(None, {"input": x})
+    with torch.no_grad():
+        ref = [torch.nn.functional.normalize(o, dim=1).numpy() for o in m.forward_all(torch.from_numpy(x))]
+    np.testing.assert_allclose(full, ref[2], atol=1e-4)
+    np.testing.assert_allclose(e1, ref[0], atol=1e-4)
+
+    costs = [ExitCost(1, 10, 100, 2.0, 1.9, 2.2), ExitCost(2, 20, 200, 3.5, 3.4, 3.9), ExitCost(3, 30, 300, 6.0, 5.8, 6.5)]
+    assert budget_exit(costs, 4.0).exit == 2 and budget_exit(costs, 100).exit == 3
+    with pytest.raises(FacekdError, match="no exit fits 1 ms.*exit 1, takes 2.00 ms"):
+        budget_exit(costs, 1.0)
+    # The CLI: with figures from a file, the budget picks exit 2, exported as a plain embedder.
+    ckpt, figures = tmp_path / "me.pt", tmp_path / "costs.json"
+    save_checkpoint(ckpt, model_checkpoint(m, "resnet37_c10", TINY))
+    figures.write_text(json.dumps(costs_to_json(costs)))
+    assert main(["exits", str(ckpt), "--onnx", str(tmp_path / "b.onnx"), "--budget-ms", "4", "--costs", str(figures)]) == 0
+    out = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(out, ref[1], atol=1e-4)
