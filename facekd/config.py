@@ -14,6 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from facekd.errors import FacekdError
 
 T = TypeVar("T")
@@ -107,8 +109,6 @@ def to_dict(cfg: Any) -> Any:
 
 def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
     """Applies ``a.b=value`` strings to a nested dict (values parsed as YAML)."""
-    import yaml
-
     for item in overrides:
         if "=" not in item:
             raise FacekdError(f"{source} {item!r}: expected key=value, e.g. optim.lr=0.05")
@@ -132,8 +132,6 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
 
 def read_yaml(path: Path | str) -> dict:
     """A YAML mapping from ``path`` (``safe_load``: no code, no custom tags)."""
-    import yaml
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+import torch
 
 from facekd.align.template import Template, adapt_crop, get_template, template_for_size
 from facekd.deploy.metadata import PREPROCESSING_META_KEY
@@ -65,10 +68,6 @@ def optimize_for_cpu(model, input_size: tuple[int, int]):
     On the 2-core development machine this made MobileFaceNet 1.5x faster than eager
     mode (190 vs 130 images/s at batch 16). A model that cannot be scripted stays eager.
     """
-    import warnings
-
-    import torch
-
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # TorchScript is deprecated in favour of torch.compile, whose compile time on
@@ -92,8 +91,6 @@ class TorchEmbedder:
     """
 
     def __init__(self, model, pre: Preprocessing, name: str, device: str | None = None, optimize: bool = True) -> None:
-        import torch
-
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.pre = pre
@@ -108,8 +105,6 @@ class TorchEmbedder:
 
     @contextlib.contextmanager
     def session(self):
-        import torch
-
         before = torch.get_num_threads()
         if self.concurrency > 1:
             torch.set_num_threads(1)
@@ -119,8 +114,6 @@ class TorchEmbedder:
             torch.set_num_threads(before)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
         with torch.inference_mode():
             x = torch.from_numpy(to_input(batch, self.pre)).to(self.device)
             return self.model(x).float().cpu().numpy()
@@ -182,8 +175,6 @@ def embed_images(
         batch_size: Images per batch; default: the embedder's preferred forward-pass
             size, halved with ``flip`` (each image also brings its mirror).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     if count == 0:
         raise FacekdError("no images to embed")
     bs = batch_size or max(1, embedder.batch_size // (2 if flip else 1))

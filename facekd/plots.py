@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from facekd.io_utils import atomic_write_bytes
 from facekd.verification import VerificationResult
 
 
@@ -34,11 +36,7 @@ def plot_roc(results: dict[str, VerificationResult], path: Path | str, title: st
 
 def save_figure(fig, path: Path | str) -> Path:
     """Writes a matplotlib figure as PNG, atomically, and closes it."""
-    import io
-
     import matplotlib.pyplot as plt
-
-    from facekd.io_utils import atomic_write_bytes
 
     fig.tight_layout()
     buf = io.BytesIO()

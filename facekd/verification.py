@@ -5,6 +5,7 @@ Pure functions: arrays in, a dataclass out, no printing.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,8 +60,6 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     Candidates are the observed scores (from scikit-learn's ROC); the chosen one is moved
     halfway to the next lower score, so the decision boundary sits between pairs.
     """
-    import warnings
-
     from sklearn.exceptions import UndefinedMetricWarning
 
     issame = np.asarray(issame, dtype=bool)

@@ -22,6 +22,10 @@ from typing import Iterable
 
 import numpy as np
 
+from facekd.align.template import template_for_size
+from facekd.data.identity import scan_identities
+from facekd.data.image_io import UnreadableImage, decode_rgb, encode_jpeg
+from facekd.data.lfw import check_images, parse_pairs
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_open
 
@@ -131,8 +135,6 @@ class Pack:
 
     def image(self, i: int) -> np.ndarray:
         """Item ``i`` decoded to HxWx3 uint8 RGB."""
-        from facekd.data.image_io import UnreadableImage, decode_rgb
-
         try:
             return decode_rgb(self.raw(i))
         except UnreadableImage as exc:
@@ -157,11 +159,6 @@ def build_pack(
         quality: JPEG quality to re-encode at (smaller packs); None keeps the bytes.
         pairs_only: For LFW, keep only the images named in pairs.txt.
     """
-    from facekd.align.template import template_for_size
-    from facekd.data.identity import scan_identities
-    from facekd.data.image_io import UnreadableImage, decode_rgb, encode_jpeg
-    from facekd.data.lfw import check_images, parse_pairs
-
     roots = [Path(r) for r in roots]
     meta: dict = {"sources": [str(r) for r in roots]}
     samples, identities = scan_identities(roots)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from onnx import NodeProto, helper, numpy_helper
 
 # Names of the nodes a decomposed PReLU becomes start with this (quantize.py keeps them FP32).
 PRELU_PREFIX = "facekd_prelu/"
@@ -24,8 +25,6 @@ GraphRewrite = Callable[["onnx.ModelProto"], int]  # noqa: F821 - returns nodes 
 
 def _replace_nodes(model, nodes: list) -> None:
     """Sets the graph's node list (copies first: protobuf detaches deleted messages)."""
-    from onnx import NodeProto
-
     copies = []
     for node in nodes:
         c = NodeProto()
@@ -58,8 +57,6 @@ def pool_before_prelu(model) -> int:
     Returns:
         The number of pairs swapped.
     """
-    from onnx import numpy_helper
-
     inits = _initializers(model)
     consumers = _consumers(model)
     graph_outputs = {o.name for o in model.graph.output}
@@ -89,8 +86,6 @@ def decompose_prelu(model) -> int:
     Returns:
         The number of PReLUs rewritten.
     """
-    from onnx import helper, numpy_helper
-
     inits = _initializers(model)
     zero = "facekd_zero"
     nodes, done, shifted = [], 0, {}

@@ -4,17 +4,24 @@ disk), and a classifier over the student's identities when the teacher has none.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from facekd.embed import TorchEmbedder
+from facekd.align.template import adapt_crop, get_template
+from facekd.embed import TorchEmbedder, embed_images
 from facekd.errors import FacekdError
+from facekd.heads import build_head
+from facekd.io_utils import atomic_open
 from facekd.models.hub import resolve
+from facekd.paths import cache_dir
 
 Progress = Callable[[int, int], None]
 CACHE_VERSION = 1
@@ -73,10 +80,6 @@ def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
 def crop_adapter(have: str, want: str, pad_value: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(batch)`` turning (N, C, H, W) crops aligned to ``have`` into ``want``'s (112x112
     and 112x96 differ by 8 columns on each side); ``pad_value`` fills new columns."""
-    import numpy as np
-
-    from facekd.align.template import adapt_crop, get_template
-
     if have == want:
         return lambda x: x
     h, w = get_template(have), get_template(want)
@@ -111,10 +114,6 @@ def teacher_embeddings(teacher: Teacher, data, progress: Progress | None = None,
     Computed once per (teacher weights, training crops, preprocessing) and kept under
     the cache (``$FACEKD_CACHE/teacher_outputs``); every run that can use them reuses them.
     """
-    from facekd.embed import embed_images
-    from facekd.io_utils import atomic_open
-    from facekd.paths import cache_dir
-
     key = hashlib.sha256(
         json.dumps(
             {"v": CACHE_VERSION, "teacher": teacher.key, "data": data_fingerprint(data),
@@ -131,12 +130,10 @@ def teacher_embeddings(teacher: Teacher, data, progress: Progress | None = None,
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
             pass
     say(f"teacher outputs: embedding {len(data)} crops with {teacher.name} (once; cached at {path})")
-    from facekd.align.template import adapt_crop, get_template
 
     have, want = get_template(data.template), get_template(teacher.template)
     emb = embed_images(teacher.embedder, lambda i: adapt_crop(data.image(i), have, want), len(data), progress=progress)
     out = torch.from_numpy(emb).to(torch.float16)
-    import io
 
     buf = io.BytesIO()
     torch.save({"embeddings": out, "teacher": teacher.name, "crops": len(data)}, buf)
@@ -157,10 +154,6 @@ def fit_classifier(
     Returns:
         (frozen head, top-1 accuracy on the training crops in %)
     """
-    import torch.nn.functional as F
-
-    from facekd.heads import build_head
-
     gen = torch.Generator().manual_seed(seed)
     x = embeddings.float().to(device)
     y = labels.to(device)

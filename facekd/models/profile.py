@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from facekd.models.base import BACKBONES, backbone_cfg, build_backbone
 
 
 def count_params(model: nn.Module) -> int:
@@ -12,8 +15,6 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
     """Multiply-accumulates of one forward pass on one image (torch's FLOP counter / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()
     try:
@@ -26,8 +27,6 @@ def count_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
 
 def summarize(name: str) -> dict:
     """One row of ``facekd models``: name, params, MACs, input size, embedding size, template."""
-    from facekd.models.base import BACKBONES, backbone_cfg, build_backbone
-
     cfg = backbone_cfg(name)
     model = build_backbone(name)
     return {
