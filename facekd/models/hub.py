@@ -88,6 +88,8 @@ def resolve(
     if spec in MODEL_SOURCES:
         return MODEL_SOURCES.get(spec)(weights=weights, allow_download=allow_download)
     if spec not in BACKBONES:
+        if path.suffix.lower() == ".onnx":
+            raise FacekdError(f"{spec}: ONNX model not found")
         if path.suffix or "/" in spec:
             raise FacekdError(f"{spec}: no such file")
         known = ", ".join(BACKBONES.names() + MODEL_SOURCES.names())
