@@ -13,9 +13,10 @@ class PruneCfg:
     """What to prune and how.
 
     Attributes:
-        source: The trained model (a facekd checkpoint). Its ``model`` section (backbone,
-            arguments, head) replaces the config's, and it teaches the recovery unless
-            ``teacher.model`` names another teacher.
+        source: The trained model: a facekd checkpoint (its ``model`` section -- backbone,
+            arguments, head -- replaces the config's), or a registered backbone name with
+            ``weights``. It teaches the recovery unless ``teacher.model`` names another.
+        weights: For a registered name: a weights file or weights-manifest name.
         importance: A name in ``facekd.prune.importance.IMPORTANCES``: taylor, l1, random.
         ratio: Fraction of the filters removed in the end (per layer, or of all layers
             together with ``global_pruning``).
@@ -27,10 +28,12 @@ class PruneCfg:
         round_to: Keep channel counts multiples of this.
         importance_batches: Training batches (of ``train.batch_size``) the taylor
             criterion averages over; its loss is the source checkpoint's classifier
-            head on the labels.
+            head on the labels (a source without one gets a classifier fitted on its
+            frozen embeddings, as a distillation teacher does).
     """
 
     source: str = ""
+    weights: str | None = None
     importance: str = "taylor"
     ratio: float = 0.5
     steps: int = 1

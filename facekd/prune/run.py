@@ -25,6 +25,7 @@ from torch import nn
 
 from facekd.config import from_dict, to_dict
 from facekd.distill.objective import make_distill_objective
+from facekd.distill.teacher import fit_classifier, load_teacher, teacher_embeddings
 from facekd.embed import Preprocessing, to_input
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_json
@@ -81,6 +82,7 @@ class PruneResult:
     source_macs: int
     source_lfw: float | None
     steps: list[StepRow] = field(default_factory=list)
+    source_weights: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,24 +102,49 @@ def read_result(run_dir: Path | str) -> PruneResult:
     return PruneResult.from_dict(json.loads(path.read_text()))
 
 
-def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, dict]:
+def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, nn.Module, dict | None]:
     """The config with the source's ``model`` section and, unless set, the source as
-    teacher; and the source checkpoint."""
+    teacher; the source model; its checkpoint (None for published weights)."""
     p = cfg.prune
     if not p.source:
-        raise FacekdError("prune.source: name the trained model to prune (a facekd checkpoint)")
+        raise FacekdError("prune.source: name the trained model to prune (a facekd checkpoint, or a backbone + weights)")
     IMPORTANCES.get(p.importance)
     if not 0 < p.ratio < 1 or p.steps < 1:
         raise FacekdError(f"prune.ratio must lie in (0, 1) and prune.steps be >= 1 (got {p.ratio}, {p.steps})")
-    src = resolve(p.source)
-    if src.checkpoint is None:
-        raise FacekdError(f"prune.source {p.source}: needs a facekd checkpoint (it holds the model section to rebuild)")
+    src = resolve(p.source, p.weights)
+    net = src.require_backbone("pruning")
     ckpt = src.checkpoint
-    check_supported(ckpt["backbone"])
-    model = dict(ckpt.get("config", {}).get("model", {}))
-    model.update(backbone=ckpt["backbone"], backbone_args=dict(ckpt.get("backbone_args", {})))
-    teacher = cfg.teacher if cfg.teacher.model or cfg.teacher.members else dataclasses.replace(cfg.teacher, model=p.source)
-    return dataclasses.replace(cfg, model=from_dict(ModelCfg, model, f"{p.source}: model"), teacher=teacher), ckpt
+    name = ckpt["backbone"] if ckpt is not None else net.cfg.name
+    check_supported(name)
+    if ckpt is not None:
+        model = dict(ckpt.get("config", {}).get("model", {}))
+        model.update(backbone=name, backbone_args=dict(ckpt.get("backbone_args", {})))
+    else:
+        model = {**to_dict(cfg.model), "backbone": name, "backbone_args": {}}
+    teacher = cfg.teacher
+    if not (cfg.teacher.model or cfg.teacher.members):
+        teacher = dataclasses.replace(cfg.teacher, model=p.source, weights=p.weights)
+    cfg = dataclasses.replace(cfg, model=from_dict(ModelCfg, model, f"{p.source}: model"), teacher=teacher)
+    return cfg, net.train(), ckpt
+
+
+def _source_head(cfg: PruneConfig, ckpt: dict | None, data, dim: int, device: torch.device, say) -> nn.Module | None:
+    """The source's classifier over the training identities: its checkpoint's, or one
+    fitted on its frozen embeddings (only when the importance needs a loss)."""
+    if ckpt is not None:
+        head = head_from_checkpoint(ckpt, data.identities, dim)
+        if head is not None:
+            return head
+    if not IMPORTANCES.build(cfg.prune.importance).needs_loss:
+        return None
+    teacher = load_teacher(dataclasses.replace(cfg.teacher, model=cfg.prune.source, weights=cfg.prune.weights),
+                           data.identities, device)
+    emb = teacher_embeddings(teacher, data, say=say)
+    head, acc = fit_classifier(emb, torch.from_numpy(data.labels), cfg.model.head, dict(cfg.model.head_args),
+                               cfg.teacher.classifier_epochs, device, seed=cfg.train.seed)
+    say(f"prune: fitted a {cfg.model.head} classifier on the source's frozen embeddings for the taylor loss "
+        f"({len(data.identities)} identities, {acc:.1f}% top-1 on the training crops)")
+    return head
 
 
 def _importance_batches(cfg: PruneConfig, data, pre: Preprocessing, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -163,24 +190,17 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
     run_dir = Path(run_dir)
     if (run_dir / RESULT).is_file() and not resume:
         raise FacekdError(f"{run_dir}: already holds a pruning run; pass --resume to continue it, or choose another --out")
-    cfg, src_ckpt = resolve_config(cfg)
+    cfg, source, src_ckpt = resolve_config(cfg)
     p = cfg.prune
     device = torch.device(cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    source = backbone_from_checkpoint(src_ckpt, p.source)
     size = tuple(source.cfg.input_size)
     data = build_train_set(cfg.data, source.cfg.template)
-    head = head_from_checkpoint(src_ckpt, data.identities, source.cfg.embedding_dim)
-    if IMPORTANCES.build(p.importance).needs_loss and head is None:
-        raise FacekdError(
-            f"importance {p.importance} ranks filters by the gradient of the classification loss, and "
-            f"{p.source} holds no classifier over these {len(data.identities)} training identities; use l1, "
-            "or a source trained on this data"
-        )
+    head = _source_head(cfg, src_ckpt, data, source.cfg.embedding_dim, device, say)
     if resume and (run_dir / RESULT).is_file():
         result = read_result(run_dir)
     else:
         result = PruneResult(p.source, p.importance, p.ratio, p.global_pruning, count_params(source),
-                             count_macs(source, size), _lfw(source, cfg, device))
+                             count_macs(source, size), _lfw(source, cfg, device), source_weights=p.weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     say(f"prune {p.source}: {cfg.model.backbone}, {result.source_params / 1e6:.2f} M params, "
         f"{result.source_macs / 1e6:.1f} MMAC" + (f", LFW {result.source_lfw:.2f} %" if result.source_lfw else "")
