@@ -174,7 +174,7 @@ def test_throughput_bench_runs_on_cpu_at_a_tiny_size(train_crops, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "eval/bench_train_throughput.py"), "--pack", str(pack), "--backbones", "student5",
-         "--batch", "16", "--device", "cpu", "--warmup", "1", "--rounds", "2", "--steps", "1", "--workers", "1",
+         "--batch", "16", "--epochs", "1", "--device", "cpu", "--warmup", "1", "--rounds", "2", "--steps", "1", "--workers", "1",
          "--loaders", "device-cache", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )

@@ -55,8 +55,10 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_bf16_on_cuda():
     plan = plan_speed(cfg, _Tiny(), torch.device("cpu"), (12, 10), 3, total_steps=1000, cpu=_cpu(False))
     assert plan.precision == "fp32" and not plan.probe  # one candidate left: nothing to time
     assert "no native bf16" in plan.describe()
-    cuda = plan_speed(TrainCfg(), _Tiny(), torch.device("cuda"), (12, 10), 3, total_steps=1000)
-    assert (cuda.precision, cuda.channels_last, cuda.compile) == ("bf16", True, False)
+    cuda = plan_speed(TrainCfg(), _Tiny(), torch.device("cuda"), (12, 10), 3, total_steps=999)
+    assert (cuda.precision, cuda.channels_last, cuda.compile) == ("bf16", True, False)  # a short run
+    long_run = plan_speed(TrainCfg(), _Tiny(), torch.device("cuda"), (12, 10), 3, total_steps=2240)
+    assert long_run.compile
 
 
 def test_the_probe_times_every_candidate_and_keeps_the_fastest(monkeypatch):
@@ -70,10 +72,10 @@ def test_the_probe_times_every_candidate_and_keeps_the_fastest(monkeypatch):
         return seconds[(precision, channels_last)]
 
     monkeypatch.setattr(speed, "time_step", fake)
-    cfg = TrainCfg(batch_size=32, compile=False)
+    cfg = TrainCfg(batch_size=16, compile=False)
     plan = plan_speed(cfg, _Tiny(), torch.device("cpu"), (12, 10), 3, total_steps=1000, cpu=_cpu(True))
     assert (plan.precision, plan.channels_last) == ("bf16", True)
-    assert len(calls) == 4 and all(c[2] == (32, 3, 12, 10) for c in calls)  # probe batch: min(64, batch)
+    assert len(calls) == 4 and all(c[2] == (16, 3, 12, 10) for c in calls)  # probe batch: min(32, batch)
     # Where emulated bf16 would be the only bf16 (no native support), it is never timed.
     calls.clear()
     plan = plan_speed(cfg, _Tiny(), torch.device("cpu"), (12, 10), 3, total_steps=1000, cpu=_cpu(False))
@@ -82,6 +84,19 @@ def test_the_probe_times_every_candidate_and_keeps_the_fastest(monkeypatch):
     calls.clear()
     plan = plan_speed(cfg, _Tiny(), torch.device("cpu"), (12, 10), 3, total_steps=20, cpu=_cpu(True))
     assert (plan.precision, plan.channels_last) == ("fp32", False) and not calls
+
+
+def test_compile_auto_on_the_cpu_weighs_the_timed_step_against_the_compile_time(monkeypatch):
+    import facekd.train.speed as speed
+
+    monkeypatch.setattr(speed, "time_step", lambda *a, **k: 0.5)  # 0.5 s per probe step of 16
+    cfg = TrainCfg(batch_size=64, channels_last="auto", compile="auto")
+    policy = CompilePolicy(seconds=60.0, gain=0.5, payback=2.0)  # pays from 240 s of eager run
+    # A step of 64 takes 4 x 0.5 = 2 s: 119 steps are 238 s (off), 120 steps 240 s (on).
+    for steps, on in ((119, False), (120, True)):
+        plan = plan_speed(cfg, _Tiny(), torch.device("cpu"), (12, 10), 3, steps, cpu=_cpu(False),
+                          probe_batch=16, compile_policy=policy)
+        assert plan.compile is on, steps
 
 
 def test_fp16_on_the_cpu_is_refused():

@@ -3,7 +3,7 @@
 ``train.precision``, ``train.channels_last`` and ``train.compile`` may be ``auto``;
 :func:`plan_speed` resolves them for the device at hand and says why:
 
-- CUDA: bf16 autocast, channels_last; compile only when asked (as before).
+- CUDA: bf16 autocast, channels_last; compile for long runs (:data:`CUDA_COMPILE_STEPS`).
 - CPU: bf16 autocast only where the CPU computes bf16 natively (AVX512-BF16 or AMX on
   x86, the BF16 extension on Arm), and only if a few timed steps confirm it is faster;
   elsewhere fp32 (emulated bf16 on an AVX2 CPU is several times slower than fp32).
@@ -87,8 +87,13 @@ class CompilePolicy:
         return run_s * self.gain >= self.payback * self.seconds
 
 
-# student5, batch 128, fp32 (the dev CPU, docs/BENCHMARKS.md "CPU training path").
-CPU_COMPILE = CompilePolicy(seconds=60.0, gain=0.0)
+# student5 + 5,461-way CosFace, batch 128, fp32 channels_last on the dev CPU (AMD EPYC,
+# 2 cores, AVX2): the first compiled step took 63 s against 7.2 s eager (56 s of compiling
+# with an empty inductor cache, about 25 s with a warm one), then steps took 3.5 s
+# instead of 7.2 s. So compiling pays from about a 4-minute eager run on. See
+# docs/BENCHMARKS.md, "CPU training path".
+CPU_COMPILE = CompilePolicy(seconds=60.0, gain=0.5)
+CUDA_COMPILE_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,7 @@ def time_step(objective: nn.Module, x: torch.Tensor, y: torch.Tensor, precision:
 
 
 def plan_speed(cfg, objective: nn.Module, device: torch.device, input_size: tuple[int, int], num_classes: int,
-               total_steps: int, cpu: CpuInfo | None = None, probe_batch: int = 64,
+               total_steps: int, cpu: CpuInfo | None = None, probe_batch: int = 32,
                compile_policy: CompilePolicy = CPU_COMPILE) -> SpeedPlan:
     """Resolves ``cfg`` (a :class:`~facekd.train.config.TrainCfg`) for ``device``.
 
@@ -148,9 +153,13 @@ def plan_speed(cfg, objective: nn.Module, device: torch.device, input_size: tupl
     if device.type == "cuda":
         precision = "bf16" if p == "auto" else p
         channels_last = True if cl == "auto" else bool(cl)
-        compiled = False if comp == "auto" else bool(comp)
+        # Not measured here (no GPU): compile, as the dev recipe did, for runs of
+        # CUDA_COMPILE_STEPS+ steps, where a minute of compiling is a small share.
+        compiled = total_steps >= CUDA_COMPILE_STEPS if comp == "auto" else bool(comp)
         if p == "auto":
             reasons.append("precision auto: bf16 on CUDA")
+        if comp == "auto":
+            reasons.append(f"compile auto: {'on' if compiled else 'off'} ({total_steps} steps)")
         return SpeedPlan(precision, channels_last, compiled, reasons)
 
     cpu = cpu or cpu_info()
