@@ -126,7 +126,8 @@ def test_yunet_crops_put_mtcnn_landmarks_on_the_template(lfw_dir, yunet_file):
         errs.append(np.linalg.norm(found - template.points, axis=1))
     errs = np.array(errs)
     print("MTCNN landmarks in YuNet-aligned faces, px from the template:", errs.round(2).tolist())
-    assert errs.mean() < 5.0 and errs.max() < 10.0, errs.round(2)
+    # measured: 3.3 px mean (one pass at 1x, no offset: 4.4 px)
+    assert errs.mean() < 4.0 and errs.max() < 10.0, errs.round(2)
 
 
 def test_photo_without_a_face(detector):

@@ -168,11 +168,28 @@ def _mtcnn(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
     return MtcnnDetector(device=device, min_face_size=min_face_size)
 
 
-# YuNet's landmarks sit, on the same faces, a little away from MTCNN's (the two were
-# trained on different annotations). This is the mean offset of MTCNN's landmarks from
-# YuNet's on LFW, in pixels of the 112x96 template frame fitted to YuNet's landmarks
-# (docs/BENCHMARKS.md, "YuNet detector"); ``YunetDetector(correct=True)`` adds it.
-YUNET_TO_MTCNN_OFFSET = np.zeros((5, 2))
+# YuNet's landmarks are steadiest when the face box is 60-90 px (on LFW, detecting at
+# 0.8x lands nearer MTCNN's landmarks than at 1x, and the mean of two scales nearer still):
+# faces larger than this are detected again with the face brought to these sizes, and
+# the landmarks of those passes are averaged (docs/BENCHMARKS.md, "YuNet detector").
+REFINE_FACE_PX = (66.0, 88.0)
+
+# What remains is a steady difference of convention (the two detectors were trained on
+# different annotations): MTCNN's landmarks sit, on the same faces, this far from refined
+# YuNet's, in pixels of the 112x96 template frame fitted to YuNet's (mean over 1,324 LFW
+# photos; mostly the mouth corners, which MTCNN puts ~2.5 px lower). Added by default, so
+# YuNet's crops are MTCNN-like crops for models trained on those.
+YUNET_TO_MTCNN_OFFSET = np.array(
+    [[1.380, 1.145], [0.197, 0.579], [1.085, 0.474], [0.728, 2.277], [0.794, 1.753]]
+)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 class YunetDetector(FaceDetector):
@@ -181,14 +198,18 @@ class YunetDetector(FaceDetector):
 
     Photos whose shorter side is below ``UPSCALE_BELOW`` are upscaled as for MTCNN; photos
     whose longer side exceeds ``max_side`` are downscaled first (speed; a face that fills
-    less than ``min_face_size`` pixels after that is not looked for).
+    less than ``min_face_size`` pixels after that is not looked for). Faces larger than
+    ``refine_face_px`` get their landmarks from detections with the photo scaled so the
+    largest face has those sizes (averaged); then ``offset`` is added.
 
     Args:
         model: The ONNX file; default: manifest entry ``yunet_2023mar`` (``$FACEKD_WEIGHTS``,
             the cache, else a verified download).
         min_face_size: Smallest face box side kept, in pixels of the (upscaled) image.
         max_side: Longer side photos are brought down to before detection.
-        correct: Move the landmarks by ``YUNET_TO_MTCNN_OFFSET`` (MTCNN-like crops).
+        refine_face_px: Face sizes the landmarks are taken at; () for one pass.
+        offset: (5, 2) landmark offset in the template frame (see ``correct_landmarks``);
+            None for none.
         threads: OpenCV threads (None: OpenCV's default, every core).
     """
 
@@ -204,7 +225,8 @@ class YunetDetector(FaceDetector):
         model: Path | str | None = None,
         min_face_size: int = 20,
         max_side: int = 960,
-        correct: bool = False,
+        refine_face_px: tuple[float, ...] = REFINE_FACE_PX,
+        offset: np.ndarray | None = YUNET_TO_MTCNN_OFFSET,
         threads: int | None = None,
     ) -> None:
         import cv2
@@ -224,7 +246,24 @@ class YunetDetector(FaceDetector):
         self._size: tuple[int, int] = (320, 320)
         self.min_face_size = min_face_size
         self.max_side = max_side
-        self.correct = correct
+        self.refine_face_px = tuple(refine_face_px)
+        self.offset = None if offset is None else np.asarray(offset, dtype=np.float64)
+
+    def _pass(self, bgr: np.ndarray, f: float) -> np.ndarray:
+        """Rows (x1, y1, x2, y2, 10 landmark coordinates, score) in ``bgr``'s coordinates,
+        detected on ``bgr`` scaled by ``f``."""
+        img = bgr if f == 1.0 else _resize(bgr, f)
+        size = (img.shape[1], img.shape[0])
+        if size != self._size:
+            self._det.setInputSize(size)
+            self._size = size
+        _, rows = self._det.detect(img)
+        if rows is None:
+            return np.zeros((0, 15))
+        rows = np.asarray(rows, dtype=np.float64).copy()
+        rows[:, 2:4] += rows[:, 0:2]  # x, y, w, h -> x1, y1, x2, y2
+        rows[:, :14] /= f
+        return rows
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an HxWx3 uint8 RGB image."""
@@ -233,24 +272,29 @@ class YunetDetector(FaceDetector):
         if max(h, w) * f > self.max_side:
             f = self.max_side / max(h, w)
         bgr = np.ascontiguousarray(image[:, :, ::-1])
-        if f != 1.0:
-            bgr = _resize(bgr, f)
-        size = (bgr.shape[1], bgr.shape[0])
-        if size != self._size:
-            self._det.setInputSize(size)
-            self._size = size
-        _, rows = self._det.detect(bgr)
-        if rows is None:
+        rows = self._pass(bgr, f)
+        side = np.minimum(rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1]) * f
+        rows = rows[side >= self.min_face_size]
+        if len(rows) == 0:
             return []
+        landmarks = rows[:, 4:14].reshape(-1, 5, 2)
+        largest = float(np.max(np.maximum(rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1])))
+        refined = [self._pass(bgr, px / largest) for px in self.refine_face_px if px / largest < f]
+        if refined:
+            total, count = np.zeros_like(landmarks), np.zeros(len(rows))
+            for other in refined:
+                for i, r in enumerate(rows):
+                    ious = [_iou(r[:4], o[:4]) for o in other]
+                    if ious and max(ious) > 0.5:
+                        total[i] += other[int(np.argmax(ious)), 4:14].reshape(5, 2)
+                        count[i] += 1
+            found = count > 0
+            landmarks[found] = total[found] / count[found, None, None]
         out = []
-        for r in np.asarray(rows, dtype=np.float64):
-            x, y, bw, bh = r[:4]
-            if min(bw, bh) < self.min_face_size:
-                continue
-            lm = r[4:14].reshape(5, 2) / f
-            if self.correct:
-                lm = correct_landmarks(lm, YUNET_TO_MTCNN_OFFSET)
-            out.append(Detection(box=np.array([x, y, x + bw, y + bh]) / f, score=float(r[14]), landmarks=lm))
+        for r, lm in zip(rows, landmarks):
+            if self.offset is not None and np.any(self.offset):
+                lm = correct_landmarks(lm, self.offset)
+            out.append(Detection(box=r[:4].copy(), score=float(r[14]), landmarks=lm))
         return out
 
 
@@ -269,7 +313,7 @@ def correct_landmarks(landmarks: np.ndarray, offset: np.ndarray) -> np.ndarray:
 
 
 @DETECTORS.register("yunet")
-def _yunet(device: str = "cpu", min_face_size: int = 20, correct: bool = False) -> FaceDetector:
+def _yunet(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
     # OpenCV's wheel runs YuNet on the CPU (a few ms a photo); ``device`` is for MTCNN.
     del device
-    return YunetDetector(min_face_size=min_face_size, correct=correct)
+    return YunetDetector(min_face_size=min_face_size)
