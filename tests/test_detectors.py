@@ -79,13 +79,13 @@ def test_manifest_entry_matches_the_shared_file(yunet_file):
     assert resolve_weights("yunet_2023mar", allow_download=False) == yunet_file
 
 
-@pytest.mark.parametrize("name", ["112x96", "112x112"])
-def test_landmarks_land_on_the_template(lfw_dir, detector, name):
+def test_landmarks_land_on_the_template(lfw_dir, detector, name="112x96"):
     """Each detector's landmarks on real faces, sent through the fitted similarity, land on
     the template within a few pixels (five real points cannot fit exactly: the nose of a
     turned head moves). The warp is checked by finding the face again in the warped photo
     (the face at template scale with a margin, as detectors expect some context): the
-    landmarks are where the similarity sent them, within the detector's own noise."""
+    landmarks are where the similarity sent them, within the detector's own noise.
+    (Both templates' geometry: tests/test_align.py.)"""
     import cv2
 
     template = get_template(name)
