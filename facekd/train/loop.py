@@ -283,8 +283,6 @@ def fit(
         # Ranks must agree: a distributed run does not time the choices.
         todo = 0 if dist.enabled else steps * (cfg.train.epochs - (ckpt["epoch"] if ckpt is not None else 0))
         plan = plan_speed(cfg.train, plain, device, bcfg.input_size, len(data.identities), todo)
-        if plan.channels_last:
-            plain = plain.to(memory_format=torch.channels_last)
         optimizer = build_optimizer([plain], cfg.optim)
         schedule = build_schedule(optimizer, cfg.schedule, steps, cfg.train.epochs)
         scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
@@ -293,8 +291,7 @@ def fit(
         if ckpt is not None:
             start_epoch, step, metrics = restore_run(ckpt, cfg, plain, optimizer, schedule, scaler, say)
         objective: nn.Module = plain
-        if plan.compile:
-            apply_plan(plain, SpeedPlan(plan.precision, False, True))
+        apply_plan(plain, plan)  # in place: the optimizer's parameters stay the same tensors
         if dist.enabled:
             objective = nn.parallel.DistributedDataParallel(plain, device_ids=[device] if device.type == "cuda" else None)
 
