@@ -258,3 +258,38 @@ def test_ensemble_cosine_is_the_members_mean_cosine():
 def test_ensemble_members_must_agree_on_images():
     with pytest.raises(FacekdError, match="different numbers"):
         combine([np.ones((2, 3)), np.ones((3, 3))])
+
+
+# --- through facekd eval lfw -------------------------------------------------------------
+
+@needs_facenet
+@pytest.mark.slow
+def test_facekd_eval_lfw_takes_facenet_crops(lfw_dir, tmp_path):
+    """`facekd eval lfw --model facenet_casia` on a folder of its own 160x160 crops (two
+    folds of 15 + 15 real pairs, cut around deep-funneled LFW's central face)."""
+    import json
+
+    from facekd.cli import main
+    from facekd.data.image_io import read_rgb
+    from facekd.data.lfw import lfw_image
+
+    lines = (lfw_dir / "pairs.txt").read_text().splitlines()[1:]
+    chosen = [ln for f in range(2) for ln in lines[f * 600 : f * 600 + 15] + lines[f * 600 + 300 : f * 600 + 315]]
+    root = tmp_path / "lfw-facenet160"
+    root.mkdir()
+    (root / "pairs.txt").write_text("2\t15\n" + "\n".join(chosen) + "\n")
+    from PIL import Image
+
+    for ln in chosen:
+        p = ln.split()
+        rels = [lfw_image(p[0], int(p[1])), lfw_image(p[0], int(p[2]))] if len(p) == 3 else \
+               [lfw_image(p[0], int(p[1])), lfw_image(p[2], int(p[3]))]
+        for rel in rels:
+            (root / rel).parent.mkdir(exist_ok=True)
+            crop = box_crop(read_rgb(lfw_dir / rel), np.array([70.0, 60.0, 180.0, 195.0]), 32, 160)
+            Image.fromarray(crop).save(root / rel, quality=95)
+    assert main(["eval", "lfw", "--model", "facenet_casia", "--data", str(root), "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    r = r.get("plain", r) if isinstance(r, dict) else r
+    assert r["template"] == "facenet160" and r["pairs"] == 60
+    assert r["accuracy"] >= 90.0  # a 99% model on 60 real pairs

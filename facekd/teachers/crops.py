@@ -85,14 +85,16 @@ for _name in ("112x96", "112x112"):
     _t = get_template(_name)
     register_crop(CropGeometry(_name, "template", _t.height, _t.width))
 
-# Mean MTCNN landmarks in each crop over 7,701 LFW pair images (eval/teacher_crops.py).
+# Mean MTCNN landmarks in each crop, measured over LFW's pair photos with facekd's MTCNN
+# detections (pixel centres, cv2.resize convention): 7,699 photos for facenet160, every
+# 10th (770) for dlib150, whose chips need dlib's landmarks.
 FACENET_160 = register_crop(CropGeometry(
     "facenet160", "box", 160, 160, margin=32.0,
-    mean_landmarks=((54.6, 70.2), (105.1, 70.0), (80.0, 98.3), (58.9, 123.4), (101.3, 123.2)),
+    mean_landmarks=((55.8, 66.4), (109.4, 65.4), (83.1, 91.1), (60.0, 113.4), (107.4, 112.5)),
 ))
 DLIB_150 = register_crop(CropGeometry(
     "dlib150", "dlib_chip", 150, 150, padding=0.25,
-    mean_landmarks=((51.4, 55.1), (98.6, 55.1), (75.0, 82.4), (55.4, 105.5), (94.6, 105.5)),
+    mean_landmarks=((47.5, 46.0), (102.6, 45.9), (74.5, 78.6), (50.5, 106.2), (99.6, 106.1)),
 ))
 
 
