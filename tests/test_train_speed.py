@@ -84,6 +84,10 @@ def test_the_probe_times_every_candidate_and_keeps_the_fastest(monkeypatch):
     calls.clear()
     plan = plan_speed(cfg, _Tiny(), torch.device("cpu"), (12, 10), 3, total_steps=20, cpu=_cpu(True))
     assert (plan.precision, plan.channels_last) == ("fp32", False) and not calls
+    # A distributed run's processes must agree: nothing is timed.
+    plan = plan_speed(cfg, _Tiny(), torch.device("cpu"), (12, 10), 3, total_steps=1000, cpu=_cpu(True), may_time=False)
+    assert (plan.precision, plan.channels_last, plan.compile) == ("fp32", False, False) and not calls
+    assert "distributed" in plan.describe()
 
 
 def test_compile_auto_on_the_cpu_weighs_the_timed_step_against_the_compile_time(monkeypatch):

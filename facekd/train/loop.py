@@ -280,9 +280,9 @@ def fit(
         plain = (plain if plain is not None else objective()).to(device)
         shard = Shard(dist.rank, dist.world_size)
         steps = steps_per_epoch(len(data), cfg.train.batch_size, shard)
-        # Ranks must agree: a distributed run does not time the choices.
-        todo = 0 if dist.enabled else steps * (cfg.train.epochs - (ckpt["epoch"] if ckpt is not None else 0))
-        plan = plan_speed(cfg.train, plain, device, bcfg.input_size, len(data.identities), todo)
+        todo = steps * (cfg.train.epochs - (ckpt["epoch"] if ckpt is not None else 0))
+        # Ranks must agree, so a distributed run does not time the choices.
+        plan = plan_speed(cfg.train, plain, device, bcfg.input_size, len(data.identities), todo, may_time=not dist.enabled)
         optimizer = build_optimizer([plain], cfg.optim)
         schedule = build_schedule(optimizer, cfg.schedule, steps, cfg.train.epochs)
         scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")

@@ -141,12 +141,13 @@ def time_step(objective: nn.Module, x: torch.Tensor, y: torch.Tensor, precision:
 
 def plan_speed(cfg, objective: nn.Module, device: torch.device, input_size: tuple[int, int], num_classes: int,
                total_steps: int, cpu: CpuInfo | None = None, probe_batch: int = 32,
-               compile_policy: CompilePolicy = CPU_COMPILE) -> SpeedPlan:
+               compile_policy: CompilePolicy = CPU_COMPILE, may_time: bool = True) -> SpeedPlan:
     """Resolves ``cfg`` (a :class:`~facekd.train.config.TrainCfg`) for ``device``.
 
     On the CPU, the ``auto`` choices among precision and layout are timed on a copy of
     ``objective`` (``probe_batch`` random crops, one warm-up and two timed forward +
-    backward steps each) unless the run is too short for the probe to pay.
+    backward steps each) unless the run is too short for the probe to pay, or
+    ``may_time`` is False (a distributed run, whose processes must agree).
     """
     p, cl, comp = cfg.precision, cfg.channels_last, cfg.compile
     reasons: list[str] = []
@@ -175,10 +176,10 @@ def plan_speed(cfg, objective: nn.Module, device: torch.device, input_size: tupl
     candidates = [(q, lay) for q in precisions for lay in layouts]
     if len(candidates) == 1:
         precision, channels_last = candidates[0]
-    elif total_steps < 50:
+    elif total_steps < 50 or not may_time:
         precision, channels_last = precisions[0], layouts[0]
-        reasons.append(f"{total_steps} steps: too short a run to time the choices ({precision}, "
-                       f"{'channels_last' if channels_last else 'contiguous'})")
+        why = f"{total_steps} steps: too short a run to time" if may_time else "distributed: not timed"
+        reasons.append(f"{why} the choices ({precision}, {'channels_last' if channels_last else 'contiguous'})")
     else:
         gen = torch.Generator().manual_seed(0)
         n = max(2, min(probe_batch, cfg.batch_size))
