@@ -186,3 +186,47 @@ def test_all_exits_onnx_and_the_budget_mode(tmp_path):
     assert main(["exits", str(ckpt), "--onnx", str(tmp_path / "b.onnx"), "--budget-ms", "4", "--costs", str(figures)]) == 0
     out = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(out, ref[1], atol=1e-4)
+
+
+def _synthetic_aligned_lfw(root: Path) -> Path:
+    """A 2-fold aligned LFW folder of noise crops: 4 same + 4 different pairs per fold."""
+    from facekd.data.image_io import encode_jpeg
+    from facekd.data.lfw import lfw_image
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for fold in range(2):
+        lines += [f"P{fold}_{i}\t1\t2" for i in range(4)]
+        lines += [f"P{fold}_{i}\t1\tQ{fold}_{i}\t1" for i in range(4)]
+    for line in lines:
+        p = line.split("\t")
+        for rel in ([lfw_image(p[0], 1), lfw_image(p[0], 2)] if len(p) == 3 else [lfw_image(p[0], 1), lfw_image(p[2], 1)]):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(encode_jpeg(rng.integers(0, 256, (112, 96, 3), dtype=np.uint8), 90))
+    (root / "pairs.txt").write_text("2\t4\n" + "\n".join(lines) + "\n")
+    return root
+
+
+def test_eval_lfw_answers_with_the_exit_asked_for(tmp_path, capsys):
+    from facekd.cli import main
+    from facekd.evaluate import evaluate_pairs
+    from facekd.models.hub import resolve
+    from facekd.train.checkpoint import model_checkpoint, save_checkpoint
+
+    data = _synthetic_aligned_lfw(tmp_path / "lfw")
+    ckpt = tmp_path / "me.pt"
+    save_checkpoint(ckpt, model_checkpoint(_model(), "resnet37_c10", TINY))
+    aucs = {}
+    for k in (1, 3):
+        out = tmp_path / f"exit{k}.json"
+        assert main(["eval", "lfw", "--model", str(ckpt), "--data", str(data), "--aligned", "--exit", str(k),
+                     "--json", str(out)]) == 0
+        assert f"me.pt exit {k} on" in capsys.readouterr().out
+        ref = resolve(ckpt)
+        select_exit(ref.backbone, k)
+        expected = evaluate_pairs(ref.embedder(), data, aligned=True).result
+        aucs[k] = json.loads(out.read_text())["auc"]
+        assert aucs[k] == pytest.approx(expected.auc)
+    assert aucs[1] != aucs[3]  # the exits really differ on these pairs
+    assert main(["eval", "lfw", "--model", str(ckpt), "--data", str(data), "--exit", "4"]) == 1
+    assert "exits 1..3" in capsys.readouterr().err

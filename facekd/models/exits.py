@@ -17,6 +17,7 @@ full model); ``model.active_exit`` chooses which one ``forward`` returns.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,6 +26,10 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from facekd.config import from_dict
 from facekd.errors import FacekdError
+
+# Symbolic tracing patches torch.nn.Module.__call__ process-wide while it runs: one trace
+# at a time, and cut graphs are built before an embedder runs batches on several threads.
+_TRACE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,26 @@ class MultiExit(nn.Module):
             heads.append(ExitHead(c, (h, w), width, down, net.cfg.embedding_dim))
             resolved.append(asdict(ExitCfg(point, width, down)))
         self.heads = nn.ModuleList(heads)
-        self.active_exit = self.num_exits
+        self._active = self.num_exits
         self.transforms = [*getattr(net, "transforms", []), {"name": "exits", "exits": resolved}]
 
     def __getstate__(self) -> dict:
         # The cut graphs are caches that hold references into ``net``: a copy builds its own.
         return {**self.__dict__, "_extractors": {}}
+
+    @property
+    def active_exit(self) -> int:
+        """The exit ``forward`` answers with (1 = earliest, :attr:`num_exits` = the full model)."""
+        return self._active
+
+    @active_exit.setter
+    def active_exit(self, k: int) -> None:
+        # Trace now: symbolic tracing patches torch.nn.Module.__call__ process-wide, so it
+        # must not happen while an embedder runs batches on several threads.
+        if k != self.num_exits:
+            with _TRACE_LOCK:
+                self._trace((self.points[k - 1],))
+        self._active = k
 
     @property
     def num_exits(self) -> int:
@@ -111,6 +130,15 @@ class MultiExit(nn.Module):
 
     def _extract(self, nodes: tuple[str, ...], x: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
         """The backbone's graph cut after ``nodes``, run on ``x``: node -> output."""
+        ext = self._extractors.get(nodes)
+        if ext is None:
+            with _TRACE_LOCK:
+                ext = self._trace(nodes)
+        ext.train(train)
+        return ext(x)
+
+    def _trace(self, nodes: tuple[str, ...]) -> nn.Module:
+        """The cut graph for ``nodes``, built once (callers hold the trace lock)."""
         ext = self._extractors.get(nodes)
         if ext is None:
             try:
@@ -122,8 +150,7 @@ class MultiExit(nn.Module):
                     f"nodes include {', '.join(names[1:4])}, ..., {', '.join(names[-3:])}"
                 ) from None
             self._extractors[nodes] = ext
-        ext.train(train)
-        return ext(x)
+        return ext
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every exit's embedding from one pass, earliest first; the last is the backbone's."""
