@@ -109,6 +109,10 @@ class MultiExit(nn.Module):
         # The cut graphs are caches that hold references into ``net``: a copy builds its own.
         return {**self.__dict__, "_extractors": {}}
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.active_exit = self._active  # the copy's own cut graph, traced now
+
     @property
     def active_exit(self) -> int:
         """The exit ``forward`` answers with (1 = earliest, :attr:`num_exits` = the full model)."""
