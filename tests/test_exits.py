@@ -230,3 +230,33 @@ def test_eval_lfw_answers_with_the_exit_asked_for(tmp_path, capsys):
     assert aucs[1] != aucs[3]  # the exits really differ on these pairs
     assert main(["eval", "lfw", "--model", str(ckpt), "--data", str(data), "--exit", "4"]) == 1
     assert "exits 1..3" in capsys.readouterr().err
+
+
+def test_an_external_teacher_teaches_every_exit(tmp_path):
+    """distill.terms that follow a teacher apply at each exit, through per-exit adapters
+    when the teacher's embedding is another width (32 here, the exits' 512)."""
+    from test_distill_run import _synthetic_pack, _teacher_checkpoint
+
+    from facekd.config import from_dict
+    from facekd.multiexit.config import MultiExitConfig
+    from facekd.multiexit.objective import make_multiexit_objective
+    from facekd.train.data import build_train_set
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    _teacher_checkpoint(tmp_path / "teacher.pt")
+    cfg = from_dict(MultiExitConfig, {
+        "model": {"backbone": "resnet37_c10", "backbone_args": TINY, "head": "softmax"},
+        "exits": {"points": POINTS},
+        "teacher": {"model": str(tmp_path / "teacher.pt")},
+        "distill": {"terms": [{"name": "hard"}, {"name": "featurenorm", "weight": 2.0}], "teacher_mode": "cache"},
+        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0}},
+        "train": {"device": "cpu", "batch_size": 4, "epochs": 1},
+    })
+    data = build_train_set(cfg.data, "112x96")
+    obj = make_multiexit_objective(cfg, data, torch.device("cpu"), say=lambda s: None).train()
+    assert obj.adapters is not None and [a.weight.shape for a in obj.adapters] == [(32, 512)] * 3
+    idx = torch.arange(4)
+    x = torch.stack([torch.from_numpy(data.image(i)).permute(2, 0, 1).float() for i in range(4)])
+    terms = obj((x - 127.5) / 128.0, torch.from_numpy(data.labels[:4]), idx)
+    assert {f"exit{k}_featurenorm" for k in (1, 2, 3)} <= set(terms)
+    assert all(0 <= terms[f"exit{k}_featurenorm"].item() <= 2.0 * 4 for k in (1, 2, 3))
