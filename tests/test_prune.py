@@ -192,3 +192,24 @@ def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
     assert (run / "step1" / "pruned.pt").stat().st_mtime_ns == before
     with pytest.raises(FacekdError, match="already holds a pruning run"):
         run_prune(cfg, run)
+
+
+def test_facekd_export_takes_a_pruned_checkpoint(tmp_path):
+    """The CLI's export path (hub -> ONNX with metadata -> parity check) on a pruned model;
+    the ONNX embedder then gives the pruned PyTorch model's embeddings."""
+    from facekd.cli import main
+    from facekd.embed import OnnxEmbedder, Preprocessing, TorchEmbedder
+    from facekd.train.checkpoint import model_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    args = {"widths": [8, 8, 16, 16, 16], "embedding_dim": 32}
+    net = build_backbone("student5", **args).eval()
+    prune_once(net, "random", StepPlan(0.5))
+    ckpt = tmp_path / "pruned.pt"
+    save_checkpoint(ckpt, model_checkpoint(net, "student5", args))
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "p.onnx"), "--no-threshold"]) == 0
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 96, 3), dtype=np.uint8)
+    ref = TorchEmbedder(net, Preprocessing.from_cfg(net.cfg), "pruned", device="cpu", optimize=False)(crops)
+    got = OnnxEmbedder(tmp_path / "p.onnx")(crops)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
