@@ -168,18 +168,24 @@ def _mtcnn(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
     return MtcnnDetector(device=device, min_face_size=min_face_size)
 
 
-# YuNet's landmarks are steadiest when the face box is 60-90 px (on LFW, detecting at
-# 0.8x lands nearer MTCNN's landmarks than at 1x, and the mean of two scales nearer still):
-# faces larger than this are detected again with the face brought to these sizes, and
-# the landmarks of those passes are averaged (docs/BENCHMARKS.md, "YuNet detector").
-REFINE_FACE_PX = (66.0, 88.0)
-
-# What remains is a steady difference of convention (the two detectors were trained on
-# different annotations): MTCNN's landmarks sit, on the same faces, this far from refined
-# YuNet's, in pixels of the 112x96 template frame fitted to YuNet's (mean over 1,324 LFW
-# photos; mostly the mouth corners, which MTCNN puts ~2.5 px lower). Added by default, so
-# YuNet's crops are MTCNN-like crops for models trained on those.
+# What YuNet's landmarks differ by from MTCNN's is mostly a steady difference of
+# convention (the two were trained on different annotations): MTCNN's landmarks sit, on
+# the same faces, this far from YuNet's, in pixels of the 112x96 template frame fitted to
+# YuNet's (mean over 1,324 LFW photos; mostly the mouth corners, which MTCNN puts ~2.5 px
+# lower). Added by default, so YuNet's crops are MTCNN-like crops for models trained on
+# those: MobileFaceNet on LFW 98.68% -> 98.87% (docs/BENCHMARKS.md, "YuNet detector").
 YUNET_TO_MTCNN_OFFSET = np.array(
+    [[0.747, 1.039], [-0.489, 0.475], [0.203, 0.602], [0.073, 2.648], [0.087, 2.337]]
+)
+
+# YuNet's landmarks are steadiest when the face box is 60-90 px: on LFW, the mean of two
+# passes with the face at these sizes lands nearer MTCNN's landmarks (held-out 2.69 px
+# after its own offset below, against 3.49 px for one pass + the offset above) for ~25%
+# more detection time. Not the default yet: its LFW accuracy and alignment speed are not
+# measured (docs/BENCHMARKS.md). ``YunetDetector(refine_face_px=REFINE_FACE_PX,
+# offset=REFINED_TO_MTCNN_OFFSET)`` turns it on.
+REFINE_FACE_PX = (66.0, 88.0)
+REFINED_TO_MTCNN_OFFSET = np.array(
     [[1.380, 1.145], [0.197, 0.579], [1.085, 0.474], [0.728, 2.277], [0.794, 1.753]]
 )
 
@@ -198,16 +204,18 @@ class YunetDetector(FaceDetector):
 
     Photos whose shorter side is below ``UPSCALE_BELOW`` are upscaled as for MTCNN; photos
     whose longer side exceeds ``max_side`` are downscaled first (speed; a face that fills
-    less than ``min_face_size`` pixels after that is not looked for). Faces larger than
-    ``refine_face_px`` get their landmarks from detections with the photo scaled so the
-    largest face has those sizes (averaged); then ``offset`` is added.
+    less than ``min_face_size`` pixels after that is not looked for). With
+    ``refine_face_px``, faces larger than those sizes get their landmarks from detections
+    with the photo scaled so the largest face has those sizes (averaged). Then ``offset``
+    is added.
 
     Args:
         model: The ONNX file; default: manifest entry ``yunet_2023mar`` (``$FACEKD_WEIGHTS``,
             the cache, else a verified download).
         min_face_size: Smallest face box side kept, in pixels of the (upscaled) image.
         max_side: Longer side photos are brought down to before detection.
-        refine_face_px: Face sizes the landmarks are taken at; () for one pass.
+        refine_face_px: Face sizes the landmarks are taken at (e.g. ``REFINE_FACE_PX``);
+            () for one pass.
         offset: (5, 2) landmark offset in the template frame (see ``correct_landmarks``);
             None for none.
         threads: OpenCV threads (None: OpenCV's default, every core).
@@ -225,7 +233,7 @@ class YunetDetector(FaceDetector):
         model: Path | str | None = None,
         min_face_size: int = 20,
         max_side: int = 960,
-        refine_face_px: tuple[float, ...] = REFINE_FACE_PX,
+        refine_face_px: tuple[float, ...] = (),
         offset: np.ndarray | None = YUNET_TO_MTCNN_OFFSET,
         threads: int | None = None,
     ) -> None:
