@@ -131,7 +131,8 @@ class MtcnnDetector(FaceDetector):
         min_face_size: int = 20,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
     ) -> None:
-        from facenet_pytorch import MTCNN  # heavy (torch); loaded only when MTCNN is chosen
+        # heavy (torch): imported only when MTCNN is chosen
+        from facenet_pytorch import MTCNN
 
         self._mtcnn = MTCNN(
             keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds), device=device

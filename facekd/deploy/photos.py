@@ -13,13 +13,18 @@ how many faces there were.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from facekd.align.detector import DETECTORS, FaceDetector, build_detector, select_central_face
+from facekd.align.detector import (
+    DETECTORS,
+    FaceDetector,
+    build_detector,
+    select_central_face,
+)
 from facekd.align.template import get_template, warp_to_template
 from facekd.data.image_io import UnreadableImage, read_rgb
 from facekd.errors import FacekdError
