@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from facekd.distill.objective import make_distill_objective
     from facekd.io_utils import atomic_write_json
     from facekd.models import backbone_cfg
-    from facekd.train.data import build_train_set, choose_loader, epoch_batches
+    from facekd.train.data import build_train_set, epoch_batches
+    from facekd.train.loaders import choose_loader
     from facekd.train.speed import cpu_info
     from facekd.train.loop import build_objective, standalone_setup, train_one_epoch
 

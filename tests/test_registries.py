@@ -123,3 +123,27 @@ def test_every_registry_has_a_parametrized_test():
     tests = "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
     untested = sorted(n for n in names if not re.search(rf"parametrize\([^)]*{n}\.names\(\)", tests))
     assert not untested, f"registries without a test parametrized over them: {', '.join(untested)}"
+
+
+@pytest.mark.parametrize("name", __import__("facekd.train.loaders", fromlist=["LOADERS"]).LOADERS.names())
+def test_every_loader_yields_each_batch_in_order_with_its_labels(name, tmp_path):
+    from facekd.data.image_io import encode_jpeg
+    from facekd.data.pack import write_pack
+    from facekd.data.transforms import AugmentCfg
+    from facekd.train.config import DataCfg
+    from facekd.train.data import build_train_set
+    from facekd.train.loaders import LOADERS, LoaderCtx
+
+    items = [(f"id{i % 3}/{i}.jpg", i % 3, encode_jpeg(np.full((112, 96, 3), 20 * i, np.uint8), 95)) for i in range(9)]
+    write_pack(tmp_path / "p.fkpack", items, ["id0", "id1", "id2"], "112x96")
+    data = build_train_set(DataCfg(train=[str(tmp_path / "p.fkpack")]), "112x96")
+    batches = [np.array([4, 1, 7]), np.array([0, 8, 2])]
+    ctx = LoaderCtx(data, AugmentCfg(flip=0.0, affine_p=0.0, color_p=0.0, gray_p=0.0), 127.5, 128.0,
+                    torch.device("cpu"), 0, seed=0)
+    got = list(LOADERS.get(name)(ctx).epoch(batches, 1))
+    assert [idx.tolist() for _, _, idx in got] == [b.tolist() for b in batches]
+    for (x, y, idx), b in zip(got, batches):
+        assert y.tolist() == data.labels[b].tolist()
+        # flat grey crops, normalised: the grey level each crop decodes to, within JPEG rounding
+        want = torch.tensor([(float(data.image(i).mean()) - 127.5) / 128 for i in b], dtype=torch.float32)
+        assert torch.allclose(x.float().mean(dim=(1, 2, 3)), want, atol=2 / 128)

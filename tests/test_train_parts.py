@@ -138,7 +138,8 @@ def test_every_loader_gives_the_same_normalised_batch_without_augmentation(tmp_p
     from facekd.data.image_io import encode_jpeg
     from facekd.data.pack import write_pack
     from facekd.train.config import DataCfg
-    from facekd.train.data import LOADERS, LoaderCtx, build_train_set
+    from facekd.train.data import build_train_set
+    from facekd.train.loaders import LOADERS, LoaderCtx
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:112, 0:96]

@@ -126,6 +126,7 @@ def test_time_step_leaves_the_objective_untouched():
 
 def test_auto_loader_caches_in_host_memory_when_it_fits(monkeypatch, tmp_path):
     import facekd.train.data as data_mod
+    import facekd.train.loaders as loaders_mod
     from facekd.data.image_io import encode_jpeg
     from facekd.data.pack import write_pack
     from facekd.train.config import DataCfg
@@ -134,11 +135,11 @@ def test_auto_loader_caches_in_host_memory_when_it_fits(monkeypatch, tmp_path):
     write_pack(tmp_path / "p.fkpack", [(f"a/{i}.jpg", 0, encode_jpeg(img, 90)) for i in range(10)], ["a"], "112x96")
     data = data_mod.build_train_set(DataCfg(train=[str(tmp_path / "p.fkpack")]), "112x96")
     need = 10 * 3 * 112 * 96  # 322,560 bytes decoded
-    assert data_mod.decoded_bytes(data) == need
-    monkeypatch.setattr(data_mod, "host_available_bytes", lambda: 4 * need + 4)
-    assert data_mod.choose_loader("auto", data, torch.device("cpu")).name == "memory"
-    monkeypatch.setattr(data_mod, "host_available_bytes", lambda: 4 * need)
-    choice = data_mod.choose_loader("auto", data, torch.device("cpu"))
+    assert loaders_mod.decoded_bytes(data) == need
+    monkeypatch.setattr(loaders_mod, "host_available_bytes", lambda: 4 * need + 4)
+    assert loaders_mod.choose_loader("auto", data, torch.device("cpu")).name == "memory"
+    monkeypatch.setattr(loaders_mod, "host_available_bytes", lambda: 4 * need)
+    choice = loaders_mod.choose_loader("auto", data, torch.device("cpu"))
     assert choice.name == "workers" and "does not fit" in choice.reason
-    assert data_mod.choose_loader("workers", data, torch.device("cpu")).name == "workers"
-    assert data_mod.host_available_bytes() > 0
+    assert loaders_mod.choose_loader("workers", data, torch.device("cpu")).name == "workers"
+    assert loaders_mod.host_available_bytes() > 0

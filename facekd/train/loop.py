@@ -92,7 +92,7 @@ def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.de
     (the eval/ benchmarks): the same optimizer, schedule, loaders and ``plan`` (precision,
     layout, compile; default: fp32, contiguous, eager); no files written."""
     from facekd.models import backbone_cfg
-    from facekd.train.data import LOADERS, LoaderCtx
+    from facekd.train.loaders import LOADERS, LoaderCtx
     from facekd.train.optim import build_optimizer, build_schedule
 
     plan = plan or SpeedPlan("fp32", False, False)
@@ -236,7 +236,8 @@ def fit(
     """
     from facekd.config import to_dict
     from facekd.models import backbone_cfg
-    from facekd.train.data import LOADERS, LoaderCtx, Shard, build_train_set, choose_loader, epoch_batches, resolve_path, steps_per_epoch
+    from facekd.train.data import Shard, build_train_set, epoch_batches, resolve_path, steps_per_epoch
+    from facekd.train.loaders import LOADERS, LoaderCtx, choose_loader
     from facekd.train.optim import build_optimizer, build_schedule
 
     run_dir = Path(run_dir)
