@@ -17,20 +17,11 @@ from torch import nn
 
 from facekd.errors import FacekdError
 from facekd.models.exits import MultiExit
+from facekd.models.records import records, with_record
 from facekd.registry import Registry
 
 MODEL_TRANSFORMS: Registry[nn.Module] = Registry("model transform")
-
-
-def records(model: nn.Module) -> list[dict]:
-    """The transform records a model carries (empty for a plain registered backbone)."""
-    return [dict(r) for r in getattr(model, "transforms", [])]
-
-
-def with_record(model: nn.Module, record: dict) -> nn.Module:
-    """Appends ``record`` to the records ``model`` carries; returns ``model``."""
-    model.transforms = [*records(model), dict(record)]
-    return model
+__all__ = ["MODEL_TRANSFORMS", "apply_transforms", "records", "with_record"]
 
 
 def apply_transforms(model: nn.Module, recs: list[dict] | None) -> nn.Module:

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from facekd.errors import FacekdError
-from facekd.models.transforms import with_record
+from facekd.models.records import with_record
 from facekd.prune.importance import IMPORTANCES, LossFn
 from facekd.prune.replay import example_input, plain_history
 

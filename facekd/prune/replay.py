@@ -6,7 +6,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from facekd.models.transforms import with_record
+from facekd.models.records import with_record
 
 
 def example_input(model: nn.Module, input_size: list[int] | tuple[int, int] | None = None) -> torch.Tensor:
