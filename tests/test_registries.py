@@ -17,6 +17,8 @@ from facekd.deploy.quantize import INT8_RECIPES, MODES, apply_recipe
 from facekd.errors import FacekdError
 from facekd.models.hub import MODEL_SOURCES  # the hub registers the external sources
 from facekd.train.config import OptimCfg, ScheduleCfg
+from facekd.models.transforms import MODEL_TRANSFORMS, apply_transforms, records
+from facekd.train.loaders import LOADERS
 from facekd.train.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from facekd.weights import CONVERTERS, manifest
 
@@ -121,11 +123,11 @@ def test_every_registry_has_a_parametrized_test():
         names.update(re.findall(r"^(\w+)\s*:\s*Registry\b[^=]*=\s*Registry\(", path.read_text(), re.M))
     assert {"BACKBONES", "HEADS", "DISTILL_LOSSES"} <= names
     tests = "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
-    untested = sorted(n for n in names if not re.search(rf"parametrize\([^)]*{n}\.names\(\)", tests))
+    untested = sorted(n for n in names if not re.search(rf"(parametrize\([^\n]*|params=){n}\.names\(\)", tests))
     assert not untested, f"registries without a test parametrized over them: {', '.join(untested)}"
 
 
-@pytest.mark.parametrize("name", __import__("facekd.train.loaders", fromlist=["LOADERS"]).LOADERS.names())
+@pytest.mark.parametrize("name", LOADERS.names())
 def test_every_loader_yields_each_batch_in_order_with_its_labels(name, tmp_path):
     from facekd.data.image_io import encode_jpeg
     from facekd.data.pack import write_pack
@@ -147,3 +149,56 @@ def test_every_loader_yields_each_batch_in_order_with_its_labels(name, tmp_path)
         # flat grey crops, normalised: the grey level each crop decodes to, within JPEG rounding
         want = torch.tensor([(float(data.image(i).mean()) - 127.5) / 128 for i in b], dtype=torch.float32)
         assert torch.allclose(x.float().mean(dim=(1, 2, 3)), want, atol=2 / 128)
+
+
+def _importances():
+    try:
+        from facekd.prune.importance import IMPORTANCES
+    except ImportError:  # the prune extra is absent: the test below says so
+        return []
+    return IMPORTANCES.names()
+
+
+@pytest.mark.parametrize("name", _importances())  # IMPORTANCES.names()
+def test_every_pruning_importance_prunes_and_records_what_it_did(name):
+    """Each criterion removes half the filters of student5's prunable layers, and the
+    record it leaves rebuilds the same widths on a fresh backbone."""
+    from facekd.models import build_backbone
+    from facekd.models.profile import count_params
+    from facekd.prune.core import StepPlan, prune_once
+
+    torch.manual_seed(0)
+    net = build_backbone("student5", widths=[8, 16, 16, 32, 32]).eval()
+    before = count_params(net)
+    x = torch.randn(4, 3, 112, 96)
+    y = torch.tensor([0, 1, 0, 1])
+    head = nn.Linear(net.cfg.embedding_dim, 2)
+    loss = lambda m, images, labels: nn.functional.cross_entropy(head(m(images)), labels)  # noqa: E731
+    prune_once(net, name, StepPlan(0.5), batches=[(x, y)], loss=loss)
+    assert count_params(net) < 0.6 * before
+    fresh = apply_transforms(build_backbone("student5", widths=[8, 16, 16, 32, 32]), records(net))
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in net.parameters()]
+
+
+@pytest.mark.parametrize("name", MODEL_TRANSFORMS.names())
+def test_every_model_transform_replays_from_its_record(name):
+    """A transformed model's records rebuild the same module structure on a fresh backbone."""
+    from facekd.models import build_backbone
+
+    tiny = {"base": 2, "units": [1, 1, 2, 1]}
+    torch.manual_seed(0)
+    net = build_backbone("resnet37_c10", **tiny).eval()
+    if name == "prune":
+        pytest.importorskip("torch_pruning", reason="pruning needs the prune extra (torch-pruning)")
+        from facekd.prune.core import StepPlan, prune_once
+
+        net = prune_once(net, "l1", StepPlan(0.25))
+    else:
+        net = apply_transforms(net, [{"name": name, "exits": [{"at": "features.4"}]}])
+    assert records(net) and records(net)[-1]["name"] == name
+    fresh = apply_transforms(build_backbone("resnet37_c10", **tiny), records(net))
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in net.parameters()]
+    fresh.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 112, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), net(x))
