@@ -10,13 +10,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", type=Path, help="YAML config (see configs/prune/, configs/multiexit/)")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set prune.ratio=0.25 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+from facekd.cli_train import report_run, add_run_args
 
 
 def _add_prune(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +22,7 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
         "RUN/stepK/pruned.pt (before recovery), RUN/stepK/checkpoints/ (after), RUN/pruned.pt (the final "
         "model) and RUN/prune.json (params, MACs, LFW before/after per step).",
     )
-    _run_args(p)
+    add_run_args(p, "configs/prune/", "prune.ratio=0.25")
     p.set_defaults(func=_run_prune)
 
 
@@ -58,19 +52,18 @@ def _add_multiexit(sub: argparse._SubParsersAction) -> None:
         description="Attach early exits (exits.points) to a backbone and train every exit with the "
         "distill.terms plus the inter-exit KL term; same run folder, checkpoints and --resume as facekd train.",
     )
-    _run_args(p)
+    add_run_args(p, "configs/multiexit/", "exits.kl_weight=0")
     p.set_defaults(func=_run_multiexit)
 
 
 def _run_multiexit(args: argparse.Namespace) -> int:
-    from facekd.cli_train import _report
     from facekd.config import load_config
     from facekd.multiexit.config import MultiExitConfig
     from facekd.multiexit.objective import make_multiexit_objective
     from facekd.train.loop import fit
 
     cfg = load_config(MultiExitConfig, args.config, args.overrides)
-    return _report(fit(cfg, args.out, resume=args.resume, make_objective=make_multiexit_objective), args.out)
+    return report_run(fit(cfg, args.out, resume=args.resume, make_objective=make_multiexit_objective), args.out)
 
 
 def _add_exits(sub: argparse._SubParsersAction) -> None:

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Callable
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", type=Path, help="YAML config (see configs/)")
+def add_run_args(p: argparse.ArgumentParser, configs: str = "configs/", example: str = "optim.lr=0.05") -> None:
+    """The arguments of every command that runs a config into a run folder."""
+    p.add_argument("config", type=Path, help=f"YAML config (see {configs})")
     p.add_argument("--out", type=Path, required=True, help="run folder: metrics.jsonl, checkpoints/, tb/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+                   help=f"override a config value, e.g. --set {example} (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a backbone with a classifier head from a YAML config. Launch with "
         "`torchrun --nproc_per_node N -m facekd.cli train ...` for several GPUs or processes.",
     )
-    _run_args(p)
+    add_run_args(p)
     p.set_defaults(func=_run_train)
 
 
@@ -34,7 +35,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
         "student. Same run folder, checkpoints, --resume and torchrun support as `facekd train`; each "
         "named loss term is logged in metrics.jsonl.",
     )
-    _run_args(p)
+    add_run_args(p)
     p.set_defaults(func=_run_distill)
 
 
@@ -44,7 +45,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from facekd.train.loop import fit
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    return _report(fit(cfg, args.out, resume=args.resume), args.out)
+    return report_run(fit(cfg, args.out, resume=args.resume), args.out)
 
 
 def _run_distill(args: argparse.Namespace) -> int:
@@ -54,10 +55,10 @@ def _run_distill(args: argparse.Namespace) -> int:
     from facekd.train.loop import fit
 
     cfg = load_config(DistillConfig, args.config, args.overrides)
-    return _report(fit(cfg, args.out, resume=args.resume, make_objective=make_distill_objective), args.out)
+    return report_run(fit(cfg, args.out, resume=args.resume, make_objective=make_distill_objective), args.out)
 
 
-def _report(metrics: dict, out: Path) -> int:
+def report_run(metrics: dict, out: Path) -> int:
     from facekd.train.checkpoint import CHECKPOINT
 
     if "lfw_acc" in metrics:
