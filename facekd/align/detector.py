@@ -174,7 +174,7 @@ def _mtcnn(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
 # the same faces, this far from YuNet's, in pixels of the 112x96 template frame fitted to
 # YuNet's (mean over 1,324 LFW photos; mostly the mouth corners, which MTCNN puts ~2.5 px
 # lower). Added by default, so YuNet's crops are MTCNN-like crops for models trained on
-# those: MobileFaceNet on LFW 98.68% -> 98.87% (docs/BENCHMARKS.md, "YuNet detector").
+# those: MobileFaceNet on LFW 98.68% -> 98.82% (docs/BENCHMARKS.md, "YuNet detector").
 YUNET_TO_MTCNN_OFFSET = np.array(
     [[0.747, 1.039], [-0.489, 0.475], [0.203, 0.602], [0.073, 2.648], [0.087, 2.337]]
 )
