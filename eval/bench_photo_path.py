@@ -26,7 +26,7 @@ from pathlib import Path
 
 from facekd.data.lfw import parse_pairs
 from facekd.deploy.photos import DetectorChain, align_photo, embed_faces, verify_photos
-from facekd.models.hub import load_embedder
+from facekd.hub import load_embedder
 
 
 def _pairs(lfw: Path, n: int) -> list[tuple[Path, Path]]:

@@ -21,7 +21,7 @@ import torch
 
 from facekd.data.image_io import read_rgb
 from facekd.embed import embed_images
-from facekd.models.hub import resolve
+from facekd.hub import resolve
 from facekd.weights import convert_into_cache
 
 

@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from facekd.deploy.export import export_onnx, synthetic_inputs
 from facekd.deploy.timing import time_interleaved
-from facekd.models.hub import resolve
+from facekd.hub import resolve
 from facekd.prune.run import PRUNED, read_result
 
 

@@ -29,7 +29,7 @@ from facekd.data.image_io import read_rgb
 from facekd.data.lfw import parse_pairs
 from facekd.distill.ensemble import combine
 from facekd.embed import crop_loader, embed_images
-from facekd.models.hub import resolve
+from facekd.hub import resolve
 from facekd.progress import progress_bar
 from facekd.verification import verify
 

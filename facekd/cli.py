@@ -103,7 +103,7 @@ def _run_eval_lfw(args: argparse.Namespace) -> int:
     from facekd.evaluate import evaluate_pairs
     from facekd.io_utils import atomic_write_json
     from facekd.models.exits import select_exit
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
 
     resolved = resolve(args.model, args.weights)
     if args.exit_k is not None:
@@ -163,7 +163,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from facekd.data.fetch import ensure_lfw
     from facekd.evaluate import aligned_folder_for, evaluate_pairs
     from facekd.io_utils import atomic_write_json
-    from facekd.models.hub import load_embedder
+    from facekd.hub import load_embedder
     from facekd.paths import data_root
     from facekd.plots import plot_roc
 
@@ -231,7 +231,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 def _run_models(args: argparse.Namespace) -> int:
     from facekd.models import BACKBONES
-    from facekd.models.hub import MODEL_SOURCES
+    from facekd.hub import MODEL_SOURCES
     from facekd.models.profile import summarize
     from facekd.weights import default_weights_for, provenance
 

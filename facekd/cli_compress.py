@@ -89,7 +89,7 @@ def _run_exits(args: argparse.Namespace) -> int:
     from facekd.embed import Preprocessing
     from facekd.io_utils import atomic_write_json
     from facekd.models.exits import select_exit
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
     from facekd.multiexit.deploy import budget_exit, costs_from_json, costs_to_json, exit_latencies, export_all_exits
 
     model = resolve(args.model).require_backbone("exits").eval()

@@ -128,7 +128,7 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     from facekd.deploy.photos import embed_faces
     from facekd.io_utils import atomic_open
-    from facekd.models.hub import load_embedder
+    from facekd.hub import load_embedder
 
     embedder = load_embedder(args.model, args.weights, device=args.device)
     faces, errors = _align_all(args.photos, embedder.pre.template, args.detector, args.device)
@@ -162,7 +162,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     from facekd.deploy.photos import stored_threshold, verify_photos
     from facekd.deploy.threshold import add_threshold_command
     from facekd.io_utils import atomic_write_json
-    from facekd.models.hub import load_embedder
+    from facekd.hub import load_embedder
 
     def fail(exc: FacekdError) -> int:
         if args.json_out:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
-import torch
 
 from facekd.align.template import Template, adapt_crop, get_template, template_for_size
 from facekd.deploy.metadata import PREPROCESSING_META_KEY
@@ -62,12 +61,18 @@ def to_input(batch: np.ndarray, pre: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray((x - pre.mean) / pre.std)
 
 
+# torch is imported inside the PyTorch paths: serving an ONNX model (facekd verify /
+# embed) must not pay its import, seconds on a small CPU.
+
+
 def optimize_for_cpu(model, input_size: tuple[int, int]):
     """TorchScript-freezes the model and lets oneDNN keep its own layout between layers.
 
     On the 2-core development machine this made MobileFaceNet 1.5x faster than eager
     mode (190 vs 130 images/s at batch 16). A model that cannot be scripted stays eager.
     """
+    import torch
+
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # TorchScript is deprecated in favour of torch.compile, whose compile time on
@@ -91,6 +96,8 @@ class TorchEmbedder:
     """
 
     def __init__(self, model, pre: Preprocessing, name: str, device: str | None = None, optimize: bool = True) -> None:
+        import torch
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.pre = pre
@@ -105,6 +112,8 @@ class TorchEmbedder:
 
     @contextlib.contextmanager
     def session(self):
+        import torch
+
         before = torch.get_num_threads()
         if self.concurrency > 1:
             torch.set_num_threads(1)
@@ -114,6 +123,8 @@ class TorchEmbedder:
             torch.set_num_threads(before)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(to_input(batch, self.pre)).to(self.device)
             return self.model(x).float().cpu().numpy()

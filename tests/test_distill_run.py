@@ -71,7 +71,7 @@ def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
     assert obj.adapter is not None and obj.adapter.weight.shape == (32, 512)  # 512-d student, 32-d teacher
 
     # The teacher's embeddings in the cache are what it computes on the crops.
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
 
     net = resolve(tmp_path / "teacher.pt").backbone
     x = torch.from_numpy(np.stack([data.image(i) for i in range(3)])).permute(0, 3, 1, 2).float()

@@ -56,7 +56,7 @@ def test_an_early_exit_computes_less_and_trains_its_head():
 
 
 def test_checkpoint_rebuilds_the_exits_and_bad_points_are_named(tmp_path):
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
     from facekd.train.checkpoint import model_checkpoint, save_checkpoint
 
     m = _model().eval()
@@ -135,7 +135,7 @@ def test_multiexit_training_run_writes_a_loadable_checkpoint(tmp_path):
     from test_distill_run import _synthetic_pack
 
     from facekd.config import from_dict
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
     from facekd.multiexit.config import MultiExitConfig
     from facekd.multiexit.objective import make_multiexit_objective
     from facekd.train.loop import fit
@@ -210,7 +210,7 @@ def _synthetic_aligned_lfw(root: Path) -> Path:
 def test_eval_lfw_answers_with_the_exit_asked_for(tmp_path, capsys):
     from facekd.cli import main
     from facekd.evaluate import evaluate_pairs
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
     from facekd.train.checkpoint import model_checkpoint, save_checkpoint
 
     data = _synthetic_aligned_lfw(tmp_path / "lfw")

@@ -15,7 +15,7 @@ from facekd.errors import FacekdError
 from facekd.heads import build_head
 from facekd.models import build_backbone
 from facekd.models.base import remap_keys
-from facekd.models.hub import MODEL_SOURCES, ResolvedModel, file_hash, resolve
+from facekd.hub import MODEL_SOURCES, ResolvedModel, file_hash, resolve
 from facekd.train.checkpoint import FORMAT, save_checkpoint
 
 

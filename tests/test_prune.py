@@ -35,7 +35,7 @@ def _params(names):
 @pytest.mark.parametrize("name", _params([n for n in BACKBONES.names() if n not in REFUSED]))
 def test_pruned_backbone_runs_reloads_and_exports(name, tmp_path):
     from facekd.deploy.export import check_parity, export_onnx, synthetic_inputs
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
     from facekd.train.checkpoint import model_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
@@ -156,7 +156,7 @@ def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
     from test_distill_run import _synthetic_pack
 
     from facekd.config import from_dict
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
     from facekd.prune.config import PruneConfig
     from facekd.prune.run import read_result, run_prune
 

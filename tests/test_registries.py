@@ -15,7 +15,7 @@ from torch import nn
 
 from facekd.deploy.quantize import INT8_RECIPES, MODES, apply_recipe
 from facekd.errors import FacekdError
-from facekd.models.hub import MODEL_SOURCES  # the hub registers the external sources
+from facekd.hub import MODEL_SOURCES  # the hub registers the external sources
 from facekd.train.config import OptimCfg, ScheduleCfg
 from facekd.models.transforms import MODEL_TRANSFORMS, apply_transforms, records
 from facekd.train.loaders import LOADERS
@@ -99,7 +99,7 @@ def test_every_int8_mode_names_registered_recipes():
 def test_every_model_source_resolves_or_names_what_is_missing(name):
     """A source either resolves to something that embeds, or says which extra or file is
     missing (never a bare ImportError)."""
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
 
     try:
         ref = resolve(name)

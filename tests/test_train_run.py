@@ -81,7 +81,7 @@ def test_smoke_config_trains_one_epoch_and_its_checkpoint_embeds(data_dir, tmp_p
     assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
 
     from facekd.embed import Preprocessing, TorchEmbedder
-    from facekd.models.hub import resolve
+    from facekd.hub import resolve
 
     net = resolve(run / "checkpoints/last.pt").backbone
     emb = TorchEmbedder(net, Preprocessing.from_cfg(net.cfg), "smoke", device="cpu")

@@ -26,7 +26,7 @@ from facekd.deploy.quantize import quantize_int8
 from facekd.deploy.timing import median_ratio, time_interleaved
 from facekd.embed import Preprocessing, to_input
 from facekd.errors import FacekdError
-from facekd.models.hub import resolve
+from facekd.hub import resolve
 from facekd.models.profile import count_macs, count_params
 from facekd.plots import save_figure
 

@@ -22,7 +22,7 @@ import numpy as np
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
 from facekd.embed import Preprocessing
 from facekd.errors import FacekdError
-from facekd.models.hub import resolve
+from facekd.hub import resolve
 
 # FP32 ONNX Runtime against PyTorch, per embedding: what an exact export keeps.
 PARITY_MIN_COSINE = 0.9999

@@ -20,7 +20,7 @@ from facekd.embed import TorchEmbedder, embed_images
 from facekd.errors import FacekdError
 from facekd.heads import build_head
 from facekd.io_utils import atomic_open
-from facekd.models.hub import resolve
+from facekd.hub import resolve
 from facekd.paths import cache_dir
 
 Progress = Callable[[int, int], None]

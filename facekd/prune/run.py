@@ -29,7 +29,7 @@ from facekd.distill.teacher import fit_classifier, load_teacher, teacher_embeddi
 from facekd.embed import Preprocessing, to_input
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_json
-from facekd.models.hub import resolve
+from facekd.hub import resolve
 from facekd.models.profile import count_macs, count_params
 from facekd.prune.config import PruneConfig
 from facekd.prune.core import StepPlan, check_supported, prune_once, step_ratio

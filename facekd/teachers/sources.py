@@ -1,11 +1,11 @@
 """The ready teachers that are not a facekd backbone with a weights file, as model
-sources of the hub (:data:`facekd.models.resolved.MODEL_SOURCES`): ``--model dlib_resnet``."""
+sources of the hub (:data:`facekd.hub.resolved.MODEL_SOURCES`): ``--model dlib_resnet``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from facekd.models.resolved import MODEL_SOURCES, ResolvedModel
+from facekd.hub.resolved import MODEL_SOURCES, ResolvedModel
 from facekd.teachers.dlib_resnet import PREPROCESSING, DlibEmbedder, model_path
 
 

@@ -1,7 +1,7 @@
 """What the model hub returns (:class:`ResolvedModel`) and the registry of model sources
 that are not a facekd backbone with a weights file (:data:`MODEL_SOURCES`).
 
-Apart from :mod:`facekd.models.hub` so that a source module can register itself here
+Apart from :mod:`facekd.hub` so that a source module can register itself here
 while the hub imports it: neither imports the other's importer.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from facekd.embed import Embedder, Preprocessing, TorchEmbedder
 from facekd.errors import FacekdError
 from facekd.registry import Registry
-from facekd.train.checkpoint import head_from_checkpoint
+
+if TYPE_CHECKING:  # torch is imported only where a PyTorch model is used (see facekd.hub)
+    from torch import nn
 
 
 def file_hash(path: Path) -> str:
@@ -76,6 +76,8 @@ class ResolvedModel:
         """The checkpoint's classifier when it was trained on exactly ``identities``."""
         if self.checkpoint is None or self.backbone is None:
             return None
+        from facekd.train.checkpoint import head_from_checkpoint  # torch: see facekd.hub
+
         return head_from_checkpoint(self.checkpoint, identities, self.backbone.cfg.embedding_dim)
 
 

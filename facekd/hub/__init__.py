@@ -23,11 +23,13 @@ from pathlib import Path
 
 from facekd.embed import Embedder, OnnxEmbedder, Preprocessing
 from facekd.errors import FacekdError
-from facekd.models.base import BACKBONES, build_backbone, load_backbone_weights
-from facekd.models.resolved import MODEL_SOURCES, ResolvedModel, file_hash
+from facekd.hub.resolved import MODEL_SOURCES, ResolvedModel, file_hash
 from facekd.teachers import sources as _sources  # noqa: F401  (registers the external model sources)
-from facekd.train.checkpoint import backbone_from_checkpoint, is_checkpoint, load_checkpoint
 from facekd.weights import default_weights_for, manifest, resolve_weights
+
+# The backbone registry and the checkpoint format (both import torch) are imported
+# inside the functions that build a PyTorch model: resolving an .onnx file for
+# facekd verify / embed must not pay torch's import, seconds on a small CPU.
 
 __all__ = ["MODEL_SOURCES", "ResolvedModel", "file_hash", "load_embedder", "resolve"]
 
@@ -54,6 +56,8 @@ def _from_file(path: Path, weights: str | Path | None) -> ResolvedModel:
         return ResolvedModel(path.name, probe.pre, path=path, embedder_factory=lambda device: probe)
     if weights:
         raise FacekdError(f"{path} is a checkpoint; --weights is for a registered backbone name")
+    from facekd.train.checkpoint import backbone_from_checkpoint, is_checkpoint, load_checkpoint
+
     ckpt = load_checkpoint(path)
     if not is_checkpoint(ckpt):
         raise FacekdError(
@@ -87,6 +91,8 @@ def resolve(
         return _from_file(path, weights)
     if spec in MODEL_SOURCES:
         return MODEL_SOURCES.get(spec)(weights=weights, allow_download=allow_download)
+    from facekd.models.base import BACKBONES, build_backbone, load_backbone_weights  # see the note above
+
     if spec not in BACKBONES:
         if path.suffix.lower() == ".onnx":
             raise FacekdError(f"{spec}: ONNX model not found")
