@@ -15,7 +15,8 @@ from facekd.errors import FacekdError
 from facekd.heads import build_head
 from facekd.models import build_backbone
 from facekd.models.base import remap_keys
-from facekd.hub import MODEL_SOURCES, ResolvedModel, file_hash, resolve
+from facekd.download import sha256_of
+from facekd.hub import MODEL_SOURCES, ResolvedModel, resolve
 from facekd.train.checkpoint import FORMAT, save_checkpoint
 
 
@@ -41,7 +42,7 @@ def test_checkpoint_resolves_to_its_backbone_and_head(tmp_path):
     with torch.no_grad():
         assert torch.allclose(ref.backbone(x), net(x), atol=1e-5)
     assert ref.pre == Preprocessing.from_cfg(net.cfg)
-    assert ref.key.endswith(file_hash(path))
+    assert ref.key.endswith(sha256_of(path))
     got = ref.head_for(["a", "b", "c"])
     assert got is not None
     for (k, a), b in zip(got.state_dict().items(), head.state_dict().values()):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from facekd.embed import Embedder, OnnxEmbedder, Preprocessing
 from facekd.errors import FacekdError
-from facekd.hub.resolved import MODEL_SOURCES, ResolvedModel, file_hash
+from facekd.hub.resolved import MODEL_SOURCES, ResolvedModel
 from facekd.teachers import sources as _sources  # noqa: F401  (registers the external model sources)
 from facekd.weights import default_weights_for, manifest, resolve_weights
 
@@ -31,7 +31,7 @@ from facekd.weights import default_weights_for, manifest, resolve_weights
 # inside the functions that build a PyTorch model: resolving an .onnx file for
 # facekd verify / embed must not pay torch's import, seconds on a small CPU.
 
-__all__ = ["MODEL_SOURCES", "ResolvedModel", "file_hash", "load_embedder", "resolve"]
+__all__ = ["MODEL_SOURCES", "ResolvedModel", "load_embedder", "resolve"]
 
 
 def _weights_file(model: str, weights: str | Path | None, allow_download: bool) -> Path:
@@ -56,15 +56,10 @@ def _from_file(path: Path, weights: str | Path | None) -> ResolvedModel:
         return ResolvedModel(path.name, probe.pre, path=path, embedder_factory=lambda device: probe)
     if weights:
         raise FacekdError(f"{path} is a checkpoint; --weights is for a registered backbone name")
-    from facekd.train.checkpoint import backbone_from_checkpoint, is_checkpoint, load_checkpoint
+    from facekd.train.checkpoint import backbone_from_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(path)
-    if not is_checkpoint(ckpt):
-        raise FacekdError(
-            f"{path}: not a facekd checkpoint (needs 'backbone' and 'model'); for published weights "
-            "use --model NAME --weights FILE"
-        )
-    net = backbone_from_checkpoint(ckpt, path).eval()
+    net = backbone_from_checkpoint(ckpt, path).eval()  # refuses a file that is not a facekd checkpoint
     return ResolvedModel(path.name, Preprocessing.from_cfg(net.cfg), net, path, ckpt)
 
 

@@ -7,26 +7,17 @@ while the hub imports it: neither imports the other's importer.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from facekd.embed import Embedder, Preprocessing, TorchEmbedder
+from facekd.download import sha256_of
 from facekd.errors import FacekdError
 from facekd.registry import Registry
 
 if TYPE_CHECKING:  # torch is imported only where a PyTorch model is used (see facekd.hub)
     from torch import nn
-
-
-def file_hash(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -55,7 +46,7 @@ class ResolvedModel:
     def key(self) -> str:
         """Identifies the weights (name + file hash) for caches of its outputs."""
         if self._key is None:
-            self._key = f"{self.name}:{file_hash(self.path)}" if self.path is not None else f"{self.name}:random"
+            self._key = f"{self.name}:{sha256_of(self.path)}" if self.path is not None else f"{self.name}:random"
         return self._key
 
     def embedder(self, device: str | None = None, optimize: bool = True) -> Embedder:
