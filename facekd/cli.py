@@ -197,7 +197,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_pack(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pack", help="pack aligned crops (identity folders, or one LFW folder) into one file")
+    p = sub.add_parser("pack", help="pack aligned crops (identity folders, or one LFW folder) into one file; "
+                       "also a teacher's own crops (eval/teacher_crops.py)")
     p.add_argument("src", type=Path, nargs="+", help="aligned identity folders, merged by identity name")
     p.add_argument("--out", type=Path, required=True, help="pack file to write (.fkpack)")
     p.add_argument("--quality", type=int, default=85, help="JPEG quality to re-encode at (default 85); 0 keeps the bytes")
@@ -206,6 +207,7 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pack(args: argparse.Namespace) -> int:
+    import facekd.teachers.crops  # noqa: F401  registers the teachers' crop sizes (facenet160, dlib150) as templates
     from facekd.data.pack import build_pack
 
     header = build_pack(

@@ -62,3 +62,15 @@ def test_build_pack_refuses_unaligned_crops(tmp_path):
     (tmp_path / "r" / "x" / "big.jpg").write_bytes(_jpeg(1, size=(250, 250)))
     with pytest.raises(FacekdError, match="not an aligned crop size"):
         build_pack([tmp_path / "r"], tmp_path / "p.fkpack")
+
+
+def test_facekd_pack_takes_a_teachers_own_crops(tmp_path, capsys):
+    from facekd.cli import main
+
+    for ident, v in [("1", 40), ("2", 90)]:
+        (tmp_path / "fn" / ident).mkdir(parents=True)
+        (tmp_path / "fn" / ident / "a.jpg").write_bytes(_jpeg(v, size=(160, 160)))
+    assert main(["pack", str(tmp_path / "fn"), "--out", str(tmp_path / "fn.fkpack")]) == 0
+    pack = Pack(tmp_path / "fn.fkpack")
+    assert pack.template == "facenet160" and pack.files == ["1/a.jpg", "2/a.jpg"]
+    assert abs(int(pack.image(1).mean()) - 90) <= 2

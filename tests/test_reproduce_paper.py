@@ -33,11 +33,42 @@ def test_report_gives_mean_and_std_over_seeds_and_judges_findings(tmp_path):
     assert "| Hard+Soft+FeatureNorm | student5 | 89.00 ± 1.41 | 2 |" in text
     assert "| Hard | student5 | 85.00 ± 0.50¹ | 1 |" in text
     assert text.count("## Table ") == 4 and "| Soft | student5 | not run | 0 |" in text
-    assert "- Hard+Soft+Feature < Hard+Soft: confirmed: Hard+Soft+Feature 86.00 vs Hard+Soft 87.00." in text
-    assert "- Hard+Soft+FeatureNorm is the best combination: confirmed" in text
-    assert "- Teacher weighting helps: confirmed (within the spread, so not conclusive)" in text
-    assert "student5 89.50 at 2.5 ms vs teacher 88.00 at 9.0 ms (3.6x faster)" in text
+    assert ("- Hard+Soft+Feature < Hard+Soft: confirmed: Hard+Soft+Feature 86.00 ± 0.50¹ vs Hard+Soft 87.00 ± 0.50¹."
+            in text)
+    # 89.00 ± 1.41 against the best other row, Hard+Soft 87.00: 2 points apart, more than 1.41.
+    assert "- Hard+Soft+FeatureNorm is the best combination: confirmed" in text and "best other row, Hard+Soft" in text
+    # 0.5 points apart with a spread of 1.41: the data cannot say.
+    assert "- Teacher weighting helps: not distinguishable at this spread" in text
+    assert "student5 89.50 ± 0.50¹ at 2.5 ms vs teacher 88.00 ± 0.50¹ at 9.0 ms (3.6x faster)" in text
     assert "- The student can match or beat the teacher at 3x speed: confirmed" in text
+    assert (tmp_path / "r.png").stat().st_size > 10_000 and "![LFW accuracy against CPU latency](r.png)" in text
+
+
+def test_report_refutes_a_finding_the_data_contradict_and_lists_rows_it_cannot_order(tmp_path):
+    recs = [
+        _rec("A", "Hard+Soft+Feature", 90.0, std=0.3), _rec("A", "Hard+Soft", 88.0, std=0.3),
+        _rec("A", "Hard", 85.0, seed=0), _rec("A", "Hard", 86.0, seed=1),  # mean 85.5, std 0.71
+        _rec("A", "Soft", 85.2, seed=0), _rec("A", "Soft", 85.4, seed=1),  # mean 85.3: 0.2 from Hard
+    ]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert "- Hard+Soft+Feature < Hard+Soft: refuted: Hard+Soft+Feature 90.00 ± 0.30¹ vs Hard+Soft 88.00 ± 0.30¹." in text
+    assert "- Table A: Hard (85.50 ± 0.71) and Soft (85.30 ± 0.14)." in text
+
+
+def test_cpu_protocol_plans_first_seeds_then_repeats_and_leaves_gpu_rows_out(tmp_path):
+    from facekd.experiments import Runner, protocols
+
+    proto = protocols(REPO)["facekd-dev-cpu"]
+    plan = Runner(REPO, proto, tmp_path / "runs", tmp_path / "none.jsonl").plan(["A", "C"])
+    a = [(row.name, seed) for row, seed in plan if row.table == "A"]
+    assert [seed for _, seed in a[:9]] == [0] * 9 and len(a) == 9 + 2 * 5  # five rows get three seeds
+    assert {name for name, seed in a if seed == 2} == {
+        "Hard", "Hard+Soft", "Hard+Soft+Feature", "Hard+Soft+FeatureNorm", "Hard+Soft+FeatureNorm, teacher weighting"}
+    c = {row.name for row, _ in plan if row.table == "C"}
+    assert c == {"self-training (student5 teaches student5)", "manually designed teacher (a = 0.99)",
+                 "label smoothing (ε = 0.1)"}  # Defective and Reversed KD need a teacher trained on facekd-dev
 
 
 def test_every_table_has_one_smoke_row():

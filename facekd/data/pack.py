@@ -189,7 +189,8 @@ def build_pack(
 
     first = template_for_size(*crop(samples[0].path)[1].shape[:2])
     if first is None:
-        raise FacekdError(f"{samples[0].path}: not an aligned crop size; run `facekd align` first")
+        raise FacekdError(f"{samples[0].path}: not an aligned crop size (112x96, 112x112, or a teacher's "
+                          "160x160 / 150x150); run `facekd align` (or eval/teacher_crops.py) first")
 
     def items():
         for k, s in enumerate(samples):

@@ -66,6 +66,10 @@ class DistillCfg:
     # cache: teacher outputs for the un-augmented crops, computed once and reused;
     # online: the teacher sees each augmented batch; auto: cache when augmentation is off.
     teacher_mode: Literal["auto", "cache", "online"] = "auto"
+    # How embedding terms meet a teacher of another width. learned: a linear layer on the
+    # student (FitNets); lift: the narrower teacher's embedding times fixed orthonormal
+    # columns (cosine-preserving, nothing learned on the teacher side).
+    adapter: Literal["learned", "lift"] = "learned"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ on: ``L = λ_hard·L_hard + μ·(λ_soft·L_soft + λ_feature·L_feature(norm))`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -16,6 +17,15 @@ from facekd.distill.losses import Outputs, build_terms, needs_teacher, teacher_w
 from facekd.errors import FacekdError
 from facekd.heads import SoftmaxHead
 from facekd.train.loop import full_precision
+
+
+def orthonormal_lift(teacher_dim: int, student_dim: int) -> torch.Tensor:
+    """A fixed (student_dim, teacher_dim) matrix with orthonormal columns (the same for
+    every run): ``t @ Q.T`` puts a teacher embedding into the student's width with its
+    norm and every cosine unchanged."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(student_dim, teacher_dim, generator=g))
+    return q.contiguous()
 
 
 class CachedTeacher:
@@ -60,15 +70,22 @@ class DistillObjective(nn.Module):
         teacher: Callable[[torch.Tensor, torch.Tensor | None], Outputs] | None,
         teacher_dim: int | None,
         weighting: tuple[float, float] | None = None,
+        adapter: str = "learned",
     ) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.terms = nn.ModuleList(terms)
         student_dim = backbone.cfg.embedding_dim
         self.adapter = None
+        self.register_buffer("lift", None)
         if uses(terms, "embedding") and teacher_dim and teacher_dim != student_dim:
-            # FitNets-style adaptation layer: only the embedding terms see its output.
-            self.adapter = nn.Linear(student_dim, teacher_dim, bias=False)
+            if adapter == "lift" and teacher_dim < student_dim:
+                # The teacher's embedding lifted into the student's width by fixed
+                # orthonormal columns: cosines and norms are kept, nothing is learned.
+                self.lift = orthonormal_lift(teacher_dim, student_dim)
+            else:
+                # FitNets-style adaptation layer: only the embedding terms see its output.
+                self.adapter = nn.Linear(student_dim, teacher_dim, bias=False)
         object.__setattr__(self, "_teacher", teacher)
         self.weighting = weighting  # (k, MIN) or None
 
@@ -81,6 +98,8 @@ class DistillObjective(nn.Module):
             logits = margin_logits if isinstance(self.head, SoftmaxHead) else self.head(emb)
             s_emb = self.adapter(emb) if self.adapter is not None else emb
             student = Outputs(s_emb, logits, margin_logits)
+            if self.lift is not None and teacher.embedding.numel():
+                teacher = replace(teacher, embedding=teacher.embedding.float() @ self.lift.T)
             return self._terms(student, teacher, y)
 
     def _terms(self, student: Outputs, teacher: Outputs, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -155,9 +174,16 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
         source = CachedTeacher(cached.to(device), teacher.head)
     else:
         source = OnlineTeacher(teacher.backbone, teacher.head, adapt)
+    width = ""
+    if uses(terms, "embedding") and dim != backbone.cfg.embedding_dim:
+        lifted = d.adapter == "lift" and dim < backbone.cfg.embedding_dim
+        width = (f"; teacher embedding {dim}-d lifted to {backbone.cfg.embedding_dim}-d (fixed orthonormal)" if lifted
+                 else f"; learned {backbone.cfg.embedding_dim}->{dim} adapter on the student"
+                 + (" (a wider teacher cannot be lifted)" if d.adapter == "lift" else ""))
     say(f"distill: teacher {teacher.name} ({mode}); terms " + ", ".join(_describe(t) for t in terms)
-        + (f"; teacher weighting k={d.k}, MIN={d.min_ce}" if d.teacher_weighting else ""))
-    return DistillObjective(backbone, head, terms, source, dim, (d.k, d.min_ce) if d.teacher_weighting else None)
+        + (f"; teacher weighting k={d.k}, MIN={d.min_ce}" if d.teacher_weighting else "") + width)
+    return DistillObjective(backbone, head, terms, source, dim, (d.k, d.min_ce) if d.teacher_weighting else None,
+                            adapter=d.adapter)
 
 
 class _TeacherView:

@@ -1,27 +1,29 @@
 """docs/RESULTS.md from the results file: a table per experiment, mean ± std over seeds,
-and a verdict line for each finding of the source (Wang et al., ICIP 2018)."""
+a verdict line for each finding of the source (Wang et al., ICIP 2018), and a plot of
+LFW accuracy against CPU latency."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
 from facekd.experiments.results import read_results
-from facekd.experiments.tables import TABLES
+from facekd.experiments.tables import TABLES, Protocol
 from facekd.io_utils import atomic_write_bytes
 
-
 TITLES = {
-    "A": "Table A: loss combinations, student5 taught by ResNet-27",
+    "A": "Table A: loss combinations, student5 taught by {teacher}",
     "B": "Table B: students of similar size, Hard+Soft+FeatureNorm with teacher weighting, and alone",
     "C": "Table C: the Tf-KD family",
-    "D": "Table D: a strong teacher (public CASIA-WebFace MobileFaceNet)",
+    "D": "Table D: ready teachers trained on CASIA-WebFace (MobileFaceNet, dlib's ResNet, their ensemble with FaceNet)",
 }
+HEADER = "| row | student | LFW % | seeds | params | MB | CPU ms/face | min/run |"
 
 
-def _relative(path: Path) -> str:
+def _relative(path: Path, start: Path | None = None) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return os.path.relpath(path.resolve(), (start or Path.cwd()).resolve())
     except ValueError:
         return str(path)
 
@@ -32,110 +34,192 @@ def _summary(recs: list[dict]) -> dict:
         spread, how = statistics.stdev(accs), "seeds"
     else:
         spread, how = recs[0]["lfw_std"], "folds"
-    return {"mean": statistics.mean(accs), "std": spread, "over": how, "n": len(accs), **{k: recs[0][k] for k in ("params", "mb", "cpu_ms", "student")}}
+    minutes = [r["seconds"] / 60 for r in recs if r.get("seconds")]
+    return {"mean": statistics.mean(accs), "std": spread, "over": how, "n": len(accs),
+            "minutes": statistics.median(minutes) if minutes else None,
+            **{k: recs[0][k] for k in ("params", "mb", "cpu_ms", "student")}}
 
 
-def _get(by: dict, table: str, row: str) -> dict | None:
-    return by.get((table, row))
+def _fmt(s: dict) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}{'¹' if s['over'] == 'folds' else ''}"
 
 
-def findings(by: dict) -> list[str]:
-    """One line per finding of Wang et al. (ICIP 2018): confirmed, not confirmed, or not measured."""
+def judge(label: str, x: dict | None, y: dict | None, names: tuple[str, str], want: str) -> str:
+    """``x want y`` (">" or "<") judged against the spread: confirmed, refuted, or not
+    distinguishable when the difference is smaller than the larger std of the two."""
+    if not x or not y:
+        return f"- {label}: not measured yet ({names[0] if not x else names[1]} missing)."
+    diff = x["mean"] - y["mean"]
+    if abs(diff) < max(x["std"], y["std"]):
+        verdict = "not distinguishable at this spread"
+    else:
+        verdict = "confirmed" if (diff > 0) == (want == ">") else "refuted"
+    return f"- {label}: {verdict}: {names[0]} {_fmt(x)} vs {names[1]} {_fmt(y)}."
 
-    def cmp(label: str, a: tuple[str, str], b: tuple[str, str], want: str) -> str:
-        x, y = _get(by, *a), _get(by, *b)
-        if not x or not y:
-            return f"- {label}: not measured yet ({a[1] if not x else b[1]} missing)."
-        diff = x["mean"] - y["mean"]
-        ok = diff > 0 if want == ">" else diff < 0
-        noise = max(x["std"], y["std"])
-        verdict = "confirmed" if ok else "not confirmed"
-        within = " (within the spread, so not conclusive)" if abs(diff) < noise else ""
-        return f"- {label}: {verdict}{within}: {a[1]} {x['mean']:.2f} vs {b[1]} {y['mean']:.2f}."
+
+def findings(by: dict, deep_teacher: str = "teacher") -> list[str]:
+    """One line per finding of Wang et al. (ICIP 2018)."""
+
+    def row(t: str, name: str) -> dict | None:
+        return by.get((t, name))
 
     lines = [
         "- Feature alone generalises badly off LFW-like data: not testable with LFW as the only test set; "
-        + (f"on LFW, Feature {by[('A', 'Feature')]['mean']:.2f} vs Hard {by[('A', 'Hard')]['mean']:.2f}."
+        + (f"on LFW, Feature {_fmt(by[('A', 'Feature')])} vs Hard {_fmt(by[('A', 'Hard')])}."
            if ("A", "Feature") in by and ("A", "Hard") in by else "rows missing."),
-        cmp("Hard+Soft+Feature < Hard+Soft", ("A", "Hard+Soft+Feature"), ("A", "Hard+Soft"), "<"),
+        judge("Hard+Soft+Feature < Hard+Soft", row("A", "Hard+Soft+Feature"), row("A", "Hard+Soft"),
+              ("Hard+Soft+Feature", "Hard+Soft"), "<"),
     ]
-    a_rows = {k[1]: v for k, v in by.items() if k[0] == "A" and "weighting" not in k[1]}
     best = "Hard+Soft+FeatureNorm"
+    a_rows = {k[1]: v for k, v in by.items() if k[0] == "A" and "weighting" not in k[1]}
     if best in a_rows and len(a_rows) > 1:
-        top = max(a_rows, key=lambda k: a_rows[k]["mean"])
-        lines.append(f"- Hard+Soft+FeatureNorm is the best combination: {'confirmed' if top == best else 'not confirmed'}: "
-                     f"best is {top} ({a_rows[top]['mean']:.2f}); Hard+Soft+FeatureNorm {a_rows[best]['mean']:.2f}.")
+        top = max((k for k in a_rows if k != best), key=lambda k: a_rows[k]["mean"])
+        lines.append(judge("Hard+Soft+FeatureNorm is the best combination", a_rows[best], a_rows[top],
+                           (best, f"the best other row, {top}"), ">"))
     else:
         lines.append("- Hard+Soft+FeatureNorm is the best combination: not measured yet.")
-    lines.append(cmp("Teacher weighting helps", ("A", "Hard+Soft+FeatureNorm, teacher weighting"), ("A", best), ">"))
-    t = by.get(("teachers", "teacher"))
-    s = _get(by, "A", "Hard+Soft+FeatureNorm, teacher weighting") or _get(by, "A", best)
+    lines.append(judge("Teacher weighting helps", row("A", f"{best}, teacher weighting"), row("A", best),
+                       (f"{best}, teacher weighting", best), ">"))
+    t = by.get(("teachers", deep_teacher))
+    s = row("A", f"{best}, teacher weighting") or row("A", best)
     if t and s:
         speed = t["cpu_ms"] / s["cpu_ms"]
-        ok = s["mean"] >= t["mean"]
-        lines.append(f"- The student can match or beat the teacher at 3x speed: {'confirmed' if ok and speed >= 3 else 'not confirmed'}: "
-                     f"student5 {s['mean']:.2f} at {s['cpu_ms']:.1f} ms vs teacher {t['mean']:.2f} at {t['cpu_ms']:.1f} ms ({speed:.1f}x faster).")
+        ok = s["mean"] + max(s["std"], t["std"]) >= t["mean"] and speed >= 3
+        lines.append(f"- The student can match or beat the teacher at 3x speed: {'confirmed' if ok else 'refuted'}: "
+                     f"student5 {_fmt(s)} at {s['cpu_ms']:.1f} ms vs teacher {_fmt(t)} at {t['cpu_ms']:.1f} ms "
+                     f"({speed:.1f}x faster).")
     else:
         lines.append("- The student can match or beat the teacher at 3x speed: not measured yet (needs Table A and the teacher).")
-    fast = [by[k]["mean"] for k in by if k[0] == "B" and k[1].endswith("distilled") and k[1].split()[0] in ("squeezenet1_1", "mobilenet_v2", "shufflenet_v2")]
-    deep = [by[k]["mean"] for k in by if k[0] == "B" and k[1].endswith("distilled") and k[1].split()[0] in ("resnet27_c10", "resnet37_c10")]
-    sota = [by[k]["mean"] for k in by if k[0] == "B" and k[1].endswith("distilled") and k[1].split()[0] in ("densenet121", "inception_resnet_v1")]
-    if fast and deep and sota:
-        ok = max(fast) < min(deep) and abs(statistics.mean(deep) - statistics.mean(sota)) < 2.0
-        lines.append(f"- Speed-built students (SqueezeNet/MobileNet/ShuffleNet) do poorly, thinner-deeper ones as well as "
-                     f"DenseNet/Inception-ResNet: {'confirmed' if ok else 'not confirmed'}: speed-built {statistics.mean(fast):.2f}, "
-                     f"thinner-deeper {statistics.mean(deep):.2f}, DenseNet/Inception-ResNet {statistics.mean(sota):.2f} (means).")
+
+    def distilled(names: tuple[str, ...]) -> list[float]:
+        return [v["mean"] for k, v in by.items() if k[0] == "B" and k[1].endswith("distilled") and k[1].split()[0] in names]
+
+    fast = distilled(("squeezenet1_1", "mobilenet_v2", "shufflenet_v2"))
+    deep = distilled(("resnet27_c10", "resnet37_c10"))
+    sota = distilled(("densenet121", "inception_resnet_v1"))
+    if fast and deep:
+        ok = max(fast) < min(deep)
+        text = (f"- Speed-built students (SqueezeNet/MobileNet/ShuffleNet) do worse than thinner-deeper ones: "
+                f"{'confirmed' if ok else 'refuted'}: speed-built {statistics.mean(fast):.2f}, thinner-deeper "
+                f"{statistics.mean(deep):.2f} (means of the distilled rows)")
+        lines.append(text + (f"; DenseNet/Inception-ResNet {statistics.mean(sota):.2f}." if sota else
+                             "; DenseNet/Inception-ResNet not run (GPU protocol)."))
     else:
         lines.append("- Speed-built students do poorly, thinner-deeper ones as well as DenseNet/Inception-ResNet: not measured yet.")
     return lines
 
 
-def write_report(results: Path, out: Path, protocol: str) -> str:
-    """Renders the Markdown report from the results file (atomically)."""
-    recs = [r for r in read_results(results) if r["protocol"] == protocol]
+def close_rows(by: dict) -> list[str]:
+    """Pairs of rows in one table whose means differ by less than the larger of their
+    spreads (both with several seeds): the data cannot order them."""
+    out = []
+    for t in "ABCD":
+        rows = sorted(((k[1], v) for k, v in by.items() if k[0] == t and v["over"] == "seeds"), key=lambda kv: -kv[1]["mean"])
+        for i, (a, x) in enumerate(rows):
+            for b, y in rows[i + 1:]:
+                if x["mean"] - y["mean"] < max(x["std"], y["std"]):
+                    out.append(f"- Table {t}: {a} ({_fmt(x)}) and {b} ({_fmt(y)}).")
+    return out
+
+
+def plot_accuracy_latency(by: dict, path: Path, title: str) -> Path | None:
+    """LFW accuracy against CPU ms per face for every row and teacher, marker area by
+    parameter count."""
+    points = [(k, v) for k, v in by.items() if v.get("cpu_ms")]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from facekd.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    colours = {"A": "tab:blue", "B": "tab:green", "C": "tab:purple", "D": "tab:orange", "teachers": "tab:red"}
+    for (table, name), v in points:
+        ax.scatter(v["cpu_ms"], v["mean"], s=20 + 40 * v["params"] / 1e6, alpha=0.55, color=colours.get(table, "grey"),
+                   edgecolors="black", linewidths=0.5)
+        label = name if table == "teachers" else f"{table}: {name}"
+        ax.annotate(label[:48], (v["cpu_ms"], v["mean"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    for table, colour in colours.items():
+        ax.scatter([], [], color=colour, label="teachers" if table == "teachers" else f"table {table}")
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU ms per face (PyTorch eager, batch 1, one thread; log scale)")
+    ax.set_ylabel("LFW accuracy, %")
+    ax.set_title(title + " (marker area: parameters)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    return save_figure(fig, path)
+
+
+def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
+    teacher = proto.teacher_title if proto else "ResNet-27"
+    lines = [f"## {TITLES[t].format(teacher=teacher)}", "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in TABLES[t]:
+        s = by.get((t, row.name))
+        if s is None:
+            why = proto.skip_note if proto and proto.skips(row) else "not run"
+            lines.append(f"| {row.name} | {row.student} | {why} | 0 | | | | |")
+            continue
+        minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
+        lines.append(f"| {row.name} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M | "
+                     f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {minutes} |")
+    return [*lines, ""]
+
+
+def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool = True) -> str:
+    """Renders the Markdown report (and its plot, beside the results file) atomically."""
+    proto = protocol if isinstance(protocol, Protocol) else None
+    name = proto.name if proto else protocol
+    recs = [r for r in read_results(results) if r["protocol"] == name]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in recs:
         groups.setdefault((r["table"], r["row"]), []).append(r)
     by = {k: _summary(v) for k, v in groups.items()}
     lines = [
-        f"# Results: {protocol}",
+        f"# Results: {name}",
         "",
-        f"Built by `eval/reproduce_paper.py --protocol {protocol}` from `{_relative(results)}`. LFW accuracy is the mean ± std "
-        "over seeds of each seed's 10-fold accuracy (where a row has one seed, the ± is its std over the 10 folds, "
-        "marked ¹). Params and MB count the student's backbone in fp32; CPU ms is PyTorch eager, batch 1, one thread, "
-        "on the machine that trained it. Machines and times are in the results file.",
+        f"Built by `eval/reproduce_paper.py --protocol {name}` from `{_relative(results, out.parent)}`. LFW accuracy is "
+        "the mean ± std over seeds of each seed's 10-fold accuracy (where a row has one seed, the ± is its std over the "
+        "10 folds, marked ¹). Params and MB count the student's backbone in fp32; CPU ms is PyTorch eager, batch 1, one "
+        "thread, on the machine that trained it; min/run is the median wall time of one run (training and LFW). "
+        "Machines and times are in the results file.",
         "",
     ]
+    if proto and proto.about:
+        lines += [proto.about, ""]
+    cpus = sorted({r["cpu"] for r in recs if r.get("cpu")})
+    epochs = sorted({r["epochs"] for r in recs if r.get("epochs") and r["table"] != "teachers"})
+    if recs:
+        lines += [f"Runs in this file: {len(recs)}; epochs per row: {', '.join(map(str, epochs)) or '?'}; "
+                  f"CPU: {'; '.join(cpus) or '?'}.", ""]
+    if plot and by:
+        png = plot_accuracy_latency(by, results.with_suffix(".png"), f"LFW accuracy against CPU latency, {name}")
+        if png is not None:
+            lines += [f"![LFW accuracy against CPU latency]({_relative(png, out.parent)})", ""]
     teachers = [(k[1], v) for k, v in sorted(by.items()) if k[0] == "teachers"]
     if teachers:
         lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face |", "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {s['student']} | {s['mean']:.2f} ± {s['std']:.2f}{'¹' if s['over'] == 'folds' else ''} | "
-                  f"{s['n']} | {s['params'] / 1e6:.2f} M | {s['cpu_ms']:.2f} |" for name, s in teachers]
+        lines += [f"| {n} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M | {s['cpu_ms']:.2f} |"
+                  for n, s in teachers]
         lines.append("")
     for t in "ABCD":
-        lines += [f"## {TITLES[t]}", "", "| row | student | LFW % | seeds | params | MB | CPU ms/face |", "|---|---|---:|---:|---:|---:|---:|"]
-        for row in TABLES[t]:
-            s = by.get((t, row.name))
-            if s is None:
-                lines.append(f"| {row.name} | {row.student} | not run | 0 | | | |")
-                continue
-            mark = "¹" if s["over"] == "folds" else ""
-            lines.append(f"| {row.name} | {s['student']} | {s['mean']:.2f} ± {s['std']:.2f}{mark} | {s['n']} | "
-                         f"{s['params'] / 1e6:.2f} M | {s['mb']:.1f} | {s['cpu_ms']:.2f} |")
-        lines.append("")
+        lines += _table(t, by, proto)
     if not recs:
         lines[4:4] = [
-            "**No results yet.** Every table below needs training runs on an accelerator (about 40 epochs over",
-            "14,350 crops per row); the task that built this runner had none. The command, one table per",
-            "10-minute device command, with the packs carried in the checkout:",
+            "**No results yet.** The command (see the protocol's notes for where the packs come from):",
             "",
             "```",
-            f"python eval/reproduce_paper.py --protocol {protocol} --tables A --seeds 1 --budget-minutes 8 \\",
+            f"python eval/reproduce_paper.py --protocol {name} --tables A --budget-minutes 8 \\",
             "    --set 'data.train=[.carry/dev_train_q85.fkpack]' --set eval.lfw=.carry/lfw_pairs_q85.fkpack",
             "```",
             "",
         ]
-    lines += ["## Findings of Wang et al. (ICIP 2018)", ""] + findings(by) + [""]
+    lines += ["## Findings of Wang et al. (ICIP 2018)", ""] + findings(by, proto.deep_teacher if proto else "teacher")
+    close = close_rows(by)
+    lines += ["", "## Rows the seeds cannot order", "",
+              *(close or ["- None yet (or too few rows with several seeds)."]), ""]
     text = "\n".join(lines)
     atomic_write_bytes(out, text.encode())
     return text

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from facekd.config import apply_overrides, from_dict, read_config_tree
@@ -17,11 +18,13 @@ from facekd.distill.config import DistillConfig
 from facekd.distill.objective import make_distill_objective
 from facekd.errors import FacekdError
 from facekd.experiments.results import append_result, read_results
-from facekd.experiments.tables import PREREQS, PUBLIC_TEACHERS, TABLES, Protocol, Row
+from facekd.experiments.tables import PREREQS, TABLES, Protocol, Row
+from facekd.hub import resolve
 from facekd.models import build_backbone
 from facekd.train.checkpoint import CHECKPOINT, load_checkpoint
 from facekd.train.config import TrainConfig
 from facekd.train.loop import fit
+from facekd.train.speed import cpu_info
 
 
 def cpu_ms_per_face(backbone: str, backbone_args: dict, repeats: int = 30) -> float:
@@ -32,16 +35,69 @@ def cpu_ms_per_face(backbone: str, backbone_args: dict, repeats: int = 30) -> fl
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            for _ in range(5):
-                net(x)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                net(x)
-                times.append(time.perf_counter() - t)
+            return _median_ms(lambda: net(x), repeats)
     finally:
         torch.set_num_threads(before)
+
+
+def embedder_ms_per_face(model: str, weights: str | None, repeats: int = 20) -> float:
+    """Median latency of one face through a ready model's own embedder (one thread for
+    PyTorch; a model outside PyTorch, dlib's, runs as its library does)."""
+    resolved = resolve(model, weights)
+    if resolved.backbone is not None:
+        net = resolved.backbone.eval()
+        x = torch.zeros(1, 3, *net.cfg.input_size)
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                return _median_ms(lambda: net(x), repeats)
+        finally:
+            torch.set_num_threads(before)
+    embedder = resolved.embedder()
+    crop = np.zeros((1, *resolved.pre.input_size, 3), np.uint8)
+    return _median_ms(lambda: embedder(crop), repeats)
+
+
+def _median_ms(call: Callable[[], object], repeats: int) -> float:
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def ready_teacher_records(protocol: Protocol, lfw: dict) -> list[dict]:
+    """A "teachers" record for each of the protocol's ready teachers whose LFW figure is in
+    ``lfw`` (the JSON of eval/teacher_lfw.py: "<model> flip" preferred, then "<model>
+    plain"; the ensemble as "ensemble a + b + c"), with its size and CPU latency (an
+    ensemble: the sum of its members')."""
+    out = []
+    for key, section in protocol.teachers.items():
+        if key == "teacher":
+            continue
+        members = section.get("members", [section])
+        names = [m["model"] for m in members]
+        found = [f"ensemble {' + '.join(names)}"] if "members" in section else [f"{key} flip", f"{key} plain"]
+        hit = next((k for k in found if k in lfw), None)
+        if hit is None:
+            continue
+        params = 0
+        for m in members:
+            backbone = resolve(m["model"], m.get("weights")).backbone
+            params += sum(p.numel() for p in backbone.parameters()) if backbone is not None else 0
+        ms = sum(embedder_ms_per_face(m["model"], m.get("weights")) for m in members)
+        r = lfw[hit]
+        out.append({
+            "protocol": protocol.name, "table": "teachers", "row": key, "seed": 0, "student": " + ".join(names),
+            "lfw_acc": r["accuracy"], "lfw_std": r["std"], "lfw_pairs": r.get("pairs"), "flip": "flip" in hit,
+            "recipe": hit, "params": params, "mb": params * 4 / 2**20, "cpu_ms": ms, "machine": platform.node(),
+            "cpu": cpu_info().describe(), "torch": str(torch.__version__), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        })
+    return out
 
 
 @dataclass
@@ -55,15 +111,16 @@ class Runner:
     overrides: list[str] = field(default_factory=list)
     say: Callable[[str], None] = print
     deadline: float | None = None
+    packs: Path | None = None  # where the ready teachers' crop packs are (their file names)
     _prereq_ckpt: dict = field(default_factory=dict)
 
-    def _raw(self, config: str, backbone: str, seed: int, epochs_scale: float = 1.0) -> dict:
+    def _raw(self, config: str, backbone: str, seed: int, epochs_scale: float = 1.0, row_overrides=()) -> dict:
         raw = read_config_tree(config)
         raw.setdefault("model", {})["backbone"] = backbone
         if backbone in self.protocol.shrink:
             raw["model"]["backbone_args"] = self.protocol.shrink[backbone]
         raw.setdefault("train", {})["seed"] = seed
-        raw = apply_overrides(raw, [*self.protocol.overrides, *self.overrides])
+        raw = apply_overrides(raw, [*self.protocol.overrides, *row_overrides, *self.overrides])
         if epochs_scale != 1.0:
             epochs = raw["train"].get("epochs", 40)
             raw["train"]["epochs"] = max(1, round(epochs * epochs_scale))
@@ -98,15 +155,30 @@ class Runner:
         self._prereq_ckpt[(key, seed)] = last
         return last
 
+    def _ready_teacher(self, key: str) -> dict:
+        """The protocol's ready teacher ``key`` as a ``teacher`` section, its crop packs
+        looked up in ``packs``."""
+
+        def place(member: dict) -> dict:
+            if member.get("crops") and self.packs is not None:
+                return {**member, "crops": str(self.packs / member["crops"])}
+            return dict(member)
+
+        section = place(self.protocol.teachers[key])
+        if "members" in section:
+            section["members"] = [place(m) for m in section["members"]]
+        return section
+
     def run_row(self, row: Row, seed: int) -> dict:
-        raw = self._raw(self.protocol.base, row.student, seed)
+        raw = self._raw(self.protocol.base, row.student, seed, row_overrides=row.overrides)
         if row.kind == "distill":
-            if row.teacher in PUBLIC_TEACHERS:
-                name, weights = PUBLIC_TEACHERS[row.teacher]
-                raw["teacher"] = {"model": name, "weights": weights}
+            teacher = raw.setdefault("teacher", {})
+            if row.teacher in self.protocol.teachers:
+                teacher.update(self._ready_teacher(row.teacher))
             elif row.teacher:
-                raw["teacher"] = {"model": str(self.prerequisite(row.teacher, seed))}
-            raw["distill"] = {"terms": [json.loads(t) for t in row.terms], "teacher_weighting": row.weighting}
+                teacher["model"] = str(self.prerequisite(row.teacher, seed))
+            raw.setdefault("distill", {}).update(
+                {"terms": [json.loads(t) for t in row.terms], "teacher_weighting": row.weighting})
         slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in f"{row.table}-{row.name}")[:80]
         run = self.runs / f"{slug}-seed{seed}"
         self.say(f"== table {row.table}: {row.name} (seed {seed}) -> {run}")
@@ -126,22 +198,30 @@ class Runner:
             "lfw_pairs": metrics.get("lfw_pairs"), "flip": raw.get("eval", {}).get("flip", False),
             "epochs": metrics.get("epoch"), "params": params, "mb": params * 4 / 2**20,
             "cpu_ms": cpu_ms_per_face(student, args), "seconds": round(time.perf_counter() - t0, 1),
-            "run": str(run), "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "run": str(run), "machine": platform.node(), "cpu": cpu_info().describe(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": str(torch.__version__),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
-    def run(self, tables: list[str], seeds: int) -> int:
-        """Runs every wanted row that has no result yet; returns how many remain."""
+    def plan(self, tables: list[str], seeds: int | None = None) -> list[tuple[Row, int]]:
+        """The runs still to do, table by table: every row's first seed, then the further
+        seeds of the rows that get several (``seeds`` instead of each row's own count; a
+        smoke protocol runs one)."""
         done = {(r["protocol"], r["table"], r["row"], r["seed"]) for r in read_results(self.results)}
-        todo = [
-            (row, seed)
-            for t in tables
-            for row in TABLES[t]
-            if row.smoke or not self.protocol.smoke_only
-            for seed in range(seeds)
-            if (self.protocol.name, row.table, row.name, seed) not in done
-        ]
+        if seeds is None and self.protocol.smoke_only:
+            seeds = 1
+        todo = []
+        for t in tables:
+            rows = [r for r in TABLES[t] if (r.smoke or not self.protocol.smoke_only) and not self.protocol.skips(r)]
+            most = max((seeds or r.seeds for r in rows), default=0)
+            todo += [(row, seed) for seed in range(most) for row in rows
+                     if seed < (seeds or row.seeds) and (self.protocol.name, row.table, row.name, seed) not in done]
+        return todo
+
+    def run(self, tables: list[str], seeds: int | None = None) -> int:
+        """Runs every wanted row that has no result yet; returns how many remain."""
+        done = read_results(self.results)
+        todo = self.plan(tables, seeds)
         self.say(f"{len(todo)} runs to do ({len(done)} results already in {self.results})")
         for k, (row, seed) in enumerate(todo):
             if self.deadline is not None and time.time() > self.deadline:

@@ -25,7 +25,10 @@ class Row:
     """One line of a table: a student trained alone or distilled from ``teacher``.
 
     ``teacher`` names a prerequisite run ("teacher", "defective_teacher",
-    "student5_alone") or the public model ("mobilefacenet").
+    "student5_alone") or a ready model of the protocol ("mobilefacenet", "dlib_resnet",
+    "ensemble"); a protocol may map "teacher" itself to a ready model. ``seeds``: how
+    many seeds the row gets when the runner is not told (``--seeds``); ``overrides`` are
+    applied to this row's config after the protocol's.
     """
 
     table: str
@@ -35,6 +38,8 @@ class Row:
     teacher: str | None = None
     weighting: bool = False
     smoke: bool = False  # the one row per table the CPU smoke runs
+    seeds: int = 1
+    overrides: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -47,15 +52,16 @@ def _t(*terms) -> tuple:
 
 TABLES: dict[str, list[Row]] = {
     "A": [
-        Row("A", "Hard", "student5", _t(H), "teacher"),
+        Row("A", "Hard", "student5", _t(H), "teacher", seeds=3),
         Row("A", "Soft", "student5", _t(S), "teacher"),
         Row("A", "Feature", "student5", _t(F_), "teacher"),
         Row("A", "FeatureNorm", "student5", _t(FN), "teacher"),
-        Row("A", "Hard+Soft", "student5", _t(H, S), "teacher"),
+        Row("A", "Hard+Soft", "student5", _t(H, S), "teacher", seeds=3),
         Row("A", "Hard+Feature", "student5", _t(H, F_), "teacher"),
-        Row("A", "Hard+Soft+Feature", "student5", _t(H, S, F_), "teacher"),
-        Row("A", "Hard+Soft+FeatureNorm", "student5", _t(*BEST), "teacher"),
-        Row("A", "Hard+Soft+FeatureNorm, teacher weighting", "student5", _t(*BEST), "teacher", True, smoke=True),
+        Row("A", "Hard+Soft+Feature", "student5", _t(H, S, F_), "teacher", seeds=3),
+        Row("A", "Hard+Soft+FeatureNorm", "student5", _t(*BEST), "teacher", seeds=3),
+        Row("A", "Hard+Soft+FeatureNorm, teacher weighting", "student5", _t(*BEST), "teacher", True, smoke=True,
+            seeds=3),
     ],
     "B": [
         row
@@ -77,33 +83,98 @@ TABLES: dict[str, list[Row]] = {
         Row("C", "Reversed KD (student5 teaches resnet27)", "resnet27", _t(*BEST), "student5_alone", True),
     ],
     "D": [
-        Row("D", "student5, Hard+FeatureNorm", "student5", _t(H, FN), "mobilefacenet", smoke=True),
-        Row("D", "student5, Hard+Soft+FeatureNorm, weighting", "student5", _t(*BEST), "mobilefacenet", True),
-        Row("D", "student5, FeatureNorm only (no labels)", "student5", _t(FN), "mobilefacenet"),
-        Row("D", "resnet37_c10, Hard+FeatureNorm", "resnet37_c10", _t(H, FN), "mobilefacenet"),
+        Row("D", "student5 from MobileFaceNet, Hard+FeatureNorm", "student5", _t(H, FN), "mobilefacenet", smoke=True),
+        Row("D", "student5 from MobileFaceNet, FeatureNorm only (no labels)", "student5", _t(FN), "mobilefacenet"),
+        Row("D", "student5 from dlib's ResNet, Hard+FeatureNorm", "student5", _t(H, FN), "dlib_resnet"),
+        Row("D", "student5 from dlib's ResNet, FeatureNorm only (no labels)", "student5", _t(FN), "dlib_resnet"),
+        Row("D", "student5 from the ensemble, Hard+FeatureNorm", "student5", _t(H, FN), "ensemble", seeds=3),
+        Row("D", "student5 from the ensemble, FeatureNorm only (no labels)", "student5", _t(FN), "ensemble"),
+        Row("D", "student5 from MobileFaceNet, Hard+Soft+FeatureNorm, weighting", "student5", _t(*BEST),
+            "mobilefacenet", True),
+        Row("D", "resnet37_c10 from MobileFaceNet, Hard+FeatureNorm", "resnet37_c10", _t(H, FN), "mobilefacenet"),
+        # Bucilua et al. (2006): the training set enlarged with perturbed copies that only the
+        # teacher labels (the teacher sees every augmented batch), against the plain set.
+        Row("D", "enlargement: FeatureNorm only on the plain set (no augmentation)", "student5", _t(FN),
+            "mobilefacenet", overrides=("data.augment.flip=0", "data.augment.affine_p=0", "data.augment.color_p=0",
+                                        "data.augment.gray_p=0", "distill.teacher_mode=cache")),
+        Row("D", "enlargement: FeatureNorm only on perturbed copies the teacher labels", "student5", _t(FN),
+            "mobilefacenet", overrides=("data.augment.flip=0.5", "data.augment.shift=0.06", "data.augment.scale=0.05",
+                                        "data.augment.rotate=5.0", "data.augment.affine_p=0.8",
+                                        "data.augment.color_p=0.3", "data.augment.gray_p=0.05",
+                                        "distill.teacher_mode=online")),
     ],
 }
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """Where configs come from and how they are scaled."""
+    """Where configs come from and how they are scaled.
+
+    ``teachers``: the ready teachers a row may name (row.teacher -> the config's
+    ``teacher`` section); a key here wins over a prerequisite run of the same name.
+    ``skip_teachers`` / ``skip_students``: rows this protocol does not run (a teacher it
+    cannot train, a student too slow for it); the report marks them as another
+    protocol's.
+    """
 
     name: str
     base: str  # training config every run starts from
-    teacher: str  # config of the ResNet-27 teacher
+    teacher: str  # config of the ResNet-27 teacher (prerequisite runs)
     smoke_only: bool = False
     shrink: dict = field(default_factory=dict)  # backbone -> backbone_args (tiny CPU models)
     overrides: tuple[str, ...] = ()  # applied to every run before the user's --set
+    teachers: dict = field(default_factory=dict)
+    skip_teachers: frozenset = frozenset()
+    skip_students: frozenset = frozenset()
+    skip_note: str = ""
+    deep_teacher: str = "teacher"  # the "teachers" row the student's speed and accuracy are set against
+    teacher_title: str = "ResNet-27"  # how Table A's title names the teacher
+    about: str = ""  # a paragraph for the report: data, budget, teacher
+
+    def skips(self, row: Row) -> bool:
+        return row.student in self.skip_students or (row.teacher in self.skip_teachers and row.teacher not in self.teachers)
+
+
+# The ready teachers (pretrained on CASIA-WebFace). crops: the teacher's own crops of the
+# training photos, a pack named here and looked up in the runner's --packs folder.
+READY_TEACHERS = {
+    "mobilefacenet": {"model": "mobilefacenet", "weights": "mobilefacenet_casia"},
+    "facenet_casia": {"model": "facenet_casia", "crops": "dev_train_facenet160.fkpack"},
+    "dlib_resnet": {"model": "dlib_resnet", "crops": "dev_train_dlib150.fkpack"},
+    "ensemble": {"members": [
+        {"model": "mobilefacenet", "weights": "mobilefacenet_casia"},
+        {"model": "facenet_casia", "crops": "dev_train_facenet160.fkpack"},
+        {"model": "dlib_resnet", "crops": "dev_train_dlib150.fkpack"},
+    ]},
+}
 
 
 def protocols(repo: Path) -> dict[str, Protocol]:
     return {
         "facekd-dev": Protocol("facekd-dev", str(repo / "configs/base/dev.yaml"),
-                               str(repo / "configs/teacher/resnet27_dev.yaml")),
+                               str(repo / "configs/teacher/resnet27_dev.yaml"), teachers=dict(READY_TEACHERS)),
+        # The CPU protocol: FaceNet-CASIA stands in for the paper's ResNet-27 trained on
+        # CASIA-WebFace; rows that need a teacher trained on facekd-dev itself, and
+        # students too slow for 2 cores, stay in facekd-dev (the GPU protocol).
+        "facekd-dev-cpu": Protocol(
+            "facekd-dev-cpu", str(repo / "configs/base/dev_cpu.yaml"), str(repo / "configs/teacher/resnet27_dev.yaml"),
+            teachers={**READY_TEACHERS, "teacher": READY_TEACHERS["facenet_casia"]},
+            skip_teachers=frozenset({"defective_teacher"}),
+            skip_students=frozenset({"resnet27", "densenet121", "inception_resnet_v1"}),
+            skip_note="GPU protocol only", deep_teacher="facenet_casia",
+            teacher_title="FaceNet-CASIA (Inception-ResNet-v1, 23.5 M parameters, trained on CASIA-WebFace)",
+            about=("The CPU protocol: facekd-dev (celeba-10k + celeba-wild, 14,350 crops of 5,461 identities) for "
+                   "training, LFW View 2 (6,000 pairs, flip-fused embeddings) for testing, every row the same short "
+                   "budget (configs/base/dev_cpu.yaml). The deep teacher is FaceNet's Inception-ResNet-v1 trained on "
+                   "CASIA-WebFace (the stand-in for the paper's ResNet-27 trained on CASIA-WebFace), reading its own "
+                   "160x160 crops of the same photos; its classifier over the training identities is fitted on its "
+                   "frozen embeddings. Rows that need a teacher trained on facekd-dev itself, and the students too "
+                   "slow for 2 cores, are in the GPU protocol (facekd-dev)."),
+        ),
         "smoke": Protocol("smoke", str(repo / "configs/smoke.yaml"), str(repo / "configs/smoke.yaml"), True,
                           {"student5": {"widths": [8, 16, 16, 32, 32]}, "resnet27": {"base": 4, "units": [1, 1, 1, 1]}},
-                          ("data.max_identities=8", "data.max_per_identity=20", "data.workers=0")),
+                          ("data.max_identities=8", "data.max_per_identity=20", "data.workers=0"),
+                          teachers={"mobilefacenet": READY_TEACHERS["mobilefacenet"]}),
     }
 
 
@@ -112,4 +183,3 @@ PREREQS = {
     "defective_teacher": ("resnet27", 0.1),
     "student5_alone": ("student5", 1.0),
 }
-PUBLIC_TEACHERS = {"mobilefacenet": ("mobilefacenet", "mobilefacenet_casia")}
