@@ -121,3 +121,26 @@ def test_teacher_crops_must_cover_the_training_photos(packs, tmp_path):
         TeacherCrops(few, "facenet160").loader(data)
     load = TeacherCrops(packs / "facenet160.fkpack", "facenet160").loader(data)
     assert load(0).shape == (160, 160, 3)
+
+
+def test_a_photo_in_two_merged_folders_gets_its_own_teacher_crop(tmp_path):
+    """The same file name under one identity in two folders: the merged packs name the
+    second copy after its folder, and the student's and the teacher's folders have
+    different names (celebawild-112x96 vs celebawild-facenet160)."""
+    from facekd.data.pack import build_pack
+    from facekd.distill.teacher_crops import TeacherCrops
+    from facekd.train.data import build_train_set
+
+    for kind, size in (("112x96", (112, 96)), ("facenet160", (160, 160))):
+        for folder, value in (("aligned", 40), ("wild", 200)):
+            d = tmp_path / f"{folder}-{kind}" / "7201"
+            d.mkdir(parents=True)
+            (d / "001085.jpg").write_bytes(encode_jpeg(np.full((*size, 3), value, np.uint8), 95))
+        import facekd.teachers.crops  # noqa: F401  registers facenet160 for build_pack
+
+        build_pack([tmp_path / f"aligned-{kind}", tmp_path / f"wild-{kind}"], tmp_path / f"{kind}.fkpack")
+    cfg = _cfg(tmp_path, {"model": "x"})
+    data = build_train_set(cfg.data, "112x96")
+    load = TeacherCrops(tmp_path / "facenet160.fkpack", "facenet160").loader(data)
+    for i in range(len(data)):
+        assert abs(float(load(i).mean()) - float(data.image(i).mean())) < 3  # 40 with 40, 200 with 200

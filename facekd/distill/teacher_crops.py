@@ -33,6 +33,14 @@ def _relative_name(data, i: int) -> str:
     return "/".join(parts[-2:])
 
 
+def _photo_key(rel: str) -> str:
+    """``identity/file`` without the ``<folder>__`` prefix a merged pack gives a file
+    name that two of its folders share (facekd.data.identity): the teacher's folders are
+    named differently from the student's, so the prefixes differ for the same photo."""
+    ident, _, name = rel.rpartition("/")
+    return f"{ident}/{name.split('__', 1)[1]}" if "__" in name else rel
+
+
 class TeacherCrops:
     """Crops of one geometry, looked up by relative name.
 
@@ -60,7 +68,7 @@ class TeacherCrops:
         self._files = files
         self._where: dict[str, list[int]] = {}
         for k, rel in enumerate(files):
-            self._where.setdefault(rel, []).append(k)
+            self._where.setdefault(_photo_key(rel), []).append(k)
 
     def fingerprint(self) -> str:
         """Identifies these crops (path, size, names) for the teacher-output cache."""
@@ -82,7 +90,7 @@ class TeacherCrops:
         teacher crop of it, which is the same photo when the teacher pack was packed from
         the same folders in the same order as the student's.
         """
-        names = [_relative_name(data, i) for i in range(len(data))]
+        names = [_photo_key(_relative_name(data, i)) for i in range(len(data))]
         seen: dict[str, int] = {}
         keys, missing = [], []
         for n in names:

@@ -153,6 +153,24 @@ def plot_accuracy_latency(by: dict, path: Path, title: str) -> Path | None:
     return save_figure(fig, path)
 
 
+def sweep_section(path: Path, start: Path | None = None) -> list[str]:
+    """The recipe sweep (eval/recipe_sweep.py): each variant's LFW and its difference from
+    the reference recipe, largest first."""
+    recs = read_results(path)
+    if not recs:
+        return []
+    ref = next((r for r in recs if r["row"].startswith("reference recipe")), None)
+    lines = ["## Recipe sweep", "",
+             f"`eval/recipe_sweep.py` ({_relative(path, start)}): student5 taught with Hard + 10·FeatureNorm, every variant "
+             f"{recs[0].get('epochs', '?')} epoch(s) from the same seed; each changes one thing of the reference recipe "
+             "(configs/base/dev_cpu.yaml) except the first, a new user's first try.", "",
+             "| variant | LFW % | vs reference | minutes |", "|---|---:|---:|---:|"]
+    for r in sorted(recs, key=lambda r: -r["lfw_acc"]):
+        delta = f"{r['lfw_acc'] - ref['lfw_acc']:+.2f}" if ref and r is not ref else ""
+        lines.append(f"| {r['row']} | {r['lfw_acc']:.2f} ± {r['lfw_std']:.2f} | {delta} | {r['seconds'] / 60:.1f} |")
+    return [*lines, ""]
+
+
 def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
     teacher = proto.teacher_title if proto else "ResNet-27"
     lines = [f"## {TITLES[t].format(teacher=teacher)}", "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -198,6 +216,8 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
         png = plot_accuracy_latency(by, results.with_suffix(".png"), f"LFW accuracy against CPU latency, {name}")
         if png is not None:
             lines += [f"![LFW accuracy against CPU latency]({_relative(png, out.parent)})", ""]
+    if proto and proto.sweep:
+        lines += sweep_section(results.parent / proto.sweep, out.parent)
     teachers = [(k[1], v) for k, v in sorted(by.items()) if k[0] == "teachers"]
     if teachers:
         lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face |", "|---|---|---:|---:|---:|---:|"]

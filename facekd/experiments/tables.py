@@ -130,6 +130,7 @@ class Protocol:
     deep_teacher: str = "teacher"  # the "teachers" row the student's speed and accuracy are set against
     teacher_title: str = "ResNet-27"  # how Table A's title names the teacher
     about: str = ""  # a paragraph for the report: data, budget, teacher
+    sweep: str = ""  # the recipe sweep's results file, beside the protocol's (eval/recipe_sweep.py)
 
     def skips(self, row: Row) -> bool:
         return row.student in self.skip_students or (row.teacher in self.skip_teachers and row.teacher not in self.teachers)
@@ -161,7 +162,7 @@ def protocols(repo: Path) -> dict[str, Protocol]:
             teachers={**READY_TEACHERS, "teacher": READY_TEACHERS["facenet_casia"]},
             skip_teachers=frozenset({"defective_teacher"}),
             skip_students=frozenset({"resnet27", "densenet121", "inception_resnet_v1"}),
-            skip_note="GPU protocol only", deep_teacher="facenet_casia",
+            skip_note="GPU protocol only", deep_teacher="facenet_casia", sweep="recipe-sweep-cpu.jsonl",
             teacher_title="FaceNet-CASIA (Inception-ResNet-v1, 23.5 M parameters, trained on CASIA-WebFace)",
             about=("The CPU protocol: facekd-dev (celeba-10k + celeba-wild, 14,350 crops of 5,461 identities) for "
                    "training, LFW View 2 (6,000 pairs, flip-fused embeddings) for testing, every row the same short "
