@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-minutes", type=float, help="start no new run after this long")
     p.add_argument("--runs", type=Path, help="run folders (default runs/paper-<protocol>)")
     p.add_argument("--results", type=Path, help="results file to append to (default docs/results/<protocol>.jsonl)")
-    p.add_argument("--report", type=Path, help="Markdown report (default docs/RESULTS.md; smoke: beside --results)")
+    p.add_argument("--report", type=Path, help="Markdown report (default: docs/RESULTS.md for facekd-dev-cpu, docs/RESULTS-gpu.md for "
+                   "facekd-dev; smoke: beside --results)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the results file; train nothing")
     p.add_argument("--packs", type=Path, help="folder holding the ready teachers' crop packs "
                    "(dev_train_facenet160.fkpack, dev_train_dlib150.fkpack; see eval/teacher_crops.py)")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown tables {unknown}; known: {', '.join(TABLES)}")
     proto = known[args.protocol]
     results = args.results or REPO / "docs" / "results" / f"{proto.name}.jsonl"
-    report = args.report or (results.with_suffix(".md") if proto.smoke_only else REPO / "docs" / "RESULTS.md")
+    report = args.report or (results.with_suffix(".md") if proto.smoke_only else REPO / "docs" / proto.report)
     runner = Runner(
         REPO, proto, args.runs or REPO / "runs" / f"paper-{proto.name}", results, args.overrides,
         deadline=time.time() + 60 * args.budget_minutes if args.budget_minutes else None, packs=args.packs,

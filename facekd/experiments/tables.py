@@ -131,6 +131,7 @@ class Protocol:
     teacher_title: str = "ResNet-27"  # how Table A's title names the teacher
     about: str = ""  # a paragraph for the report: data, budget, teacher
     sweep: str = ""  # the recipe sweep's results file, beside the protocol's (eval/recipe_sweep.py)
+    report: str = "RESULTS.md"  # the report under docs/
 
     def skips(self, row: Row) -> bool:
         return row.student in self.skip_students or (row.teacher in self.skip_teachers and row.teacher not in self.teachers)
@@ -153,7 +154,11 @@ READY_TEACHERS = {
 def protocols(repo: Path) -> dict[str, Protocol]:
     return {
         "facekd-dev": Protocol("facekd-dev", str(repo / "configs/base/dev.yaml"),
-                               str(repo / "configs/teacher/resnet27_dev.yaml"), teachers=dict(READY_TEACHERS)),
+                               str(repo / "configs/teacher/resnet27_dev.yaml"), teachers=dict(READY_TEACHERS),
+                               report="RESULTS-gpu.md",
+                               about="The GPU protocol: every row about 40 epochs over facekd-dev on an accelerator, "
+                                     "the ResNet-27 teacher trained on facekd-dev first (docs/RESULTS.md holds the CPU "
+                                     "protocol's results)."),
         # The CPU protocol: FaceNet-CASIA stands in for the paper's ResNet-27 trained on
         # CASIA-WebFace; rows that need a teacher trained on facekd-dev itself, and
         # students too slow for 2 cores, stay in facekd-dev (the GPU protocol).
