@@ -88,6 +88,27 @@ class FaceDetector:
     min_score: ClassVar[float] = 0.9
     uses_torch: ClassVar[bool] = False
 
+    def _refine(self, bgr: np.ndarray, box: np.ndarray, px: float, f: float) -> np.ndarray | None:
+        """The landmarks of the face in ``box`` from a pass over its surroundings (the box
+        grown by its size on every side) scaled so the face is ``px`` pixels; None when
+        that would not shrink it below the first pass's scale ``f``, or the face is not
+        found again."""
+        side = float(max(box[2] - box[0], box[3] - box[1]))
+        g = px / side
+        if g >= f:
+            return None
+        h, w = bgr.shape[:2]
+        x0, y0 = max(0, int(box[0] - side)), max(0, int(box[1] - side))
+        x1, y1 = min(w, int(np.ceil(box[2] + side))), min(h, int(np.ceil(box[3] + side)))
+        rows = self._pass(np.ascontiguousarray(bgr[y0:y1, x0:x1]), g)
+        if len(rows) == 0:
+            return None
+        rows[:, [0, 2, 4, 6, 8, 10, 12]] += x0
+        rows[:, [1, 3, 5, 7, 9, 11, 13]] += y0
+        ious = [_iou(box, o[:4]) for o in rows]
+        best = int(np.argmax(ious))
+        return rows[best, 4:14].reshape(5, 2) if ious[best] > 0.5 else None
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an HxWx3 uint8 RGB image."""
         return self.detect_batch([image])[0]
@@ -173,19 +194,23 @@ def _mtcnn(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
 # convention (the two were trained on different annotations): MTCNN's landmarks sit, on
 # the same faces, this far from YuNet's, in pixels of the 112x96 template frame fitted to
 # YuNet's (mean over 1,324 LFW photos; mostly the mouth corners, which MTCNN puts ~2.5 px
-# lower). Added by default, so YuNet's crops are MTCNN-like crops for models trained on
-# those: MobileFaceNet on LFW 98.68% -> 98.82% (docs/BENCHMARKS.md, "YuNet detector").
+# lower). With one pass only (``refine_face_px=()``), add this one: MobileFaceNet on
+# LFW 98.68% -> 98.82% (docs/BENCHMARKS.md, "YuNet detector").
 YUNET_TO_MTCNN_OFFSET = np.array(
     [[0.747, 1.039], [-0.489, 0.475], [0.203, 0.602], [0.073, 2.648], [0.087, 2.337]]
 )
 
-# YuNet's landmarks are steadiest when the face box is 60-90 px: on LFW, the mean of two
-# passes with the face at these sizes lands nearer MTCNN's landmarks (held-out 2.69 px
-# after its own offset below, against 3.49 px for one pass + the offset above) for ~25%
-# more detection time. Not the default: measured, it brings the reference MobileFaceNet
-# to 98.93% on LFW (single pass 98.82, MTCNN 99.07) but aligns at 4.4x MTCNN's speed, not
-# the single pass's 8.5x+ (docs/BENCHMARKS.md). ``YunetDetector(refine_face_px=
-# REFINE_FACE_PX, offset=REFINED_TO_MTCNN_OFFSET)`` turns it on.
+# YuNet's landmarks are steadiest when the face box is 60-90 px and move with scale
+# beyond. The default takes them from one more pass with the photo scaled so the face is
+# 77 px (a smaller image, so cheaper than the first pass), then adds the offset measured
+# for that pass: held out on LFW 2.93 px from MTCNN's against 3.49 for one pass, and
+# the reference MobileFaceNet at 98.93% flip on LFW (MTCNN 99.07, one pass 98.82).
+# Two passes at 66 and 88 px (``REFINE_FACE_PX``, ``REFINED_TO_MTCNN_OFFSET``) land at
+# 2.69 px and the same 98.93% for a third pass (docs/BENCHMARKS.md).
+ONE_PASS_FACE_PX = (77.0,)
+ONE_PASS_TO_MTCNN_OFFSET = np.array(
+    [[1.097, 1.440], [-0.056, 0.874], [0.775, 0.645], [0.665, 2.001], [0.767, 1.874]]
+)
 REFINE_FACE_PX = (66.0, 88.0)
 REFINED_TO_MTCNN_OFFSET = np.array(
     [[1.380, 1.145], [0.197, 0.579], [1.085, 0.474], [0.728, 2.277], [0.794, 1.753]]
@@ -207,17 +232,20 @@ class YunetDetector(FaceDetector):
     Photos whose shorter side is below ``UPSCALE_BELOW`` are upscaled as for MTCNN; photos
     whose longer side exceeds ``max_side`` are downscaled first (speed; a face that fills
     less than ``min_face_size`` pixels after that is not looked for). With
-    ``refine_face_px``, faces larger than those sizes get their landmarks from detections
-    with the photo scaled so the largest face has those sizes (averaged). Then ``offset``
-    is added.
+    ``refine_face_px``, each face larger than those sizes gets its landmarks from a pass
+    over its surroundings scaled so the face has those sizes (averaged over the sizes);
+    a face is refined on its own, so it gets the same landmarks alone or beside others
+    (the ``REFINE_MAX_FACES`` largest of a photo).
+    Then ``offset`` is added.
 
     Args:
         model: The ONNX file; default: manifest entry ``yunet_2023mar`` (``$FACEKD_WEIGHTS``,
             the cache, else a verified download).
         min_face_size: Smallest face box side kept, in pixels of the (upscaled) image.
         max_side: Longer side photos are brought down to before detection.
-        refine_face_px: Face sizes the landmarks are taken at (e.g. ``REFINE_FACE_PX``);
-            () for one pass.
+        refine_face_px: Face sizes the landmarks are taken at (default ``ONE_PASS_FACE_PX``;
+            ``REFINE_FACE_PX`` for two; () for the first pass's landmarks, then with
+            ``offset=YUNET_TO_MTCNN_OFFSET``).
         offset: (5, 2) landmark offset in the template frame (see ``correct_landmarks``);
             None for none.
         threads: OpenCV threads (None: OpenCV's default, every core).
@@ -229,14 +257,15 @@ class YunetDetector(FaceDetector):
     # Boxes scoring below this are dropped inside OpenCV (faster NMS); the aligner's
     # own rule is ``min_score``.
     _detector_score = 0.3
+    REFINE_MAX_FACES = 5  # the largest faces of a photo get refined landmarks (a crowd stays cheap)
 
     def __init__(
         self,
         model: Path | str | None = None,
         min_face_size: int = 20,
         max_side: int = 960,
-        refine_face_px: tuple[float, ...] = (),
-        offset: np.ndarray | None = YUNET_TO_MTCNN_OFFSET,
+        refine_face_px: tuple[float, ...] = ONE_PASS_FACE_PX,
+        offset: np.ndarray | None = ONE_PASS_TO_MTCNN_OFFSET,
         threads: int | None = None,
     ) -> None:
         import cv2
@@ -275,6 +304,27 @@ class YunetDetector(FaceDetector):
         rows[:, :14] /= f
         return rows
 
+    def _refine(self, bgr: np.ndarray, box: np.ndarray, px: float, f: float) -> np.ndarray | None:
+        """The landmarks of the face in ``box`` from a pass over its surroundings (the box
+        grown by its size on every side) scaled so the face is ``px`` pixels; None when
+        that would not shrink it below the first pass's scale ``f``, or the face is not
+        found again."""
+        side = float(max(box[2] - box[0], box[3] - box[1]))
+        g = px / side
+        if g >= f:
+            return None
+        h, w = bgr.shape[:2]
+        x0, y0 = max(0, int(box[0] - side)), max(0, int(box[1] - side))
+        x1, y1 = min(w, int(np.ceil(box[2] + side))), min(h, int(np.ceil(box[3] + side)))
+        rows = self._pass(np.ascontiguousarray(bgr[y0:y1, x0:x1]), g)
+        if len(rows) == 0:
+            return None
+        rows[:, [0, 2, 4, 6, 8, 10, 12]] += x0
+        rows[:, [1, 3, 5, 7, 9, 11, 13]] += y0
+        ious = [_iou(box, o[:4]) for o in rows]
+        best = int(np.argmax(ious))
+        return rows[best, 4:14].reshape(5, 2) if ious[best] > 0.5 else None
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an HxWx3 uint8 RGB image."""
         h, w = image.shape[:2]
@@ -288,18 +338,12 @@ class YunetDetector(FaceDetector):
         if len(rows) == 0:
             return []
         landmarks = rows[:, 4:14].reshape(-1, 5, 2)
-        largest = float(np.max(np.maximum(rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1])))
-        refined = [self._pass(bgr, px / largest) for px in self.refine_face_px if px / largest < f]
-        if refined:
-            total, count = np.zeros_like(landmarks), np.zeros(len(rows))
-            for other in refined:
-                for i, r in enumerate(rows):
-                    ious = [_iou(r[:4], o[:4]) for o in other]
-                    if ious and max(ious) > 0.5:
-                        total[i] += other[int(np.argmax(ious)), 4:14].reshape(5, 2)
-                        count[i] += 1
-            found = count > 0
-            landmarks[found] = total[found] / count[found, None, None]
+        if self.refine_face_px:
+            sizes = np.maximum(rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1])
+            for i in np.argsort(-sizes)[: self.REFINE_MAX_FACES]:
+                found = [lm for px in self.refine_face_px if (lm := self._refine(bgr, rows[i, :4], px, f)) is not None]
+                if found:
+                    landmarks[i] = np.mean(found, axis=0)
         out = []
         for r, lm in zip(rows, landmarks):
             if self.offset is not None and np.any(self.offset):
