@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from facekd.align.detector import detector_key
 from facekd.align.template import get_template, template_for_size
 from facekd.data.image_io import UnreadableImage, decode_rgb, read_rgb
 from facekd.embed import Embedder, crop_loader, embed_images
@@ -45,7 +46,7 @@ def aligned_folder_for(root: Path, template: str, detector: str = "mtcnn") -> Pa
     from facekd.paths import cache_dir
 
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return cache_dir() / "aligned" / f"{root.name}-{key}-{template}-{detector}"
+    return cache_dir() / "aligned" / f"{root.name}-{key}-{template}-{detector_key(detector)}"
 
 
 @dataclass

@@ -195,8 +195,14 @@ def test_folder_records_the_detector_and_refuses_to_mix(lfw_dir, tmp_path):
     Image.open(lfw_dir / FACES[0]).save(src / "a" / "x.jpg")
     report = align_folder(src, tmp_path / "dst", AlignOptions(detector="yunet", workers=1))
     assert report["detector"] == "yunet" and report["aligned"] == 1
-    with pytest.raises(FacekdError, match="detector yunet, not mtcnn"):
+    with pytest.raises(FacekdError, match="detector yunet@77px, not mtcnn"):
         align_folder(src, tmp_path / "dst", AlignOptions(detector="mtcnn", workers=1))
+    # A folder of crops from YuNet's first-pass landmarks (before the 77-px refinement)
+    # is not continued with the refined ones.
+    state = tmp_path / "dst" / ".align_state.jsonl"
+    state.write_text(state.read_text().replace('"yunet@77px"', '"yunet"'))
+    with pytest.raises(FacekdError, match="detector yunet, not yunet@77px"):
+        align_folder(src, tmp_path / "dst", AlignOptions(detector="yunet", workers=1))
     with pytest.raises(FacekdError, match="unknown face detector"):
         align_folder(src, tmp_path / "other", AlignOptions(detector="nope", workers=1))
 
@@ -206,4 +212,4 @@ def test_cache_keys_name_the_detector(tmp_path):
 
     keys = {d: aligned_folder_for(tmp_path, "112x96", d) for d in DETECTORS.names()}
     assert len(set(keys.values())) == len(keys)
-    assert all(str(p).endswith(f"112x96-{d}") for d, p in keys.items())
+    assert str(keys["mtcnn"]).endswith("112x96-mtcnn") and str(keys["yunet"]).endswith("112x96-yunet@77px")

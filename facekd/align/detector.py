@@ -125,6 +125,17 @@ class FaceDetector:
 DETECTORS: Registry[FaceDetector] = Registry("face detector")
 
 
+# A detector whose landmarks changed keeps its name and gets a new revision here, so
+# crops cut with the old landmarks are never reused as if they were the new ones.
+REVISIONS = {"yunet": "77px"}
+
+
+def detector_key(name: str) -> str:
+    """The name crops of detector ``name`` are recorded and cached under (its registry
+    name, plus its revision when its landmarks changed since it was first shipped)."""
+    return f"{name}@{REVISIONS[name]}" if name in REVISIONS else name
+
+
 def build_detector(name: str, **kwargs) -> FaceDetector:
     """The detector registered as ``name`` ("mtcnn", "yunet"), e.g. ``device="cuda"``.
 

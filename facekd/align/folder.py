@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from facekd.align.aligner import align_detected
-from facekd.align.detector import DETECTORS, build_detector
+from facekd.align.detector import DETECTORS, build_detector, detector_key
 from facekd.align.template import Template, get_template
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes, atomic_write_json
@@ -215,9 +215,10 @@ def align_folder(
         )
     # Folders written before detectors were selectable hold MTCNN crops.
     old_detector = header.get("detector", "mtcnn") if header else None
-    if old_detector not in (None, opts.detector):
+    if old_detector not in (None, detector_key(opts.detector)):
         raise FacekdError(
-            f"{dst}: holds crops from detector {old_detector}, not {opts.detector}; use another output folder"
+            f"{dst}: holds crops from detector {old_detector}, not {detector_key(opts.detector)}; "
+            "use another output folder"
         )
     done = {
         rel
@@ -232,7 +233,7 @@ def align_folder(
 
     with state_path.open("a") as state_file:
         if old_template is None:
-            first = {"file": "__template__", "template": template.name, "detector": opts.detector}
+            first = {"file": "__template__", "template": template.name, "detector": detector_key(opts.detector)}
             state_file.write(json.dumps(first) + "\n")
 
         def record(batch: list[dict]) -> None:
