@@ -11,7 +11,7 @@ from torch import nn
 
 from facekd.deploy.export import check_parity, default_normalize, export_onnx, synthetic_inputs
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, read_metadata
-from facekd.embed import OnnxEmbedder, Preprocessing
+from facekd.evaluation.embed import OnnxEmbedder, Preprocessing
 from facekd.errors import FacekdError
 from facekd.models import BACKBONES, build_backbone
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from facekd.config import to_dict
-from facekd.embed import Preprocessing
+from facekd.evaluation.embed import Preprocessing
 from facekd.errors import FacekdError
-from facekd.heads import build_head
+from facekd.models.heads import build_head
 from facekd.models import build_backbone
 from facekd.models.base import remap_keys
 from facekd.download import sha256_of

@@ -138,7 +138,7 @@ def test_unknown_importance_and_missing_loss_are_errors():
 
 def _source(tmp_path: Path) -> Path:
     """A tiny trained-looking student5 checkpoint with a softmax head over id0..id2."""
-    from facekd.heads import build_head
+    from facekd.models.heads import build_head
 
     torch.manual_seed(0)
     args = {"widths": [8, 8, 16, 16, 16], "embedding_dim": 32}
@@ -198,7 +198,7 @@ def test_facekd_export_takes_a_pruned_checkpoint(tmp_path):
     """The CLI's export path (hub -> ONNX with metadata -> parity check) on a pruned model;
     the ONNX embedder then gives the pruned PyTorch model's embeddings."""
     from facekd.cli import main
-    from facekd.embed import OnnxEmbedder, Preprocessing, TorchEmbedder
+    from facekd.evaluation.embed import OnnxEmbedder, Preprocessing, TorchEmbedder
     from facekd.train.checkpoint import model_checkpoint, save_checkpoint
 
     torch.manual_seed(0)

@@ -80,7 +80,7 @@ def test_smoke_config_trains_one_epoch_and_its_checkpoint_embeds(data_dir, tmp_p
     assert epoch[0]["lfw_pairs"] == 100 and 0 <= epoch[0]["lfw_acc"] <= 100
     assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
 
-    from facekd.embed import Preprocessing, TorchEmbedder
+    from facekd.evaluation.embed import Preprocessing, TorchEmbedder
     from facekd.hub import resolve
 
     net = resolve(run / "checkpoints/last.pt").backbone

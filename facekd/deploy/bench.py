@@ -24,11 +24,11 @@ from facekd.deploy.crops import sample_crops
 from facekd.deploy.export import export_onnx, synthetic_inputs
 from facekd.deploy.quantize import quantize_int8
 from facekd.deploy.timing import median_ratio, time_interleaved
-from facekd.embed import Preprocessing, to_input
+from facekd.evaluation.embed import Preprocessing, to_input
 from facekd.errors import FacekdError
 from facekd.hub import resolve
 from facekd.models.profile import count_macs, count_params
-from facekd.plots import save_figure
+from facekd.evaluation.plots import save_figure
 
 
 @dataclass(frozen=True)

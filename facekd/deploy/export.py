@@ -1,10 +1,10 @@
 """PyTorch backbone -> ONNX file with its preprocessing facts, checked against PyTorch.
 
-The ONNX model takes ``(N, 3, H, W)`` float32 normalised crops (``facekd.embed.to_input``)
+The ONNX model takes ``(N, 3, H, W)`` float32 normalised crops (``facekd.evaluation.embed.to_input``)
 and returns ``(N, D)`` embeddings; N is a dynamic axis. Its metadata holds:
 
-- ``facekd``: the :class:`~facekd.embed.Preprocessing` fields as JSON (what
-  :class:`~facekd.embed.OnnxEmbedder` reads),
+- ``facekd``: the :class:`~facekd.evaluation.embed.Preprocessing` fields as JSON (what
+  :class:`~facekd.evaluation.embed.OnnxEmbedder` reads),
 - ``facekd.model``: backbone name, input size, embedding size, whether the output is
   L2-normalised, which graph rewrites and which INT8 recipe were applied,
 - ``facekd.threshold``: the verification threshold chosen on LFW (``facekd.deploy.threshold``).
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
-from facekd.embed import Preprocessing
+from facekd.evaluation.embed import Preprocessing
 from facekd.errors import FacekdError
 from facekd.hub import resolve
 
@@ -263,7 +263,7 @@ def run_export(req: ExportRequest, log=print) -> dict:
     import os
 
     from facekd.deploy.crops import sample_crops
-    from facekd.embed import to_input
+    from facekd.evaluation.embed import to_input
 
     if req.normalize not in NORMALIZE_CHOICES:
         raise FacekdError(f"--normalize must be one of {', '.join(NORMALIZE_CHOICES)}")

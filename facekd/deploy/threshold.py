@@ -69,9 +69,9 @@ def choose_threshold(
     """
     import numpy as np
 
-    from facekd.embed import OnnxEmbedder
-    from facekd.evaluate import evaluate_pairs
-    from facekd.verification import best_threshold
+    from facekd.evaluation.embed import OnnxEmbedder
+    from facekd.evaluation.pairs import evaluate_pairs
+    from facekd.evaluation.metrics import best_threshold
 
     emb = OnnxEmbedder(model_path)
     emb.pre = replace(emb.pre, subtract_fold_mean=False)  # verify scores plain cosines

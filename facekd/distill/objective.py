@@ -15,7 +15,7 @@ from torch import nn
 
 from facekd.distill.losses import Outputs, build_terms, needs_teacher, teacher_weights, uses
 from facekd.errors import FacekdError
-from facekd.heads import SoftmaxHead
+from facekd.models.heads import SoftmaxHead
 from facekd.train.loop import full_precision
 
 
@@ -119,7 +119,7 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
     fits it a classifier if the terms need logits it lacks (the ``make_objective`` hook
     of :func:`facekd.train.loop.fit`)."""
     from facekd.distill.teacher import crop_adapter, fit_classifier, load_teacher, teacher_embeddings
-    from facekd.heads import build_head
+    from facekd.models.heads import build_head
     from facekd.models import build_backbone
 
     d = cfg.distill

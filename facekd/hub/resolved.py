@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from facekd.embed import Embedder, Preprocessing, TorchEmbedder
+from facekd.evaluation.embed import Embedder, Preprocessing, TorchEmbedder
 from facekd.download import sha256_of
 from facekd.errors import FacekdError
 from facekd.registry import Registry

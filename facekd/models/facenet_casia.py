@@ -26,7 +26,7 @@ from torch import nn
 from facekd.errors import FacekdError
 from facekd.models.base import BackboneCfg, register_backbone
 from facekd.teachers.crops import FACENET_160
-from facekd.weights import CONVERTERS
+from facekd.models.weights import CONVERTERS
 
 # The graph's names for the network's parts, and facenet-pytorch's for the same parts.
 _SCOPES = (

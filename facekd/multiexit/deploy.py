@@ -26,7 +26,7 @@ from torch import nn
 from facekd.deploy.export import PARITY_MIN_COSINE, _cosine_rows, default_normalize, export_onnx, synthetic_inputs
 from facekd.deploy.metadata import ModelInfo, model_metadata, set_metadata
 from facekd.deploy.timing import time_interleaved
-from facekd.embed import Preprocessing
+from facekd.evaluation.embed import Preprocessing
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
 from facekd.models.exits import AllExits, MultiExit, select_exit

@@ -26,7 +26,7 @@ from torch import nn
 from facekd.config import from_dict, to_dict
 from facekd.distill.objective import make_distill_objective
 from facekd.distill.teacher import fit_classifier, load_teacher, teacher_embeddings
-from facekd.embed import Preprocessing, to_input
+from facekd.evaluation.embed import Preprocessing, to_input
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_json
 from facekd.hub import resolve

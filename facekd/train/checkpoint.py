@@ -29,7 +29,7 @@ from torch import nn
 
 from facekd.config import to_dict
 from facekd.errors import FacekdError
-from facekd.heads import build_head
+from facekd.models.heads import build_head
 from facekd.io_utils import atomic_write_bytes
 from facekd.models import build_backbone
 from facekd.models.transforms import apply_transforms

@@ -117,7 +117,7 @@ def build_train_set(cfg, template: str, align_progress: Progress | None = None) 
     from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder, output_relpath
     from facekd.data.identity import scan_identities
     from facekd.data.pack import SUFFIX, Pack
-    from facekd.evaluate import aligned_folder_for
+    from facekd.evaluation.pairs import aligned_folder_for
 
     if not cfg.train:
         raise FacekdError("data.train is empty: name at least one pack or folder of face crops")

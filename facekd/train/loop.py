@@ -54,7 +54,7 @@ def full_precision(x: torch.Tensor):
 
 def build_objective(cfg: TrainConfig, num_classes: int) -> LabelObjective:
     """The backbone, head and center loss ``cfg.model`` names, for ``num_classes`` identities."""
-    from facekd.heads import CenterLoss, build_head
+    from facekd.models.heads import CenterLoss, build_head
     from facekd.models import build_backbone
 
     backbone = build_backbone(cfg.model.backbone, **cfg.model.backbone_args)
@@ -183,8 +183,8 @@ def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, prog
 
 def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """LFW verification of the current backbone (a copy in eval mode)."""
-    from facekd.embed import Preprocessing, TorchEmbedder
-    from facekd.evaluate import evaluate_pairs
+    from facekd.evaluation.embed import Preprocessing, TorchEmbedder
+    from facekd.evaluation.pairs import evaluate_pairs
     from facekd.train.data import resolve_path
 
     net = copy.deepcopy(backbone)

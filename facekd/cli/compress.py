@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from facekd.cli_train import report_run, add_run_args
+from facekd.cli.train import report_run, add_run_args
 
 
 def _add_prune(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +86,7 @@ def _add_exits(sub: argparse._SubParsersAction) -> None:
 def _run_exits(args: argparse.Namespace) -> int:
     from facekd.deploy.export import check_parity, default_normalize, export_onnx, synthetic_inputs
     from facekd.deploy.metadata import ModelInfo, model_metadata
-    from facekd.embed import Preprocessing
+    from facekd.evaluation.embed import Preprocessing
     from facekd.io_utils import atomic_write_json
     from facekd.models.exits import select_exit
     from facekd.hub import resolve

@@ -100,7 +100,7 @@ def format_result(label: str, ev) -> str:
 
 
 def _run_eval_lfw(args: argparse.Namespace) -> int:
-    from facekd.evaluate import evaluate_pairs
+    from facekd.evaluation.pairs import evaluate_pairs
     from facekd.io_utils import atomic_write_json
     from facekd.models.exits import select_exit
     from facekd.hub import resolve
@@ -140,7 +140,7 @@ def _run_eval_lfw(args: argparse.Namespace) -> int:
         atomic_write_json(args.json_out, ev.to_dict())
         print(f"results: {args.json_out}")
     if args.plot:
-        from facekd.plots import plot_roc
+        from facekd.evaluation.plots import plot_roc
 
         plot_roc({f"{embedder.name}{' +flip' if args.flip else ''}": ev.result}, args.plot)
         print(f"ROC plot: {args.plot}")
@@ -161,11 +161,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from facekd.align.folder import AlignOptions, align_folder
     from facekd.data.fetch import ensure_lfw
-    from facekd.evaluate import aligned_folder_for, evaluate_pairs
+    from facekd.evaluation.pairs import aligned_folder_for, evaluate_pairs
     from facekd.io_utils import atomic_write_json
     from facekd.hub import load_embedder
     from facekd.paths import data_root
-    from facekd.plots import plot_roc
+    from facekd.evaluation.plots import plot_roc
 
     root = data_root(args.data)
     print(f"data root: {root}")
@@ -235,7 +235,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from facekd.models import BACKBONES
     from facekd.hub import MODEL_SOURCES
     from facekd.models.profile import summarize
-    from facekd.weights import default_weights_for, provenance
+    from facekd.models.weights import default_weights_for, provenance
 
     rows = [summarize(name) for name in BACKBONES.names()]
     sources = [{"name": n, "doc": " ".join((MODEL_SOURCES.get(n).__doc__ or "").split())} for n in MODEL_SOURCES.names()]
@@ -265,7 +265,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add
 
 def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Core commands here; training and deployment commands live in their own modules."""
-    from facekd import cli_compress, cli_deploy, cli_train
+    from facekd.cli import compress as cli_compress, deploy as cli_deploy, train as cli_train
 
     return [*_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS]
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from facekd.align.template import get_template, template_for_size
 from facekd.data.image_io import UnreadableImage, decode_rgb, read_rgb
-from facekd.embed import Embedder, crop_loader, embed_images
+from facekd.evaluation.embed import Embedder, crop_loader, embed_images
 from facekd.errors import FacekdError
-from facekd.verification import VerificationResult, verify
+from facekd.evaluation.metrics import VerificationResult, verify
 
 Progress = Callable[[int, int], None]
 
