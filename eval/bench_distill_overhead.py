@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from facekd.train.data import build_train_set, epoch_batches
     from facekd.train.loaders import choose_loader
     from facekd.train.speed import cpu_info
-    from facekd.train.loop import build_objective, standalone_setup, train_one_epoch
+    from facekd.train.loop import build_objective, train_one_epoch
+    from facekd.train.run_setup import standalone_setup
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", required=True)

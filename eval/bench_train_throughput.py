@@ -51,7 +51,8 @@ from facekd.models import backbone_cfg  # noqa: E402
 from facekd.train.config import TrainConfig  # noqa: E402
 from facekd.train.data import build_train_set, epoch_batches  # noqa: E402
 from facekd.train.loaders import LOADERS, LoaderCtx, choose_loader  # noqa: E402
-from facekd.train.loop import build_objective, standalone_setup, train_one_epoch  # noqa: E402
+from facekd.train.loop import build_objective, train_one_epoch  # noqa: E402
+from facekd.train.run_setup import standalone_setup  # noqa: E402
 from facekd.train.speed import SpeedPlan, cpu_info, plan_speed  # noqa: E402
 
 

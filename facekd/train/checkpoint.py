@@ -142,7 +142,7 @@ def run_state(setup, epoch: int, step: int) -> dict:
     """Everything ``--resume`` needs, as a weights-only-loadable dict.
 
     Args:
-        setup: The loop's :class:`~facekd.train.loop.Setup` (cfg, plain module,
+        setup: The loop's :class:`~facekd.train.run_setup.Setup` (cfg, plain module,
             optimizer, schedule, scaler, identities, metrics).
     """
     return {
