@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 import numpy as np
 
@@ -194,6 +194,37 @@ def align_folder(
     template = get_template(opts.template)
     DETECTORS.get(opts.detector)  # an unknown name fails here, listing the known ones
     dst.mkdir(parents=True, exist_ok=True)
+    images, metadata = _photos_and_metadata(src, dst, files)
+
+    state_path = dst / STATE_NAME
+    state = _read_state(state_path)
+    old_template = _check_state_header(state.pop("__template__", {}), dst, template.name, opts.detector)
+    done = {
+        rel
+        for rel, rec in state.items()
+        if rec.get("status") in ("aligned", "fallback") and (dst / output_relpath(rel)).exists()
+    }
+    todo = [rel for rel in images if rel not in done]
+    workers = opts.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(todo) // CHUNK + 1))
+    started = time.perf_counter()
+    with state_path.open("a") as state_file:
+        if old_template is None:
+            first = {"file": "__template__", "template": template.name, "detector": opts.detector}
+            state_file.write(json.dumps(first) + "\n")
+        _align_todo(src, dst, opts, todo, workers, state, state_file, progress, len(done), len(images))
+    elapsed = time.perf_counter() - started
+
+    recs = [state[rel] for rel in images if rel in state]
+    report = _report(src, dst, template.name, opts.detector, recs, metadata, len(images), len(done), len(todo),
+                     workers, elapsed)
+    atomic_write_json(dst / REPORT_NAME, report)
+    return report
+
+
+def _photos_and_metadata(src: Path, dst: Path, files: list[str] | None) -> tuple[list[str], list[str]]:
+    """The photos to align (all under ``src``, or ``files``) and the metadata files, which
+    are copied into ``dst`` as they are."""
     images, metadata = scan_folder(src)
     if files is not None:
         known = set(images)
@@ -204,71 +235,66 @@ def align_folder(
     for rel in metadata:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, dst / rel)
+    return images, metadata
 
-    state_path = dst / STATE_NAME
-    state = _read_state(state_path)
-    header = state.pop("__template__", {})
+
+def _check_state_header(header: dict, dst: Path, template: str, detector: str) -> str | None:
+    """The template an earlier run recorded in ``dst`` (None: a fresh folder); refuses a
+    folder of crops from another template or detector."""
     old_template = header.get("template")
-    if old_template not in (None, template.name):
+    if old_template not in (None, template):
         raise FacekdError(
-            f"{dst}: holds crops for template {old_template}, not {template.name}; use another output folder"
+            f"{dst}: holds crops for template {old_template}, not {template}; use another output folder"
         )
     # Folders written before detectors were selectable hold MTCNN crops.
     old_detector = header.get("detector", "mtcnn") if header else None
-    if old_detector not in (None, opts.detector):
+    if old_detector not in (None, detector):
         raise FacekdError(
-            f"{dst}: holds crops from detector {old_detector}, not {opts.detector}; use another output folder"
+            f"{dst}: holds crops from detector {old_detector}, not {detector}; use another output folder"
         )
-    done = {
-        rel
-        for rel, rec in state.items()
-        if rec.get("status") in ("aligned", "fallback") and (dst / output_relpath(rel)).exists()
-    }
-    todo = [rel for rel in images if rel not in done]
-    total = len(images)
-    workers = opts.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(todo) // CHUNK + 1))
-    started = time.perf_counter()
+    return old_template
 
-    with state_path.open("a") as state_file:
-        if old_template is None:
-            first = {"file": "__template__", "template": template.name, "detector": opts.detector}
-            state_file.write(json.dumps(first) + "\n")
 
-        def record(batch: list[dict]) -> None:
-            for rec in batch:
-                state[rec["file"]] = rec
-                state_file.write(json.dumps(rec) + "\n")
-            state_file.flush()
+def _align_todo(src: Path, dst: Path, opts: AlignOptions, todo: list[str], workers: int, state: dict[str, dict],
+                state_file: TextIO, progress: Callable[[int, int], None] | None, count: int, total: int) -> None:
+    """Aligns ``todo`` in chunks on ``workers`` processes (this one when 1), recording each
+    result in ``state`` and appending it to ``state_file``; ``count`` were done before."""
 
-        count = len(done)
-        if progress:
-            progress(count, total)
-        if workers == 1:
-            _init_worker(str(src), str(dst), opts, threads=max(1, (os.cpu_count() or 1)))
-            for chunk in _chunks(todo, CHUNK):
-                record(_align_chunk(chunk))
-                count += len(chunk)
-                if progress:
-                    progress(count, total)
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(str(src), str(dst), opts, 1)) as pool:
-                for batch in pool.imap_unordered(_align_chunk, _chunks(todo, CHUNK)):
-                    record(batch)
-                    count += len(batch)
-                    if progress:
-                        progress(count, total)
-    elapsed = time.perf_counter() - started
+    def record(batch: list[dict]) -> None:
+        for rec in batch:
+            state[rec["file"]] = rec
+            state_file.write(json.dumps(rec) + "\n")
+        state_file.flush()
 
-    recs = [state[rel] for rel in images if rel in state]
+    if progress:
+        progress(count, total)
+    if workers == 1:
+        _init_worker(str(src), str(dst), opts, threads=max(1, (os.cpu_count() or 1)))
+        for chunk in _chunks(todo, CHUNK):
+            record(_align_chunk(chunk))
+            count += len(chunk)
+            if progress:
+                progress(count, total)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(src), str(dst), opts, 1)) as pool:
+        for batch in pool.imap_unordered(_align_chunk, _chunks(todo, CHUNK)):
+            record(batch)
+            count += len(batch)
+            if progress:
+                progress(count, total)
+
+
+def _report(src: Path, dst: Path, template: str, detector: str, recs: list[dict], metadata: list[str], total: int,
+            resumed: int, processed: int, workers: int, elapsed: float) -> dict:
+    """What ``align_report.json`` holds, from the per-photo records ``recs``."""
     unreadable = [{"file": r["file"], "reason": r["reason"]} for r in recs if r["status"] == "unreadable"]
     fallback = [r["file"] for r in recs if r["status"] == "fallback"]
-    report = {
+    return {
         "src": str(src),
         "dst": str(dst),
-        "template": template.name,
-        "detector": opts.detector,
+        "template": template,
+        "detector": detector,
         "images": total,
         "aligned": sum(r["status"] == "aligned" for r in recs),
         "fallback": len(fallback),
@@ -276,11 +302,9 @@ def align_folder(
         "fallback_files": fallback,
         "multiple_faces": sum(r.get("faces", 0) > 1 for r in recs),
         "metadata_copied": metadata,
-        "resumed": len(done),
-        "processed": len(todo),
+        "resumed": resumed,
+        "processed": processed,
         "workers": workers,
         "seconds": round(elapsed, 2),
-        "images_per_second": round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None,
+        "images_per_second": round(processed / elapsed, 2) if elapsed > 0 and processed else None,
     }
-    atomic_write_json(dst / REPORT_NAME, report)
-    return report
