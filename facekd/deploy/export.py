@@ -260,11 +260,6 @@ def run_export(req: ExportRequest, log=print) -> dict:
     Returns:
         A JSON-ready report: paths, parity, rewrites, INT8 result, threshold.
     """
-    import os
-
-    from facekd.deploy.crops import sample_crops
-    from facekd.evaluation.embed import to_input
-
     if req.normalize not in NORMALIZE_CHOICES:
         raise FacekdError(f"--normalize must be one of {', '.join(NORMALIZE_CHOICES)}")
     if req.int8 == "static" and req.calib is None:
@@ -273,27 +268,13 @@ def run_export(req: ExportRequest, log=print) -> dict:
     cfg = net.cfg
     pre = Preprocessing.from_cfg(cfg)
     normalize = default_normalize(pre) if req.normalize == "auto" else req.normalize == "yes"
-    if req.calib is not None:
-        crops = sample_crops(req.calib, pre.template, 256)
-        calib = to_input(crops, pre)
-        probe, real = calib[:: max(1, len(calib) // 64)][:64], True
-    else:
-        calib, probe, real = None, synthetic_inputs(16, tuple(cfg.input_size)), False
+    calib, probe, real = _calibration_and_probe(req.calib, pre, tuple(cfg.input_size))
     out = Path(req.onnx)
     fp32_path = fp32_sibling(out) if req.int8 else out
     info = ModelInfo(
         backbone=cfg.name, input_size=tuple(cfg.input_size), embedding_dim=cfg.embedding_dim, l2_normalized=normalize
     )
-    tmp = fp32_path.with_name(f".{fp32_path.name}.unchecked")
-    rewrites = export_onnx(
-        net, tmp, input_size=tuple(cfg.input_size), normalize=normalize, optimize=req.optimize,
-        metadata=model_metadata(pre, info),
-    )
-    try:
-        parity = check_parity(net, tmp, probe, normalize=normalize, real_faces=real)
-        os.replace(tmp, fp32_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rewrites, parity = _export_checked(net, fp32_path, pre, info, probe, real, optimize=req.optimize)
     report: dict = {
         "model": req.model,
         "backbone": cfg.name,
@@ -314,26 +295,72 @@ def run_export(req: ExportRequest, log=print) -> dict:
     )
     final = fp32_path
     if req.int8:
-        from facekd.deploy.quantize import quantize_int8
-
-        log(f"quantizing ({req.int8}); trying each recipe and timing it against FP32 ...")
-        res = quantize_int8(fp32_path, out, req.int8, calib=calib, probe=probe if real else synthetic_inputs(16, tuple(cfg.input_size)))
-        report["int8"] = res.to_dict() | {"path": str(out)}
-        for t in res.tried:
-            log(f"  {t['recipe']:<24} {t['ratio']:.2f}x FP32 latency, cosine to FP32 mean {t['cosine_mean']:.4f} -> {t['verdict']}")
-        log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, recipe {res.recipe}, {res.ratio:.2f}x FP32 latency at batch 1, one thread)")
+        probe = probe if real else synthetic_inputs(16, tuple(cfg.input_size))
+        report["int8"] = _quantize(fp32_path, out, req.int8, calib, probe, log)
         final = out
     if req.lfw is not None:
-        from facekd.deploy.threshold import choose_threshold, store_threshold
-
-        log(f"choosing the verification threshold on {req.lfw} ...")
-        choice = choose_threshold(final, req.lfw)
-        store_threshold(final, choice)  # chosen on this model's own scores
-        report["threshold"] = asdict(choice)
-        log(
-            f"threshold {choice.threshold:.4f} (cosine; right on {choice.accuracy_all_pairs:.2f}% of the {choice.pairs} "
-            f"LFW pairs; 10-fold {choice.accuracy_10fold:.2f} ± {choice.std_10fold:.2f}%) stored in {final}"
-        )
+        report["threshold"] = _store_lfw_threshold(final, req.lfw, log)
     report["onnx"] = str(final)
     return report
 
+
+def _calibration_and_probe(
+    calib_data: Path | None, pre: Preprocessing, input_size: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray, bool]:
+    """INT8 calibration inputs (None without ``calib_data``), the parity probe, and
+    whether the probe holds real faces (else deterministic random inputs)."""
+    if calib_data is None:
+        return None, synthetic_inputs(16, input_size), False
+    from facekd.deploy.crops import sample_crops
+    from facekd.evaluation.embed import to_input
+
+    crops = sample_crops(calib_data, pre.template, 256)
+    calib = to_input(crops, pre)
+    return calib, calib[:: max(1, len(calib) // 64)][:64], True
+
+
+def _export_checked(net, fp32_path: Path, pre: Preprocessing, info: ModelInfo, probe: np.ndarray, real: bool,
+                    optimize: bool) -> tuple[dict[str, int], ParityReport]:
+    """Exports ``net`` to ``fp32_path`` only once ONNX Runtime agrees with PyTorch on
+    ``probe`` (a model that fails the check never lands there); returns the graph
+    rewrites applied and the parity report."""
+    import os
+
+    tmp = fp32_path.with_name(f".{fp32_path.name}.unchecked")
+    rewrites = export_onnx(
+        net, tmp, input_size=info.input_size, normalize=info.l2_normalized, optimize=optimize,
+        metadata=model_metadata(pre, info),
+    )
+    try:
+        parity = check_parity(net, tmp, probe, normalize=info.l2_normalized, real_faces=real)
+        os.replace(tmp, fp32_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rewrites, parity
+
+
+def _quantize(fp32_path: Path, out: Path, mode: str, calib: np.ndarray | None, probe: np.ndarray, log) -> dict:
+    """INT8 ``out`` from ``fp32_path`` by the recipe that pays; its report entry."""
+    from facekd.deploy.quantize import quantize_int8
+
+    log(f"quantizing ({mode}); trying each recipe and timing it against FP32 ...")
+    res = quantize_int8(fp32_path, out, mode, calib=calib, probe=probe)
+    for t in res.tried:
+        log(f"  {t['recipe']:<24} {t['ratio']:.2f}x FP32 latency, cosine to FP32 mean {t['cosine_mean']:.4f} -> {t['verdict']}")
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, recipe {res.recipe}, {res.ratio:.2f}x FP32 latency at batch 1, one thread)")
+    return res.to_dict() | {"path": str(out)}
+
+
+def _store_lfw_threshold(model_path: Path, lfw: Path, log) -> dict:
+    """Chooses the verification threshold on ``lfw`` with the model's own scores and stores
+    it in the model's metadata; its report entry."""
+    from facekd.deploy.threshold import choose_threshold, store_threshold
+
+    log(f"choosing the verification threshold on {lfw} ...")
+    choice = choose_threshold(model_path, lfw)
+    store_threshold(model_path, choice)  # chosen on this model's own scores
+    log(
+        f"threshold {choice.threshold:.4f} (cosine; right on {choice.accuracy_all_pairs:.2f}% of the {choice.pairs} "
+        f"LFW pairs; 10-fold {choice.accuracy_10fold:.2f} ± {choice.std_10fold:.2f}%) stored in {model_path}"
+    )
+    return asdict(choice)
