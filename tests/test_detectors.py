@@ -191,7 +191,7 @@ def test_folder_records_the_detector_and_refuses_to_mix(lfw_dir, tmp_path):
     (src / "a").mkdir(parents=True)
     Image.open(lfw_dir / FACES[0]).save(src / "a" / "x.jpg")
     report = align_folder(src, tmp_path / "dst", AlignOptions(detector="yunet", workers=1))
-    assert report["detector"] == "yunet" and report["aligned"] == 1
+    assert report.detector == "yunet" and report.aligned == 1
     with pytest.raises(FacekdError, match="detector yunet, not mtcnn"):
         align_folder(src, tmp_path / "dst", AlignOptions(detector="mtcnn", workers=1))
     with pytest.raises(FacekdError, match="unknown face detector"):

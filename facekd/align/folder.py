@@ -1,4 +1,8 @@
-"""``facekd align``: a whole folder of photos to aligned crops, resumable, on every core."""
+"""``facekd align``: a whole folder of photos to aligned crops, resumable, on every core.
+
+The one module that writes and reads ``align_report.json`` (:class:`AlignReport`) and the
+state file.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
@@ -38,6 +42,54 @@ class AlignOptions:
     device: str = "cpu"
     min_face_size: int = 20
     jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A photo ``facekd align`` could not read, and why."""
+
+    file: str  # relative to the source folder
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlignReport:
+    """What :func:`align_folder` did; ``align_report.json`` holds these fields as they are.
+
+    Paths of photos are relative to ``src``; ``images`` counts the photos covered (all,
+    or the requested ``files``), ``resumed`` those an earlier run had aligned and
+    ``processed`` those this run tried.
+    """
+
+    src: str
+    dst: str
+    template: str
+    detector: str
+    images: int
+    aligned: int
+    fallback: int  # photos with no detected face, cut with the central box
+    unreadable: list[Unreadable]
+    fallback_files: list[str]
+    multiple_faces: int  # photos in which the detector found more than one face
+    metadata_copied: list[str]
+    resumed: int
+    processed: int
+    workers: int
+    seconds: float
+    images_per_second: float | None  # None when nothing was processed
+
+    def to_json(self) -> dict:
+        """The ``align_report.json`` object."""
+        return asdict(self)
+
+
+def recorded_fallbacks(folder: Path) -> list[str] | None:
+    """The central-box fallback crops the ``align_report.json`` in ``folder`` lists (None:
+    no report there, or one without the list)."""
+    path = folder / REPORT_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("fallback_files")
 
 
 def output_relpath(rel: str) -> str:
@@ -169,7 +221,7 @@ def align_folder(
     opts: AlignOptions = AlignOptions(),
     progress: Callable[[int, int], None] | None = None,
     files: list[str] | None = None,
-) -> dict:
+) -> AlignReport:
     """Aligns every photo under ``src`` into ``dst`` (same layout) and writes the report.
 
     Files already aligned by an earlier run (recorded in ``dst``'s state file, crop
@@ -184,7 +236,7 @@ def align_folder(
             pairs use or a training slice; the report then covers just them.
 
     Returns:
-        The report dict also written to ``dst/align_report.json``.
+        The report, also written to ``dst/align_report.json``.
     """
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if not src.is_dir():
@@ -218,7 +270,7 @@ def align_folder(
     recs = [state[rel] for rel in images if rel in state]
     report = _report(src, dst, template.name, opts.detector, recs, metadata, len(images), len(done), len(todo),
                      workers, elapsed)
-    atomic_write_json(dst / REPORT_NAME, report)
+    atomic_write_json(dst / REPORT_NAME, report.to_json())
     return report
 
 
@@ -286,25 +338,24 @@ def _align_todo(src: Path, dst: Path, opts: AlignOptions, todo: list[str], worke
 
 
 def _report(src: Path, dst: Path, template: str, detector: str, recs: list[dict], metadata: list[str], total: int,
-            resumed: int, processed: int, workers: int, elapsed: float) -> dict:
-    """What ``align_report.json`` holds, from the per-photo records ``recs``."""
-    unreadable = [{"file": r["file"], "reason": r["reason"]} for r in recs if r["status"] == "unreadable"]
+            resumed: int, processed: int, workers: int, elapsed: float) -> AlignReport:
+    """The report, from the per-photo records ``recs``."""
     fallback = [r["file"] for r in recs if r["status"] == "fallback"]
-    return {
-        "src": str(src),
-        "dst": str(dst),
-        "template": template,
-        "detector": detector,
-        "images": total,
-        "aligned": sum(r["status"] == "aligned" for r in recs),
-        "fallback": len(fallback),
-        "unreadable": unreadable,
-        "fallback_files": fallback,
-        "multiple_faces": sum(r.get("faces", 0) > 1 for r in recs),
-        "metadata_copied": metadata,
-        "resumed": resumed,
-        "processed": processed,
-        "workers": workers,
-        "seconds": round(elapsed, 2),
-        "images_per_second": round(processed / elapsed, 2) if elapsed > 0 and processed else None,
-    }
+    return AlignReport(
+        src=str(src),
+        dst=str(dst),
+        template=template,
+        detector=detector,
+        images=total,
+        aligned=sum(r["status"] == "aligned" for r in recs),
+        fallback=len(fallback),
+        unreadable=[Unreadable(r["file"], r["reason"]) for r in recs if r["status"] == "unreadable"],
+        fallback_files=fallback,
+        multiple_faces=sum(r.get("faces", 0) > 1 for r in recs),
+        metadata_copied=metadata,
+        resumed=resumed,
+        processed=processed,
+        workers=workers,
+        seconds=round(elapsed, 2),
+        images_per_second=round(processed / elapsed, 2) if elapsed > 0 and processed else None,
+    )

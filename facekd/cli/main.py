@@ -39,18 +39,18 @@ def _run_align(args: argparse.Namespace) -> int:
         min_face_size=args.min_face_size,
     )
     report = align_folder(args.src, args.dst, opts, progress=progress_bar("align"))
-    rate = report["images_per_second"]
+    rate = report.images_per_second
     print(
-        f"{report['images']} images ({report['detector']}): {report['aligned']} aligned, "
-        f"{report['fallback']} central-box fallbacks, "
-        f"{len(report['unreadable'])} unreadable ({report['resumed']} done earlier)"
-        + (f"; {rate:.1f} images/s on {report['workers']} workers" if rate else "")
+        f"{report.images} images ({report.detector}): {report.aligned} aligned, "
+        f"{report.fallback} central-box fallbacks, "
+        f"{len(report.unreadable)} unreadable ({report.resumed} done earlier)"
+        + (f"; {rate:.1f} images/s on {report.workers} workers" if rate else "")
     )
-    for u in report["unreadable"][:20]:
-        print(f"  unreadable: {u['file']}: {u['reason']}")
-    if len(report["unreadable"]) > 20:
-        print(f"  ... and {len(report['unreadable']) - 20} more")
-    print(f"report: {Path(report['dst']) / REPORT_NAME}")
+    for u in report.unreadable[:20]:
+        print(f"  unreadable: {u.file}: {u.reason}")
+    if len(report.unreadable) > 20:
+        print(f"  ... and {len(report.unreadable) - 20} more")
+    print(f"report: {Path(report.dst) / REPORT_NAME}")
     return 0
 
 
@@ -175,8 +175,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"1/3 aligning {lfw} -> {aligned} (MTCNN, template {embedder.pre.template}; resumes if interrupted)")
     report = align_folder(lfw, aligned, AlignOptions(template=embedder.pre.template), progress=progress_bar("align"))
     print(
-        f"    {report['images']} images: {report['aligned']} aligned, {report['fallback']} central-box fallbacks, "
-        f"{len(report['unreadable'])} unreadable"
+        f"    {report.images} images: {report.aligned} aligned, {report.fallback} central-box fallbacks, "
+        f"{len(report.unreadable)} unreadable"
     )
     print(f"2/3 evaluating {embedder.name} on LFW View 2")
     results = {}

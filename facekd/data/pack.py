@@ -22,6 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
+from facekd.align.folder import recorded_fallbacks
 from facekd.align.template import template_for_size
 from facekd.data.identity import scan_identities
 from facekd.data.image_io import UnreadableImage, decode_rgb, encode_jpeg
@@ -175,9 +176,7 @@ def build_pack(
     fallback: list[str] = []
     packed = {s.rel for s in samples}
     for r in roots:
-        report = r / "align_report.json"
-        if report.is_file():
-            fallback += [f for f in json.loads(report.read_text()).get("fallback_files", []) if f in packed]
+        fallback += [f for f in recorded_fallbacks(r) or [] if f in packed]
     meta["fallback_files"] = fallback
 
     def crop(path: Path) -> tuple[bytes, np.ndarray]:

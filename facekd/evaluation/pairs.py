@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder, recorded_fallbacks
 from facekd.align.template import get_template, template_for_size
 from facekd.data.image_io import UnreadableImage, decode_rgb, read_rgb
 from facekd.evaluation.embed import Embedder, crop_loader, embed_images
@@ -145,22 +145,18 @@ def _pairs_from_folder(
     info: dict = {}
     if aligned is None:
         aligned = template_for_size(*_first_image_size([data / names[0]])) is not None
-    report = None
     if not aligned:
-        from facekd.align.folder import AlignOptions, align_folder
-
         root = aligned_folder_for(data, template, detector)
         opts = AlignOptions(template=template, detector=detector)
         report = align_folder(data, root, opts, progress=align_progress, files=names)
         wanted = set(names)
-        bad = [u["file"] for u in report["unreadable"] if u["file"] in wanted]
+        bad = [u.file for u in report.unreadable if u.file in wanted]
         if bad:
             raise FacekdError(f"{data}: {len(bad)} pair images are unreadable: {', '.join(bad[:10])}")
         info["aligned_copy"] = str(root)
-    elif (data / "align_report.json").is_file():
-        report = json.loads((data / "align_report.json").read_text())
-    if report is not None:
-        info["fallback_images"] = _fallbacks_among(report.get("fallback_files"), names)
+        info["fallback_images"] = _fallbacks_among(report.fallback_files, names)
+    elif (data / REPORT_NAME).is_file():
+        info["fallback_images"] = _fallbacks_among(recorded_fallbacks(data), names)
 
     def read(i: int) -> np.ndarray:
         try:

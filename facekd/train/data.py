@@ -130,7 +130,7 @@ class _Gathered:
 
     def add_folder(self, path: Path, template: str) -> None:
         """An aligned folder, or an unaligned one to align once the identities are chosen."""
-        from facekd.align.folder import REPORT_NAME
+        from facekd.align.folder import recorded_fallbacks
         from facekd.data.identity import scan_identities
 
         s = len(self.sources)
@@ -140,10 +140,8 @@ class _Gathered:
             raise FacekdError(f"{path}: crops are aligned to {crop_t}, the backbone wants {template}")
         if crop_t is None:
             self.to_align.append((s, path))
-        elif (path / REPORT_NAME).is_file():
-            import json
-
-            self.fallback |= {(s, f) for f in json.loads((path / REPORT_NAME).read_text()).get("fallback_files", [])}
+        else:
+            self.fallback |= {(s, f) for f in recorded_fallbacks(path) or []}
         files = [smp.rel for smp in samples]
         self.sources.append(_FolderSource(path, files))
         self.cands += [_Candidate(s, i, names[smp.label], smp.rel) for i, smp in enumerate(samples)]
@@ -158,8 +156,8 @@ class _Gathered:
         wanted = sorted(c.rel for v in by_id.values() for c in v if c.source == s)
         dst = aligned_folder_for(raw_root, template)
         report = align_folder(raw_root, dst, AlignOptions(template=template), progress=progress, files=wanted)
-        bad = {u["file"] for u in report["unreadable"]}
-        self.fallback |= {(s, f) for f in report["fallback_files"]}
+        bad = {u.file for u in report.unreadable}
+        self.fallback |= {(s, f) for f in report.fallback_files}
         for v in by_id.values():
             v[:] = [c for c in v if not (c.source == s and c.rel in bad)]
         src = self.sources[s]
