@@ -121,20 +121,19 @@ def _run_eval_lfw(args: argparse.Namespace) -> int:
         embed_progress=progress_bar("embed"),
         detector=args.detector,
     )
-    info = ev.info
     recipe = []
     if args.flip:
-        recipe.append(f"flip ({info['flip_fusion']})")
-    if info["subtract_fold_mean"]:
+        recipe.append(f"flip ({ev.flip_fusion})")
+    if ev.subtract_fold_mean:
         recipe.append("training-fold mean subtracted")
-    print(f"{embedder.name} on {info['protocol']}" + (f"; {', '.join(recipe)}" if recipe else ""))
+    print(f"{embedder.name} on {ev.protocol}" + (f"; {', '.join(recipe)}" if recipe else ""))
     print(format_result("flip" if args.flip else "plain", ev))
     print("folds: " + " ".join(f"{a:.2f}" for a in ev.result.to_dict()["folds"]))
-    if info.get("fallback_images"):
-        print(f"note: {info['fallback_images']} pair images had no detected face and used the central box")
+    if ev.fallback_images:
+        print(f"note: {ev.fallback_images} pair images had no detected face and used the central box")
     print(
-        f"embedded {info['images']} images in {info['embed_seconds']:.1f} s "
-        f"({info['images'] / max(info['embed_seconds'], 1e-9):.0f} images/s); total {info['seconds']:.1f} s"
+        f"embedded {ev.images} images in {ev.embed_seconds:.1f} s "
+        f"({ev.images / max(ev.embed_seconds, 1e-9):.0f} images/s); total {ev.seconds:.1f} s"
     )
     if args.json_out:
         atomic_write_json(args.json_out, ev.to_dict())

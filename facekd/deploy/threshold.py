@@ -84,7 +84,7 @@ def choose_threshold(
     return ThresholdChoice(
         threshold=round(float(thr), 6),
         rule="maximises accuracy of cosine >= threshold over all pairs",
-        data=ev.info["protocol"],
+        data=ev.protocol,
         pairs=int(r.pairs),
         accuracy_all_pairs=round(100 * acc, 3),
         accuracy_10fold=round(100 * r.accuracy, 3),

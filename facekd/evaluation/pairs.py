@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,15 +19,61 @@ from facekd.evaluation.metrics import VerificationResult, verify
 Progress = Callable[[int, int], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PairsEvaluation:
-    """A verification result and how it was obtained."""
+    """A verification result and how it was obtained.
+
+    Attributes:
+        result: The scores.
+        model: The embedder's name.
+        data: The folder, pack or ``.bin`` evaluated on.
+        protocol: The pairs and folds, in words.
+        template: The alignment template of the crops embedded.
+        flip: Whether the mirror image's embedding was added.
+        flip_fusion: The embedder's fusion rule when ``flip``, else None.
+        subtract_fold_mean: Whether the training folds' mean embedding was subtracted.
+        images: Images embedded.
+        embedding_dim: Length of a (fused) embedding.
+        embed_seconds: Time spent embedding.
+        seconds: Time for the whole evaluation.
+        fallback_images: Pair images that were central-box alignment fallbacks (None: unknown).
+        aligned_copy: Where an unaligned folder was aligned to first (None: used as it is).
+    """
 
     result: VerificationResult
-    info: dict = field(default_factory=dict)
+    model: str
+    data: str
+    protocol: str
+    template: str
+    flip: bool
+    flip_fusion: str | None
+    subtract_fold_mean: bool
+    images: int
+    embedding_dim: int
+    embed_seconds: float
+    seconds: float
+    fallback_images: int | None = None
+    aligned_copy: str | None = None
 
     def to_dict(self) -> dict:
-        return {**self.info, **self.result.to_dict()}
+        """JSON-ready: how the result was obtained, then :meth:`VerificationResult.to_dict`."""
+        how = {"model": self.model, "data": self.data}
+        if self.aligned_copy is not None:
+            how["aligned_copy"] = self.aligned_copy
+        how |= {
+            "fallback_images": self.fallback_images,
+            "protocol": self.protocol,
+            "template": self.template,
+            "flip": self.flip,
+            "flip_fusion": self.flip_fusion,
+            "subtract_fold_mean": self.subtract_fold_mean,
+            "images": self.images,
+            "pairs": self.result.pairs,
+            "embedding_dim": self.embedding_dim,
+            "embed_seconds": self.embed_seconds,
+            "seconds": self.seconds,
+        }
+        return {**how, **self.result.to_dict()}
 
 
 def _first_image_size(paths: list[Path]) -> tuple[int, int]:
@@ -60,7 +106,9 @@ class _Pairs:
     issame: np.ndarray
     fold_ids: np.ndarray | None
     folds: int
-    info: dict
+    protocol: str
+    fallback_images: int | None = None  # see PairsEvaluation
+    aligned_copy: str | None = None
 
 
 def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
@@ -79,7 +127,7 @@ def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progr
         issame=np.array(vb.issame),
         fold_ids=None,
         folds=10,
-        info={"protocol": f"insightface .bin ({len(vb)} pairs, 10 consecutive folds)", "fallback_images": None},
+        protocol=f"insightface .bin ({len(vb)} pairs, 10 consecutive folds)",
     )
 
 
@@ -91,9 +139,9 @@ def _fallbacks_among(fallback_files: list[str] | None, names: list[str]) -> int 
     return sum(n in fb for n in names)
 
 
-def _lfw_pairs(pairs, names: list[str], read, describe, info: dict) -> _Pairs:
+def _lfw_pairs(pairs, names: list[str], read, describe, fallback_images: int | None,
+               aligned_copy: str | None = None) -> _Pairs:
     index = {n: i for i, n in enumerate(names)}
-    info["protocol"] = f"LFW View 2 ({pairs.folds} folds, {len(pairs)} pairs)"
     return _Pairs(
         count=len(names),
         read=read,
@@ -103,7 +151,9 @@ def _lfw_pairs(pairs, names: list[str], read, describe, info: dict) -> _Pairs:
         issame=np.array(pairs.issame),
         fold_ids=np.array(pairs.fold),
         folds=pairs.folds,
-        info=info,
+        protocol=f"LFW View 2 ({pairs.folds} folds, {len(pairs)} pairs)",
+        fallback_images=fallback_images,
+        aligned_copy=aligned_copy,
     )
 
 
@@ -127,7 +177,7 @@ def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_prog
         names,
         read=lambda i: pack.image(where[names[i]]),
         describe=lambda i: f"{path}:{names[i]}",
-        info={"fallback_images": _fallbacks_among(pack.meta.get("fallback_files"), names)},
+        fallback_images=_fallbacks_among(pack.meta.get("fallback_files"), names),
     )
 
 
@@ -142,7 +192,7 @@ def _pairs_from_folder(
     check_images(pairs, data)
     names = pairs.images()
     root = data
-    info: dict = {}
+    fallback_images = aligned_copy = None
     if aligned is None:
         aligned = template_for_size(*_first_image_size([data / names[0]])) is not None
     if not aligned:
@@ -153,10 +203,10 @@ def _pairs_from_folder(
         bad = [u.file for u in report.unreadable if u.file in wanted]
         if bad:
             raise FacekdError(f"{data}: {len(bad)} pair images are unreadable: {', '.join(bad[:10])}")
-        info["aligned_copy"] = str(root)
-        info["fallback_images"] = _fallbacks_among(report.fallback_files, names)
+        aligned_copy = str(root)
+        fallback_images = _fallbacks_among(report.fallback_files, names)
     elif (data / REPORT_NAME).is_file():
-        info["fallback_images"] = _fallbacks_among(recorded_fallbacks(data), names)
+        fallback_images = _fallbacks_among(recorded_fallbacks(data), names)
 
     def read(i: int) -> np.ndarray:
         try:
@@ -164,7 +214,7 @@ def _pairs_from_folder(
         except UnreadableImage as exc:
             raise FacekdError(f"{root / names[i]}: {exc}") from None
 
-    return _lfw_pairs(pairs, names, read, lambda i: str(root / names[i]), info)
+    return _lfw_pairs(pairs, names, read, lambda i: str(root / names[i]), fallback_images, aligned_copy)
 
 
 def _load_pairs(
@@ -205,8 +255,9 @@ def evaluate_pairs(
     want = get_template(embedder.pre.template)
     started = time.perf_counter()
     p = _load_pairs(data, want.name, aligned, align_progress, pairs_per_fold, detector)
+    protocol = p.protocol
     if pairs_per_fold:
-        p.info["protocol"] += f"; quick subset, the first {pairs_per_fold} same and different pairs per fold"
+        protocol += f"; quick subset, the first {pairs_per_fold} same and different pairs per fold"
     load = crop_loader(want, p.read, p.describe)
     t0 = time.perf_counter()
     emb = embed_images(embedder, load, p.count, flip=flip, batch_size=batch_size, progress=embed_progress)
@@ -215,18 +266,19 @@ def evaluate_pairs(
         emb[p.idx1], emb[p.idx2], p.issame, folds=p.folds, fold_ids=p.fold_ids,
         subtract_mean=embedder.pre.subtract_fold_mean,
     )
-    info = {
-        "model": embedder.name,
-        "data": str(data),
-        **p.info,
-        "template": want.name,
-        "flip": flip,
-        "flip_fusion": embedder.pre.flip_fusion if flip else None,
-        "subtract_fold_mean": embedder.pre.subtract_fold_mean,
-        "images": p.count,
-        "pairs": int(len(p.issame)),
-        "embedding_dim": int(emb.shape[1]),
-        "embed_seconds": round(embed_seconds, 2),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    return PairsEvaluation(result=result, info=info)
+    return PairsEvaluation(
+        result=result,
+        model=embedder.name,
+        data=str(data),
+        protocol=protocol,
+        template=want.name,
+        flip=flip,
+        flip_fusion=embedder.pre.flip_fusion if flip else None,
+        subtract_fold_mean=embedder.pre.subtract_fold_mean,
+        images=p.count,
+        embedding_dim=int(emb.shape[1]),
+        embed_seconds=round(embed_seconds, 2),
+        seconds=round(time.perf_counter() - started, 2),
+        fallback_images=p.fallback_images,
+        aligned_copy=p.aligned_copy,
+    )

@@ -147,8 +147,8 @@ def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) ->
         "lfw_std": 100 * r.std,
         "lfw_auc": r.auc,
         "lfw_eer": 100 * r.eer,
-        "lfw_pairs": ev.info["pairs"],
-        "eval_seconds": ev.info["seconds"],
+        "lfw_pairs": r.pairs,
+        "eval_seconds": ev.seconds,
     }
 
 
