@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = config(args.teacher_modes[0])
     bcfg = backbone_cfg(args.student)
-    data = build_train_set(cfg.data, bcfg.template)
+    data = build_train_set(cfg.data, bcfg.pre.template)
     objectives, teacher_s = {}, 0.0
     for mode in args.teacher_modes:
         t0 = time.perf_counter()

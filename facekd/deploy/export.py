@@ -3,7 +3,7 @@
 The ONNX model takes ``(N, 3, H, W)`` float32 normalised crops (``facekd.evaluation.embed.to_input``)
 and returns ``(N, D)`` embeddings; N is a dynamic axis. Its metadata holds:
 
-- ``facekd``: the :class:`~facekd.evaluation.embed.Preprocessing` fields as JSON (what
+- ``facekd``: the :class:`~facekd.preprocessing.Preprocessing` fields as JSON (what
   :class:`~facekd.evaluation.embed.OnnxEmbedder` reads),
 - ``facekd.model``: backbone name, input size, embedding size, whether the output is
   L2-normalised, which graph rewrites and which INT8 recipe were applied,
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
-from facekd.evaluation.embed import Preprocessing
 from facekd.errors import FacekdError
 from facekd.hub import resolve
+from facekd.preprocessing import Preprocessing
 
 # FP32 ONNX Runtime against PyTorch, per embedding: what an exact export keeps.
 PARITY_MIN_COSINE = 0.9999
@@ -266,7 +266,7 @@ def run_export(req: ExportRequest, log=print) -> dict:
         raise FacekdError("--int8 static calibrates on aligned faces: pass --calib DIR (aligned crops or a .fkpack)")
     net = load_backbone(req.model, req.weights)
     cfg = net.cfg
-    pre = Preprocessing.from_cfg(cfg)
+    pre = cfg.pre
     normalize = default_normalize(pre) if req.normalize == "auto" else req.normalize == "yes"
     calib, probe, real = _calibration_and_probe(req.calib, pre, tuple(cfg.input_size))
     out = Path(req.onnx)

@@ -146,11 +146,11 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
                 raise FacekdError(f"teacher {teacher.name} reads its own crops (teacher.crops): use distill.teacher_mode=cache")
             if teacher.backbone is None:
                 raise FacekdError(f"teacher {teacher.name} has no PyTorch model: use distill.teacher_mode=cache (no augmentation)")
-            if (teacher.mean, teacher.std) != (backbone.cfg.mean, backbone.cfg.std):
+            if (teacher.mean, teacher.std) != (backbone.cfg.pre.mean, backbone.cfg.pre.std):
                 raise FacekdError(f"teacher {teacher.name} normalises pixels differently from {cfg.model.backbone}")
         if not own_crops:
             try:  # 112x112 and 112x96 crops convert into each other; other pairs cannot
-                adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.mean) / backbone.cfg.std)
+                adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.pre.mean) / backbone.cfg.pre.std)
             except FacekdError:
                 raise FacekdError(
                     f"teacher {teacher.name} wants {teacher.template} crops and the student {data.template}; "

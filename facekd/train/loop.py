@@ -128,7 +128,7 @@ def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, prog
 
 def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """LFW verification of the current backbone (a copy in eval mode)."""
-    from facekd.evaluation.embed import Preprocessing, TorchEmbedder
+    from facekd.evaluation.embed import TorchEmbedder
     from facekd.evaluation.pairs import evaluate_pairs
     from facekd.train.data import resolve_path
 
@@ -137,7 +137,7 @@ def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) ->
     # which deepcopy shares: without this the copy would run the training model in train mode.
     net.__dict__.pop("forward", None)
     net.cfg = backbone.cfg
-    emb = TorchEmbedder(net, Preprocessing.from_cfg(backbone.cfg), name=backbone.cfg.name, device=str(device))
+    emb = TorchEmbedder(net, backbone.cfg.pre, name=backbone.cfg.name, device=str(device))
     ev = evaluate_pairs(
         emb, resolve_path(cfg.eval.lfw, cfg.data.root), flip=cfg.eval.flip, pairs_per_fold=cfg.eval.pairs_per_fold
     )
@@ -190,7 +190,7 @@ def fit(
             say = lambda msg: None  # noqa: E731
         ckpt = _open_run(cfg, run_dir, resume)
         bcfg = backbone_cfg(cfg.model.backbone)
-        data = _gather_train_set(cfg, dist, bcfg.template)
+        data = _gather_train_set(cfg, dist, bcfg.pre.template)
         plain = _objective_rank0_first(cfg, data, device, dist, say, make_objective)
         setup, choices = build_setup(cfg, run_dir, dist, device, data, plain, ckpt, bcfg, say)
         if dist.is_main:

@@ -58,7 +58,7 @@ def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.de
     bcfg = backbone_cfg(cfg.model.backbone)
     feed = None
     if loader:
-        feed = LOADERS.get(loader)(LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, 0))
+        feed = LOADERS.get(loader)(LoaderCtx(data, cfg.data.augment, bcfg.pre.mean, bcfg.pre.std, device, workers, 0))
     return Setup(cfg, DistInfo(), device, module, module, optimizer, schedule,
                  torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16"), feed, len(data), 0,
                  RunLog(Path("."), enabled=False), precision=plan.precision, channels_last=plan.channels_last)
@@ -117,5 +117,5 @@ def _make_loader(cfg: TrainConfig, data, device: torch.device, bcfg):
 
     workers = cfg.data.workers if cfg.data.workers is not None else max(1, (torch.multiprocessing.cpu_count() or 2) - 1)
     chosen = choose_loader(cfg.data.loader, data, device)
-    ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, cfg.train.seed)
+    ctx = LoaderCtx(data, cfg.data.augment, bcfg.pre.mean, bcfg.pre.std, device, workers, cfg.train.seed)
     return LOADERS.get(chosen.name)(ctx), chosen
