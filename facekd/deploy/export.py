@@ -84,28 +84,13 @@ def export_onnx(
     Returns:
         How many nodes each graph rewrite changed (empty without ``optimize``).
     """
-    import io
-
     import onnx
-    import torch
 
     from facekd.deploy.graph import optimize_graph
     from facekd.io_utils import atomic_write_bytes
 
     net = with_l2_norm(model) if normalize else model
-    net = net.cpu().eval()
-    dummy = torch.zeros(2 if dynamic_batch else 1, 3, *input_size)
-    axes = {"input": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        # "legacy TorchScript-based ONNX export" is deprecated, see the docstring.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            net, (dummy,), buf, input_names=["input"], output_names=["embedding"],
-            dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
-        )
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(_torchscript_export(net.cpu().eval(), input_size, dynamic_batch, opset))
     rewrites = optimize_graph(proto) if optimize else {}
     onnx.checker.check_model(proto)
     metadata = dict(metadata or {})
@@ -114,6 +99,26 @@ def export_onnx(
     set_metadata(proto, metadata)
     atomic_write_bytes(path, proto.SerializeToString())
     return rewrites
+
+
+def _torchscript_export(net, input_size: tuple[int, int], dynamic_batch: bool, opset: int) -> bytes:
+    """``net`` as serialised ONNX from the TorchScript-based exporter (see :func:`export_onnx`)."""
+    import io
+
+    import torch
+
+    dummy = torch.zeros(2 if dynamic_batch else 1, 3, *input_size)
+    axes = {"input": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # "legacy TorchScript-based ONNX export" is deprecated, see export_onnx's docstring.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            net, (dummy,), buf, input_names=["input"], output_names=["embedding"],
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,15 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return np.sum(a * b, axis=1)
+
+
+def _parity_batches(inputs: np.ndarray, bs: int, single_images: int) -> list[np.ndarray]:
+    """At batch 1 the first ``single_images`` inputs one by one; otherwise one batch of
+    ``bs``, the inputs repeated to fill it."""
+    if bs == 1:
+        return [inputs[i : i + 1] for i in range(min(single_images, len(inputs)))]
+    reps = -(-bs // len(inputs))
+    return [np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs])]
 
 
 def check_parity(
@@ -183,13 +197,8 @@ def check_parity(
     cos: dict[int, float] = {}
     diff: dict[int, float] = {}
     for bs in batch_sizes:
-        if bs == 1:
-            batches = [inputs[i : i + 1] for i in range(min(single_images, len(inputs)))]
-        else:
-            reps = -(-bs // len(inputs))
-            batches = [np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs])]
         worst, largest = 1.0, 0.0
-        for x in batches:
+        for x in _parity_batches(inputs, bs, single_images):
             with torch.no_grad():
                 ref = model(torch.from_numpy(x)).numpy()
             if normalize:
