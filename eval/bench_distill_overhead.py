@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from facekd.train.data import build_train_set, epoch_batches
     from facekd.train.loaders import choose_loader
     from facekd.train.speed import cpu_info
-    from facekd.train.loop import build_objective, standalone_setup, train_one_epoch
+    from facekd.train.loop import build_objective, train_one_epoch
+    from facekd.train.run_setup import standalone_setup
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", required=True)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = config(args.teacher_modes[0])
     bcfg = backbone_cfg(args.student)
-    data = build_train_set(cfg.data, bcfg.template)
+    data = build_train_set(cfg.data, bcfg.pre.template)
     objectives, teacher_s = {}, 0.0
     for mode in args.teacher_modes:
         t0 = time.perf_counter()

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from facekd.embed import optimize_for_cpu
+from facekd.evaluation.embed import optimize_for_cpu
 from facekd.models import backbone_cfg, build_backbone
 
 

@@ -51,7 +51,8 @@ from facekd.models import backbone_cfg  # noqa: E402
 from facekd.train.config import TrainConfig  # noqa: E402
 from facekd.train.data import build_train_set, epoch_batches  # noqa: E402
 from facekd.train.loaders import LOADERS, LoaderCtx, choose_loader  # noqa: E402
-from facekd.train.loop import build_objective, standalone_setup, train_one_epoch  # noqa: E402
+from facekd.train.loop import build_objective, train_one_epoch  # noqa: E402
+from facekd.train.run_setup import standalone_setup  # noqa: E402
 from facekd.train.speed import SpeedPlan, cpu_info, plan_speed  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
     }
     cfg = from_dict(TrainConfig, raw, "bench")
     bcfg = backbone_cfg(backbone)
-    data = build_train_set(cfg.data, bcfg.template)
+    data = build_train_set(cfg.data, bcfg.pre.template)
     workers = cfg.data.workers if cfg.data.workers is not None else max(1, (torch.multiprocessing.cpu_count() or 2) - 1)
     per_row = args.warmup + args.rounds * args.steps
     order = _batches(len(data), args.batch, per_row)
@@ -113,7 +114,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
     plan_s = time.perf_counter() - t0
     print(f"{backbone}: default path: loader {chosen.name} ({chosen.reason}); {plan.describe()}", flush=True)
     feeds["default"] = (default, default.loader.epoch(order, 1), chosen.name, plan_s)
-    ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, 0, 0)
+    ctx = LoaderCtx(data, cfg.data.augment, bcfg.pre.mean, bcfg.pre.std, device, 0, 0)
     x, y, idx = next(LOADERS.get("memory")(ctx).epoch(order[:1], 0)) if device.type == "cpu" else \
         next(LOADERS.get("device")(ctx).epoch(order[:1], 0))
     feeds["ceiling"] = (default, itertools.repeat((x, y, idx)), "resident", 0.0)

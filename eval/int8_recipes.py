@@ -17,7 +17,7 @@ def main() -> None:
     from facekd.deploy.crops import sample_crops
     from facekd.deploy.export import export_onnx, load_backbone
     from facekd.deploy.quantize import INT8_RECIPES, quantize_int8
-    from facekd.embed import Preprocessing, to_input
+    from facekd.evaluation.embed import to_input
     from facekd.errors import FacekdError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
 
     net = load_backbone(args.model, args.weights)
-    pre = Preprocessing.from_cfg(net.cfg)
+    pre = net.cfg.pre
     calib = to_input(sample_crops(args.calib, pre.template, 128), pre)
     probe = to_input(sample_crops(args.probe, pre.template, 64), pre)
     names = args.recipes or [n for n in INT8_RECIPES.names() if INT8_RECIPES.build(n).static]

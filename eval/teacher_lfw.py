@@ -28,10 +28,10 @@ from facekd.align.template import get_template
 from facekd.data.image_io import read_rgb
 from facekd.data.lfw import parse_pairs
 from facekd.distill.ensemble import combine
-from facekd.embed import crop_loader, embed_images
+from facekd.evaluation.embed import crop_loader, embed_images
 from facekd.hub import resolve
 from facekd.progress import progress_bar
-from facekd.verification import verify
+from facekd.evaluation.metrics import verify
 
 
 def _fuse(a: np.ndarray, b: np.ndarray, how: str) -> np.ndarray:

@@ -78,17 +78,19 @@ def test_messy_folder_is_reported_and_resumes(lfw_dir, tmp_path):
     _make_messy_folder(lfw_dir, src)
     report = align_folder(src, dst, AlignOptions(workers=1))
 
-    assert report["images"] == 12
-    reasons = {u["file"]: u["reason"] for u in report["unreadable"]}
+    assert report.images == 12
+    reasons = {u.file: u.reason for u in report.unreadable}
     assert set(reasons) == {"bad/empty.jpg", "bad/cut.jpg", "bad/text.jpg", "bad/notes.doc"}
     assert "empty" in reasons["bad/empty.jpg"]
     assert "truncated" in reasons["bad/cut.jpg"]
     assert "not an image" in reasons["bad/text.jpg"] and "not an image" in reasons["bad/notes.doc"]
-    assert report["fallback_files"] == ["ok/tiny.jpg"]
-    assert report["aligned"] == 7 and report["fallback"] == 1
-    assert report["multiple_faces"] >= 1
-    assert report["metadata_copied"] == ["pairs.txt"] and (dst / "pairs.txt").read_text() == "1 1\n"
-    assert json.loads((dst / REPORT_NAME).read_text())["aligned"] == 7
+    assert report.fallback_files == ["ok/tiny.jpg"]
+    assert report.aligned == 7 and report.fallback == 1
+    assert report.multiple_faces >= 1
+    assert report.metadata_copied == ["pairs.txt"] and (dst / "pairs.txt").read_text() == "1 1\n"
+    on_disk = json.loads((dst / REPORT_NAME).read_text())
+    assert on_disk == report.to_json() and on_disk["aligned"] == 7
+    assert on_disk["unreadable"][0] == {"file": report.unreadable[0].file, "reason": report.unreadable[0].reason}
 
     crops = {n: np.asarray(Image.open(dst / "ok" / n).convert("RGB"), dtype=float) for n in
              ["a.jpg", "gray.jpg", "cmyk.jpg", "rgba.png", "deep.png", "rotated.jpg", "two.jpg", "tiny.jpg"]}
@@ -105,9 +107,9 @@ def test_messy_folder_is_reported_and_resumes(lfw_dir, tmp_path):
     with (dst / STATE_NAME).open("a") as f:
         f.write('{"file": "ok/a.j')
     again = align_folder(src, dst, AlignOptions(workers=1))
-    assert again["resumed"] == 7  # 8 crops written earlier, one lost
-    assert again["processed"] == 5  # the lost crop and the 4 unreadable files, retried
-    assert again["aligned"] == 7 and (dst / "ok" / "gray.jpg").is_file()
+    assert again.resumed == 7  # 8 crops written earlier, one lost
+    assert again.processed == 5  # the lost crop and the 4 unreadable files, retried
+    assert again.aligned == 7 and (dst / "ok" / "gray.jpg").is_file()
 
 
 def test_worker_pool_matches_single_process(lfw_dir, tmp_path):
@@ -117,7 +119,7 @@ def test_worker_pool_matches_single_process(lfw_dir, tmp_path):
         shutil.copy(lfw_dir / rel, src / rel)
     one = align_folder(src, tmp_path / "one", AlignOptions(workers=1))
     pool = align_folder(src, tmp_path / "pool", AlignOptions(workers=2))
-    assert one["aligned"] == pool["aligned"] == 2
+    assert one.aligned == pool.aligned == 2
     for rel in [FACE, OTHER]:
         a = np.asarray(Image.open(tmp_path / "one" / rel), dtype=float)
         b = np.asarray(Image.open(tmp_path / "pool" / rel), dtype=float)

@@ -62,7 +62,7 @@ def test_round_trip_through_to_dict():
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    from facekd.heads import HEADS
+    from facekd.models.heads import HEADS
     from facekd.models import BACKBONES
     from facekd.train.optim import OPTIMIZERS, SCHEDULES
 

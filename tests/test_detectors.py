@@ -71,7 +71,7 @@ def test_registry_names_and_unknown_name():
 
 def test_manifest_entry_matches_the_shared_file(yunet_file):
     from facekd.download import sha256_of
-    from facekd.weights import manifest, resolve_weights
+    from facekd.models.weights import manifest, resolve_weights
 
     entry = manifest()["yunet_2023mar"]
     assert entry["sha256"] == YUNET_SHA256 == sha256_of(yunet_file)
@@ -194,7 +194,7 @@ def test_folder_records_the_detector_and_refuses_to_mix(lfw_dir, tmp_path):
     (src / "a").mkdir(parents=True)
     Image.open(lfw_dir / FACES[0]).save(src / "a" / "x.jpg")
     report = align_folder(src, tmp_path / "dst", AlignOptions(detector="yunet", workers=1))
-    assert report["detector"] == "yunet" and report["aligned"] == 1
+    assert report.detector == "yunet" and report.aligned == 1
     with pytest.raises(FacekdError, match="detector yunet@77px, not mtcnn"):
         align_folder(src, tmp_path / "dst", AlignOptions(detector="mtcnn", workers=1))
     # A folder of crops from YuNet's first-pass landmarks (before the 77-px refinement)
@@ -208,7 +208,7 @@ def test_folder_records_the_detector_and_refuses_to_mix(lfw_dir, tmp_path):
 
 
 def test_cache_keys_name_the_detector(tmp_path):
-    from facekd.evaluate import aligned_folder_for
+    from facekd.evaluation.pairs import aligned_folder_for
 
     keys = {d: aligned_folder_for(tmp_path, "112x96", d) for d in DETECTORS.names()}
     assert len(set(keys.values())) == len(keys)

@@ -202,7 +202,7 @@ def test_fixed_lift_keeps_the_teachers_cosines_and_norms_and_learns_nothing():
     from torch import nn
 
     from facekd.distill.objective import DistillObjective, orthonormal_lift
-    from facekd.heads import SoftmaxHead
+    from facekd.models.heads import SoftmaxHead
 
     q = orthonormal_lift(128, 512)
     torch.testing.assert_close(q.T @ q, torch.eye(128), atol=1e-5, rtol=0)

@@ -28,7 +28,7 @@ def _synthetic_pack(path: Path, n: int = 12) -> None:
 
 
 def _teacher_checkpoint(path: Path, identities: list[str] | None = None) -> None:
-    from facekd.heads import build_head
+    from facekd.models.heads import build_head
     from facekd.models import build_backbone
 
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("embedded again")
 
-    monkeypatch.setattr("facekd.embed.embed_images", boom)
+    monkeypatch.setattr("facekd.evaluation.embed.embed_images", boom)
     said.clear()
     make_distill_objective(cfg, data, torch.device("cpu"), said.append)
     assert any("reusing" in s for s in said)

@@ -102,7 +102,7 @@ def test_pack_and_bin_give_the_same_scores(capsys, tmp_path, aligned_mini, mobil
     binfile = tmp_path / "lfw.bin"
     binfile.write_bytes(pickle.dumps((images, issame), protocol=4))
     # A .bin has 10 consecutive folds; compare with the folder split the same way.
-    from facekd.evaluate import evaluate_pairs
+    from facekd.evaluation.pairs import evaluate_pairs
     from facekd.hub import load_embedder
 
     emb = load_embedder("mobilefacenet", mobilefacenet_weights)

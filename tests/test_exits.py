@@ -98,7 +98,7 @@ def test_exit_kl_matches_a_hand_computed_value():
 
 
 def _objective(tau=(1.0, 4.0), total=10):
-    from facekd.heads import build_head
+    from facekd.models.heads import build_head
     from facekd.multiexit.objective import MultiExitObjective
 
     m = _model()
@@ -209,7 +209,7 @@ def _synthetic_aligned_lfw(root: Path) -> Path:
 
 def test_eval_lfw_answers_with_the_exit_asked_for(tmp_path, capsys):
     from facekd.cli import main
-    from facekd.evaluate import evaluate_pairs
+    from facekd.evaluation.pairs import evaluate_pairs
     from facekd.hub import resolve
     from facekd.train.checkpoint import model_checkpoint, save_checkpoint
 

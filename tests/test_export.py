@@ -11,9 +11,10 @@ from torch import nn
 
 from facekd.deploy.export import check_parity, default_normalize, export_onnx, synthetic_inputs
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, read_metadata
-from facekd.embed import OnnxEmbedder, Preprocessing
+from facekd.evaluation.embed import OnnxEmbedder
 from facekd.errors import FacekdError
 from facekd.models import BACKBONES, build_backbone
+from facekd.preprocessing import Preprocessing
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -46,7 +47,7 @@ def test_every_backbone_matches_pytorch_at_batch_1_and_64(name, tmp_path):
     model = _randomize_bn(build_backbone(name))
     size = tuple(model.cfg.input_size)
     path = tmp_path / f"{name}.onnx"
-    pre = Preprocessing.from_cfg(model.cfg)
+    pre = model.cfg.pre
     info = ModelInfo(name, size, model.cfg.embedding_dim, l2_normalized=False)
     export_onnx(model, path, input_size=size, metadata=model_metadata(pre, info))
     x = synthetic_inputs(8, size, seed=1)
@@ -125,13 +126,13 @@ def test_normalized_export_returns_unit_vectors_and_auto_follows_the_recipe(tmp_
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     assert check_parity(model, path, synthetic_inputs(5, (8, 8)), normalize=True, batch_sizes=(1, 5)).worst > 0.9999
     # MobileFaceNet's LFW recipe subtracts a mean embedding: it must get raw embeddings.
-    assert default_normalize(Preprocessing.from_cfg(build_backbone("mobilefacenet").cfg)) is False
-    assert default_normalize(Preprocessing.from_cfg(build_backbone("student5").cfg)) is True
+    assert default_normalize(build_backbone("mobilefacenet").cfg.pre) is False
+    assert default_normalize(build_backbone("student5").cfg.pre) is True
 
 
 def test_metadata_records_model_facts_and_rewrites(tmp_path):
     model = build_backbone("student5").eval()
-    pre = Preprocessing.from_cfg(model.cfg)
+    pre = model.cfg.pre
     path = tmp_path / "s.onnx"
     export_onnx(model, path, input_size=(112, 96), metadata=model_metadata(pre, ModelInfo("student5", (112, 96), 512, True)))
     meta = read_metadata(path)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from facekd.heads import HEADS, ArcFaceHead, CenterLoss, CosFaceHead, build_head
+from facekd.models.heads import HEADS, ArcFaceHead, CenterLoss, CosFaceHead, build_head
 
 
 def _unit_weights(head) -> None:

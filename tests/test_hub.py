@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from facekd.config import to_dict
-from facekd.embed import Preprocessing
+from facekd.preprocessing import Preprocessing
 from facekd.errors import FacekdError
-from facekd.heads import build_head
+from facekd.models.heads import build_head
 from facekd.models import build_backbone
 from facekd.models.base import remap_keys
 from facekd.download import sha256_of
@@ -41,7 +41,7 @@ def test_checkpoint_resolves_to_its_backbone_and_head(tmp_path):
     x = torch.randn(2, 3, 112, 96)
     with torch.no_grad():
         assert torch.allclose(ref.backbone(x), net(x), atol=1e-5)
-    assert ref.pre == Preprocessing.from_cfg(net.cfg)
+    assert ref.pre == net.cfg.pre
     assert ref.key.endswith(sha256_of(path))
     got = ref.head_for(["a", "b", "c"])
     assert got is not None
@@ -77,7 +77,7 @@ def test_onnx_resolves_to_an_embedder(tmp_path):
     net = build_backbone("student5").eval()
     path = tmp_path / "s5.onnx"
     export_onnx(net, path, input_size=net.cfg.input_size,
-                metadata={ONNX_META_KEY: json.dumps(asdict(Preprocessing.from_cfg(net.cfg)))})
+                metadata={ONNX_META_KEY: json.dumps(asdict(net.cfg.pre))})
     ref = resolve(path)
     assert ref.backbone is None
     crops = np.random.default_rng(0).integers(0, 256, (2, 112, 96, 3), dtype=np.uint8)

@@ -138,7 +138,7 @@ def test_unknown_importance_and_missing_loss_are_errors():
 
 def _source(tmp_path: Path) -> Path:
     """A tiny trained-looking student5 checkpoint with a softmax head over id0..id2."""
-    from facekd.heads import build_head
+    from facekd.models.heads import build_head
 
     torch.manual_seed(0)
     args = {"widths": [8, 8, 16, 16, 16], "embedding_dim": 32}
@@ -198,7 +198,7 @@ def test_facekd_export_takes_a_pruned_checkpoint(tmp_path):
     """The CLI's export path (hub -> ONNX with metadata -> parity check) on a pruned model;
     the ONNX embedder then gives the pruned PyTorch model's embeddings."""
     from facekd.cli import main
-    from facekd.embed import OnnxEmbedder, Preprocessing, TorchEmbedder
+    from facekd.evaluation.embed import OnnxEmbedder, TorchEmbedder
     from facekd.train.checkpoint import model_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
@@ -209,7 +209,7 @@ def test_facekd_export_takes_a_pruned_checkpoint(tmp_path):
     save_checkpoint(ckpt, model_checkpoint(net, "student5", args))
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "p.onnx"), "--no-threshold"]) == 0
     crops = np.random.default_rng(0).integers(0, 256, (3, 112, 96, 3), dtype=np.uint8)
-    ref = TorchEmbedder(net, Preprocessing.from_cfg(net.cfg), "pruned", device="cpu", optimize=False)(crops)
+    ref = TorchEmbedder(net, net.cfg.pre, "pruned", device="cpu", optimize=False)(crops)
     got = OnnxEmbedder(tmp_path / "p.onnx")(crops)
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(got, ref, atol=1e-4)

@@ -80,11 +80,11 @@ def test_smoke_config_trains_one_epoch_and_its_checkpoint_embeds(data_dir, tmp_p
     assert epoch[0]["lfw_pairs"] == 100 and 0 <= epoch[0]["lfw_acc"] <= 100
     assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events written"
 
-    from facekd.embed import Preprocessing, TorchEmbedder
+    from facekd.evaluation.embed import TorchEmbedder
     from facekd.hub import resolve
 
     net = resolve(run / "checkpoints/last.pt").backbone
-    emb = TorchEmbedder(net, Preprocessing.from_cfg(net.cfg), "smoke", device="cpu")
+    emb = TorchEmbedder(net, net.cfg.pre, "smoke", device="cpu")
     out = emb(torch.zeros(2, 112, 96, 3, dtype=torch.uint8).numpy())
     assert out.shape == (2, 512)
     assert seconds < 240, f"the smoke run took {seconds:.0f} s; CI's budget is 2 minutes"

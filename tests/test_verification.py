@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facekd.verification import best_threshold, verify
+from facekd.evaluation.metrics import best_threshold, verify
 
 
 def _pairs_with_cosines(sims):

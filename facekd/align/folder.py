@@ -1,4 +1,8 @@
-"""``facekd align``: a whole folder of photos to aligned crops, resumable, on every core."""
+"""``facekd align``: a whole folder of photos to aligned crops, resumable, on every core.
+
+The one module that writes and reads ``align_report.json`` (:class:`AlignReport`) and the
+state file.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 import numpy as np
 
@@ -38,6 +42,54 @@ class AlignOptions:
     device: str = "cpu"
     min_face_size: int = 20
     jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A photo ``facekd align`` could not read, and why."""
+
+    file: str  # relative to the source folder
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlignReport:
+    """What :func:`align_folder` did; ``align_report.json`` holds these fields as they are.
+
+    Paths of photos are relative to ``src``; ``images`` counts the photos covered (all,
+    or the requested ``files``), ``resumed`` those an earlier run had aligned and
+    ``processed`` those this run tried.
+    """
+
+    src: str
+    dst: str
+    template: str
+    detector: str
+    images: int
+    aligned: int
+    fallback: int  # photos with no detected face, cut with the central box
+    unreadable: list[Unreadable]
+    fallback_files: list[str]
+    multiple_faces: int  # photos in which the detector found more than one face
+    metadata_copied: list[str]
+    resumed: int
+    processed: int
+    workers: int
+    seconds: float
+    images_per_second: float | None  # None when nothing was processed
+
+    def to_json(self) -> dict:
+        """The ``align_report.json`` object."""
+        return asdict(self)
+
+
+def recorded_fallbacks(folder: Path) -> list[str] | None:
+    """The central-box fallback crops the ``align_report.json`` in ``folder`` lists (None:
+    no report there, or one without the list)."""
+    path = folder / REPORT_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("fallback_files")
 
 
 def output_relpath(rel: str) -> str:
@@ -169,7 +221,7 @@ def align_folder(
     opts: AlignOptions = AlignOptions(),
     progress: Callable[[int, int], None] | None = None,
     files: list[str] | None = None,
-) -> dict:
+) -> AlignReport:
     """Aligns every photo under ``src`` into ``dst`` (same layout) and writes the report.
 
     Files already aligned by an earlier run (recorded in ``dst``'s state file, crop
@@ -184,7 +236,7 @@ def align_folder(
             pairs use or a training slice; the report then covers just them.
 
     Returns:
-        The report dict also written to ``dst/align_report.json``.
+        The report, also written to ``dst/align_report.json``.
     """
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if not src.is_dir():
@@ -194,6 +246,38 @@ def align_folder(
     template = get_template(opts.template)
     DETECTORS.get(opts.detector)  # an unknown name fails here, listing the known ones
     dst.mkdir(parents=True, exist_ok=True)
+    images, metadata = _photos_and_metadata(src, dst, files)
+
+    state_path = dst / STATE_NAME
+    state = _read_state(state_path)
+    old_template = _check_state_header(state.pop("__template__", {}), dst, template.name,
+                                       detector_key(opts.detector))
+    done = {
+        rel
+        for rel, rec in state.items()
+        if rec.get("status") in ("aligned", "fallback") and (dst / output_relpath(rel)).exists()
+    }
+    todo = [rel for rel in images if rel not in done]
+    workers = opts.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(todo) // CHUNK + 1))
+    started = time.perf_counter()
+    with state_path.open("a") as state_file:
+        if old_template is None:
+            first = {"file": "__template__", "template": template.name, "detector": detector_key(opts.detector)}
+            state_file.write(json.dumps(first) + "\n")
+        _align_todo(src, dst, opts, todo, workers, state, state_file, progress, len(done), len(images))
+    elapsed = time.perf_counter() - started
+
+    recs = [state[rel] for rel in images if rel in state]
+    report = _report(src, dst, template.name, opts.detector, recs, metadata, len(images), len(done), len(todo),
+                     workers, elapsed)
+    atomic_write_json(dst / REPORT_NAME, report.to_json())
+    return report
+
+
+def _photos_and_metadata(src: Path, dst: Path, files: list[str] | None) -> tuple[list[str], list[str]]:
+    """The photos to align (all under ``src``, or ``files``) and the metadata files, which
+    are copied into ``dst`` as they are."""
     images, metadata = scan_folder(src)
     if files is not None:
         known = set(images)
@@ -204,84 +288,75 @@ def align_folder(
     for rel in metadata:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, dst / rel)
+    return images, metadata
 
-    state_path = dst / STATE_NAME
-    state = _read_state(state_path)
-    header = state.pop("__template__", {})
+
+def _check_state_header(header: dict, dst: Path, template: str, detector: str) -> str | None:
+    """The template an earlier run recorded in ``dst`` (None: a fresh folder); refuses a
+    folder of crops from another template or detector."""
     old_template = header.get("template")
-    if old_template not in (None, template.name):
+    if old_template not in (None, template):
         raise FacekdError(
-            f"{dst}: holds crops for template {old_template}, not {template.name}; use another output folder"
+            f"{dst}: holds crops for template {old_template}, not {template}; use another output folder"
         )
     # Folders written before detectors were selectable hold MTCNN crops.
     old_detector = header.get("detector", "mtcnn") if header else None
-    if old_detector not in (None, detector_key(opts.detector)):
+    if old_detector not in (None, detector):
         raise FacekdError(
-            f"{dst}: holds crops from detector {old_detector}, not {detector_key(opts.detector)}; "
-            "use another output folder"
+            f"{dst}: holds crops from detector {old_detector}, not {detector}; use another output folder"
         )
-    done = {
-        rel
-        for rel, rec in state.items()
-        if rec.get("status") in ("aligned", "fallback") and (dst / output_relpath(rel)).exists()
-    }
-    todo = [rel for rel in images if rel not in done]
-    total = len(images)
-    workers = opts.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(todo) // CHUNK + 1))
-    started = time.perf_counter()
+    return old_template
 
-    with state_path.open("a") as state_file:
-        if old_template is None:
-            first = {"file": "__template__", "template": template.name, "detector": detector_key(opts.detector)}
-            state_file.write(json.dumps(first) + "\n")
 
-        def record(batch: list[dict]) -> None:
-            for rec in batch:
-                state[rec["file"]] = rec
-                state_file.write(json.dumps(rec) + "\n")
-            state_file.flush()
+def _align_todo(src: Path, dst: Path, opts: AlignOptions, todo: list[str], workers: int, state: dict[str, dict],
+                state_file: TextIO, progress: Callable[[int, int], None] | None, count: int, total: int) -> None:
+    """Aligns ``todo`` in chunks on ``workers`` processes (this one when 1), recording each
+    result in ``state`` and appending it to ``state_file``; ``count`` were done before."""
 
-        count = len(done)
-        if progress:
-            progress(count, total)
-        if workers == 1:
-            _init_worker(str(src), str(dst), opts, threads=max(1, (os.cpu_count() or 1)))
-            for chunk in _chunks(todo, CHUNK):
-                record(_align_chunk(chunk))
-                count += len(chunk)
-                if progress:
-                    progress(count, total)
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(str(src), str(dst), opts, 1)) as pool:
-                for batch in pool.imap_unordered(_align_chunk, _chunks(todo, CHUNK)):
-                    record(batch)
-                    count += len(batch)
-                    if progress:
-                        progress(count, total)
-    elapsed = time.perf_counter() - started
+    def record(batch: list[dict]) -> None:
+        for rec in batch:
+            state[rec["file"]] = rec
+            state_file.write(json.dumps(rec) + "\n")
+        state_file.flush()
 
-    recs = [state[rel] for rel in images if rel in state]
-    unreadable = [{"file": r["file"], "reason": r["reason"]} for r in recs if r["status"] == "unreadable"]
+    if progress:
+        progress(count, total)
+    if workers == 1:
+        _init_worker(str(src), str(dst), opts, threads=max(1, (os.cpu_count() or 1)))
+        for chunk in _chunks(todo, CHUNK):
+            record(_align_chunk(chunk))
+            count += len(chunk)
+            if progress:
+                progress(count, total)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(src), str(dst), opts, 1)) as pool:
+        for batch in pool.imap_unordered(_align_chunk, _chunks(todo, CHUNK)):
+            record(batch)
+            count += len(batch)
+            if progress:
+                progress(count, total)
+
+
+def _report(src: Path, dst: Path, template: str, detector: str, recs: list[dict], metadata: list[str], total: int,
+            resumed: int, processed: int, workers: int, elapsed: float) -> AlignReport:
+    """The report, from the per-photo records ``recs``."""
     fallback = [r["file"] for r in recs if r["status"] == "fallback"]
-    report = {
-        "src": str(src),
-        "dst": str(dst),
-        "template": template.name,
-        "detector": opts.detector,
-        "images": total,
-        "aligned": sum(r["status"] == "aligned" for r in recs),
-        "fallback": len(fallback),
-        "unreadable": unreadable,
-        "fallback_files": fallback,
-        "multiple_faces": sum(r.get("faces", 0) > 1 for r in recs),
-        "metadata_copied": metadata,
-        "resumed": len(done),
-        "processed": len(todo),
-        "workers": workers,
-        "seconds": round(elapsed, 2),
-        "images_per_second": round(len(todo) / elapsed, 2) if elapsed > 0 and todo else None,
-    }
-    atomic_write_json(dst / REPORT_NAME, report)
-    return report
+    return AlignReport(
+        src=str(src),
+        dst=str(dst),
+        template=template,
+        detector=detector,
+        images=total,
+        aligned=sum(r["status"] == "aligned" for r in recs),
+        fallback=len(fallback),
+        unreadable=[Unreadable(r["file"], r["reason"]) for r in recs if r["status"] == "unreadable"],
+        fallback_files=fallback,
+        multiple_faces=sum(r.get("faces", 0) > 1 for r in recs),
+        metadata_copied=metadata,
+        resumed=resumed,
+        processed=processed,
+        workers=workers,
+        seconds=round(elapsed, 2),
+        images_per_second=round(processed / elapsed, 2) if elapsed > 0 and processed else None,
+    )

@@ -22,6 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
+from facekd.align.folder import recorded_fallbacks
 from facekd.align.template import template_for_size
 from facekd.data.identity import scan_identities
 from facekd.data.image_io import UnreadableImage, decode_rgb, encode_jpeg
@@ -141,6 +142,15 @@ class Pack:
             raise FacekdError(f"{self.path}: item {i} ({self.files[i]}): {exc}") from None
 
 
+def _read_crop(path: Path) -> tuple[bytes, np.ndarray]:
+    """A crop file's bytes and its decoded RGB pixels."""
+    data = path.read_bytes()
+    try:
+        return data, decode_rgb(data)
+    except UnreadableImage as exc:
+        raise FacekdError(f"{path}: {exc}") from None
+
+
 def build_pack(
     roots: list[Path | str],
     out: Path | str,
@@ -175,26 +185,17 @@ def build_pack(
     fallback: list[str] = []
     packed = {s.rel for s in samples}
     for r in roots:
-        report = r / "align_report.json"
-        if report.is_file():
-            fallback += [f for f in json.loads(report.read_text()).get("fallback_files", []) if f in packed]
+        fallback += [f for f in recorded_fallbacks(r) or [] if f in packed]
     meta["fallback_files"] = fallback
 
-    def crop(path: Path) -> tuple[bytes, np.ndarray]:
-        data = path.read_bytes()
-        try:
-            return data, decode_rgb(data)
-        except UnreadableImage as exc:
-            raise FacekdError(f"{path}: {exc}") from None
-
-    first = template_for_size(*crop(samples[0].path)[1].shape[:2])
+    first = template_for_size(*_read_crop(samples[0].path)[1].shape[:2])
     if first is None:
         raise FacekdError(f"{samples[0].path}: not an aligned crop size (112x96, 112x112, or a teacher's "
                           "160x160 / 150x150); run `facekd align` (or eval/teacher_crops.py) first")
 
     def items():
         for k, s in enumerate(samples):
-            data, img = crop(s.path)
+            data, img = _read_crop(s.path)
             if img.shape[:2] != first.size:
                 raise FacekdError(
                     f"{s.path}: {img.shape[1]}x{img.shape[0]} differs from the pack's {first.width}x{first.height} crops"

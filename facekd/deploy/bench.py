@@ -24,11 +24,12 @@ from facekd.deploy.crops import sample_crops
 from facekd.deploy.export import export_onnx, synthetic_inputs
 from facekd.deploy.quantize import quantize_int8
 from facekd.deploy.timing import median_ratio, time_interleaved
-from facekd.embed import Preprocessing, to_input
+from facekd.evaluation.embed import to_input
 from facekd.errors import FacekdError
 from facekd.hub import resolve
 from facekd.models.profile import count_macs, count_params
-from facekd.plots import save_figure
+from facekd.preprocessing import Preprocessing
+from facekd.evaluation.plots import save_figure
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def bench_model(spec: str, opts: BenchOptions = BenchOptions(), log=print) -> Be
     name = f"{cfg.name} ({Path(spec).name})" if real_weights else cfg.name
     size = tuple(cfg.input_size)
     threads = opts.threads or os.cpu_count() or 1
-    faces, one, b64 = _bench_inputs(Preprocessing.from_cfg(cfg), opts.calib)
+    faces, one, b64 = _bench_inputs(cfg.pre, opts.calib)
     with tempfile.TemporaryDirectory(prefix="facekd-bench-") as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         export_onnx(model, fp32_path, input_size=size)

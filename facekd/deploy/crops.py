@@ -10,7 +10,7 @@ import numpy as np
 
 from facekd.align.template import get_template
 from facekd.data.image_io import UnreadableImage, is_image_path, read_rgb
-from facekd.embed import crop_loader
+from facekd.evaluation.embed import crop_loader
 from facekd.errors import FacekdError
 
 

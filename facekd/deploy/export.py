@@ -1,10 +1,10 @@
 """PyTorch backbone -> ONNX file with its preprocessing facts, checked against PyTorch.
 
-The ONNX model takes ``(N, 3, H, W)`` float32 normalised crops (``facekd.embed.to_input``)
+The ONNX model takes ``(N, 3, H, W)`` float32 normalised crops (``facekd.evaluation.embed.to_input``)
 and returns ``(N, D)`` embeddings; N is a dynamic axis. Its metadata holds:
 
-- ``facekd``: the :class:`~facekd.embed.Preprocessing` fields as JSON (what
-  :class:`~facekd.embed.OnnxEmbedder` reads),
+- ``facekd``: the :class:`~facekd.preprocessing.Preprocessing` fields as JSON (what
+  :class:`~facekd.evaluation.embed.OnnxEmbedder` reads),
 - ``facekd.model``: backbone name, input size, embedding size, whether the output is
   L2-normalised, which graph rewrites and which INT8 recipe were applied,
 - ``facekd.threshold``: the verification threshold chosen on LFW (``facekd.deploy.threshold``).
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
-from facekd.embed import Preprocessing
 from facekd.errors import FacekdError
 from facekd.hub import resolve
+from facekd.preprocessing import Preprocessing
 
 # FP32 ONNX Runtime against PyTorch, per embedding: what an exact export keeps.
 PARITY_MIN_COSINE = 0.9999
@@ -84,28 +84,13 @@ def export_onnx(
     Returns:
         How many nodes each graph rewrite changed (empty without ``optimize``).
     """
-    import io
-
     import onnx
-    import torch
 
     from facekd.deploy.graph import optimize_graph
     from facekd.io_utils import atomic_write_bytes
 
     net = with_l2_norm(model) if normalize else model
-    net = net.cpu().eval()
-    dummy = torch.zeros(2 if dynamic_batch else 1, 3, *input_size)
-    axes = {"input": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        # "legacy TorchScript-based ONNX export" is deprecated, see the docstring.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            net, (dummy,), buf, input_names=["input"], output_names=["embedding"],
-            dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
-        )
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(_torchscript_export(net.cpu().eval(), input_size, dynamic_batch, opset))
     rewrites = optimize_graph(proto) if optimize else {}
     onnx.checker.check_model(proto)
     metadata = dict(metadata or {})
@@ -114,6 +99,26 @@ def export_onnx(
     set_metadata(proto, metadata)
     atomic_write_bytes(path, proto.SerializeToString())
     return rewrites
+
+
+def _torchscript_export(net, input_size: tuple[int, int], dynamic_batch: bool, opset: int) -> bytes:
+    """``net`` as serialised ONNX from the TorchScript-based exporter (see :func:`export_onnx`)."""
+    import io
+
+    import torch
+
+    dummy = torch.zeros(2 if dynamic_batch else 1, 3, *input_size)
+    axes = {"input": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # "legacy TorchScript-based ONNX export" is deprecated, see export_onnx's docstring.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            net, (dummy,), buf, input_names=["input"], output_names=["embedding"],
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,15 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return np.sum(a * b, axis=1)
+
+
+def _parity_batches(inputs: np.ndarray, bs: int, single_images: int) -> list[np.ndarray]:
+    """At batch 1 the first ``single_images`` inputs one by one; otherwise one batch of
+    ``bs``, the inputs repeated to fill it."""
+    if bs == 1:
+        return [inputs[i : i + 1] for i in range(min(single_images, len(inputs)))]
+    reps = -(-bs // len(inputs))
+    return [np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs])]
 
 
 def check_parity(
@@ -183,13 +197,8 @@ def check_parity(
     cos: dict[int, float] = {}
     diff: dict[int, float] = {}
     for bs in batch_sizes:
-        if bs == 1:
-            batches = [inputs[i : i + 1] for i in range(min(single_images, len(inputs)))]
-        else:
-            reps = -(-bs // len(inputs))
-            batches = [np.ascontiguousarray(np.concatenate([inputs] * reps)[:bs])]
         worst, largest = 1.0, 0.0
-        for x in batches:
+        for x in _parity_batches(inputs, bs, single_images):
             with torch.no_grad():
                 ref = model(torch.from_numpy(x)).numpy()
             if normalize:
@@ -260,40 +269,21 @@ def run_export(req: ExportRequest, log=print) -> dict:
     Returns:
         A JSON-ready report: paths, parity, rewrites, INT8 result, threshold.
     """
-    import os
-
-    from facekd.deploy.crops import sample_crops
-    from facekd.embed import to_input
-
     if req.normalize not in NORMALIZE_CHOICES:
         raise FacekdError(f"--normalize must be one of {', '.join(NORMALIZE_CHOICES)}")
     if req.int8 == "static" and req.calib is None:
         raise FacekdError("--int8 static calibrates on aligned faces: pass --calib DIR (aligned crops or a .fkpack)")
     net = load_backbone(req.model, req.weights)
     cfg = net.cfg
-    pre = Preprocessing.from_cfg(cfg)
+    pre = cfg.pre
     normalize = default_normalize(pre) if req.normalize == "auto" else req.normalize == "yes"
-    if req.calib is not None:
-        crops = sample_crops(req.calib, pre.template, 256)
-        calib = to_input(crops, pre)
-        probe, real = calib[:: max(1, len(calib) // 64)][:64], True
-    else:
-        calib, probe, real = None, synthetic_inputs(16, tuple(cfg.input_size)), False
+    calib, probe, real = _calibration_and_probe(req.calib, pre, tuple(cfg.input_size))
     out = Path(req.onnx)
     fp32_path = fp32_sibling(out) if req.int8 else out
     info = ModelInfo(
         backbone=cfg.name, input_size=tuple(cfg.input_size), embedding_dim=cfg.embedding_dim, l2_normalized=normalize
     )
-    tmp = fp32_path.with_name(f".{fp32_path.name}.unchecked")
-    rewrites = export_onnx(
-        net, tmp, input_size=tuple(cfg.input_size), normalize=normalize, optimize=req.optimize,
-        metadata=model_metadata(pre, info),
-    )
-    try:
-        parity = check_parity(net, tmp, probe, normalize=normalize, real_faces=real)
-        os.replace(tmp, fp32_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rewrites, parity = _export_checked(net, fp32_path, pre, info, probe, real, optimize=req.optimize)
     report: dict = {
         "model": req.model,
         "backbone": cfg.name,
@@ -314,26 +304,72 @@ def run_export(req: ExportRequest, log=print) -> dict:
     )
     final = fp32_path
     if req.int8:
-        from facekd.deploy.quantize import quantize_int8
-
-        log(f"quantizing ({req.int8}); trying each recipe and timing it against FP32 ...")
-        res = quantize_int8(fp32_path, out, req.int8, calib=calib, probe=probe if real else synthetic_inputs(16, tuple(cfg.input_size)))
-        report["int8"] = res.to_dict() | {"path": str(out)}
-        for t in res.tried:
-            log(f"  {t['recipe']:<24} {t['ratio']:.2f}x FP32 latency, cosine to FP32 mean {t['cosine_mean']:.4f} -> {t['verdict']}")
-        log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, recipe {res.recipe}, {res.ratio:.2f}x FP32 latency at batch 1, one thread)")
+        probe = probe if real else synthetic_inputs(16, tuple(cfg.input_size))
+        report["int8"] = _quantize(fp32_path, out, req.int8, calib, probe, log)
         final = out
     if req.lfw is not None:
-        from facekd.deploy.threshold import choose_threshold, store_threshold
-
-        log(f"choosing the verification threshold on {req.lfw} ...")
-        choice = choose_threshold(final, req.lfw)
-        store_threshold(final, choice)  # chosen on this model's own scores
-        report["threshold"] = asdict(choice)
-        log(
-            f"threshold {choice.threshold:.4f} (cosine; right on {choice.accuracy_all_pairs:.2f}% of the {choice.pairs} "
-            f"LFW pairs; 10-fold {choice.accuracy_10fold:.2f} ± {choice.std_10fold:.2f}%) stored in {final}"
-        )
+        report["threshold"] = _store_lfw_threshold(final, req.lfw, log)
     report["onnx"] = str(final)
     return report
 
+
+def _calibration_and_probe(
+    calib_data: Path | None, pre: Preprocessing, input_size: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray, bool]:
+    """INT8 calibration inputs (None without ``calib_data``), the parity probe, and
+    whether the probe holds real faces (else deterministic random inputs)."""
+    if calib_data is None:
+        return None, synthetic_inputs(16, input_size), False
+    from facekd.deploy.crops import sample_crops
+    from facekd.evaluation.embed import to_input
+
+    crops = sample_crops(calib_data, pre.template, 256)
+    calib = to_input(crops, pre)
+    return calib, calib[:: max(1, len(calib) // 64)][:64], True
+
+
+def _export_checked(net, fp32_path: Path, pre: Preprocessing, info: ModelInfo, probe: np.ndarray, real: bool,
+                    optimize: bool) -> tuple[dict[str, int], ParityReport]:
+    """Exports ``net`` to ``fp32_path`` only once ONNX Runtime agrees with PyTorch on
+    ``probe`` (a model that fails the check never lands there); returns the graph
+    rewrites applied and the parity report."""
+    import os
+
+    tmp = fp32_path.with_name(f".{fp32_path.name}.unchecked")
+    rewrites = export_onnx(
+        net, tmp, input_size=info.input_size, normalize=info.l2_normalized, optimize=optimize,
+        metadata=model_metadata(pre, info),
+    )
+    try:
+        parity = check_parity(net, tmp, probe, normalize=info.l2_normalized, real_faces=real)
+        os.replace(tmp, fp32_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rewrites, parity
+
+
+def _quantize(fp32_path: Path, out: Path, mode: str, calib: np.ndarray | None, probe: np.ndarray, log) -> dict:
+    """INT8 ``out`` from ``fp32_path`` by the recipe that pays; its report entry."""
+    from facekd.deploy.quantize import quantize_int8
+
+    log(f"quantizing ({mode}); trying each recipe and timing it against FP32 ...")
+    res = quantize_int8(fp32_path, out, mode, calib=calib, probe=probe)
+    for t in res.tried:
+        log(f"  {t['recipe']:<24} {t['ratio']:.2f}x FP32 latency, cosine to FP32 mean {t['cosine_mean']:.4f} -> {t['verdict']}")
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, recipe {res.recipe}, {res.ratio:.2f}x FP32 latency at batch 1, one thread)")
+    return res.to_dict() | {"path": str(out)}
+
+
+def _store_lfw_threshold(model_path: Path, lfw: Path, log) -> dict:
+    """Chooses the verification threshold on ``lfw`` with the model's own scores and stores
+    it in the model's metadata; its report entry."""
+    from facekd.deploy.threshold import choose_threshold, store_threshold
+
+    log(f"choosing the verification threshold on {lfw} ...")
+    choice = choose_threshold(model_path, lfw)
+    store_threshold(model_path, choice)  # chosen on this model's own scores
+    log(
+        f"threshold {choice.threshold:.4f} (cosine; right on {choice.accuracy_all_pairs:.2f}% of the {choice.pairs} "
+        f"LFW pairs; 10-fold {choice.accuracy_10fold:.2f} ± {choice.std_10fold:.2f}%) stored in {model_path}"
+    )
+    return asdict(choice)

@@ -2,8 +2,8 @@
 
 An exported model carries:
 
-- ``facekd``: the :class:`~facekd.embed.Preprocessing` fields as JSON (what
-  :class:`~facekd.embed.OnnxEmbedder` reads),
+- ``facekd``: the :class:`~facekd.preprocessing.Preprocessing` fields as JSON (what
+  :class:`~facekd.evaluation.embed.OnnxEmbedder` reads),
 - ``facekd.model``: :class:`ModelInfo` (backbone name, input size, embedding size,
   whether the output is L2-normalised, graph rewrites, INT8 recipe),
 - ``facekd.threshold``: the verification threshold chosen on LFW
@@ -71,5 +71,5 @@ def update_metadata(path: Path | str, entries: dict[str, str]) -> None:
 
 def model_metadata(pre, info: ModelInfo) -> dict[str, str]:
     """The facekd metadata entries for a model with this preprocessing (a
-    :class:`~facekd.embed.Preprocessing`) and info."""
+    :class:`~facekd.preprocessing.Preprocessing`) and info."""
     return {PREPROCESSING_META_KEY: json.dumps(asdict(pre)), MODEL_META_KEY: json.dumps(asdict(info))}

@@ -315,6 +315,11 @@ def quantize_int8(
         _ship(chosen, fp32_path, out_path, row["recipe"])
     for t in tried:
         t["chosen"] = t is row
+    return _result(row, tried)
+
+
+def _result(row: dict, tried: list[dict]) -> Int8Result:
+    """The result of shipping the candidate measured in ``row``."""
     return Int8Result(
         recipe=row["recipe"],
         ratio=row["ratio"],

@@ -69,9 +69,9 @@ def choose_threshold(
     """
     import numpy as np
 
-    from facekd.embed import OnnxEmbedder
-    from facekd.evaluate import evaluate_pairs
-    from facekd.verification import best_threshold
+    from facekd.evaluation.embed import OnnxEmbedder
+    from facekd.evaluation.pairs import evaluate_pairs
+    from facekd.evaluation.metrics import best_threshold
 
     emb = OnnxEmbedder(model_path)
     emb.pre = replace(emb.pre, subtract_fold_mean=False)  # verify scores plain cosines
@@ -84,7 +84,7 @@ def choose_threshold(
     return ThresholdChoice(
         threshold=round(float(thr), 6),
         rule="maximises accuracy of cosine >= threshold over all pairs",
-        data=ev.info["protocol"],
+        data=ev.protocol,
         pairs=int(r.pairs),
         accuracy_all_pairs=round(100 * acc, 3),
         accuracy_10fold=round(100 * r.accuracy, 3),

@@ -15,7 +15,7 @@ from torch import nn
 
 from facekd.distill.losses import Outputs, build_terms, needs_teacher, teacher_weights, uses
 from facekd.errors import FacekdError
-from facekd.heads import SoftmaxHead
+from facekd.models.heads import SoftmaxHead
 from facekd.train.loop import full_precision
 
 
@@ -119,7 +119,7 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
     fits it a classifier if the terms need logits it lacks (the ``make_objective`` hook
     of :func:`facekd.train.loop.fit`)."""
     from facekd.distill.teacher import crop_adapter, fit_classifier, load_teacher, teacher_embeddings
-    from facekd.heads import build_head
+    from facekd.models.heads import build_head
     from facekd.models import build_backbone
 
     d = cfg.distill
@@ -142,15 +142,10 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
         own_crops = bool(cfg.teacher.crops)
         mode = d.teacher_mode if d.teacher_mode != "auto" else ("online" if augmenting and not own_crops else "cache")
         if mode == "online":
-            if own_crops:
-                raise FacekdError(f"teacher {teacher.name} reads its own crops (teacher.crops): use distill.teacher_mode=cache")
-            if teacher.backbone is None:
-                raise FacekdError(f"teacher {teacher.name} has no PyTorch model: use distill.teacher_mode=cache (no augmentation)")
-            if (teacher.mean, teacher.std) != (backbone.cfg.mean, backbone.cfg.std):
-                raise FacekdError(f"teacher {teacher.name} normalises pixels differently from {cfg.model.backbone}")
+            _check_online(teacher, own_crops, backbone.cfg.pre, cfg.model.backbone)
         if not own_crops:
             try:  # 112x112 and 112x96 crops convert into each other; other pairs cannot
-                adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.mean) / backbone.cfg.std)
+                adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.pre.mean) / backbone.cfg.pre.std)
             except FacekdError:
                 raise FacekdError(
                     f"teacher {teacher.name} wants {teacher.template} crops and the student {data.template}; "
@@ -174,16 +169,31 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
         source = CachedTeacher(cached.to(device), teacher.head)
     else:
         source = OnlineTeacher(teacher.backbone, teacher.head, adapt)
-    width = ""
-    if uses(terms, "embedding") and dim != backbone.cfg.embedding_dim:
-        lifted = d.adapter == "lift" and dim < backbone.cfg.embedding_dim
-        width = (f"; teacher embedding {dim}-d lifted to {backbone.cfg.embedding_dim}-d (fixed orthonormal)" if lifted
-                 else f"; learned {backbone.cfg.embedding_dim}->{dim} adapter on the student"
-                 + (" (a wider teacher cannot be lifted)" if d.adapter == "lift" else ""))
+    width = _width_note(dim, backbone.cfg.embedding_dim, d.adapter) if uses(terms, "embedding") else ""
     say(f"distill: teacher {teacher.name} ({mode}); terms " + ", ".join(_describe(t) for t in terms)
         + (f"; teacher weighting k={d.k}, MIN={d.min_ce}" if d.teacher_weighting else "") + width)
     return DistillObjective(backbone, head, terms, source, dim, (d.k, d.min_ce) if d.teacher_weighting else None,
                             adapter=d.adapter)
+
+
+def _check_online(teacher, own_crops: bool, student_pre, student: str) -> None:
+    """Refuses a teacher that cannot run on the student's augmented batches."""
+    if own_crops:
+        raise FacekdError(f"teacher {teacher.name} reads its own crops (teacher.crops): use distill.teacher_mode=cache")
+    if teacher.backbone is None:
+        raise FacekdError(f"teacher {teacher.name} has no PyTorch model: use distill.teacher_mode=cache (no augmentation)")
+    if (teacher.mean, teacher.std) != (student_pre.mean, student_pre.std):
+        raise FacekdError(f"teacher {teacher.name} normalises pixels differently from {student}")
+
+
+def _width_note(dim: int, student_dim: int, adapter: str) -> str:
+    """How a ``dim``-d teacher embedding meets the student's (nothing when they match)."""
+    if dim == student_dim:
+        return ""
+    if adapter == "lift" and dim < student_dim:
+        return f"; teacher embedding {dim}-d lifted to {student_dim}-d (fixed orthonormal)"
+    return f"; learned {student_dim}->{dim} adapter on the student" + (
+        " (a wider teacher cannot be lifted)" if adapter == "lift" else "")
 
 
 class _TeacherView:

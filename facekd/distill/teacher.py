@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekd.align.template import adapt_crop, get_template
-from facekd.embed import TorchEmbedder, embed_images
+from facekd.evaluation.embed import TorchEmbedder, embed_images
 from facekd.errors import FacekdError
-from facekd.heads import build_head
+from facekd.models.heads import build_head
 from facekd.io_utils import atomic_open
 from facekd.hub import resolve
 from facekd.paths import cache_dir

@@ -133,7 +133,7 @@ def plot_accuracy_latency(by: dict, path: Path, title: str) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from facekd.plots import save_figure
+    from facekd.evaluation.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     colours = {"A": "tab:blue", "B": "tab:green", "C": "tab:purple", "D": "tab:orange", "teachers": "tab:red"}

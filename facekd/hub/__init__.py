@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facekd.embed import Embedder, OnnxEmbedder, Preprocessing
+from facekd.evaluation.embed import Embedder, OnnxEmbedder
 from facekd.errors import FacekdError
 from facekd.hub.resolved import MODEL_SOURCES, ResolvedModel
 from facekd.teachers import sources as _sources  # noqa: F401  (registers the external model sources)
-from facekd.weights import default_weights_for, manifest, resolve_weights
+from facekd.models.weights import default_weights_for, manifest, resolve_weights
 
 # The backbone registry and the checkpoint format (both import torch) are imported
 # inside the functions that build a PyTorch model: resolving an .onnx file for
@@ -60,7 +60,7 @@ def _from_file(path: Path, weights: str | Path | None) -> ResolvedModel:
 
     ckpt = load_checkpoint(path)
     net = backbone_from_checkpoint(ckpt, path).eval()  # refuses a file that is not a facekd checkpoint
-    return ResolvedModel(path.name, Preprocessing.from_cfg(net.cfg), net, path, ckpt)
+    return ResolvedModel(path.name, net.cfg.pre, net, path, ckpt)
 
 
 def resolve(
@@ -97,10 +97,10 @@ def resolve(
         raise FacekdError(f"unknown model {spec!r}; known: {known} (or a checkpoint / .onnx file)")
     net = build_backbone(spec)
     if weights is None and random_weights:
-        return ResolvedModel(f"{spec} (random init)", Preprocessing.from_cfg(net.cfg), net.eval())
+        return ResolvedModel(f"{spec} (random init)", net.cfg.pre, net.eval())
     wpath = _weights_file(spec, weights, allow_download)
     load_backbone_weights(net, wpath)
-    return ResolvedModel(f"{spec} ({wpath.name})", Preprocessing.from_cfg(net.cfg), net.eval(), wpath)
+    return ResolvedModel(f"{spec} ({wpath.name})", net.cfg.pre, net.eval(), wpath)
 
 
 def load_embedder(spec: str, weights: str | Path | None = None, device: str | None = None, allow_download: bool = True) -> Embedder:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from facekd.embed import Embedder, Preprocessing, TorchEmbedder
+from facekd.evaluation.embed import Embedder, TorchEmbedder
 from facekd.download import sha256_of
 from facekd.errors import FacekdError
+from facekd.preprocessing import Preprocessing
 from facekd.registry import Registry
 
 if TYPE_CHECKING:  # torch is imported only where a PyTorch model is used (see facekd.hub)

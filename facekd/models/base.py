@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from facekd.errors import FacekdError
+from facekd.preprocessing import Preprocessing
 from facekd.registry import Registry
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
@@ -25,25 +26,17 @@ class BackboneCfg:
     Attributes:
         name: Registry name.
         input_size: (height, width) of the aligned crop.
-        template: Alignment template name ("112x96", "112x112").
-        mean, std: Pixel normalisation, ``(x - mean) / std`` on 0..255 RGB values.
+        pre: Alignment template, pixel normalisation and the authors' LFW recipe
+            (flip fusion, fold-mean subtraction): what an embedder of it needs.
         embedding_dim: Size of the embedding the backbone returns.
-        flip_fusion: How ``--flip`` combines an image's embedding with its mirror's:
-            "concat" (MobileFaceNet's recipe) or "sum".
-        subtract_fold_mean: Subtract the mean embedding of the 9 training folds before
-            normalising (MobileFaceNet's LFW recipe).
         key_map: (regex, replacement) pairs that turn a published checkpoint's keys into
             this implementation's.
     """
 
     name: str
     input_size: tuple[int, int] = (112, 96)
-    template: str = "112x96"
-    mean: float = 127.5
-    std: float = 128.0
+    pre: Preprocessing = Preprocessing()
     embedding_dim: int = 512
-    flip_fusion: str = "sum"
-    subtract_fold_mean: bool = False
     key_map: tuple[tuple[str, str], ...] = field(default=())
 
 

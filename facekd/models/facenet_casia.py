@@ -25,8 +25,9 @@ from torch import nn
 
 from facekd.errors import FacekdError
 from facekd.models.base import BackboneCfg, register_backbone
+from facekd.preprocessing import Preprocessing
 from facekd.teachers.crops import FACENET_160
-from facekd.weights import CONVERTERS
+from facekd.models.weights import CONVERTERS
 
 # The graph's names for the network's parts, and facenet-pytorch's for the same parts.
 _SCOPES = (
@@ -175,12 +176,14 @@ def facenet_inception_resnet_v1() -> nn.Module:
 FACENET_CASIA = BackboneCfg(
     name="facenet_casia",
     input_size=(FACENET_160.height, FACENET_160.width),
-    template=FACENET_160.name,
-    mean=127.5,
-    std=128.0,  # --use_fixed_image_standardization, how 20180408-102900 was trained
+    pre=Preprocessing(
+        template=FACENET_160.name,
+        mean=127.5,
+        std=128.0,  # --use_fixed_image_standardization, how 20180408-102900 was trained
+        flip_fusion="concat",  # validate_on_lfw.py --use_flipped_images concatenates
+        subtract_fold_mean=True,  # validate_on_lfw.py --subtract_mean
+    ),
     embedding_dim=512,
-    flip_fusion="concat",  # validate_on_lfw.py --use_flipped_images concatenates
-    subtract_fold_mean=True,  # validate_on_lfw.py --subtract_mean
 )
 
 

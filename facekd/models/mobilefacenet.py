@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from facekd.models.base import BackboneCfg, register_backbone
+from facekd.preprocessing import Preprocessing
 
 
 class ConvBN(nn.Module):
@@ -95,10 +96,8 @@ _XIAOCCER_KEYS = (
     BackboneCfg(
         name="mobilefacenet",
         input_size=(112, 96),
-        template="112x96",
+        pre=Preprocessing(template="112x96", flip_fusion="concat", subtract_fold_mean=True),
         embedding_dim=128,
-        flip_fusion="concat",
-        subtract_fold_mean=True,
         key_map=_XIAOCCER_KEYS,
     )
 )

@@ -16,6 +16,7 @@ from torch import nn
 # seconds, and every facekd command imports this registry.
 
 from facekd.models.base import BackboneCfg, register_backbone
+from facekd.preprocessing import Preprocessing
 
 
 class GDCHead(nn.Module):
@@ -52,7 +53,7 @@ class FeaturesWithHead(nn.Module):
 
 def _cfg(name: str, template: str = "112x96") -> BackboneCfg:
     size = (112, 96) if template == "112x96" else (112, 112)
-    return BackboneCfg(name=name, input_size=size, template=template, embedding_dim=512)
+    return BackboneCfg(name=name, input_size=size, pre=Preprocessing(template=template), embedding_dim=512)
 
 
 def _register_tv(name: str, features: Callable[..., nn.Module], doc: str) -> None:

@@ -35,6 +35,6 @@ def summarize(name: str) -> dict:
         "macs": count_macs(model, cfg.input_size),
         "input_size": list(cfg.input_size),
         "embedding_dim": cfg.embedding_dim,
-        "template": cfg.template,
+        "template": cfg.pre.template,
         "doc": " ".join((BACKBONES.get(name).__doc__ or "").split()),
     }

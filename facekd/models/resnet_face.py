@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from facekd.models.base import BackboneCfg, register_backbone
+from facekd.preprocessing import Preprocessing
 
 
 class ResidualUnit(nn.Module):
@@ -68,7 +69,7 @@ class FaceResNet(nn.Module):
 
 
 def _cfg(name: str) -> BackboneCfg:
-    return BackboneCfg(name=name, input_size=(112, 96), template="112x96", embedding_dim=512)
+    return BackboneCfg(name=name, input_size=(112, 96), pre=Preprocessing(template="112x96"), embedding_dim=512)
 
 
 @register_backbone(_cfg("resnet27"))

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from facekd.models.base import BackboneCfg, register_backbone
+from facekd.preprocessing import Preprocessing
 
 
 class Student5(nn.Module):
@@ -38,7 +39,7 @@ class Student5(nn.Module):
         return self.bn(self.embed(self.features(x).flatten(1)))
 
 
-@register_backbone(BackboneCfg(name="student5", input_size=(112, 96), template="112x96", embedding_dim=512))
+@register_backbone(BackboneCfg(name="student5", input_size=(112, 96), pre=Preprocessing(template="112x96"), embedding_dim=512))
 def student5(**overrides) -> Student5:
     """The 5-conv student, 3.9 M parameters."""
     return Student5(**overrides)

@@ -26,7 +26,6 @@ from torch import nn
 from facekd.deploy.export import PARITY_MIN_COSINE, _cosine_rows, default_normalize, export_onnx, synthetic_inputs
 from facekd.deploy.metadata import ModelInfo, model_metadata, set_metadata
 from facekd.deploy.timing import time_interleaved
-from facekd.embed import Preprocessing
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
 from facekd.models.exits import AllExits, MultiExit, select_exit
@@ -63,7 +62,7 @@ def export_all_exits(model: MultiExit, path: Path | str, *, normalize: bool | No
     if not isinstance(model, MultiExit):
         raise FacekdError(f"{model.cfg.name}: has no early exits to export")
     model = model.cpu().eval()
-    pre = Preprocessing.from_cfg(model.cfg)
+    pre = model.cfg.pre
     normalize = default_normalize(pre) if normalize is None else normalize
     names = output_names(model)
     net = _Ordered(model, normalize).eval()

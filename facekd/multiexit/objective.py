@@ -17,7 +17,7 @@ from torch import nn
 from facekd.distill.losses import DISTILL_LOSSES, Outputs, build_terms, needs_teacher
 from facekd.distill.objective import make_distill_objective
 from facekd.errors import FacekdError
-from facekd.heads import SoftmaxHead, build_head
+from facekd.models.heads import SoftmaxHead, build_head
 from facekd.models import build_backbone
 from facekd.models.exits import MultiExit
 from facekd.train.data import Shard, steps_per_epoch

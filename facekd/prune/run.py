@@ -26,9 +26,10 @@ from torch import nn
 from facekd.config import from_dict, to_dict
 from facekd.distill.objective import make_distill_objective
 from facekd.distill.teacher import fit_classifier, load_teacher, teacher_embeddings
-from facekd.embed import Preprocessing, to_input
+from facekd.evaluation.embed import to_input
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_json
+from facekd.preprocessing import Preprocessing
 from facekd.hub import resolve
 from facekd.models.profile import count_macs, count_params
 from facekd.prune.config import PruneConfig
@@ -194,7 +195,7 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
     p = cfg.prune
     device = torch.device(cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     size = tuple(source.cfg.input_size)
-    data = build_train_set(cfg.data, source.cfg.template)
+    data = build_train_set(cfg.data, source.cfg.pre.template)
     head = _source_head(cfg, src_ckpt, data, source.cfg.embedding_dim, device, say)
     if resume and (run_dir / RESULT).is_file():
         result = read_result(run_dir)
@@ -214,7 +215,7 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
         if not pruned_path.is_file():
             model = source if prev is None else backbone_from_checkpoint(load_checkpoint(prev), prev)
             plan = StepPlan(step_ratio(p.ratio, k, p.steps), p.global_pruning, dict(p.layer_ratios), p.max_layer_ratio, p.round_to)
-            batches = _importance_batches(cfg, data, Preprocessing.from_cfg(model.cfg), k) if head is not None and IMPORTANCES.build(p.importance).needs_loss else []
+            batches = _importance_batches(cfg, data, model.cfg.pre, k) if head is not None and IMPORTANCES.build(p.importance).needs_loss else []
             prune_once(model, p.importance, plan, batches, _label_loss(head) if head is not None else None)
             row = StepRow(k, round(p.ratio * k / p.steps, 6), count_params(model), count_macs(model, size), _lfw(model, cfg, device))
             step_dir.mkdir(parents=True, exist_ok=True)

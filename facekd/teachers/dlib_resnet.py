@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.embed import Preprocessing
 from facekd.errors import FacekdError
-from facekd.weights import package_file
+from facekd.models.weights import package_file
+from facekd.preprocessing import Preprocessing
 
 WEIGHTS = "dlib_resnet_v1"
 SHAPE_PREDICTOR = "dlib_shape_predictor_5"

@@ -29,7 +29,7 @@ from torch import nn
 
 from facekd.config import to_dict
 from facekd.errors import FacekdError
-from facekd.heads import build_head
+from facekd.models.heads import build_head
 from facekd.io_utils import atomic_write_bytes
 from facekd.models import build_backbone
 from facekd.models.transforms import apply_transforms
@@ -142,7 +142,7 @@ def run_state(setup, epoch: int, step: int) -> dict:
     """Everything ``--resume`` needs, as a weights-only-loadable dict.
 
     Args:
-        setup: The loop's :class:`~facekd.train.loop.Setup` (cfg, plain module,
+        setup: The loop's :class:`~facekd.train.run_setup.Setup` (cfg, plain module,
             optimizer, schedule, scaler, identities, metrics).
     """
     return {

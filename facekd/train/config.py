@@ -14,7 +14,7 @@ class ModelCfg:
 
     backbone: str = "student5"
     backbone_args: dict = field(default_factory=dict)
-    head: str = "cosface"  # a name in facekd.heads.HEADS
+    head: str = "cosface"  # a name in facekd.models.heads.HEADS
     head_args: dict = field(default_factory=dict)  # e.g. {scale: 32, margin: 0.3}
     center_loss: float = 0.0  # weight of center loss (the teacher's original recipe: 0.008)
 

@@ -4,7 +4,7 @@ batches of an epoch. The loaders that turn batches into tensors are in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -107,52 +107,66 @@ def _first_crop_template(path: Path) -> str | None:
     return t.name if t else None
 
 
-def build_train_set(cfg, template: str, align_progress: Progress | None = None) -> TrainSet:
-    """Gathers the crops ``cfg`` (a :class:`~facekd.train.config.DataCfg`) names.
+@dataclass
+class _Gathered:
+    """The crops that the ``data.train`` entries hold, before the identity selection."""
 
-    Unaligned photo folders are aligned into the cache first (only the photos that the
-    identity selection keeps), with ``template``; packs and aligned folders must already
-    use ``template``.
-    """
-    from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder, output_relpath
-    from facekd.data.identity import scan_identities
-    from facekd.data.pack import SUFFIX, Pack
-    from facekd.evaluate import aligned_folder_for
+    sources: list = field(default_factory=list)
+    cands: list[_Candidate] = field(default_factory=list)
+    fallback: set[tuple[int, str]] = field(default_factory=set)  # (source index, rel) of central-box crops
+    to_align: list[tuple[int, Path]] = field(default_factory=list)  # (source index, raw folder)
 
-    if not cfg.train:
-        raise FacekdError("data.train is empty: name at least one pack or folder of face crops")
-    sources: list = []
-    cands: list[_Candidate] = []
-    fallback: set[tuple[int, str]] = set()
-    to_align: list[tuple[int, Path]] = []  # (source index, raw folder)
-    for entry in cfg.train:
-        path = resolve_path(entry, cfg.root)
-        s = len(sources)
-        if path.is_file() and path.suffix == SUFFIX:
-            pack = Pack(path)
-            if pack.template != template:
-                raise FacekdError(f"{path}: crops are aligned to {pack.template}, the backbone wants {template}")
-            sources.append(_PackSource(pack))
-            names = pack.identities
-            cands += [_Candidate(s, i, names[int(lab)], rel) for i, (rel, lab) in enumerate(zip(pack.files, pack.labels))]
-            fallback |= {(s, f) for f in pack.meta.get("fallback_files", [])}
-        elif path.is_dir():
-            samples, names = scan_identities([path])
-            crop_t = _first_crop_template(samples[0].path)
-            if crop_t is not None and crop_t != template:
-                raise FacekdError(f"{path}: crops are aligned to {crop_t}, the backbone wants {template}")
-            if crop_t is None:
-                to_align.append((s, path))
-            elif (path / REPORT_NAME).is_file():
-                import json
+    def add_pack(self, path: Path, template: str) -> None:
+        from facekd.data.pack import Pack
 
-                fallback |= {(s, f) for f in json.loads((path / REPORT_NAME).read_text()).get("fallback_files", [])}
-            files = [smp.rel for smp in samples]
-            sources.append(_FolderSource(path, files))
-            cands += [_Candidate(s, i, names[smp.label], smp.rel) for i, smp in enumerate(samples)]
+        s = len(self.sources)
+        pack = Pack(path)
+        if pack.template != template:
+            raise FacekdError(f"{path}: crops are aligned to {pack.template}, the backbone wants {template}")
+        self.sources.append(_PackSource(pack))
+        names = pack.identities
+        self.cands += [_Candidate(s, i, names[int(lab)], rel) for i, (rel, lab) in enumerate(zip(pack.files, pack.labels))]
+        self.fallback |= {(s, f) for f in pack.meta.get("fallback_files", [])}
+
+    def add_folder(self, path: Path, template: str) -> None:
+        """An aligned folder, or an unaligned one to align once the identities are chosen."""
+        from facekd.align.folder import recorded_fallbacks
+        from facekd.data.identity import scan_identities
+
+        s = len(self.sources)
+        samples, names = scan_identities([path])
+        crop_t = _first_crop_template(samples[0].path)
+        if crop_t is not None and crop_t != template:
+            raise FacekdError(f"{path}: crops are aligned to {crop_t}, the backbone wants {template}")
+        if crop_t is None:
+            self.to_align.append((s, path))
         else:
-            raise FacekdError(f"{path}: no such pack or folder (data.train entry {entry!r})")
+            self.fallback |= {(s, f) for f in recorded_fallbacks(path) or []}
+        files = [smp.rel for smp in samples]
+        self.sources.append(_FolderSource(path, files))
+        self.cands += [_Candidate(s, i, names[smp.label], smp.rel) for i, smp in enumerate(samples)]
 
+    def align(self, s: int, raw_root: Path, template: str, by_id: dict[str, list[_Candidate]],
+              progress: Progress | None) -> None:
+        """Aligns the chosen photos of unaligned folder ``s`` into the cache, drops those
+        that cannot be read and reads the crops from there on."""
+        from facekd.align.folder import AlignOptions, align_folder, output_relpath
+        from facekd.evaluation.pairs import aligned_folder_for
+
+        wanted = sorted(c.rel for v in by_id.values() for c in v if c.source == s)
+        dst = aligned_folder_for(raw_root, template)
+        report = align_folder(raw_root, dst, AlignOptions(template=template), progress=progress, files=wanted)
+        bad = {u.file for u in report.unreadable}
+        self.fallback |= {(s, f) for f in report.fallback_files}
+        for v in by_id.values():
+            v[:] = [c for c in v if not (c.source == s and c.rel in bad)]
+        src = self.sources[s]
+        self.sources[s] = _FolderSource(dst, [output_relpath(f) for f in src.files])
+
+
+def _select_identities(cands: list[_Candidate], cfg) -> dict[str, list[_Candidate]]:
+    """Candidates by identity, cut to ``max_per_identity`` each and the ``max_identities``
+    identities with the most."""
     by_id: dict[str, list[_Candidate]] = {}
     for c in cands:
         by_id.setdefault(c.identity, []).append(c)
@@ -161,24 +175,44 @@ def build_train_set(cfg, template: str, align_progress: Progress | None = None) 
     if cfg.max_identities:
         chosen = sorted(by_id, key=lambda k: (-len(by_id[k]), k))[: cfg.max_identities]
         by_id = {k: by_id[k] for k in chosen}
+    return by_id
 
-    for s, raw_root in to_align:
-        wanted = sorted(c.rel for v in by_id.values() for c in v if c.source == s)
-        dst = aligned_folder_for(raw_root, template)
-        report = align_folder(raw_root, dst, AlignOptions(template=template), progress=align_progress, files=wanted)
-        bad = {u["file"] for u in report["unreadable"]}
-        fallback |= {(s, f) for f in report["fallback_files"]}
-        for v in by_id.values():
-            v[:] = [c for c in v if not (c.source == s and c.rel in bad)]
-        src = sources[s]
-        sources[s] = _FolderSource(dst, [output_relpath(f) for f in src.files])
 
+def _drop_fallbacks(by_id: dict[str, list[_Candidate]], fallback: set[tuple[int, str]]) -> int:
+    """Removes central-box fallback crops from ``by_id``; returns how many."""
     dropped = 0
-    if cfg.drop_fallbacks:
-        for k, v in by_id.items():
-            keep = [c for c in v if (c.source, c.rel) not in fallback]
-            dropped += len(v) - len(keep)
-            by_id[k] = keep
+    for k, v in by_id.items():
+        keep = [c for c in v if (c.source, c.rel) not in fallback]
+        dropped += len(v) - len(keep)
+        by_id[k] = keep
+    return dropped
+
+
+def build_train_set(cfg, template: str, align_progress: Progress | None = None) -> TrainSet:
+    """Gathers the crops ``cfg`` (a :class:`~facekd.train.config.DataCfg`) names.
+
+    Unaligned photo folders are aligned into the cache first (only the photos that the
+    identity selection keeps), with ``template``; packs and aligned folders must already
+    use ``template``.
+    """
+    from facekd.data.pack import SUFFIX
+
+    if not cfg.train:
+        raise FacekdError("data.train is empty: name at least one pack or folder of face crops")
+    found = _Gathered()
+    for entry in cfg.train:
+        path = resolve_path(entry, cfg.root)
+        if path.is_file() and path.suffix == SUFFIX:
+            found.add_pack(path, template)
+        elif path.is_dir():
+            found.add_folder(path, template)
+        else:
+            raise FacekdError(f"{path}: no such pack or folder (data.train entry {entry!r})")
+    by_id = _select_identities(found.cands, cfg)
+    for s, raw_root in found.to_align:
+        found.align(s, raw_root, template, by_id, align_progress)
+    dropped = _drop_fallbacks(by_id, found.fallback) if cfg.drop_fallbacks else 0
+
     identities = sorted(k for k, v in by_id.items() if len(v) >= max(1, cfg.min_images))
     if not identities:
         raise FacekdError(f"no identity keeps {cfg.min_images}+ crops in {', '.join(cfg.train)}")
@@ -191,7 +225,7 @@ def build_train_set(cfg, template: str, align_progress: Progress | None = None) 
         "template": template,
     }
     return TrainSet(
-        sources,
+        found.sources,
         np.array([c.source for _, c in chosen], dtype=np.int32),
         np.array([c.key for _, c in chosen], dtype=np.int64),
         np.array([label for label, _ in chosen], dtype=np.int64),

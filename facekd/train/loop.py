@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,11 +19,11 @@ from torch import nn
 
 from facekd.errors import FacekdError
 from facekd.progress import progress_bar
-from facekd.train.checkpoint import CHECKPOINT, check_same_model, prepare_run_dir, restore_run, save_run
+from facekd.train.checkpoint import CHECKPOINT, check_same_model, prepare_run_dir, save_run
 from facekd.train.config import TrainConfig
 from facekd.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
-from facekd.train.run_log import RunLog
-from facekd.train.speed import SpeedPlan, autocast_dtype, plan_speed
+from facekd.train.run_setup import Setup, build_setup
+from facekd.train.speed import autocast_dtype
 
 INFO_PREFIX = "info_"  # objective outputs logged but not added to the loss (e.g. mean μ)
 
@@ -54,7 +53,7 @@ def full_precision(x: torch.Tensor):
 
 def build_objective(cfg: TrainConfig, num_classes: int) -> LabelObjective:
     """The backbone, head and center loss ``cfg.model`` names, for ``num_classes`` identities."""
-    from facekd.heads import CenterLoss, build_head
+    from facekd.models.heads import CenterLoss, build_head
     from facekd.models import build_backbone
 
     backbone = build_backbone(cfg.model.backbone, **cfg.model.backbone_args)
@@ -62,60 +61,6 @@ def build_objective(cfg: TrainConfig, num_classes: int) -> LabelObjective:
     head = build_head(cfg.model.head, dim, num_classes, **cfg.model.head_args)
     center = CenterLoss(dim, num_classes) if cfg.model.center_loss > 0 else None
     return LabelObjective(backbone, head, center, cfg.model.center_loss)
-
-
-@dataclass
-class Setup:
-    """Everything the epoch loop needs, built once by :func:`fit`."""
-
-    cfg: TrainConfig
-    dist: DistInfo
-    device: torch.device
-    objective: nn.Module  # the module that steps (maybe DDP-wrapped)
-    plain: LabelObjective  # the same module unwrapped (for checkpoints and evaluation)
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    loader: object
-    n_crops: int
-    steps_per_epoch: int
-    log: RunLog
-    metrics: dict = field(default_factory=dict)
-    identities: list[str] = field(default_factory=list)  # label -> name, saved with the model
-    precision: str = "fp32"  # resolved (facekd.train.speed.plan_speed): fp32 | bf16 | fp16
-    channels_last: bool = False
-
-
-def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.device, loader: str | None,
-                     workers: int, plan: SpeedPlan | None = None) -> Setup:
-    """A one-process :class:`Setup` for timing :func:`train_one_epoch` outside :func:`fit`
-    (the eval/ benchmarks): the same optimizer, schedule, loaders and ``plan`` (precision,
-    layout, compile; default: fp32, contiguous, eager); no files written."""
-    from facekd.models import backbone_cfg
-    from facekd.train.loaders import LOADERS, LoaderCtx
-    from facekd.train.optim import build_optimizer, build_schedule
-
-    plan = plan or SpeedPlan("fp32", False, False)
-    module = apply_plan(module.to(device), plan)
-    optimizer = build_optimizer([module], cfg.optim)
-    schedule = build_schedule(optimizer, cfg.schedule, steps_per_epoch=10_000, epochs=1)
-    bcfg = backbone_cfg(cfg.model.backbone)
-    feed = None
-    if loader:
-        feed = LOADERS.get(loader)(LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, 0))
-    return Setup(cfg, DistInfo(), device, module, module, optimizer, schedule,
-                 torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16"), feed, len(data), 0,
-                 RunLog(Path("."), enabled=False), precision=plan.precision, channels_last=plan.channels_last)
-
-
-def apply_plan(objective: nn.Module, plan: SpeedPlan) -> nn.Module:
-    """Puts ``objective`` in the plan's memory layout and compiles its backbone's forward
-    (in place, so checkpoints keep their keys; :func:`evaluate_lfw` drops it on its copy)."""
-    if plan.channels_last:
-        objective = objective.to(memory_format=torch.channels_last)
-    if plan.compile:
-        objective.backbone.forward = torch.compile(objective.backbone.forward)
-    return objective
 
 
 def _autocast(setup: Setup):
@@ -183,16 +128,16 @@ def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, prog
 
 def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """LFW verification of the current backbone (a copy in eval mode)."""
-    from facekd.embed import Preprocessing, TorchEmbedder
-    from facekd.evaluate import evaluate_pairs
+    from facekd.evaluation.embed import TorchEmbedder
+    from facekd.evaluation.pairs import evaluate_pairs
     from facekd.train.data import resolve_path
 
     net = copy.deepcopy(backbone)
-    # A compiled forward (apply_plan) is a function bound to the original module, which
-    # deepcopy shares: without this the copy would run the training model in train mode.
+    # A compiled forward (run_setup.apply_plan) is a function bound to the original module,
+    # which deepcopy shares: without this the copy would run the training model in train mode.
     net.__dict__.pop("forward", None)
     net.cfg = backbone.cfg
-    emb = TorchEmbedder(net, Preprocessing.from_cfg(backbone.cfg), name=backbone.cfg.name, device=str(device))
+    emb = TorchEmbedder(net, backbone.cfg.pre, name=backbone.cfg.name, device=str(device))
     ev = evaluate_pairs(
         emb, resolve_path(cfg.eval.lfw, cfg.data.root), flip=cfg.eval.flip, pairs_per_fold=cfg.eval.pairs_per_fold
     )
@@ -202,8 +147,8 @@ def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) ->
         "lfw_std": 100 * r.std,
         "lfw_auc": r.auc,
         "lfw_eer": 100 * r.eer,
-        "lfw_pairs": ev.info["pairs"],
-        "eval_seconds": ev.info["seconds"],
+        "lfw_pairs": r.pairs,
+        "eval_seconds": ev.seconds,
     }
 
 
@@ -234,122 +179,145 @@ def fit(
             default: :class:`LabelObjective` (backbone + head from labels). Distillation
             passes its own.
     """
-    from facekd.config import to_dict
     from facekd.models import backbone_cfg
-    from facekd.train.data import Shard, build_train_set, epoch_batches, resolve_path, steps_per_epoch
-    from facekd.train.loaders import LOADERS, LoaderCtx, choose_loader
-    from facekd.train.optim import build_optimizer, build_schedule
 
     run_dir = Path(run_dir)
     device = _device(cfg.train.device)
     dist = init_distributed(device.type)
     try:
-        if dist.enabled and device.type == "cuda":
-            device = torch.device("cuda", dist.local_rank)
-            torch.cuda.set_device(device)
+        device = _join_process(cfg, dist, device)
         if not dist.is_main:
             say = lambda msg: None  # noqa: E731
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        ckpt = prepare_run_dir(run_dir, resume)
-        if ckpt is not None:
-            check_same_model(cfg, ckpt, run_dir / CHECKPOINT)
-        if cfg.eval.every and cfg.eval.lfw:
-            lfw = resolve_path(cfg.eval.lfw, cfg.data.root)
-            if not lfw.exists():
-                raise FacekdError(f"{lfw}: LFW for eval.lfw not found (set eval.lfw, or eval.every=0 to skip)")
+        ckpt = _open_run(cfg, run_dir, resume)
         bcfg = backbone_cfg(cfg.model.backbone)
-
-        # Rank 0 aligns unaligned folders first; the others then find the crops cached.
-        data = None
+        data = _gather_train_set(cfg, dist, bcfg.pre.template)
+        plain = _objective_rank0_first(cfg, data, device, dist, say, make_objective)
+        setup, choices = build_setup(cfg, run_dir, dist, device, data, plain, ckpt, bcfg, say)
         if dist.is_main:
-            data = build_train_set(cfg.data, bcfg.template, align_progress=progress_bar("align training photos", interactive_only=True))
-        barrier(dist)
-        if data is None:
-            data = build_train_set(cfg.data, bcfg.template)
-
-        def objective() -> nn.Module:
-            torch.manual_seed(cfg.train.seed)
-            if make_objective is None:
-                return build_objective(cfg, len(data.identities))
-            return make_objective(cfg, data, device, say)
-
-        # Rank 0 first: a distillation objective may compute and cache teacher outputs,
-        # which the other ranks then read instead of computing them again.
-        plain = objective() if dist.is_main else None
-        barrier(dist)
-        plain = (plain if plain is not None else objective()).to(device)
-        shard = Shard(dist.rank, dist.world_size)
-        steps = steps_per_epoch(len(data), cfg.train.batch_size, shard)
-        todo = steps * (cfg.train.epochs - (ckpt["epoch"] if ckpt is not None else 0))
-        # Ranks must agree, so a distributed run does not time the choices.
-        plan = plan_speed(cfg.train, plain, device, bcfg.input_size, len(data.identities), todo, may_time=not dist.enabled)
-        optimizer = build_optimizer([plain], cfg.optim)
-        schedule = build_schedule(optimizer, cfg.schedule, steps, cfg.train.epochs)
-        scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
-
-        start_epoch, step, metrics = 0, 0, {}
-        if ckpt is not None:
-            start_epoch, step, metrics = restore_run(ckpt, cfg, plain, optimizer, schedule, scaler, say)
-        objective: nn.Module = plain
-        apply_plan(plain, plan)  # in place: the optimizer's parameters stay the same tensors
-        if dist.enabled:
-            objective = nn.parallel.DistributedDataParallel(plain, device_ids=[device] if device.type == "cuda" else None)
-
-        workers = cfg.data.workers if cfg.data.workers is not None else max(1, (torch.multiprocessing.cpu_count() or 2) - 1)
-        chosen = choose_loader(cfg.data.loader, data, device)
-        ctx = LoaderCtx(data, cfg.data.augment, bcfg.mean, bcfg.std, device, workers, cfg.train.seed)
-        loader = LOADERS.get(chosen.name)(ctx)
-
-        log = RunLog(run_dir, enabled=dist.is_main)
-        setup = Setup(
-            cfg, dist, device, objective, plain, optimizer, schedule, scaler, loader, len(data), steps, log, metrics,
-            identities=data.identities, precision=plan.precision, channels_last=plan.channels_last,
-        )
-        if dist.is_main:
-            from facekd.io_utils import atomic_write_bytes
-
-            import yaml
-
-            atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+            _write_config(cfg, run_dir)
             if ckpt is not None:
-                dropped = log.truncate_after(step)
-                say(f"resuming {run_dir} after epoch {start_epoch} (step {step}); dropped {dropped} log lines past it")
-        params = sum(p.numel() for p in plain.backbone.parameters())
-        say(
-            f"{cfg.model.backbone} ({params / 1e6:.2f} M params) + {cfg.model.head} head on {len(data)} crops of "
-            f"{len(data.identities)} identities ({data.info['fallbacks_dropped']} fallback crops left out); "
-            f"{steps} steps/epoch of {cfg.train.batch_size}; device {device}"
-            + (f" x{dist.world_size} processes" if dist.enabled else "")
-            + f"; loader {chosen.name} ({chosen.reason}); {plan.describe()}"
-        )
-        result: dict = {}
-        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-            batches = epoch_batches(len(data), cfg.train.batch_size, cfg.train.seed, epoch, shard)
-            bar = None
-            if dist.is_main:  # on terminals only: logs get one line per epoch instead
-                draw = progress_bar(f"epoch {epoch}/{cfg.train.epochs}", unit="step", interactive_only=True, leave=False)
-                bar = lambda n, _total=len(batches): draw(n, _total)  # noqa: E731
-            step, stats = train_one_epoch(setup, epoch, step, loader.epoch(batches, epoch), progress=bar)
-            record = {"kind": "epoch", "epoch": epoch, "step": step, **stats}
-            if cfg.eval.every and cfg.eval.lfw and (epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs):
-                if dist.is_main:
-                    record.update(evaluate_lfw(plain.backbone, cfg, device))
-                barrier(dist)
-            log.write(record, prefix="epoch")
-            metrics = {**metrics, **{k: v for k, v in record.items() if k != "kind"}}
-            if "lfw_acc" in record:
-                metrics["best_lfw_acc"] = max(record["lfw_acc"], metrics.get("best_lfw_acc", -1.0))
-            setup.metrics = metrics
-            if dist.is_main:
-                save_run(setup, run_dir, epoch, step, best="lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"])
-            say(_epoch_line(record))
-            result = metrics
-        log.close()
+                dropped = setup.log.truncate_after(setup.start_step)
+                say(f"resuming {run_dir} after epoch {setup.start_epoch} (step {setup.start_step}); "
+                    f"dropped {dropped} log lines past it")
+        say(_run_line(setup, data, choices))
+        metrics = _train_epochs(setup, len(data), run_dir, say)
+        setup.log.close()
         barrier(dist)
-        return result or metrics
+        return metrics
     finally:
         shutdown(dist)
+
+
+def _join_process(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> torch.device:
+    """This process's device (its own GPU in a distributed run), with ``train.threads`` set."""
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    return device
+
+
+def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None: a fresh run), once it is known to train the
+    same model and LFW for ``eval.lfw`` is there."""
+    from facekd.train.data import resolve_path
+
+    ckpt = prepare_run_dir(run_dir, resume)
+    if ckpt is not None:
+        check_same_model(cfg, ckpt, run_dir / CHECKPOINT)
+    if cfg.eval.every and cfg.eval.lfw:
+        lfw = resolve_path(cfg.eval.lfw, cfg.data.root)
+        if not lfw.exists():
+            raise FacekdError(f"{lfw}: LFW for eval.lfw not found (set eval.lfw, or eval.every=0 to skip)")
+    return ckpt
+
+
+def _gather_train_set(cfg: TrainConfig, dist: DistInfo, template: str):
+    """The training set; rank 0 aligns unaligned folders first, the others then find the
+    crops cached."""
+    from facekd.train.data import build_train_set
+
+    data = None
+    if dist.is_main:
+        data = build_train_set(cfg.data, template, align_progress=progress_bar("align training photos", interactive_only=True))
+    barrier(dist)
+    if data is None:
+        data = build_train_set(cfg.data, template)
+    return data
+
+
+def _objective_rank0_first(cfg: TrainConfig, data, device: torch.device, dist: DistInfo,
+                           say: Callable[[str], None], make_objective: Callable | None) -> nn.Module:
+    """The seeded training objective on ``device`` (``make_objective``: see :func:`fit`)."""
+
+    def objective() -> nn.Module:
+        torch.manual_seed(cfg.train.seed)
+        if make_objective is None:
+            return build_objective(cfg, len(data.identities))
+        return make_objective(cfg, data, device, say)
+
+    # Rank 0 first: a distillation objective may compute and cache teacher outputs,
+    # which the other ranks then read instead of computing them again.
+    plain = objective() if dist.is_main else None
+    barrier(dist)
+    return (plain if plain is not None else objective()).to(device)
+
+
+def _write_config(cfg: TrainConfig, run_dir: Path) -> None:
+    from facekd.config import to_dict
+    from facekd.io_utils import atomic_write_bytes
+
+    import yaml
+
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+
+
+def _run_line(setup: Setup, data, choices: str) -> str:
+    """The run's first line: model, data, steps, device, loader and speed choices."""
+    cfg, dist = setup.cfg, setup.dist
+    params = sum(p.numel() for p in setup.plain.backbone.parameters())
+    return (
+        f"{cfg.model.backbone} ({params / 1e6:.2f} M params) + {cfg.model.head} head on {len(data)} crops of "
+        f"{len(data.identities)} identities ({data.info['fallbacks_dropped']} fallback crops left out); "
+        f"{setup.steps_per_epoch} steps/epoch of {cfg.train.batch_size}; device {setup.device}"
+        + (f" x{dist.world_size} processes" if dist.enabled else "")
+        + f"; {choices}"
+    )
+
+
+def _train_epochs(setup: Setup, n_crops: int, run_dir: Path, say: Callable[[str], None]) -> dict:
+    """The epochs after ``setup.start_epoch``: train, evaluate when due, log, checkpoint.
+
+    Returns:
+        The metrics after the last epoch (those restored when no epoch was left).
+    """
+    from facekd.train.data import Shard, epoch_batches
+
+    cfg, dist = setup.cfg, setup.dist
+    shard = Shard(dist.rank, dist.world_size)
+    step, metrics = setup.start_step, setup.metrics
+    for epoch in range(setup.start_epoch + 1, cfg.train.epochs + 1):
+        batches = epoch_batches(n_crops, cfg.train.batch_size, cfg.train.seed, epoch, shard)
+        bar = None
+        if dist.is_main:  # on terminals only: logs get one line per epoch instead
+            draw = progress_bar(f"epoch {epoch}/{cfg.train.epochs}", unit="step", interactive_only=True, leave=False)
+            bar = lambda n, _total=len(batches): draw(n, _total)  # noqa: E731
+        step, stats = train_one_epoch(setup, epoch, step, setup.loader.epoch(batches, epoch), progress=bar)
+        record = {"kind": "epoch", "epoch": epoch, "step": step, **stats}
+        if cfg.eval.every and cfg.eval.lfw and (epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs):
+            if dist.is_main:
+                record.update(evaluate_lfw(setup.plain.backbone, cfg, setup.device))
+            barrier(dist)
+        setup.log.write(record, prefix="epoch")
+        metrics = {**metrics, **{k: v for k, v in record.items() if k != "kind"}}
+        if "lfw_acc" in record:
+            metrics["best_lfw_acc"] = max(record["lfw_acc"], metrics.get("best_lfw_acc", -1.0))
+        setup.metrics = metrics
+        if dist.is_main:
+            save_run(setup, run_dir, epoch, step, best="lfw_acc" in record and record["lfw_acc"] >= metrics["best_lfw_acc"])
+        say(_epoch_line(record))
+    return metrics
 
 
 def _epoch_line(r: dict) -> str:

@@ -6,40 +6,15 @@ import contextlib
 import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
-from facekd.align.template import Template, adapt_crop, get_template, template_for_size
+from facekd.align.template import Template, adapt_crop, template_for_size
 from facekd.deploy.metadata import PREPROCESSING_META_KEY
 from facekd.errors import FacekdError
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What an embedder expects and how its authors score it (see ``BackboneCfg``)."""
-
-    template: str = "112x96"
-    mean: float = 127.5
-    std: float = 128.0
-    flip_fusion: str = "sum"
-    subtract_fold_mean: bool = False
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return get_template(self.template).size
-
-    @classmethod
-    def from_cfg(cls, cfg) -> "Preprocessing":
-        return cls(
-            template=cfg.template,
-            mean=cfg.mean,
-            std=cfg.std,
-            flip_fusion=cfg.flip_fusion,
-            subtract_fold_mean=cfg.subtract_fold_mean,
-        )
+from facekd.preprocessing import Preprocessing
 
 
 class Embedder(Protocol):

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from facekd.io_utils import atomic_write_bytes
-from facekd.verification import VerificationResult
+from facekd.evaluation.metrics import VerificationResult
 
 
 def plot_roc(results: dict[str, VerificationResult], path: Path | str, title: str = "LFW verification ROC") -> Path:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from facekd.cli_train import report_run, add_run_args
+from facekd.cli.train import report_run, add_run_args
 
 
 def _add_prune(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +86,6 @@ def _add_exits(sub: argparse._SubParsersAction) -> None:
 def _run_exits(args: argparse.Namespace) -> int:
     from facekd.deploy.export import check_parity, default_normalize, export_onnx, synthetic_inputs
     from facekd.deploy.metadata import ModelInfo, model_metadata
-    from facekd.embed import Preprocessing
     from facekd.io_utils import atomic_write_json
     from facekd.models.exits import select_exit
     from facekd.hub import resolve
@@ -108,7 +107,7 @@ def _run_exits(args: argparse.Namespace) -> int:
               f"{c.ort_ms_1t:.2f} ms/face (ORT, 1 thread; {c.ort_ms_min:.2f}-{c.ort_ms_max:.2f})")
     chosen = budget_exit(costs, args.budget_ms)
     select_exit(model, chosen.exit)
-    pre = Preprocessing.from_cfg(model.cfg)
+    pre = model.cfg.pre
     normalize = default_normalize(pre)
     info = ModelInfo(f"{model.cfg.name}@exit{chosen.exit}", tuple(model.cfg.input_size), model.cfg.embedding_dim, normalize)
     export_onnx(model, args.onnx, input_size=tuple(model.cfg.input_size), normalize=normalize,

@@ -2,33 +2,79 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from facekd.align.detector import detector_key
+from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder, recorded_fallbacks
 from facekd.align.template import get_template, template_for_size
 from facekd.data.image_io import UnreadableImage, decode_rgb, read_rgb
-from facekd.embed import Embedder, crop_loader, embed_images
+from facekd.evaluation.embed import Embedder, crop_loader, embed_images
 from facekd.errors import FacekdError
-from facekd.verification import VerificationResult, verify
+from facekd.evaluation.metrics import VerificationResult, verify
 
 Progress = Callable[[int, int], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PairsEvaluation:
-    """A verification result and how it was obtained."""
+    """A verification result and how it was obtained.
+
+    Attributes:
+        result: The scores.
+        model: The embedder's name.
+        data: The folder, pack or ``.bin`` evaluated on.
+        protocol: The pairs and folds, in words.
+        template: The alignment template of the crops embedded.
+        flip: Whether the mirror image's embedding was added.
+        flip_fusion: The embedder's fusion rule when ``flip``, else None.
+        subtract_fold_mean: Whether the training folds' mean embedding was subtracted.
+        images: Images embedded.
+        embedding_dim: Length of a (fused) embedding.
+        embed_seconds: Time spent embedding.
+        seconds: Time for the whole evaluation.
+        fallback_images: Pair images that were central-box alignment fallbacks (None: unknown).
+        aligned_copy: Where an unaligned folder was aligned to first (None: used as it is).
+    """
 
     result: VerificationResult
-    info: dict = field(default_factory=dict)
+    model: str
+    data: str
+    protocol: str
+    template: str
+    flip: bool
+    flip_fusion: str | None
+    subtract_fold_mean: bool
+    images: int
+    embedding_dim: int
+    embed_seconds: float
+    seconds: float
+    fallback_images: int | None = None
+    aligned_copy: str | None = None
 
     def to_dict(self) -> dict:
-        return {**self.info, **self.result.to_dict()}
+        """JSON-ready: how the result was obtained, then :meth:`VerificationResult.to_dict`."""
+        how = {"model": self.model, "data": self.data}
+        if self.aligned_copy is not None:
+            how["aligned_copy"] = self.aligned_copy
+        how |= {
+            "fallback_images": self.fallback_images,
+            "protocol": self.protocol,
+            "template": self.template,
+            "flip": self.flip,
+            "flip_fusion": self.flip_fusion,
+            "subtract_fold_mean": self.subtract_fold_mean,
+            "images": self.images,
+            "pairs": self.result.pairs,
+            "embedding_dim": self.embedding_dim,
+            "embed_seconds": self.embed_seconds,
+            "seconds": self.seconds,
+        }
+        return {**how, **self.result.to_dict()}
 
 
 def _first_image_size(paths: list[Path]) -> tuple[int, int]:
@@ -61,7 +107,9 @@ class _Pairs:
     issame: np.ndarray
     fold_ids: np.ndarray | None
     folds: int
-    info: dict
+    protocol: str
+    fallback_images: int | None = None  # see PairsEvaluation
+    aligned_copy: str | None = None
 
 
 def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
@@ -80,7 +128,7 @@ def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progr
         issame=np.array(vb.issame),
         fold_ids=None,
         folds=10,
-        info={"protocol": f"insightface .bin ({len(vb)} pairs, 10 consecutive folds)", "fallback_images": None},
+        protocol=f"insightface .bin ({len(vb)} pairs, 10 consecutive folds)",
     )
 
 
@@ -92,9 +140,9 @@ def _fallbacks_among(fallback_files: list[str] | None, names: list[str]) -> int 
     return sum(n in fb for n in names)
 
 
-def _lfw_pairs(pairs, names: list[str], read, describe, info: dict) -> _Pairs:
+def _lfw_pairs(pairs, names: list[str], read, describe, fallback_images: int | None,
+               aligned_copy: str | None = None) -> _Pairs:
     index = {n: i for i, n in enumerate(names)}
-    info["protocol"] = f"LFW View 2 ({pairs.folds} folds, {len(pairs)} pairs)"
     return _Pairs(
         count=len(names),
         read=read,
@@ -104,7 +152,9 @@ def _lfw_pairs(pairs, names: list[str], read, describe, info: dict) -> _Pairs:
         issame=np.array(pairs.issame),
         fold_ids=np.array(pairs.fold),
         folds=pairs.folds,
-        info=info,
+        protocol=f"LFW View 2 ({pairs.folds} folds, {len(pairs)} pairs)",
+        fallback_images=fallback_images,
+        aligned_copy=aligned_copy,
     )
 
 
@@ -128,7 +178,7 @@ def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_prog
         names,
         read=lambda i: pack.image(where[names[i]]),
         describe=lambda i: f"{path}:{names[i]}",
-        info={"fallback_images": _fallbacks_among(pack.meta.get("fallback_files"), names)},
+        fallback_images=_fallbacks_among(pack.meta.get("fallback_files"), names),
     )
 
 
@@ -143,25 +193,21 @@ def _pairs_from_folder(
     check_images(pairs, data)
     names = pairs.images()
     root = data
-    info: dict = {}
+    fallback_images = aligned_copy = None
     if aligned is None:
         aligned = template_for_size(*_first_image_size([data / names[0]])) is not None
-    report = None
     if not aligned:
-        from facekd.align.folder import AlignOptions, align_folder
-
         root = aligned_folder_for(data, template, detector)
         opts = AlignOptions(template=template, detector=detector)
         report = align_folder(data, root, opts, progress=align_progress, files=names)
         wanted = set(names)
-        bad = [u["file"] for u in report["unreadable"] if u["file"] in wanted]
+        bad = [u.file for u in report.unreadable if u.file in wanted]
         if bad:
             raise FacekdError(f"{data}: {len(bad)} pair images are unreadable: {', '.join(bad[:10])}")
-        info["aligned_copy"] = str(root)
-    elif (data / "align_report.json").is_file():
-        report = json.loads((data / "align_report.json").read_text())
-    if report is not None:
-        info["fallback_images"] = _fallbacks_among(report.get("fallback_files"), names)
+        aligned_copy = str(root)
+        fallback_images = _fallbacks_among(report.fallback_files, names)
+    elif (data / REPORT_NAME).is_file():
+        fallback_images = _fallbacks_among(recorded_fallbacks(data), names)
 
     def read(i: int) -> np.ndarray:
         try:
@@ -169,7 +215,7 @@ def _pairs_from_folder(
         except UnreadableImage as exc:
             raise FacekdError(f"{root / names[i]}: {exc}") from None
 
-    return _lfw_pairs(pairs, names, read, lambda i: str(root / names[i]), info)
+    return _lfw_pairs(pairs, names, read, lambda i: str(root / names[i]), fallback_images, aligned_copy)
 
 
 def _load_pairs(
@@ -210,8 +256,9 @@ def evaluate_pairs(
     want = get_template(embedder.pre.template)
     started = time.perf_counter()
     p = _load_pairs(data, want.name, aligned, align_progress, pairs_per_fold, detector)
+    protocol = p.protocol
     if pairs_per_fold:
-        p.info["protocol"] += f"; quick subset, the first {pairs_per_fold} same and different pairs per fold"
+        protocol += f"; quick subset, the first {pairs_per_fold} same and different pairs per fold"
     load = crop_loader(want, p.read, p.describe)
     t0 = time.perf_counter()
     emb = embed_images(embedder, load, p.count, flip=flip, batch_size=batch_size, progress=embed_progress)
@@ -220,18 +267,19 @@ def evaluate_pairs(
         emb[p.idx1], emb[p.idx2], p.issame, folds=p.folds, fold_ids=p.fold_ids,
         subtract_mean=embedder.pre.subtract_fold_mean,
     )
-    info = {
-        "model": embedder.name,
-        "data": str(data),
-        **p.info,
-        "template": want.name,
-        "flip": flip,
-        "flip_fusion": embedder.pre.flip_fusion if flip else None,
-        "subtract_fold_mean": embedder.pre.subtract_fold_mean,
-        "images": p.count,
-        "pairs": int(len(p.issame)),
-        "embedding_dim": int(emb.shape[1]),
-        "embed_seconds": round(embed_seconds, 2),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    return PairsEvaluation(result=result, info=info)
+    return PairsEvaluation(
+        result=result,
+        model=embedder.name,
+        data=str(data),
+        protocol=protocol,
+        template=want.name,
+        flip=flip,
+        flip_fusion=embedder.pre.flip_fusion if flip else None,
+        subtract_fold_mean=embedder.pre.subtract_fold_mean,
+        images=p.count,
+        embedding_dim=int(emb.shape[1]),
+        embed_seconds=round(embed_seconds, 2),
+        seconds=round(time.perf_counter() - started, 2),
+        fallback_images=p.fallback_images,
+        aligned_copy=p.aligned_copy,
+    )

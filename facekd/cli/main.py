@@ -39,18 +39,18 @@ def _run_align(args: argparse.Namespace) -> int:
         min_face_size=args.min_face_size,
     )
     report = align_folder(args.src, args.dst, opts, progress=progress_bar("align"))
-    rate = report["images_per_second"]
+    rate = report.images_per_second
     print(
-        f"{report['images']} images ({report['detector']}): {report['aligned']} aligned, "
-        f"{report['fallback']} central-box fallbacks, "
-        f"{len(report['unreadable'])} unreadable ({report['resumed']} done earlier)"
-        + (f"; {rate:.1f} images/s on {report['workers']} workers" if rate else "")
+        f"{report.images} images ({report.detector}): {report.aligned} aligned, "
+        f"{report.fallback} central-box fallbacks, "
+        f"{len(report.unreadable)} unreadable ({report.resumed} done earlier)"
+        + (f"; {rate:.1f} images/s on {report.workers} workers" if rate else "")
     )
-    for u in report["unreadable"][:20]:
-        print(f"  unreadable: {u['file']}: {u['reason']}")
-    if len(report["unreadable"]) > 20:
-        print(f"  ... and {len(report['unreadable']) - 20} more")
-    print(f"report: {Path(report['dst']) / REPORT_NAME}")
+    for u in report.unreadable[:20]:
+        print(f"  unreadable: {u.file}: {u.reason}")
+    if len(report.unreadable) > 20:
+        print(f"  ... and {len(report.unreadable) - 20} more")
+    print(f"report: {Path(report.dst) / REPORT_NAME}")
     return 0
 
 
@@ -100,7 +100,7 @@ def format_result(label: str, ev) -> str:
 
 
 def _run_eval_lfw(args: argparse.Namespace) -> int:
-    from facekd.evaluate import evaluate_pairs
+    from facekd.evaluation.pairs import evaluate_pairs
     from facekd.io_utils import atomic_write_json
     from facekd.models.exits import select_exit
     from facekd.hub import resolve
@@ -121,26 +121,25 @@ def _run_eval_lfw(args: argparse.Namespace) -> int:
         embed_progress=progress_bar("embed"),
         detector=args.detector,
     )
-    info = ev.info
     recipe = []
     if args.flip:
-        recipe.append(f"flip ({info['flip_fusion']})")
-    if info["subtract_fold_mean"]:
+        recipe.append(f"flip ({ev.flip_fusion})")
+    if ev.subtract_fold_mean:
         recipe.append("training-fold mean subtracted")
-    print(f"{embedder.name} on {info['protocol']}" + (f"; {', '.join(recipe)}" if recipe else ""))
+    print(f"{embedder.name} on {ev.protocol}" + (f"; {', '.join(recipe)}" if recipe else ""))
     print(format_result("flip" if args.flip else "plain", ev))
     print("folds: " + " ".join(f"{a:.2f}" for a in ev.result.to_dict()["folds"]))
-    if info.get("fallback_images"):
-        print(f"note: {info['fallback_images']} pair images had no detected face and used the central box")
+    if ev.fallback_images:
+        print(f"note: {ev.fallback_images} pair images had no detected face and used the central box")
     print(
-        f"embedded {info['images']} images in {info['embed_seconds']:.1f} s "
-        f"({info['images'] / max(info['embed_seconds'], 1e-9):.0f} images/s); total {info['seconds']:.1f} s"
+        f"embedded {ev.images} images in {ev.embed_seconds:.1f} s "
+        f"({ev.images / max(ev.embed_seconds, 1e-9):.0f} images/s); total {ev.seconds:.1f} s"
     )
     if args.json_out:
         atomic_write_json(args.json_out, ev.to_dict())
         print(f"results: {args.json_out}")
     if args.plot:
-        from facekd.plots import plot_roc
+        from facekd.evaluation.plots import plot_roc
 
         plot_roc({f"{embedder.name}{' +flip' if args.flip else ''}": ev.result}, args.plot)
         print(f"ROC plot: {args.plot}")
@@ -161,11 +160,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from facekd.align.folder import AlignOptions, align_folder
     from facekd.data.fetch import ensure_lfw
-    from facekd.evaluate import aligned_folder_for, evaluate_pairs
+    from facekd.evaluation.pairs import aligned_folder_for, evaluate_pairs
     from facekd.io_utils import atomic_write_json
     from facekd.hub import load_embedder
     from facekd.paths import data_root
-    from facekd.plots import plot_roc
+    from facekd.evaluation.plots import plot_roc
 
     root = data_root(args.data)
     print(f"data root: {root}")
@@ -175,8 +174,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"1/3 aligning {lfw} -> {aligned} (MTCNN, template {embedder.pre.template}; resumes if interrupted)")
     report = align_folder(lfw, aligned, AlignOptions(template=embedder.pre.template), progress=progress_bar("align"))
     print(
-        f"    {report['images']} images: {report['aligned']} aligned, {report['fallback']} central-box fallbacks, "
-        f"{len(report['unreadable'])} unreadable"
+        f"    {report.images} images: {report.aligned} aligned, {report.fallback} central-box fallbacks, "
+        f"{len(report.unreadable)} unreadable"
     )
     print(f"2/3 evaluating {embedder.name} on LFW View 2")
     results = {}
@@ -235,7 +234,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from facekd.models import BACKBONES
     from facekd.hub import MODEL_SOURCES
     from facekd.models.profile import summarize
-    from facekd.weights import default_weights_for, provenance
+    from facekd.models.weights import default_weights_for, provenance
 
     rows = [summarize(name) for name in BACKBONES.names()]
     sources = [{"name": n, "doc": " ".join((MODEL_SOURCES.get(n).__doc__ or "").split())} for n in MODEL_SOURCES.names()]
@@ -265,7 +264,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add
 
 def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Core commands here; training and deployment commands live in their own modules."""
-    from facekd import cli_compress, cli_deploy, cli_train
+    from facekd.cli import compress as cli_compress, deploy as cli_deploy, train as cli_train
 
     return [*_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS]
 

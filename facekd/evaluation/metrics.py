@@ -100,6 +100,17 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
+def _fold_ids(n: int, folds: int, fold_ids: np.ndarray | None) -> np.ndarray:
+    """The fold of each of ``n`` pairs: ``fold_ids`` as given, else ``folds`` consecutive
+    equal blocks; there must be two folds at least."""
+    if fold_ids is None:
+        fold_ids = np.arange(n) * folds // n
+    fold_ids = np.asarray(fold_ids)
+    if len(np.unique(fold_ids)) < 2:
+        raise ValueError("need at least two folds")
+    return fold_ids
+
+
 def verify(
     emb1: np.ndarray,
     emb2: np.ndarray,
@@ -132,22 +143,14 @@ def verify(
     n = len(issame)
     if emb1.shape != emb2.shape or emb1.ndim != 2 or len(emb1) != n:
         raise ValueError(f"embeddings {emb1.shape} and {emb2.shape} do not match {n} pairs")
-    if fold_ids is None:
-        fold_ids = np.arange(n) * folds // n
-    fold_ids = np.asarray(fold_ids)
-    ks = np.unique(fold_ids)
-    if len(ks) < 2:
-        raise ValueError("need at least two folds")
+    fold_ids = _fold_ids(n, folds, fold_ids)
 
     held_out = np.empty(n)
     accs, thresholds = [], []
-    for k in ks:
+    for k in np.unique(fold_ids):
         test = fold_ids == k
         train = ~test
-        if subtract_mean:
-            mu = np.concatenate([emb1[train], emb2[train]]).mean(axis=0)
-        else:
-            mu = 0.0
+        mu = np.concatenate([emb1[train], emb2[train]]).mean(axis=0) if subtract_mean else 0.0
         sims = np.sum(_normalise(emb1 - mu) * _normalise(emb2 - mu), axis=1)
         thr = best_threshold(sims[train], issame[train])
         accs.append(float(np.mean((sims[test] >= thr) == issame[test])))
