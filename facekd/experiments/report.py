@@ -163,7 +163,9 @@ def sweep_section(path: Path, start: Path | None = None) -> list[str]:
     lines = ["## Recipe sweep", "",
              f"`eval/recipe_sweep.py` ({_relative(path, start)}): student5 taught with Hard + 10·FeatureNorm, every variant "
              f"{recs[0].get('epochs', '?')} epoch(s) from the same seed; each changes one thing of the reference recipe "
-             "(configs/base/dev_cpu.yaml) except the first, a new user's first try.", "",
+             "(configs/base/dev_cpu.yaml) except the first, a new user's first try. Minutes are wall times on "
+             "the machine named in the file while it also did other work, including a teacher's one pass over the "
+             "training crops where its output cache was cold: not a benchmark.", "",
              "| variant | LFW % | vs reference | minutes |", "|---|---:|---:|---:|"]
     for r in sorted(recs, key=lambda r: -r["lfw_acc"]):
         delta = f"{r['lfw_acc'] - ref['lfw_acc']:+.2f}" if ref and r is not ref else ""
