@@ -98,3 +98,20 @@ def test_cpu_smoke_runs_one_row_per_table(data_dir, mobilefacenet_weights, tmp_p
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 0 and "0 runs to do (5 results already" in again.stdout
+
+
+def test_ready_teachers_enter_the_results_with_their_lfw_size_and_latency(mobilefacenet_weights, monkeypatch):
+    from facekd.experiments import Protocol
+    from facekd.experiments.runner import ready_teacher_records
+
+    monkeypatch.setenv("FACEKD_WEIGHTS", str(mobilefacenet_weights.parent))
+    proto = Protocol("p", "base.yaml", "t.yaml", teachers={
+        "mobilefacenet": {"model": "mobilefacenet", "weights": "mobilefacenet_casia"},
+        "ensemble": {"members": [{"model": "mobilefacenet", "weights": "mobilefacenet_casia"}]},
+    })
+    lfw = {"mobilefacenet plain": {"accuracy": 98.97, "std": 0.31}, "mobilefacenet flip": {"accuracy": 99.07, "std": 0.4}}
+    (rec,) = ready_teacher_records(proto, lfw)  # the ensemble has no figure in the file: left out
+    assert rec["row"] == "mobilefacenet" and rec["table"] == "teachers"
+    assert rec["lfw_acc"] == 99.07 and rec["flip"] and rec["recipe"] == "mobilefacenet flip"
+    assert abs(rec["params"] - 0.99e6) < 0.02e6  # MobileFaceNet: 0.99 M parameters
+    assert 0.1 < rec["cpu_ms"] < 1000
