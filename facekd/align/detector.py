@@ -212,12 +212,13 @@ YUNET_TO_MTCNN_OFFSET = np.array(
 )
 
 # YuNet's landmarks are steadiest when the face box is 60-90 px and move with scale
-# beyond. The default takes them from one more pass with the photo scaled so the face is
-# 77 px (a smaller image, so cheaper than the first pass), then adds the offset measured
+# beyond. The default takes each face's from one more pass over its surroundings scaled
+# so the face is 77 px (a small image, cheaper than the first pass), then adds the offset measured
 # for that pass: held out on LFW 2.93 px from MTCNN's against 3.49 for one pass, and
-# the reference MobileFaceNet at 98.93% flip on LFW (MTCNN 99.07, one pass 98.82).
+# the reference MobileFaceNet at 98.95% flip on LFW (MTCNN 99.07, one pass 98.82) at
+# 5.4x MTCNN's align speed.
 # Two passes at 66 and 88 px (``REFINE_FACE_PX``, ``REFINED_TO_MTCNN_OFFSET``) land at
-# 2.69 px and the same 98.93% for a third pass (docs/BENCHMARKS.md).
+# 2.69 px and 98.93% (whole photo scaled) for a third pass (docs/BENCHMARKS.md).
 ONE_PASS_FACE_PX = (77.0,)
 ONE_PASS_TO_MTCNN_OFFSET = np.array(
     [[1.097, 1.440], [-0.056, 0.874], [0.775, 0.645], [0.665, 2.001], [0.767, 1.874]]
