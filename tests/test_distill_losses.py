@@ -199,33 +199,19 @@ def test_each_term_reads_exactly_what_it_declares(name):
 
 
 def test_fixed_lift_keeps_the_teachers_cosines_and_norms_and_learns_nothing():
-    from torch import nn
-
-    from facekd.distill.objective import DistillObjective, orthonormal_lift
-    from facekd.models.heads import SoftmaxHead
+    from facekd.distill.objective import LiftedTeacher, orthonormal_lift
 
     q = orthonormal_lift(128, 512)
     torch.testing.assert_close(q.T @ q, torch.eye(128), atol=1e-5, rtol=0)
     t = torch.randn(6, 128)
-    lifted = t @ q.T
-    torch.testing.assert_close(lifted.norm(dim=1), t.norm(dim=1), atol=1e-4, rtol=1e-5)
+    lifted = LiftedTeacher(lambda x, index: Outputs(t, torch.ones(6, 3)), 128, 512)(None, None)
+    assert lifted.embedding.shape == (6, 512) and torch.equal(lifted.logits, torch.ones(6, 3))
+    torch.testing.assert_close(lifted.embedding.norm(dim=1), t.norm(dim=1), atol=1e-4, rtol=1e-5)
     cos = torch.nn.functional.cosine_similarity
-    torch.testing.assert_close(cos(lifted[:3], lifted[3:]), cos(t[:3], t[3:]), atol=1e-5, rtol=0)
-
-    class Fixed(nn.Module):  # a "student" whose embedding is the lifted teacher's, plus 512-d noise
-        cfg = type("cfg", (), {"embedding_dim": 512})()
-
-        def forward(self, x):
-            return x
-
-    terms = build_terms([{"name": "featurenorm", "weight": 1.0}])
-    teacher = lambda x, index: Outputs(t)  # noqa: E731
-    obj = DistillObjective(Fixed(), SoftmaxHead(512, 3), terms, teacher, 128, adapter="lift")
-    assert obj.adapter is None and not any(n.startswith("lift") for n, _ in obj.named_parameters())
-    # The student equal to the lifted teacher: FeatureNorm 0; another direction: 2 - 2cos by hand.
-    assert obj(lifted, torch.zeros(6, dtype=torch.long))["featurenorm"].item() < 1e-6
+    torch.testing.assert_close(cos(lifted.embedding[:3], lifted.embedding[3:]), cos(t[:3], t[3:]), atol=1e-5, rtol=0)
+    # A student embedding equal to the lifted teacher's: FeatureNorm 0; another: 2 - 2cos by hand.
+    (term,) = build_terms([{"name": "featurenorm", "weight": 1.0}])
+    assert term(Outputs(lifted.embedding), lifted, None)["featurenorm"].item() < 1e-6
     other = torch.randn(6, 512)
-    want = (2 - 2 * cos(other, lifted)).mean()
-    torch.testing.assert_close(obj(other, torch.zeros(6, dtype=torch.long))["featurenorm"], want, atol=1e-5, rtol=0)
-    learned = DistillObjective(Fixed(), SoftmaxHead(512, 3), terms, teacher, 128, adapter="learned")
-    assert learned.adapter is not None and learned.adapter.weight.shape == (128, 512)
+    want = (2 - 2 * cos(other, lifted.embedding)).mean()
+    torch.testing.assert_close(term(Outputs(other), lifted, None)["featurenorm"], want, atol=1e-5, rtol=0)

@@ -61,7 +61,7 @@ def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
 
     _synthetic_pack(tmp_path / "p.fkpack")
     _teacher_checkpoint(tmp_path / "teacher.pt")
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, adapter="learned")
     data = build_train_set(cfg.data, "112x96")
     said: list[str] = []
     obj = make_distill_objective(cfg, data, torch.device("cpu"), said.append)
@@ -104,7 +104,7 @@ def _objective(tmp_path: Path, identities: list[str] | None, **distill):
 
 
 def test_teacher_head_is_reused_only_for_the_same_identities(tmp_path):
-    obj, said = _objective(tmp_path, ["id0", "id1", "id2"])
+    obj, said = _objective(tmp_path, ["id0", "id1", "id2"], adapter="learned")
     assert not any("fitted" in s for s in said)
     # The objective's loss terms: hard (labels), soft and featurenorm (teacher), all finite.
     x = torch.randn(4, 3, 112, 96)
@@ -121,7 +121,7 @@ def test_teacher_head_is_reused_only_for_the_same_identities(tmp_path):
 def test_teacher_weighting_scales_the_soft_term_per_sample(tmp_path):
     from facekd.distill.losses import soft_cross_entropy
 
-    obj, _ = _objective(tmp_path, ["id0", "id1", "id2"], teacher_weighting=True)
+    obj, _ = _objective(tmp_path, ["id0", "id1", "id2"], teacher_weighting=True, adapter="learned")
     obj.eval()
     with torch.no_grad():  # a confidently wrong teacher: large H(X_T, y), so μ < 1
         obj._teacher.head.fc.weight.mul_(-200.0)
@@ -168,3 +168,13 @@ def test_crop_adapter_matches_adapt_crop_both_ways():
     back = crop_adapter("112x96", "112x112", pad_value=-1.0)(torch.from_numpy(want).permute(2, 0, 1)[None].float())
     assert back.shape == (1, 3, 112, 112) and (back[..., :8] == -1).all() and (back[..., -8:] == -1).all()
     assert torch.equal(back[0, :, :, 8:-8].permute(1, 2, 0), torch.from_numpy(want).float())
+
+
+def test_a_narrower_teacher_is_lifted_by_default_and_nothing_is_learned_for_it(tmp_path):
+    from facekd.distill.objective import LiftedTeacher
+
+    obj, said = _objective(tmp_path, ["id0", "id1", "id2"])  # 32-d teacher, 512-d student
+    assert obj.adapter is None and isinstance(obj._teacher, LiftedTeacher)
+    assert any("teacher embedding 32-d lifted to 512-d (fixed orthonormal)" in s for s in said)
+    terms = obj(torch.randn(4, 3, 112, 96), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3]))
+    assert 0.0 < terms["featurenorm"].item() and torch.isfinite(terms["featurenorm"])

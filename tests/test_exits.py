@@ -232,9 +232,11 @@ def test_eval_lfw_answers_with_the_exit_asked_for(tmp_path, capsys):
     assert "exits 1..3" in capsys.readouterr().err
 
 
-def test_an_external_teacher_teaches_every_exit(tmp_path):
-    """distill.terms that follow a teacher apply at each exit, through per-exit adapters
-    when the teacher's embedding is another width (32 here, the exits' 512)."""
+@pytest.mark.parametrize("adapter", ["learned", "lift"])
+def test_an_external_teacher_teaches_every_exit(tmp_path, adapter):
+    """distill.terms that follow a teacher apply at each exit when the teacher's embedding
+    is another width (32 here, the exits' 512): through per-exit adapters, or with the
+    teacher's embedding lifted to 512-d (nothing learned for it)."""
     from test_distill_run import _synthetic_pack, _teacher_checkpoint
 
     from facekd.config import from_dict
@@ -248,13 +250,17 @@ def test_an_external_teacher_teaches_every_exit(tmp_path):
         "model": {"backbone": "resnet37_c10", "backbone_args": TINY, "head": "softmax"},
         "exits": {"points": POINTS},
         "teacher": {"model": str(tmp_path / "teacher.pt")},
-        "distill": {"terms": [{"name": "hard"}, {"name": "featurenorm", "weight": 2.0}], "teacher_mode": "cache"},
+        "distill": {"terms": [{"name": "hard"}, {"name": "featurenorm", "weight": 2.0}], "teacher_mode": "cache",
+                    "adapter": adapter},
         "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0}},
         "train": {"device": "cpu", "batch_size": 4, "epochs": 1},
     })
     data = build_train_set(cfg.data, "112x96")
     obj = make_multiexit_objective(cfg, data, torch.device("cpu"), say=lambda s: None).train()
-    assert obj.adapters is not None and [a.weight.shape for a in obj.adapters] == [(32, 512)] * 3
+    if adapter == "learned":
+        assert obj.adapters is not None and [a.weight.shape for a in obj.adapters] == [(32, 512)] * 3
+    else:
+        assert obj.adapters is None and obj._teacher(None, torch.arange(4)).embedding.shape == (4, 512)
     idx = torch.arange(4)
     x = torch.stack([torch.from_numpy(data.image(i)).permute(2, 0, 1).float() for i in range(4)])
     terms = obj((x - 127.5) / 128.0, torch.from_numpy(data.labels[:4]), idx)

@@ -28,6 +28,21 @@ def orthonormal_lift(teacher_dim: int, student_dim: int) -> torch.Tensor:
     return q.contiguous()
 
 
+class LiftedTeacher:
+    """A teacher whose embedding reaches the student lifted into the student's width by
+    fixed orthonormal columns (``distill.adapter: lift``): cosines and norms are those
+    of the teacher, and nothing is learned on either side."""
+
+    def __init__(self, source: Callable[[torch.Tensor, torch.Tensor | None], Outputs], teacher_dim: int,
+                 student_dim: int) -> None:
+        self.source, self.q = source, orthonormal_lift(teacher_dim, student_dim)
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None) -> Outputs:
+        out = self.source(x, index)
+        q = self.q.to(out.embedding.device)
+        return replace(out, embedding=out.embedding.float() @ q.T)
+
+
 class CachedTeacher:
     """Teacher outputs looked up by crop index: cached embeddings, logits from the
     teacher's (small) classifier head on the fly."""
@@ -70,22 +85,15 @@ class DistillObjective(nn.Module):
         teacher: Callable[[torch.Tensor, torch.Tensor | None], Outputs] | None,
         teacher_dim: int | None,
         weighting: tuple[float, float] | None = None,
-        adapter: str = "learned",
     ) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.terms = nn.ModuleList(terms)
         student_dim = backbone.cfg.embedding_dim
         self.adapter = None
-        self.register_buffer("lift", None)
         if uses(terms, "embedding") and teacher_dim and teacher_dim != student_dim:
-            if adapter == "lift" and teacher_dim < student_dim:
-                # The teacher's embedding lifted into the student's width by fixed
-                # orthonormal columns: cosines and norms are kept, nothing is learned.
-                self.lift = orthonormal_lift(teacher_dim, student_dim)
-            else:
-                # FitNets-style adaptation layer: only the embedding terms see its output.
-                self.adapter = nn.Linear(student_dim, teacher_dim, bias=False)
+            # FitNets-style adaptation layer: only the embedding terms see its output.
+            self.adapter = nn.Linear(student_dim, teacher_dim, bias=False)
         object.__setattr__(self, "_teacher", teacher)
         self.weighting = weighting  # (k, MIN) or None
 
@@ -98,8 +106,6 @@ class DistillObjective(nn.Module):
             logits = margin_logits if isinstance(self.head, SoftmaxHead) else self.head(emb)
             s_emb = self.adapter(emb) if self.adapter is not None else emb
             student = Outputs(s_emb, logits, margin_logits)
-            if self.lift is not None and teacher.embedding.numel():
-                teacher = replace(teacher, embedding=teacher.embedding.float() @ self.lift.T)
             return self._terms(student, teacher, y)
 
     def _terms(self, student: Outputs, teacher: Outputs, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -172,8 +178,9 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
     width = _width_note(dim, backbone.cfg.embedding_dim, d.adapter) if uses(terms, "embedding") else ""
     say(f"distill: teacher {teacher.name} ({mode}); terms " + ", ".join(_describe(t) for t in terms)
         + (f"; teacher weighting k={d.k}, MIN={d.min_ce}" if d.teacher_weighting else "") + width)
-    return DistillObjective(backbone, head, terms, source, dim, (d.k, d.min_ce) if d.teacher_weighting else None,
-                            adapter=d.adapter)
+    if uses(terms, "embedding") and d.adapter == "lift" and dim < backbone.cfg.embedding_dim:
+        source, dim = LiftedTeacher(source, dim, backbone.cfg.embedding_dim), backbone.cfg.embedding_dim
+    return DistillObjective(backbone, head, terms, source, dim, (d.k, d.min_ce) if d.teacher_weighting else None)
 
 
 def _check_online(teacher, own_crops: bool, student_pre, student: str) -> None:
