@@ -8,7 +8,7 @@ setup(
     description="Compress face-recognition models by knowledge distillation; "
     "align, train, evaluate on LFW and deploy through ONNX Runtime.",
     packages=find_packages(include=["facekd", "facekd.*"]),
-    # The manifest of public weights; facekd.models.weights finds it in a checkout or here.
+    # The manifest of public weights; facekd.weights finds it in a checkout or here.
     data_files=[("share/facekd/weights", ["weights/manifest.json"])],
     python_requires=">=3.10",
     install_requires=[

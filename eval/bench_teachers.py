@@ -22,7 +22,7 @@ import torch
 from facekd.data.image_io import read_rgb
 from facekd.evaluation.embed import embed_images
 from facekd.hub import resolve
-from facekd.models.weights import convert_into_cache
+from facekd.weights import convert_into_cache
 
 
 def main(argv: list[str] | None = None) -> int:

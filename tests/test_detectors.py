@@ -71,7 +71,7 @@ def test_registry_names_and_unknown_name():
 
 def test_manifest_entry_matches_the_shared_file(yunet_file):
     from facekd.download import sha256_of
-    from facekd.models.weights import manifest, resolve_weights
+    from facekd.weights import manifest, resolve_weights
 
     entry = manifest()["yunet_2023mar"]
     assert entry["sha256"] == YUNET_SHA256 == sha256_of(yunet_file)

@@ -20,7 +20,7 @@ from facekd.train.config import OptimCfg, ScheduleCfg
 from facekd.models.transforms import MODEL_TRANSFORMS, apply_transforms, records
 from facekd.train.loaders import LOADERS
 from facekd.train.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
-from facekd.models.weights import CONVERTERS, manifest
+from facekd.weights import CONVERTERS, manifest
 
 REPO = Path(__file__).resolve().parent.parent
 

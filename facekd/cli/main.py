@@ -234,7 +234,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from facekd.models import BACKBONES
     from facekd.hub import MODEL_SOURCES
     from facekd.models.profile import summarize
-    from facekd.models.weights import default_weights_for, provenance
+    from facekd.weights import default_weights_for, provenance
 
     rows = [summarize(name) for name in BACKBONES.names()]
     sources = [{"name": n, "doc": " ".join((MODEL_SOURCES.get(n).__doc__ or "").split())} for n in MODEL_SOURCES.names()]

@@ -27,7 +27,7 @@ from facekd.errors import FacekdError
 from facekd.models.base import BackboneCfg, register_backbone
 from facekd.preprocessing import Preprocessing
 from facekd.teachers.crops import FACENET_160
-from facekd.models.weights import CONVERTERS
+from facekd.weights import CONVERTERS
 
 # The graph's names for the network's parts, and facenet-pytorch's for the same parts.
 _SCOPES = (

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.errors import FacekdError
-from facekd.models.weights import package_file
+from facekd.weights import package_file
 from facekd.preprocessing import Preprocessing
 
 WEIGHTS = "dlib_resnet_v1"

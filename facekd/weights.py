@@ -33,7 +33,7 @@ CONVERTERS: Registry[dict] = Registry("weights converter")
 
 def _manifest_path() -> Path:
     candidates = [
-        Path(__file__).resolve().parents[2] / "weights" / "manifest.json",  # a checkout
+        Path(__file__).resolve().parent.parent / "weights" / "manifest.json",  # a checkout
         Path(sys.prefix) / "share" / "facekd" / "weights" / "manifest.json",  # an installed wheel
     ]
     for p in candidates:
