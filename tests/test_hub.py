@@ -137,3 +137,15 @@ def test_checkpoint_config_roundtrip_is_plain_data(tmp_path):
     path = tmp_path / "cfg.pt"
     save_checkpoint(path, {"config": to_dict(TrainConfig())})
     assert load_checkpoint(path)["config"] == to_dict(TrainConfig())
+
+
+def test_the_onnx_photo_path_imports_no_torch():
+    """`facekd verify` of an .onnx model: the hub, the weights manifest (YuNet's file) and
+    the detectors load without torch (importing it costs seconds per call)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, facekd.hub, facekd.weights, facekd.align.detector, facekd.deploy.photos, facekd.cli; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
