@@ -88,27 +88,6 @@ class FaceDetector:
     min_score: ClassVar[float] = 0.9
     uses_torch: ClassVar[bool] = False
 
-    def _refine(self, bgr: np.ndarray, box: np.ndarray, px: float, f: float) -> np.ndarray | None:
-        """The landmarks of the face in ``box`` from a pass over its surroundings (the box
-        grown by its size on every side) scaled so the face is ``px`` pixels; None when
-        that would not shrink it below the first pass's scale ``f``, or the face is not
-        found again."""
-        side = float(max(box[2] - box[0], box[3] - box[1]))
-        g = px / side
-        if g >= f:
-            return None
-        h, w = bgr.shape[:2]
-        x0, y0 = max(0, int(box[0] - side)), max(0, int(box[1] - side))
-        x1, y1 = min(w, int(np.ceil(box[2] + side))), min(h, int(np.ceil(box[3] + side)))
-        rows = self._pass(np.ascontiguousarray(bgr[y0:y1, x0:x1]), g)
-        if len(rows) == 0:
-            return None
-        rows[:, [0, 2, 4, 6, 8, 10, 12]] += x0
-        rows[:, [1, 3, 5, 7, 9, 11, 13]] += y0
-        ious = [_iou(box, o[:4]) for o in rows]
-        best = int(np.argmax(ious))
-        return rows[best, 4:14].reshape(5, 2) if ious[best] > 0.5 else None
-
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an HxWx3 uint8 RGB image."""
         return self.detect_batch([image])[0]

@@ -52,6 +52,15 @@ def scan_identities(roots: list[Path | str], min_images: int = 1) -> tuple[list[
     return samples, names
 
 
+def photo_key(rel: str) -> str:
+    """``identity/file`` of a sample, without the ``<folder>__`` prefix
+    :func:`scan_identities` gives the second copy of a file name two folders share: the
+    same photo under differently named folders (a student's and a teacher's crops) has
+    one key."""
+    ident, _, name = rel.rpartition("/")
+    return f"{ident}/{name.split('__', 1)[1]}" if "__" in name else rel
+
+
 class IdentityFolderDataset:
     """A torch-style dataset over identity folders; items are (transformed image, label).
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from facekd.data.identity import photo_key
 from facekd.errors import FacekdError
 
 
@@ -31,14 +32,6 @@ def _relative_name(data, i: int) -> str:
     # a folder aligned into the cache: describe() names the aligned copy; keep identity/file
     parts = Path(desc).parts
     return "/".join(parts[-2:])
-
-
-def _photo_key(rel: str) -> str:
-    """``identity/file`` without the ``<folder>__`` prefix a merged pack gives a file
-    name that two of its folders share (facekd.data.identity): the teacher's folders are
-    named differently from the student's, so the prefixes differ for the same photo."""
-    ident, _, name = rel.rpartition("/")
-    return f"{ident}/{name.split('__', 1)[1]}" if "__" in name else rel
 
 
 class TeacherCrops:
@@ -68,7 +61,7 @@ class TeacherCrops:
         self._files = files
         self._where: dict[str, list[int]] = {}
         for k, rel in enumerate(files):
-            self._where.setdefault(_photo_key(rel), []).append(k)
+            self._where.setdefault(photo_key(rel), []).append(k)
 
     def fingerprint(self) -> str:
         """Identifies these crops (path, size, names) for the teacher-output cache."""
@@ -90,7 +83,7 @@ class TeacherCrops:
         teacher crop of it, which is the same photo when the teacher pack was packed from
         the same folders in the same order as the student's.
         """
-        names = [_photo_key(_relative_name(data, i)) for i in range(len(data))]
+        names = [photo_key(_relative_name(data, i)) for i in range(len(data))]
         seen: dict[str, int] = {}
         keys, missing = [], []
         for n in names:

@@ -29,7 +29,10 @@ from facekd.train.speed import cpu_info
 
 def cpu_ms_per_face(backbone: str, backbone_args: dict, repeats: int = 30) -> float:
     """Median PyTorch eager latency for one face, batch 1, one thread (this machine's CPU)."""
-    net = build_backbone(backbone, **backbone_args).eval()
+    return _one_thread_ms(build_backbone(backbone, **backbone_args).eval(), repeats)
+
+
+def _one_thread_ms(net: torch.nn.Module, repeats: int) -> float:
     x = torch.zeros(1, 3, *net.cfg.input_size)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -40,20 +43,12 @@ def cpu_ms_per_face(backbone: str, backbone_args: dict, repeats: int = 30) -> fl
         torch.set_num_threads(before)
 
 
-def embedder_ms_per_face(model: str, weights: str | None, repeats: int = 20) -> float:
-    """Median latency of one face through a ready model's own embedder (one thread for
-    PyTorch; a model outside PyTorch, dlib's, runs as its library does)."""
-    resolved = resolve(model, weights)
+def embedder_ms_per_face(resolved, repeats: int = 20) -> float:
+    """Median latency of one face through a ready model (a hub ``ResolvedModel``): its
+    PyTorch backbone on one thread, else its own embedder (dlib's runs as its library
+    does)."""
     if resolved.backbone is not None:
-        net = resolved.backbone.eval()
-        x = torch.zeros(1, 3, *net.cfg.input_size)
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                return _median_ms(lambda: net(x), repeats)
-        finally:
-            torch.set_num_threads(before)
+        return _one_thread_ms(resolved.backbone.eval(), repeats)
     embedder = resolved.embedder()
     crop = np.zeros((1, *resolved.pre.input_size, 3), np.uint8)
     return _median_ms(lambda: embedder(crop), repeats)
@@ -85,11 +80,9 @@ def ready_teacher_records(protocol: Protocol, lfw: dict) -> list[dict]:
         hit = next((k for k in found if k in lfw), None)
         if hit is None:
             continue
-        params = 0
-        for m in members:
-            backbone = resolve(m["model"], m.get("weights")).backbone
-            params += sum(p.numel() for p in backbone.parameters()) if backbone is not None else 0
-        ms = sum(embedder_ms_per_face(m["model"], m.get("weights")) for m in members)
+        models = [resolve(m["model"], m.get("weights")) for m in members]
+        params = sum(sum(p.numel() for p in r.backbone.parameters()) for r in models if r.backbone is not None)
+        ms = sum(embedder_ms_per_face(r) for r in models)
         r = lfw[hit]
         out.append({
             "protocol": protocol.name, "table": "teachers", "row": key, "seed": 0, "student": " + ".join(names),
