@@ -39,3 +39,14 @@ def mobilefacenet_weights() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache, so nothing leaks between tests or into ~/.cache."""
     monkeypatch.setenv("FACEKD_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def yunet_weights(monkeypatch) -> Path:
+    """$FACEKD_WEIGHTS pointing at a folder with the YuNet model (skipped when it has none),
+    so that nothing tries to download it."""
+    d = _shared("FACEKD_WEIGHTS", "weights")
+    if not (d / "face_detection_yunet_2023mar.onnx").is_file():
+        pytest.skip(f"YuNet model not found in {d} (set FACEKD_WEIGHTS)")
+    monkeypatch.setenv("FACEKD_WEIGHTS", str(d))
+    return d

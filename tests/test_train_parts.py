@@ -219,3 +219,20 @@ def test_config_paths_resolve_from_the_working_directory_then_the_data_root(tmp_
     assert resolve_path("celeba-10k", None) == tmp_path / "data" / "celeba-10k"
     assert resolve_path("celeba-10k", str(tmp_path / "other")) == tmp_path / "other" / "celeba-10k"
     assert resolve_path(str(tmp_path / "abs"), None) == tmp_path / "abs"
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed_and_refuses_a_changed_one(tmp_path):
+    from facekd.config import from_dict, to_dict
+    from facekd.train.checkpoint import check_same_model
+    from facekd.train.config import TrainConfig
+
+    cfg = from_dict(TrainConfig, {"model": {"backbone": "student5"}, "data": {"train": ["a.fkpack"]}})
+    old = to_dict(cfg)
+    del old["data"]["detector"]  # written by a facekd without data.detector: mtcnn then, the default now
+    check_same_model(cfg, {"config": old}, tmp_path / "last.pt")
+    old["data"]["train"] = ["b.fkpack"]
+    with pytest.raises(FacekdError, match="last.pt: was trained with a different data section"):
+        check_same_model(cfg, {"config": old}, tmp_path / "last.pt")
+    yunet = from_dict(TrainConfig, {"model": {"backbone": "student5"}, "data": {"train": ["a.fkpack"], "detector": "yunet"}})
+    with pytest.raises(FacekdError, match="different data section"):
+        check_same_model(yunet, {"config": to_dict(cfg)}, tmp_path / "last.pt")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facekd.config import to_dict
+from facekd.config import from_dict, to_dict
 from facekd.errors import FacekdError
 from facekd.models.heads import build_head
 from facekd.io_utils import atomic_write_bytes
@@ -217,7 +217,14 @@ def check_same_model(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     """Refuses to resume a run whose model, data, teacher or distillation changed."""
     old = ckpt.get("config", {})
     for section in ("model", "data", "teacher", "distill"):
-        if hasattr(cfg, section) and old.get(section) != to_dict(getattr(cfg, section)):
+        if not hasattr(cfg, section):
+            continue
+        now = getattr(cfg, section)
+        try:  # a key added to facekd after the checkpoint was written reads as its default
+            then = to_dict(from_dict(type(now), old.get(section) or {}, f"{path}: config.{section}"))
+        except FacekdError:
+            then = old.get(section)
+        if then != to_dict(now):
             raise FacekdError(
                 f"{path}: was trained with a different {section} section; resume with the same config "
                 "(only train.epochs, eval.* and logging may change)"

@@ -34,7 +34,10 @@ class DataCfg:
     min_images: int = 1  # drop identities with fewer crops
     max_identities: int | None = None  # keep the N identities with the most crops (slices, smoke runs)
     max_per_identity: int | None = None
-    drop_fallbacks: bool = True  # leave out crops MTCNN found no face in
+    drop_fallbacks: bool = True  # leave out crops the detector found no face in
+    # Which detector aligns unaligned photo folders (a name in facekd.align.detector.DETECTORS):
+    # mtcnn (the reference), or yunet (about 5x faster on 2 cores; facekd demo --distill).
+    detector: str = "mtcnn"
     augment: AugmentCfg = field(default_factory=AugmentCfg)
     # "workers": decode + albumentations in DataLoader workers;
     # "memory": decode everything once into host memory (uint8), augment each batch in-process;

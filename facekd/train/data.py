@@ -147,15 +147,16 @@ class _Gathered:
         self.cands += [_Candidate(s, i, names[smp.label], smp.rel) for i, smp in enumerate(samples)]
 
     def align(self, s: int, raw_root: Path, template: str, by_id: dict[str, list[_Candidate]],
-              progress: Progress | None) -> None:
-        """Aligns the chosen photos of unaligned folder ``s`` into the cache, drops those
-        that cannot be read and reads the crops from there on."""
+              progress: Progress | None, detector: str = "mtcnn") -> None:
+        """Aligns the chosen photos of unaligned folder ``s`` into the cache with
+        ``detector``, drops those that cannot be read and reads the crops from there on."""
         from facekd.align.folder import AlignOptions, align_folder, output_relpath
         from facekd.evaluation.pairs import aligned_folder_for
 
         wanted = sorted(c.rel for v in by_id.values() for c in v if c.source == s)
-        dst = aligned_folder_for(raw_root, template)
-        report = align_folder(raw_root, dst, AlignOptions(template=template), progress=progress, files=wanted)
+        dst = aligned_folder_for(raw_root, template, detector)
+        opts = AlignOptions(template=template, detector=detector)
+        report = align_folder(raw_root, dst, opts, progress=progress, files=wanted)
         bad = {u.file for u in report.unreadable}
         self.fallback |= {(s, f) for f in report.fallback_files}
         for v in by_id.values():
@@ -192,7 +193,7 @@ def build_train_set(cfg, template: str, align_progress: Progress | None = None) 
     """Gathers the crops ``cfg`` (a :class:`~facekd.train.config.DataCfg`) names.
 
     Unaligned photo folders are aligned into the cache first (only the photos that the
-    identity selection keeps), with ``template``; packs and aligned folders must already
+    identity selection keeps), with ``template`` and ``cfg.detector``; packs and aligned folders must already
     use ``template``.
     """
     from facekd.data.pack import SUFFIX
@@ -210,7 +211,7 @@ def build_train_set(cfg, template: str, align_progress: Progress | None = None) 
             raise FacekdError(f"{path}: no such pack or folder (data.train entry {entry!r})")
     by_id = _select_identities(found.cands, cfg)
     for s, raw_root in found.to_align:
-        found.align(s, raw_root, template, by_id, align_progress)
+        found.align(s, raw_root, template, by_id, align_progress, cfg.detector)
     dropped = _drop_fallbacks(by_id, found.fallback) if cfg.drop_fallbacks else 0
 
     identities = sorted(k for k, v in by_id.items() if len(v) >= max(1, cfg.min_images))

@@ -139,7 +139,8 @@ def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) ->
     net.cfg = backbone.cfg
     emb = TorchEmbedder(net, backbone.cfg.pre, name=backbone.cfg.name, device=str(device))
     ev = evaluate_pairs(
-        emb, resolve_path(cfg.eval.lfw, cfg.data.root), flip=cfg.eval.flip, pairs_per_fold=cfg.eval.pairs_per_fold
+        emb, resolve_path(cfg.eval.lfw, cfg.data.root), flip=cfg.eval.flip, pairs_per_fold=cfg.eval.pairs_per_fold,
+        detector=cfg.data.detector,  # an unaligned LFW folder is cut as the training photos were
     )
     r = ev.result
     return {
