@@ -162,3 +162,16 @@ def test_onnx_embedder_matches_pytorch(capsys, tmp_path, aligned_mini, mobilefac
     assert onnx_res["embedding_dim"] == 256 and onnx_res["subtract_fold_mean"] is True
     assert onnx_res["accuracy"] == pytest.approx(torch_res["accuracy"])
     assert onnx_res["auc"] == pytest.approx(torch_res["auc"], abs=1e-4)
+
+
+def test_plain_and_flip_from_one_pass_match_two_evaluations(aligned_mini, mobilefacenet_weights):
+    from facekd.evaluation.pairs import evaluate_pairs, evaluate_pairs_plain_and_flip
+    from facekd.hub import load_embedder
+
+    emb = load_embedder("mobilefacenet", mobilefacenet_weights)
+    both = evaluate_pairs_plain_and_flip(emb, aligned_mini)
+    for mode, flip in (("plain", False), ("flip", True)):
+        one = evaluate_pairs(emb, aligned_mini, flip=flip)
+        assert both[mode].flip is flip and both[mode].embedding_dim == one.embedding_dim == (256 if flip else 128)
+        assert both[mode].result.accuracy == pytest.approx(one.result.accuracy)
+        assert both[mode].result.auc == pytest.approx(one.result.auc, abs=1e-6)

@@ -148,11 +148,14 @@ def embed_images(
     flip: bool = False,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fuse: bool = True,
 ) -> np.ndarray:
     """Embeds ``count`` crops, read one by one with ``load(i)``, in batches.
 
     With ``flip``, each crop's mirror is embedded in the same batch and the two are
-    fused as the embedder's preprocessing says ("concat" or "sum").
+    fused as the embedder's preprocessing says ("concat" or "sum"); with ``fuse=False``
+    they are returned side by side instead, ``[image | mirror]`` (see :func:`fuse_flip`),
+    so that one pass gives both the plain and the flip embeddings.
 
     Batches are read and embedded by ``embedder.concurrency`` threads; memory holds a
     few batches at a time, whatever ``count`` is.
@@ -169,9 +172,9 @@ def embed_images(
         batch = np.stack([load(i) for i in range(start, min(start + bs, count))])
         if not flip:
             return embedder(batch).astype(np.float32)
-        both = embedder(np.concatenate([batch, batch[:, :, ::-1]]))
-        a, b = both[: len(batch)], both[len(batch) :]
-        return (np.concatenate([a, b], axis=1) if embedder.pre.flip_fusion == "concat" else a + b).astype(np.float32)
+        both = embedder(np.concatenate([batch, batch[:, :, ::-1]])).astype(np.float32)
+        side_by_side = np.concatenate([both[: len(batch)], both[len(batch) :]], axis=1)
+        return fuse_flip(side_by_side, embedder.pre.flip_fusion) if fuse else side_by_side
 
     starts = range(0, count, bs)
     out: np.ndarray | None = None
@@ -190,6 +193,14 @@ def embed_images(
             if progress:
                 progress(min(start + bs, count), count)
     return out
+
+
+def fuse_flip(side_by_side: np.ndarray, fusion: str) -> np.ndarray:
+    """``[image | mirror]`` embeddings fused by ``fusion``: "concat" keeps both, "sum" adds them."""
+    if fusion == "concat":
+        return side_by_side
+    d = side_by_side.shape[1] // 2
+    return side_by_side[:, :d] + side_by_side[:, d:]
 
 
 def crop_loader(want: Template, read: Callable[[int], np.ndarray], describe: Callable[[int], str]):
