@@ -1,6 +1,14 @@
 """facekd: knowledge distillation for compact face-recognition models."""
 
+from glob import glob
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The configs (facekd demo --distill reads configs/distill/demo_cpu.yaml and what it
+# extends), installed under share/facekd/ with their folder tree.
+_CONFIGS = sorted(glob("configs/**/*.yaml", recursive=True))
+_CONFIG_DIRS = sorted({str(Path(c).parent) for c in _CONFIGS})
 
 setup(
     name="facekd",
@@ -8,8 +16,10 @@ setup(
     description="Compress face-recognition models by knowledge distillation; "
     "align, train, evaluate on LFW and deploy through ONNX Runtime.",
     packages=find_packages(include=["facekd", "facekd.*"]),
-    # The manifest of public weights; facekd.weights finds it in a checkout or here.
-    data_files=[("share/facekd/weights", ["weights/manifest.json"])],
+    # The manifest of public weights and the ONNX students facekd ships; facekd.weights
+    # finds them in a checkout or here.
+    data_files=[("share/facekd/weights", ["weights/manifest.json", *sorted(glob("weights/*.onnx"))])]
+    + [(f"share/facekd/{d}", [c for c in _CONFIGS if str(Path(c).parent) == d]) for d in _CONFIG_DIRS],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.2",

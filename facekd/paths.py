@@ -21,3 +21,17 @@ def data_root(arg: Path | str | None = None) -> Path:
     if env := os.environ.get("FACEKD_DATA"):
         return Path(env).expanduser()
     return cache_dir() / "data"
+
+
+def bundled_config(rel: str) -> Path:
+    """A config that comes with facekd, e.g. ``distill/demo_cpu.yaml``: from the checkout's
+    ``configs/``, else from an installed wheel's ``share/facekd/configs/``."""
+    import sys
+
+    from facekd.errors import FacekdError
+
+    candidates = [Path(__file__).resolve().parent.parent / "configs" / rel, Path(sys.prefix) / "share" / "facekd" / "configs" / rel]
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise FacekdError(f"config {rel} not found (looked in {', '.join(map(str, candidates))})")

@@ -5,7 +5,9 @@ into the cache).
 A manifest entry either has a ``url`` (downloaded into the cache), or a ``source``: a
 file inside a package from the registry, ``{"package", "module", "file", "sha256",
 "extra", "licence"}``, used where it lies, or, when the entry names a ``convert``er
-(:data:`CONVERTERS`), converted once into the cache as ``filename``.
+(:data:`CONVERTERS`), converted once into the cache as ``filename``; or it is ``shipped``:
+a file in ``weights/`` beside the manifest (facekd's own students, as ONNX models with
+``"format": "onnx"``, which the hub resolves by their manifest name).
 """
 
 from __future__ import annotations
@@ -49,11 +51,29 @@ def manifest() -> dict[str, dict]:
 
 
 def default_weights_for(architecture: str) -> str | None:
-    """The first manifest entry for ``architecture``, if any."""
+    """The first manifest entry of PyTorch weights for ``architecture``, if any (a shipped
+    ONNX model of that architecture is a model of its own, not weights to load)."""
     for name, entry in manifest().items():
-        if entry["architecture"] == architecture:
+        if entry["architecture"] == architecture and entry.get("format") != "onnx":
             return name
     return None
+
+
+def onnx_models() -> list[str]:
+    """Manifest names of the ONNX models facekd ships (its own trained students)."""
+    return [name for name, entry in manifest().items() if entry.get("format") == "onnx"]
+
+
+def shipped_file(name: str) -> Path:
+    """The verified file of shipped manifest entry ``name`` (in ``weights/``)."""
+    entry = manifest()[name]
+    path = _manifest_path().parent / entry["shipped"]
+    if not path.is_file():
+        raise FacekdError(f"{path}: missing (weights {name!r} ship with facekd; restore it with git checkout {path.name})")
+    got = sha256_of(path)
+    if got != entry["sha256"]:
+        raise FacekdError(f"{path}: sha256 {got} is not the manifest's {entry['sha256']} for weights {name!r}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,8 @@ def convert_into_cache(name: str) -> Conversion:
 def provenance(name: str) -> str:
     """One line: where manifest entry ``name`` comes from and under which licence."""
     entry = manifest()[name]
+    if "shipped" in entry:
+        return f"weights/{entry['shipped']} (trained by facekd: {entry.get('reproduce', '?')}); licence: {entry.get('licence', '?')}"
     if "source" in entry:
         src = entry["source"]
         how = f"converted from {src['module']}/{src['file']}" if entry.get("convert") else f"{src['module']}/{src['file']}"
@@ -154,6 +176,8 @@ def resolve_weights(name: str, allow_download: bool = True) -> Path:
     if name not in entries:
         raise FacekdError(f"unknown weights {name!r}; known: {', '.join(sorted(entries))}")
     entry = entries[name]
+    if "shipped" in entry:
+        return shipped_file(name)
     if "source" in entry:
         if not entry.get("convert"):
             return package_file(name)

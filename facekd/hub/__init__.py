@@ -11,7 +11,8 @@
   caller allows it (latency does not depend on weights);
 - a registered model source (:data:`MODEL_SOURCES`): models that are not a facekd
   backbone with a weights file, such as a converted or external embedder. A source is
-  ``factory(weights, allow_download) -> ResolvedModel``; new model kinds plug in here once.
+  ``factory(weights, allow_download) -> ResolvedModel``; new model kinds plug in here once;
+- the manifest name of an ONNX model facekd ships (its trained students, in ``weights/``).
 
 Every command (eval, export, bench, embed/verify) and the distillation teacher go
 through :func:`resolve`.
@@ -25,7 +26,7 @@ from facekd.evaluation.embed import Embedder, OnnxEmbedder
 from facekd.errors import FacekdError
 from facekd.hub.resolved import MODEL_SOURCES, ResolvedModel
 from facekd.teachers import sources as _sources  # noqa: F401  (registers the external model sources)
-from facekd.weights import default_weights_for, manifest, resolve_weights
+from facekd.weights import default_weights_for, manifest, onnx_models, resolve_weights
 
 # The backbone registry and the checkpoint format (both import torch) are imported
 # inside the functions that build a PyTorch model: resolving an .onnx file for
@@ -86,6 +87,8 @@ def resolve(
         return _from_file(path, weights)
     if spec in MODEL_SOURCES:
         return MODEL_SOURCES.get(spec)(weights=weights, allow_download=allow_download)
+    if spec in onnx_models():  # a student facekd ships (weights/manifest.json)
+        return _from_file(resolve_weights(spec), weights)
     from facekd.models.base import BACKBONES, build_backbone, load_backbone_weights  # see the note above
 
     if spec not in BACKBONES:
