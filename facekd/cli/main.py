@@ -89,16 +89,6 @@ def _lfw_data(arg: Path | None) -> Path:
     return ensure_lfw(data_root(), progress=progress_bar("download LFW"))
 
 
-def format_result(label: str, ev) -> str:
-    """One line a person reads: accuracy ± std and the threshold-free metrics."""
-    r = ev.result
-    tar = "  ".join(f"TAR@FAR={far:g} {100 * v:.2f}%" for far, v in r.tar_at_far.items())
-    return (
-        f"{label:<26} {100 * r.accuracy:6.2f} ± {100 * r.std:.2f} %   AUC {r.auc:.4f}   "
-        f"EER {100 * r.eer:.2f}%   {tar}"
-    )
-
-
 def _run_eval_lfw(args: argparse.Namespace) -> int:
     from facekd.evaluation.pairs import evaluate_pairs
     from facekd.io_utils import atomic_write_json
@@ -127,7 +117,7 @@ def _run_eval_lfw(args: argparse.Namespace) -> int:
     if ev.subtract_fold_mean:
         recipe.append("training-fold mean subtracted")
     print(f"{embedder.name} on {ev.protocol}" + (f"; {', '.join(recipe)}" if recipe else ""))
-    print(format_result("flip" if args.flip else "plain", ev))
+    print(ev.summary("flip" if args.flip else "plain"))
     print("folds: " + " ".join(f"{a:.2f}" for a in ev.result.to_dict()["folds"]))
     if ev.fallback_images:
         print(f"note: {ev.fallback_images} pair images had no detected face and used the central box")
@@ -143,52 +133,6 @@ def _run_eval_lfw(args: argparse.Namespace) -> int:
 
         plot_roc({f"{embedder.name}{' +flip' if args.flip else ''}": ev.result}, args.plot)
         print(f"ROC plot: {args.plot}")
-    return 0
-
-
-# --- demo ------------------------------------------------------------------------------
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="fetch LFW and the reference model, align, evaluate, print the table")
-    p.add_argument("--data", type=Path, help="data root holding lfw/ (default: $FACEKD_DATA, else the cache)")
-    p.add_argument("--weights", help="MobileFaceNet weights file (default: manifest, $FACEKD_WEIGHTS, download)")
-    p.add_argument("--out", type=Path, default=Path("facekd-demo"), help="folder for results and plots")
-    p.set_defaults(func=_run_demo)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from facekd.align.folder import AlignOptions, align_folder
-    from facekd.data.fetch import ensure_lfw
-    from facekd.evaluation.pairs import aligned_folder_for, evaluate_pairs
-    from facekd.io_utils import atomic_write_json
-    from facekd.hub import load_embedder
-    from facekd.paths import data_root
-    from facekd.evaluation.plots import plot_roc
-
-    root = data_root(args.data)
-    print(f"data root: {root}")
-    lfw = ensure_lfw(root, progress=progress_bar("download LFW"))
-    embedder = load_embedder("mobilefacenet", args.weights)
-    aligned = aligned_folder_for(lfw, embedder.pre.template)
-    print(f"1/3 aligning {lfw} -> {aligned} (MTCNN, template {embedder.pre.template}; resumes if interrupted)")
-    report = align_folder(lfw, aligned, AlignOptions(template=embedder.pre.template), progress=progress_bar("align"))
-    print(
-        f"    {report.images} images: {report.aligned} aligned, {report.fallback} central-box fallbacks, "
-        f"{len(report.unreadable)} unreadable"
-    )
-    print(f"2/3 evaluating {embedder.name} on LFW View 2")
-    results = {}
-    for flip in (False, True):
-        ev = evaluate_pairs(embedder, aligned, flip=flip, aligned=True, embed_progress=progress_bar("embed"))
-        results["flip" if flip else "plain"] = ev
-    args.out.mkdir(parents=True, exist_ok=True)
-    print("3/3 results (10-fold accuracy mean ± std over folds)")
-    for label, ev in results.items():
-        print("    " + format_result(f"mobilefacenet {label}", ev))
-    atomic_write_json(args.out / "lfw_mobilefacenet.json", {k: v.to_dict() for k, v in results.items()})
-    plot_roc({f"mobilefacenet {k}": v.result for k, v in results.items()}, args.out / "lfw_roc.png")
-    print(f"    written: {args.out / 'lfw_mobilefacenet.json'}, {args.out / 'lfw_roc.png'}")
     return 0
 
 
@@ -259,14 +203,14 @@ def _run_models(args: argparse.Namespace) -> int:
 
 # --- registry of sub-commands --------------------------------------------------------
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_align, _add_eval, _add_pack, _add_models]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_align, _add_eval, _add_pack, _add_models]
 
 
 def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Core commands here; training and deployment commands live in their own modules."""
-    from facekd.cli import compress as cli_compress, deploy as cli_deploy, train as cli_train
+    """Core commands here; the demo, training and deployment commands live in their own modules."""
+    from facekd.cli import compress as cli_compress, demo as cli_demo, deploy as cli_deploy, train as cli_train
 
-    return [*_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS]
+    return [cli_demo.add_demo, *_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,7 +91,8 @@ def _load_model(spec: str):
     return net, label
 
 
-def _ort(path: Path, threads: int):
+def ort_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads that do not spin between runs."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -136,9 +137,9 @@ def _time_engines(model, fp32_path: Path, int8_path: Path | None, one: np.ndarra
                   opts: BenchOptions, threads: int, name: str, log) -> tuple[dict, dict, dict]:
     """Median timings at batch 1 (one thread, all threads) and batch 64; and the per-round
     batch-1 one-thread times (for the INT8/FP32 ratio)."""
-    s = {"fp32": _ort(fp32_path, 1), "fp32_all": _ort(fp32_path, threads)}
+    s = {"fp32": ort_session(fp32_path, 1), "fp32_all": ort_session(fp32_path, threads)}
     if int8_path is not None:
-        s.update(int8=_ort(int8_path, 1), int8_all=_ort(int8_path, threads))
+        s.update(int8=ort_session(int8_path, 1), int8_all=ort_session(int8_path, threads))
     in_name = s["fp32"].get_inputs()[0].name
 
     def ort(key: str, x: np.ndarray):
