@@ -178,7 +178,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from facekd.models import BACKBONES
     from facekd.hub import MODEL_SOURCES
     from facekd.models.profile import summarize
-    from facekd.weights import default_weights_for, provenance
+    from facekd.weights import default_weights_for, manifest, onnx_models, provenance
 
     rows = [summarize(name) for name in BACKBONES.names()]
     sources = [{"name": n, "doc": " ".join((MODEL_SOURCES.get(n).__doc__ or "").split())} for n in MODEL_SOURCES.names()]
@@ -198,6 +198,11 @@ def _run_models(args: argparse.Namespace) -> int:
     for r in rows + sources:
         if r["weights"]:
             print(f"  {r['name']:<20} {r['weights']}: {r['provenance']}")
+    print("\nStudents facekd ships (ONNX; --model NAME):")
+    for name in onnx_models():
+        e = manifest()[name]
+        print(f"  {name:<20} {e['architecture']} from {e['teacher']['model']}, LFW {e['lfw']['flip']:.2f}% flip, "
+              f"{e['measured']['speedup']:.1f}x faster than the teacher: {provenance(name)}")
     return 0
 
 
