@@ -115,3 +115,13 @@ def test_ready_teachers_enter_the_results_with_their_lfw_size_and_latency(mobile
     assert rec["lfw_acc"] == 99.07 and rec["flip"] and rec["recipe"] == "mobilefacenet flip"
     assert abs(rec["params"] - 0.99e6) < 0.02e6  # MobileFaceNet: 0.99 M parameters
     assert 0.1 < rec["cpu_ms"] < 1000
+
+
+def test_a_note_on_a_run_is_a_footnote_under_its_table(tmp_path):
+    recs = [_rec("A", "Hard", 85.0), {**_rec("A", "Hard", 86.0, seed=1), "note": "shared the CPU for half its run"},
+            _rec("A", "Soft", 80.0)]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert "| Hard² | student5 | 85.50 ± 0.71 | 2 |" in text and "| Soft | student5 |" in text
+    assert "- ² Hard, seed 1: shared the CPU for half its run" in text

@@ -37,6 +37,7 @@ def _summary(recs: list[dict]) -> dict:
     minutes = [r["seconds"] / 60 for r in recs if r.get("seconds")]
     return {"mean": statistics.mean(accs), "std": spread, "over": how, "n": len(accs),
             "minutes": statistics.median(minutes) if minutes else None,
+            "notes": [f"seed {r['seed']}: {r['note']}" for r in recs if r.get("note")],
             **{k: recs[0][k] for k in ("params", "mb", "cpu_ms", "student")}}
 
 
@@ -183,9 +184,11 @@ def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
             lines.append(f"| {row.name} | {row.student} | {why} | 0 | | | | |")
             continue
         minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
-        lines.append(f"| {row.name} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M | "
+        mark = "²" if s.get("notes") else ""
+        lines.append(f"| {row.name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M | "
                      f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {minutes} |")
-    return [*lines, ""]
+    notes = [f"- ² {row.name}, {n}" for row in TABLES[t] if (s := by.get((t, row.name))) for n in s.get("notes", [])]
+    return [*lines, *([""] + notes if notes else []), ""]
 
 
 def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool = True) -> str:
