@@ -1,5 +1,5 @@
 """The ``facekd`` command: one module per command group (``main``: align, eval, pack,
-demo, models; ``train``: train, distill; ``deploy``: export, verify, embed, bench;
+models; ``demo``; ``train``: train, distill; ``deploy``: export, verify, embed, bench;
 ``compress``: prune, multi-exit). The CLI parses and prints; the library computes."""
 
 from facekd.cli.main import main
