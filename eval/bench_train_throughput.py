@@ -70,7 +70,7 @@ class Row:
     rounds: list[float]
     setup_seconds: float  # building the loader and model, the probe, and the warm-up steps (compile)
     of_ceiling: float = 0.0
-    of_plain: float = 0.0
+    of_plain: float | None = 0.0  # None without a plain row (--skip-plain)
 
 
 def _batches(n: int, batch: int, count: int) -> list:
@@ -100,9 +100,10 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
         return build_objective(cfg, n_classes).to(device)
 
     feeds: dict[str, tuple] = {}  # input -> (setup, iterator, meta)
-    t0 = time.perf_counter()
-    plain = standalone_setup(cfg, objective(), data, device, "workers", workers, SpeedPlan("fp32", False, False))
-    feeds["plain"] = (plain, plain.loader.epoch(order, 1), "workers", time.perf_counter() - t0)
+    if not args.skip_plain:
+        t0 = time.perf_counter()
+        plain = standalone_setup(cfg, objective(), data, device, "workers", workers, SpeedPlan("fp32", False, False))
+        feeds["plain"] = (plain, plain.loader.epoch(order, 1), "workers", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     steps = len(data) // args.batch
@@ -145,7 +146,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
     by = {r.input: r for r in rows}
     for r in rows:
         r.of_ceiling = round(r.images_per_s / by["ceiling"].images_per_s, 3)
-        r.of_plain = round(r.images_per_s / by["plain"].images_per_s, 3)
+        r.of_plain = round(r.images_per_s / by["plain"].images_per_s, 3) if "plain" in by else None
     return rows
 
 
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=4, help="untimed steps per row (at least the workers' prefetch)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="steps per row per round")
+    p.add_argument("--skip-plain", action="store_true",
+                   help="no plain row (it needs albumentations, which an accelerator machine may lack)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'backbone':<14}{'input':<14}{'loader':<14}{'step':<28}{'images/s':>9}{'x plain':>9}{'of ceiling':>11}")
     for r in rows:
         step = f"{r.precision}{', channels_last' if r.channels_last else ''}{', compiled' if r.compile else ''}"
-        print(f"{r.backbone:<14}{r.input:<14}{r.loader:<14}{step:<28}{r.images_per_s:>9.1f}{r.of_plain:>9.2f}"
+        x_plain = f"{r.of_plain:>9.2f}" if r.of_plain is not None else f"{'-':>9}"
+        print(f"{r.backbone:<14}{r.input:<14}{r.loader:<14}{step:<28}{r.images_per_s:>9.1f}{x_plain}"
               f"{r.of_ceiling:>11.2f}")
     if args.json:
         info = {"machine": machine, "device": str(device), "torch": str(torch.__version__), "batch": args.batch,
