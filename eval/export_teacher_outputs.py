@@ -1,0 +1,57 @@
+"""Exports a distillation config's teacher outputs (its cached embeddings of the training
+crops, in training-set order) to one file that travels, for a machine without the teacher.
+
+An accelerator machine may lack the teacher's weights and its own crop pack (FaceNet-CASIA:
+94 MB of weights, 76 MB of 160x160 crops), too large to carry. Export here, where the
+teacher runs (its outputs come from facekd's teacher cache, computed once), then train there
+with ``eval/distill_exported_teacher.py``.
+
+Usage (dev CPU)::
+
+    python eval/export_teacher_outputs.py configs/distill/student5_from_facenet_casia.yaml \\
+        .carry/facenet_dev_emb.pt --set 'data.train=[/tmp/dev_train_q85.fkpack]' \\
+        --set teacher.crops=/tmp/dev_train_facenet160.fkpack
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from facekd.config import load_config  # noqa: E402
+from facekd.distill.config import DistillConfig  # noqa: E402
+from facekd.distill.objective import teacher_inputs  # noqa: E402
+from facekd.distill.teacher import load_teacher, teacher_embeddings  # noqa: E402
+from facekd.io_utils import atomic_write_bytes  # noqa: E402
+from facekd.models import backbone_cfg  # noqa: E402
+from facekd.train.data import build_train_set  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="distillation config (the teacher and the training data)")
+    p.add_argument("out", type=Path, help="file to write (.pt)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+
+    cfg = load_config(DistillConfig, args.config, args.overrides)
+    data = build_train_set(cfg.data, backbone_cfg(cfg.model.backbone).pre.template)
+    t = load_teacher(cfg.teacher, data.identities, torch.device("cpu"))
+    emb = teacher_embeddings(t, teacher_inputs(cfg.teacher, t.template, data))
+    blob = {"embeddings": emb, "teacher": t.name, "key": t.key, "template": t.template, "mean": t.mean,
+            "std": t.std, "n": len(data), "labels": torch.from_numpy(data.labels), "identities": data.identities}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write_bytes(args.out, buf.getvalue())
+    print(f"{args.out}: {tuple(emb.shape)} embeddings of {t.name} over {len(data)} training crops")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
