@@ -125,3 +125,12 @@ def test_a_note_on_a_run_is_a_footnote_under_its_table(tmp_path):
     text = write_report(res, tmp_path / "R.md", "p", plot=False)
     assert "| Hard² | student5 | 85.50 ± 0.71 | 2 |" in text and "| Soft | student5 |" in text
     assert "- ² Hard, seed 1: shared the CPU for half its run" in text
+
+
+def test_a_note_on_a_teacher_is_a_footnote_under_the_teachers(tmp_path):
+    recs = [{**_rec("teachers", "teacher", 58.7), "note": "did not learn"}, _rec("A", "Hard", 85.0)]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    teachers = text.split("## Teachers")[1].split("## Table A")[0]
+    assert "| teacher² | student5 | 58.70 ± " in teachers and "- ² teacher, seed 0: did not learn" in teachers

@@ -226,9 +226,10 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
     teachers = [(k[1], v) for k, v in sorted(by.items()) if k[0] == "teachers"]
     if teachers:
         lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face |", "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {n} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M | {s['cpu_ms']:.2f} |"
-                  for n, s in teachers]
-        lines.append("")
+        lines += [f"| {n}{'²' if s.get('notes') else ''} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M "
+                  f"| {s['cpu_ms']:.2f} |" for n, s in teachers]
+        notes = [f"- ² {n}, {note}" for n, s in teachers for note in s.get("notes", [])]
+        lines += [*([""] + notes if notes else []), ""]
     for t in "ABCD":
         lines += _table(t, by, proto)
     if not recs:
