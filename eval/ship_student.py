@@ -3,7 +3,7 @@ its LFW figures and its speed-up over its teacher measured, and a manifest entry
 ``facekd demo`` and the hub read (``--model NAME``).
 
     python eval/ship_student.py /tmp/s3/paper-cpu/A_Hard+FeatureNorm-seed0/checkpoints/last.pt \
-        --name student5_dev_cpu --lfw /tmp/lfw_pairs_q85.fkpack --calib /tmp/dev_train_q85.fkpack \
+        --name student5_facenet_casia --lfw /tmp/lfw_pairs_q85.fkpack --calib /tmp/dev_train_q85.fkpack \
         --teacher-lfw /tmp/fkd11/teacher_lfw.json --reproduce "python eval/reproduce_paper.py ..."
 
 The teacher is the one the checkpoint's config names (``teacher.model``). Both are timed
@@ -63,7 +63,7 @@ def _teacher_ms(teacher: str, weights: str | None, student: Path, tmp: Path) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--name", required=True, help="manifest name, e.g. student5_dev_cpu")
+    ap.add_argument("--name", required=True, help="manifest name, e.g. student5_facenet_casia")
     ap.add_argument("--lfw", type=Path, required=True, help="LFW pack or folder (figures and the verify threshold)")
     ap.add_argument("--calib", type=Path, required=True, help="aligned training crops (INT8 calibration)")
     ap.add_argument("--teacher-lfw", type=Path, required=True, help="eval/teacher_lfw.py's JSON")
