@@ -24,8 +24,8 @@ Usage (dev CPU)::
 
 On an accelerator (the pack travels in the checkout)::
 
-    python eval/bench_train_throughput.py --pack .carry/dev_train_q85.fkpack --backbones resnet27 \\
-        --loaders device-cache device --batch 256
+    python eval/bench_train_throughput.py --pack .carry/dev_train_q85.fkpack --backbones resnet27 student5 \\
+        --loaders device --skip-plain --batch 256
 
 CI runs it at a tiny size (tests/test_train_run.py).
 """
