@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facekd.distill.objective as objective  # noqa: E402
 import facekd.distill.teacher as teacher  # noqa: E402
 from facekd.errors import FacekdError  # noqa: E402
+from facekd.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 
 def use_exported(path: str) -> None:
     """Makes the distillation objective read the teacher's outputs from ``path``."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_checkpoint(path)  # weights_only; a missing or damaged file is an error naming it
 
     def load_teacher(cfg, identities, device):
         return teacher.Teacher(blob["teacher"], blob["key"], blob["template"], blob["mean"], blob["std"], None, None)
@@ -54,11 +55,11 @@ def use_exported(path: str) -> None:
 
 
 def save_small(run: str, out: str) -> None:
-    ck = torch.load(f"{run}/checkpoints/last.pt", map_location="cpu", weights_only=True)
+    ck = load_checkpoint(f"{run}/checkpoints/last.pt")
     small = {k: v for k, v in ck.items() if k not in ("optimizer", "model", "rng", "scaler", "schedule")}
     small["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()
                       if k.startswith("backbone.")}
-    torch.save(small, out)
+    save_checkpoint(out, small)
 
 
 def main(argv: list[str] | None = None) -> int:

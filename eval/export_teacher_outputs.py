@@ -16,7 +16,6 @@ Usage (dev CPU)::
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from facekd.config import load_config  # noqa: E402
 from facekd.distill.config import DistillConfig  # noqa: E402
 from facekd.distill.objective import teacher_inputs  # noqa: E402
 from facekd.distill.teacher import load_teacher, teacher_embeddings  # noqa: E402
-from facekd.io_utils import atomic_write_bytes  # noqa: E402
 from facekd.models import backbone_cfg  # noqa: E402
+from facekd.train.checkpoint import save_checkpoint  # noqa: E402
 from facekd.train.data import build_train_set  # noqa: E402
 
 
@@ -46,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     emb = teacher_embeddings(t, teacher_inputs(cfg.teacher, t.template, data))
     blob = {"embeddings": emb, "teacher": t.name, "key": t.key, "template": t.template, "mean": t.mean,
             "std": t.std, "n": len(data), "labels": torch.from_numpy(data.labels), "identities": data.identities}
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    atomic_write_bytes(args.out, buf.getvalue())
+    save_checkpoint(args.out, blob)  # atomic: a kill leaves no half-written file
     print(f"{args.out}: {tuple(emb.shape)} embeddings of {t.name} over {len(data)} training crops")
     return 0
 
