@@ -1,10 +1,14 @@
 """The ResNet-27 teacher of Wen et al. ("A Discriminative Feature Learning Approach for
 Deep Face Recognition", ECCV 2016) and its thinner / thinner-deeper students.
 
-No batch norm, PReLU everywhere. Each stage: a 3x3 conv without padding that widens the
-features, 2x2 max-pooling, then residual units of two padded 3x3 convs. A fully
-connected layer maps the last feature map to the embedding. Depth counts the conv
-layers: 5 stage convs + 2 per unit (the teacher's 1+2+5+3 units give 27).
+PReLU everywhere. Each stage: a 3x3 conv without padding that widens the features, 2x2
+max-pooling, then residual units of two padded 3x3 convs. A fully connected layer maps
+the last feature map to the embedding. Depth counts the conv layers: 5 stage convs + 2
+per unit (the teacher's 1+2+5+3 units give 27).
+
+Wen et al.'s network has no batch norm (``norm="none"``). The default, ``norm="bn"``, adds
+it after every conv and on the embedding: without it the teacher collapsed or diverged
+at the recipe's lr 0.1 (docs/BENCHMARKS.md, "Why, and the fix").
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class FaceResNet(nn.Module):
         units: Residual units per stage (teacher: 1, 2, 5, 3).
         embedding_dim: Embedding size (teacher: 512).
         input_size: (H, W), needed to size the fully connected layer.
+        norm: "bn" (batch norm after every conv and on the embedding) or "none" (Wen et
+            al.'s layout: conv and fc biases instead).
     """
 
     def __init__(
@@ -79,12 +85,12 @@ class FaceResNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He initialisation for PReLU (slope 0.25), zero biases, and each residual branch's
-        last conv at zero, so that every unit starts as the identity (Fixup's rule).
+        last batch norm (or, without batch norm, its last conv) at zero, so that every unit
+        starts as the identity.
 
-        Without batch norm, PyTorch's default init shrinks the signal by about a third per
-        stage conv: at the fully connected layer it is smaller than that layer's bias, and
-        every face maps to nearly the same embedding (cosine 0.99 between random inputs).
-        A cosine head then sees one direction and the teacher does not learn."""
+        PyTorch's default init shrinks the signal by about a third per stage conv: at the
+        fully connected layer it was smaller than that layer's bias, and every face mapped
+        to nearly the same embedding (cosine 0.99 between random inputs)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
