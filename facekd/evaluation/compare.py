@@ -184,7 +184,8 @@ def _fmt(v, spec: str, suffix: str = "") -> str:
 
 def comparison_table(rows: list[ComparisonRow]) -> list[str]:
     """The rows as aligned text lines; figures recorded rather than measured carry a *."""
-    lines = [f"{'model':<26}{'role':<28}{'params':>9}{'MB':>7}{'ms/face':>9}{'speed-up':>9}"
+    w = max([26, *(len(r.model) + 2 for r in rows)])  # whole names: the demo's rows are read by them
+    lines = [f"{'model':<{w}}{'role':<28}{'params':>9}{'MB':>7}{'ms/face':>9}{'speed-up':>9}"
              f"{'LFW plain':>11}{'LFW flip':>17}"]
     for r in rows:
         def star(key: str) -> str:
@@ -193,7 +194,7 @@ def comparison_table(rows: list[ComparisonRow]) -> list[str]:
         role = f"student of {r.teacher}" if r.teacher else r.role
         flip = "-" if r.lfw_flip is None else f"{r.lfw_flip:.2f} ± {r.lfw_flip_std or 0:.2f}"
         lines.append(
-            f"{r.model[:25]:<26}{role[:27]:<28}{_fmt(r.params and r.params / 1e6, '.2f', ' M'):>8}{star('params')}"
+            f"{r.model:<{w}}{role[:27]:<28}{_fmt(r.params and r.params / 1e6, '.2f', ' M'):>8}{star('params')}"
             f"{_fmt(r.mb, '.1f'):>6}{star('mb')}{_fmt(r.ms, '.2f'):>8}{star('ms')}{_fmt(r.speedup, '.1f', 'x'):>9}"
             f"{_fmt(r.lfw_plain, '.2f'):>10}{star('lfw_plain')}{flip:>16}{star('lfw_flip')}"
         )
