@@ -80,6 +80,11 @@ def test_face_resnet_residual_units_start_as_the_identity(norm):
         assert torch.equal(m(y), y)
 
 
+def test_face_resnet_refuses_an_unknown_norm():
+    with pytest.raises(FacekdError, match="norm must be 'bn' or 'none', not 'group'"):
+        build_backbone("resnet27_c10", norm="group")
+
+
 def test_face_resnet_gives_different_faces_different_embeddings():
     """With PyTorch's default init and no batch norm, unrelated random inputs got embeddings
     at cosine 0.99 (the fc bias dominated), and the teacher did not learn (58.7% on LFW

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facekd.errors import FacekdError
 from facekd.models.base import BackboneCfg, register_backbone
 from facekd.preprocessing import Preprocessing
 
@@ -25,7 +26,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be 'bn' or 'none', not {kind!r}")
+    raise FacekdError(f"backbone_args.norm must be 'bn' or 'none', not {kind!r}")
 
 
 class ResidualUnit(nn.Module):
