@@ -46,7 +46,9 @@ class ResidualUnit(nn.Module):
 
 
 def _conv(cin: int, cout: int, norm: str) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, bias=norm == "none"), _norm(norm, cout), nn.PReLU(cout))
+    if norm == "none":  # conv, PReLU: checkpoints saved before batch norm came load unchanged
+        return nn.Sequential(nn.Conv2d(cin, cout, 3), nn.PReLU(cout))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, bias=False), _norm(norm, cout), nn.PReLU(cout))
 
 
 class FaceResNet(nn.Module):
