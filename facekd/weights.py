@@ -25,7 +25,7 @@ from pathlib import Path
 
 from facekd.download import RemoteFile, download, sha256_of
 from facekd.errors import FacekdError
-from facekd.io_utils import atomic_open
+from facekd.io_utils import atomic_write_bytes
 from facekd.paths import cache_dir
 from facekd.registry import Registry
 
@@ -146,9 +146,7 @@ def convert_into_cache(name: str) -> Conversion:
     # re-made on each use (cheap), not that the weights are wrong: the source was verified.
     digest = hashlib.sha256(buf.getvalue()).hexdigest()
     dest = cache_dir() / "weights" / entry["filename"]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(dest) as f:
-        f.write(buf.getvalue())
+    atomic_write_bytes(dest, buf.getvalue())
     return Conversion(dest, seconds, digest, digest == entry.get("sha256"))
 
 

@@ -4,7 +4,6 @@ disk), and a classifier over the student's identities when the teacher has none.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from facekd.align.template import adapt_crop, get_template
 from facekd.evaluation.embed import TorchEmbedder, embed_images
 from facekd.errors import FacekdError
 from facekd.models.heads import build_head
-from facekd.io_utils import atomic_open
 from facekd.hub import resolve
 from facekd.paths import cache_dir
+from facekd.train.checkpoint import save_checkpoint
 
 Progress = Callable[[int, int], None]
 CACHE_VERSION = 1
@@ -135,10 +134,7 @@ def teacher_embeddings(teacher: Teacher, data, progress: Progress | None = None,
     emb = embed_images(teacher.embedder, lambda i: adapt_crop(data.image(i), have, want), len(data), progress=progress)
     out = torch.from_numpy(emb).to(torch.float16)
 
-    buf = io.BytesIO()
-    torch.save({"embeddings": out, "teacher": teacher.name, "crops": len(data)}, buf)
-    with atomic_open(path) as f:
-        f.write(buf.getvalue())
+    save_checkpoint(path, {"embeddings": out, "teacher": teacher.name, "crops": len(data)})
     return out
 
 
