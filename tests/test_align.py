@@ -126,6 +126,21 @@ def test_worker_pool_matches_single_process(lfw_dir, tmp_path):
         assert np.abs(a - b).mean() < 1.0
 
 
+def test_worker_pool_reports_a_detector_that_cannot_start(lfw_dir, tmp_path):
+    """A detector that fails inside the workers (here: a device that does not exist) is an
+    error naming the detector, not a pool that restarts its workers forever."""
+    from facekd.errors import FacekdError
+
+    from facekd.align.folder import CHUNK
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(CHUNK + 1):  # more than one chunk, or align_folder uses one process
+        shutil.copy(lfw_dir / FACE, src / f"face_{i}.jpg")
+    with pytest.raises(FacekdError, match="detector 'mtcnn' \\(device nosuchdevice\\) cannot start"):
+        align_folder(src, tmp_path / "out", AlignOptions(workers=2, device="nosuchdevice"))
+
+
 def test_bad_folders_are_refused(tmp_path):
     from facekd.errors import FacekdError
 

@@ -143,7 +143,11 @@ class MtcnnDetector(FaceDetector):
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
     ) -> None:
         # heavy (torch): imported only when MTCNN is chosen
-        from facenet_pytorch import MTCNN
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:
+            raise FacekdError(f"MTCNN needs facenet-pytorch, which does not import ({exc}); it is one of facekd's "
+                              "requirements: pip install -e . (or choose --detector yunet)") from None
 
         self._mtcnn = MTCNN(
             keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds), device=device

@@ -127,7 +127,14 @@ def _init_worker(src: str, dst: str, opts: AlignOptions, threads: int) -> None:
     # (1.1 GB -> 1.45 GB in 30 s on LFW). Without the cache it stays flat at ~850 MB
     # for ~7% less speed. Must be set before torch first runs a convolution.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    detector = build_detector(opts.detector, device=opts.device, min_face_size=opts.min_face_size)
+    try:
+        detector = build_detector(opts.detector, device=opts.device, min_face_size=opts.min_face_size)
+    except Exception as exc:  # noqa: BLE001 - reported by the first chunk, see _align_chunk
+        # An initializer that raises makes multiprocessing.Pool start a new worker, which
+        # raises again, forever: the run would hang. Keep the reason; every chunk raises it.
+        _WORKER.clear()
+        _WORKER["error"] = f"detector {opts.detector!r} (device {opts.device}) cannot start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return
     if detector.uses_torch:
         import torch  # only a torch detector pays for importing torch in every worker
 
@@ -160,6 +167,8 @@ def _encode(crop: np.ndarray, suffix: str, quality: int) -> bytes:
 def _align_chunk(rels: list[str]) -> list[dict]:
     from facekd.data.image_io import UnreadableImage, read_rgb
 
+    if "error" in _WORKER:
+        raise FacekdError(_WORKER["error"])
     src, dst, opts = _WORKER["src"], _WORKER["dst"], _WORKER["opts"]
     template: Template = _WORKER["template"]
     results: list[dict] = []
