@@ -133,7 +133,8 @@ def _init_worker(src: str, dst: str, opts: AlignOptions, threads: int) -> None:
         # An initializer that raises makes multiprocessing.Pool start a new worker, which
         # raises again, forever: the run would hang. Keep the reason; every chunk raises it.
         _WORKER.clear()
-        _WORKER["error"] = f"detector {opts.detector!r} (device {opts.device}) cannot start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _WORKER["error"] = f"detector {opts.detector!r} (device {opts.device}) cannot start: {reason}"
         return
     if detector.uses_torch:
         import torch  # only a torch detector pays for importing torch in every worker
