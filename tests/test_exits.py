@@ -76,6 +76,48 @@ def test_checkpoint_rebuilds_the_exits_and_bad_points_are_named(tmp_path):
         select_exit(build_backbone("student5"), 1)
 
 
+def test_exits_follow_the_backbones_norm_and_records_without_it_load(tmp_path):
+    """A batch-norm backbone gets exits with batch norm after each conv and on the
+    embedding; a backbone without gets the original layout (conv bias, PReLU, fc), which
+    is also what a record written before exits had ``norm`` builds, key for key."""
+    from torch import nn
+
+    from facekd.hub import resolve
+    from facekd.train.checkpoint import model_checkpoint, save_checkpoint
+
+    bn = _model()
+    assert [e["norm"] for e in bn.transforms[-1]["exits"]] == ["bn", "bn"]
+    for head in bn.heads:
+        convs = [m for m in head.convs if isinstance(m, nn.Conv2d)]
+        assert convs and all(c.bias is None for c in convs)
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in head.convs) == len(convs)
+        assert isinstance(head.bn, nn.BatchNorm1d)
+
+    plain = _model(args={**TINY, "norm": "none"}).eval()
+    assert [e["norm"] for e in plain.transforms[-1]["exits"]] == ["none", "none"]
+    for head in plain.heads:
+        n = sum(isinstance(m, nn.Conv2d) for m in head.convs)
+        old = {f"convs.{2 * i}.{p}" for i in range(n) for p in ("weight", "bias")} | {
+            f"convs.{2 * i + 1}.weight" for i in range(n)} | {"fc.weight", "fc.bias"}
+        assert set(head.state_dict()) == old
+
+    ckpt = model_checkpoint(plain, "resnet37_c10", {**TINY, "norm": "none"})
+    for rec in ckpt["transforms"]:
+        for e in rec.get("exits", []):
+            del e["norm"]  # as written before the field existed
+    save_checkpoint(tmp_path / "old.pt", ckpt)
+    again = resolve(tmp_path / "old.pt").backbone
+    x = torch.randn(2, 3, 112, 96)
+    with torch.no_grad():
+        for a, b in zip(again.forward_all(x), plain.forward_all(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    chosen = _model(points=[{"at": "features.4", "norm": "none"}])
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in chosen.heads[0].modules())
+    with pytest.raises(FacekdError, match="exit norm 'group'"):
+        _model(points=[{"at": "features.4", "norm": "group"}])
+
+
 def test_exit_kl_matches_a_hand_computed_value():
     """τ²·Σ_c p_T(c)·log(p_T(c)/p_S(c)) with p = softmax(z/τ), by hand for two samples."""
     zs = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], requires_grad=True)
