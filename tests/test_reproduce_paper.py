@@ -39,7 +39,8 @@ def test_report_gives_mean_and_std_over_seeds_and_judges_findings(tmp_path):
     assert "- Hard+Soft+FeatureNorm is the best combination: confirmed" in text and "best other row, Hard+Soft" in text
     # 0.5 points apart with a spread of 1.41: the data cannot say.
     assert "- Teacher weighting helps: not distinguishable at this spread" in text
-    assert "student5 89.50 ± 0.50¹ at 2.5 ms vs teacher 88.00 ± 0.50¹ at 9.0 ms (3.6x faster)" in text
+    # student5's latency is the median of its 7 runs' timings (six 2.0, one 2.5): 2.0 ms.
+    assert "student5 89.50 ± 0.50¹ at 2.0 ms vs teacher 88.00 ± 0.50¹ at 9.0 ms (4.5x faster)" in text
     assert "- The student can match or beat the teacher at 3x speed: confirmed" in text
     assert (tmp_path / "r.png").stat().st_size > 10_000 and "![LFW accuracy against CPU latency](r.png)" in text
 
@@ -55,6 +56,19 @@ def test_report_refutes_a_finding_the_data_contradict_and_lists_rows_it_cannot_o
     text = write_report(res, tmp_path / "R.md", "p", plot=False)
     assert "- Hard+Soft+Feature < Hard+Soft: refuted: Hard+Soft+Feature 90.00 ± 0.30¹ vs Hard+Soft 88.00 ± 0.30¹." in text
     assert "- Table A: Hard (85.50 ± 0.71) and Soft (85.30 ± 0.14)." in text
+
+
+def test_each_network_shows_the_median_of_its_runs_latencies(tmp_path):
+    recs = [_rec("A", "Hard", 85.0, ms=36.0), _rec("A", "Soft", 84.0, ms=12.0), _rec("A", "Feature", 83.0, ms=10.0),
+            _rec("B", "resnet27_c10 alone", 80.0, ms=20.0, student="resnet27_c10"),
+            _rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27")]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    for row in ("Hard", "Soft", "Feature"):  # median of 36, 12, 10
+        assert f"| {row} | student5 | " in text and f"| 1.00 M | 3.8 | 12.00 |" in text.split(f"| {row} | student5 | ")[1].split("\n")[0]
+    assert "| resnet27_c10 alone | resnet27_c10 | 80.00 ± 0.50¹ | 1 | 1.00 M | 3.8 | 20.00 |" in text
+    assert "| teacher | resnet27 | 88.00 ± 0.50¹ | 1 | 1.00 M | 9.00 |" in text  # teachers: their own figure
 
 
 def test_cpu_protocol_plans_first_seeds_then_repeats_and_leaves_gpu_rows_out(tmp_path):
