@@ -20,6 +20,10 @@ class Preprocessing:
             "concat" (MobileFaceNet's recipe) or "sum".
         subtract_fold_mean: Subtract the mean embedding of the 9 training folds before
             normalising (MobileFaceNet's LFW recipe).
+        center_targets: As a teacher, its embeddings are centred (the training set's
+            mean embedding subtracted) before a student learns them: for a model made
+            for Euclidean distance, which a common offset leaves unchanged but cosines
+            do not (dlib's ResNet).
     """
 
     template: str = "112x96"
@@ -27,6 +31,7 @@ class Preprocessing:
     std: float = 128.0
     flip_fusion: str = "sum"
     subtract_fold_mean: bool = False
+    center_targets: bool = False
 
     @property
     def input_size(self) -> tuple[int, int]:

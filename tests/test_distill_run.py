@@ -55,6 +55,22 @@ def _cfg(tmp_path: Path, **distill):
     })
 
 
+def test_centred_teacher_outputs_need_the_cache(tmp_path):
+    import dataclasses
+
+    from facekd.distill.objective import make_distill_objective
+    from facekd.errors import FacekdError
+    from facekd.train.data import build_train_set
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    _teacher_checkpoint(tmp_path / "teacher.pt")
+    cfg = _cfg(tmp_path, teacher_mode="online")
+    cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, center=True))
+    data = build_train_set(cfg.data, "112x96")
+    with pytest.raises(FacekdError, match="centred outputs .* need cached outputs"):
+        make_distill_objective(cfg, data, torch.device("cpu"), lambda s: None)
+
+
 def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
     from facekd.distill.objective import CachedTeacher, make_distill_objective
     from facekd.train.data import build_train_set

@@ -108,6 +108,32 @@ def test_ensemble_of_facenet_and_dlib_teaches(packs):
     _step(obj)
 
 
+@pytest.mark.skipif(not HAS_DLIB, reason="dlib not installed (pip install 'facekd[dlib]')")
+def test_dlib_teaches_through_centred_outputs(packs):
+    """dlib's descriptors share one direction (they are made for Euclidean distance), so
+    the student learns them with the training set's mean subtracted."""
+    import torch.nn.functional as F
+
+    obj, _, said = _objective(packs, {"model": "dlib_resnet", "crops": str(packs / "dlib150.fkpack")})
+    raw_obj, _, _ = _objective(packs, {"model": "dlib_resnet", "crops": str(packs / "dlib150.fkpack"), "center": False})
+    centred, raw = obj._teacher.source.embeddings.float(), raw_obj._teacher.source.embeddings.float()
+    assert centred.shape == raw.shape == (12, 128)
+    assert F.normalize(raw, dim=1).mean(0).norm() > 0.5  # 12 photos of 3 people: one common direction
+    torch.testing.assert_close(centred, raw - raw.mean(0), atol=2e-3, rtol=0)  # fp16 cache
+    assert any("dlib_resnet's outputs centred" in s for s in said)
+    _step(obj)
+
+
+def test_centring_subtracts_the_mean_and_reports_the_shared_direction():
+    from facekd.distill.teacher import center_outputs
+
+    said: list[str] = []
+    out = center_outputs(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]), "t", said.append)
+    # mean (1, 1); unit rows (1, 0), (0, 1), (0.7071, 0.7071) twice: their mean (0.6036, 0.6036), norm 0.8536
+    assert torch.equal(out, torch.tensor([[0.0, -1.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))
+    assert "had norm 0.854" in said[0]
+
+
 def test_teacher_crops_must_cover_the_training_photos(packs, tmp_path):
     from facekd.distill.teacher_crops import TeacherCrops
     from facekd.train.data import build_train_set

@@ -17,6 +17,7 @@ class TeacherMember:
     model: str = ""
     weights: str | None = None
     crops: str | None = None
+    center: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,16 @@ class TeacherCfg:
     ``members``: an ensemble instead of ``model``: each member's L2-normalised embeddings
     (of its own crops) concatenated, a classifier fitted on the concatenation
     (:mod:`facekd.distill.ensemble`); cached outputs only.
+
+    ``center``: subtract the training set's mean teacher embedding before the terms use
+    it (cached outputs only); None takes the model's own default
+    (``Preprocessing.center_targets``: on for dlib's ResNet, off for the others).
     """
 
     model: str = ""
     weights: str | None = None
     crops: str | None = None
+    center: bool | None = None
     members: list[TeacherMember] = field(default_factory=list)
     classifier: str = "cosface"  # head fitted on frozen embeddings when the teacher has none
     classifier_args: dict = field(default_factory=lambda: {"scale": 64.0, "margin": 0.35})

@@ -124,7 +124,7 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
     """Builds the student, loads the teacher, computes or reuses its cached outputs, and
     fits it a classifier if the terms need logits it lacks (the ``make_objective`` hook
     of :func:`facekd.train.loop.fit`)."""
-    from facekd.distill.teacher import crop_adapter, fit_classifier, load_teacher, teacher_embeddings
+    from facekd.distill.teacher import center_outputs, crop_adapter, fit_classifier, load_teacher, teacher_embeddings
     from facekd.models.heads import build_head
     from facekd.models import build_backbone
 
@@ -149,6 +149,9 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
         mode = d.teacher_mode if d.teacher_mode != "auto" else ("online" if augmenting and not own_crops else "cache")
         if mode == "online":
             _check_online(teacher, own_crops, backbone.cfg.pre, cfg.model.backbone)
+            if teacher.center:
+                raise FacekdError(f"teacher {teacher.name}: centred outputs (teacher.center) need cached outputs; "
+                                  "use distill.teacher_mode=cache, or teacher.center=false")
         if not own_crops:
             try:  # 112x112 and 112x96 crops convert into each other; other pairs cannot
                 adapt = crop_adapter(data.template, teacher.template, (0 - backbone.cfg.pre.mean) / backbone.cfg.pre.std)
@@ -160,6 +163,8 @@ def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str],
         cached = None
         if mode == "cache" or (need_logits and teacher.head is None):
             cached = teacher_embeddings(teacher, teacher_inputs(cfg.teacher, teacher.template, data), say=say)
+            if teacher.center:
+                cached = center_outputs(cached, teacher.name, say)
     if mode == "cache" and augmenting:
         say("distill: note: cached teacher outputs are of un-augmented crops while the student sees augmented ones")
 
@@ -237,16 +242,19 @@ def _ensemble_teacher(cfg, data, device, say):
     """Every member's cached embeddings of its own crops, L2-normalised and concatenated."""
     from facekd.distill.config import TeacherCfg
     from facekd.distill.ensemble import combine
-    from facekd.distill.teacher import Teacher, load_teacher, teacher_embeddings
+    from facekd.distill.teacher import Teacher, center_outputs, load_teacher, teacher_embeddings
 
     parts, names = [], []
     for m in cfg.teacher.members:
-        mcfg = TeacherCfg(model=m.model, weights=m.weights, crops=m.crops)
+        mcfg = TeacherCfg(model=m.model, weights=m.weights, crops=m.crops, center=m.center)
         t = load_teacher(mcfg, data.identities, device)
         if not m.crops and t.template != data.template:
             raise FacekdError(f"ensemble member {t.name} wants {t.template} crops, the student has {data.template}: "
                               "set the member's crops (a pack of its own crops of the same photos)")
-        parts.append(teacher_embeddings(t, teacher_inputs(mcfg, t.template, data), say=say).float().numpy())
+        emb = teacher_embeddings(t, teacher_inputs(mcfg, t.template, data), say=say)
+        if t.center:  # each member before it is normalised and joined
+            emb = center_outputs(emb, t.name, say)
+        parts.append(emb.float().numpy())
         names.append(t.name)
     cached = torch.from_numpy(combine(parts)).to(torch.float16)
     name = "ensemble(" + " + ".join(names) + ")"

@@ -37,6 +37,8 @@ class Teacher:
         backbone: The PyTorch network (None for an ONNX teacher: cached outputs only).
         embedder: Embeds uint8 crops (PyTorch or ONNX Runtime) for the cache.
         head: Classifier over the student's training identities, if the teacher has one.
+        center: Subtract the training set's mean embedding from its outputs before a
+            student learns them (see :func:`center_outputs`).
     """
 
     name: str
@@ -47,6 +49,7 @@ class Teacher:
     backbone: nn.Module | None
     embedder: object
     head: nn.Module | None = None
+    center: bool = False
 
 
 def _freeze(m: nn.Module) -> nn.Module:
@@ -66,14 +69,27 @@ def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
         raise FacekdError("teacher.model is empty: name a facekd checkpoint, a registered backbone with weights, or an .onnx file")
     ref = resolve(cfg.model, cfg.weights or None)
     pre = ref.pre
+    center = pre.center_targets if getattr(cfg, "center", None) is None else bool(cfg.center)
     if ref.backbone is None:  # ONNX or an external embedder: cached outputs only
-        return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, None, ref.embedder(str(device)))
+        return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, None, ref.embedder(str(device)), center=center)
     net = _freeze(ref.backbone).to(device)
     head = ref.head_for(identities)
     if head is not None:
         head = _freeze(head).to(device)
     embedder = TorchEmbedder(net, pre, name=ref.name, device=str(device), optimize=False)
-    return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, net, embedder, head)
+    return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, net, embedder, head, center)
+
+
+def center_outputs(emb: torch.Tensor, name: str, say: Callable = print) -> torch.Tensor:
+    """``emb`` (N, D) minus its mean over the N training crops, in ``emb``'s dtype.
+
+    Logs how much the outputs shared one direction: the norm of the mean of the unit
+    embeddings (0 when they spread evenly, 1 when all are the same)."""
+    x = emb.float()
+    common = float(F.normalize(x, dim=1).mean(0).norm())
+    say(f"distill: {name}'s outputs centred (training-set mean subtracted; the mean of its unit embeddings "
+        f"had norm {common:.3f})")
+    return (x - x.mean(0)).to(emb.dtype)
 
 
 def crop_adapter(have: str, want: str, pad_value: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
