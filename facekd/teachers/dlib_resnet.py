@@ -25,7 +25,7 @@ EXTRA = "dlib"
 # share a common offset, and do: over facekd-dev's 14,300 crops the mean of the unit
 # descriptors has norm 0.915 and random pairs have cosine 0.84 (MobileFaceNet: 0.09 and
 # 0.01). A cosine loss against them is mostly met by that one direction (student5 from
-# dlib, Hard+FeatureNorm, 2 CPU epochs: 62.5% LFW, below Hard alone), hence centre_targets.
+# dlib, Hard+FeatureNorm, 2 CPU epochs: 62.5% LFW, below Hard alone), hence center_targets.
 PREPROCESSING = Preprocessing(template="dlib150", mean=0.0, std=1.0, flip_fusion="sum", subtract_fold_mean=False,
                               center_targets=True)
 
