@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables", default="A,B,C,D", help="comma-separated, e.g. A,B")
     p.add_argument("--seeds", type=int, help="seeds per row (default: each row's own count, 3 for the rows "
                    "whose spread decides a finding, 1 for the rest)")
+    p.add_argument("--row", dest="rows", action="append", metavar="TEXT",
+                   help="run only the rows whose name contains TEXT, e.g. --row 'label smoothing' (repeatable)")
     p.add_argument("--budget-minutes", type=float, help="start no new run after this long")
     p.add_argument("--runs", type=Path, help="run folders (default runs/paper-<protocol>)")
     p.add_argument("--results", type=Path, help="results file to append to (default docs/results/<protocol>.jsonl)")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             if (rec["protocol"], "teachers", rec["row"]) not in have:
                 append_result(results, rec)
                 print(f"teacher {rec['row']}: LFW {rec['lfw_acc']:.2f} ({rec['recipe']}), {rec['cpu_ms']:.1f} ms per face")
-    left = 0 if args.report_only else runner.run(tables, args.seeds)
+    left = 0 if args.report_only else runner.run(tables, args.seeds, args.rows)
     write_report(results, report, proto)
     print(f"report: {report}" + (f"; {left} runs left" if left else ""))
     return 0

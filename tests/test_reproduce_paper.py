@@ -85,6 +85,21 @@ def test_cpu_protocol_plans_first_seeds_then_repeats_and_leaves_gpu_rows_out(tmp
                  "label smoothing (ε = 0.1)"}  # Defective and Reversed KD need a teacher trained on facekd-dev
 
 
+def test_row_filter_keeps_the_named_rows_in_table_order_and_refuses_an_unknown_name(tmp_path):
+    import pytest
+
+    from facekd.errors import FacekdError
+    from facekd.experiments import Runner, protocols
+
+    runner = Runner(REPO, protocols(REPO)["facekd-dev-cpu"], tmp_path / "runs", tmp_path / "none.jsonl")
+    # "enlargement" names Table D rows only: not a row of the tables asked for.
+    with pytest.raises(FacekdError, match="'enlargement' names no row of table"):
+        runner.plan(["C", "B"], seeds=1, rows=["enlargement"])
+    plan = runner.plan(["C", "B"], seeds=1, rows=["LABEL smoothing", "student5 alone"])
+    assert [(r.table, r.name, s) for r, s in plan] == [("C", "label smoothing (ε = 0.1)", 0),
+                                                       ("B", "student5 alone", 0)]
+
+
 def test_every_table_has_one_smoke_row():
     for name, rows in TABLES.items():
         assert sum(r.smoke for r in rows) == 1, name

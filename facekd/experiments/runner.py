@@ -196,25 +196,34 @@ class Runner:
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
-    def plan(self, tables: list[str], seeds: int | None = None) -> list[tuple[Row, int]]:
+    def plan(self, tables: list[str], seeds: int | None = None, rows: list[str] | None = None) -> list[tuple[Row, int]]:
         """The runs still to do, table by table: every row's first seed, then the further
         seeds of the rows that get several (``seeds`` instead of each row's own count; a
-        smoke protocol runs one)."""
+        smoke protocol runs one). ``rows``: keep only the rows whose name contains one of
+        these texts (case-insensitive); a text that names no row of ``tables`` is an error."""
+        wanted = [w.lower() for w in rows or ()]
+        if wanted:
+            names = [r.name for t in tables for r in TABLES[t]]
+            unmatched = [w for w in wanted if not any(w in n.lower() for n in names)]
+            if unmatched:
+                raise FacekdError(f"--row {unmatched[0]!r} names no row of table(s) {', '.join(tables)}; "
+                                  f"rows: {'; '.join(names)}")
         done = {(r["protocol"], r["table"], r["row"], r["seed"]) for r in read_results(self.results)}
         if seeds is None and self.protocol.smoke_only:
             seeds = 1
         todo = []
         for t in tables:
-            rows = [r for r in TABLES[t] if (r.smoke or not self.protocol.smoke_only) and not self.protocol.skips(r)]
+            rows = [r for r in TABLES[t] if (r.smoke or not self.protocol.smoke_only) and not self.protocol.skips(r)
+                    and (not wanted or any(w in r.name.lower() for w in wanted))]
             most = max((seeds or r.seeds for r in rows), default=0)
             todo += [(row, seed) for seed in range(most) for row in rows
                      if seed < (seeds or row.seeds) and (self.protocol.name, row.table, row.name, seed) not in done]
         return todo
 
-    def run(self, tables: list[str], seeds: int | None = None) -> int:
+    def run(self, tables: list[str], seeds: int | None = None, rows: list[str] | None = None) -> int:
         """Runs every wanted row that has no result yet; returns how many remain."""
         done = read_results(self.results)
-        todo = self.plan(tables, seeds)
+        todo = self.plan(tables, seeds, rows)
         self.say(f"{len(todo)} runs to do ({len(done)} results already in {self.results})")
         for k, (row, seed) in enumerate(todo):
             if self.deadline is not None and time.time() > self.deadline:
