@@ -65,10 +65,12 @@ class ComparisonRow:
     recorded: tuple[str, ...] = ()  # which figures come from the manifest, not this machine
 
 
-def shipped_students(say: Callable[[str], None] = print) -> list[tuple[ComparedModel, ComparedModel]]:
-    """(student, teacher) for each ONNX student in the weights manifest. The teacher is
-    resolved when its package is installed (to time it here); its LFW figure is the
-    recorded one, measured on its own crops (the entry's ``teacher.recorded``)."""
+def shipped_students(say: Callable[[str], None] = print,
+                     only_teacher: str | None = None) -> list[tuple[ComparedModel, ComparedModel]]:
+    """(student, teacher) for each ONNX student in the weights manifest (only those
+    distilled from the model ``only_teacher`` if given). The teacher is resolved when its
+    package is installed (to time it here); its LFW figure is the recorded one, measured
+    on its own crops (the entry's ``teacher.recorded``)."""
     from facekd.hub import resolve
     from facekd.weights import manifest, onnx_models
 
@@ -76,6 +78,9 @@ def shipped_students(say: Callable[[str], None] = print) -> list[tuple[ComparedM
     for name in onnx_models():
         entry = manifest()[name]
         t = entry["teacher"]
+        if only_teacher is not None and t["model"] != only_teacher:
+            say(f"{name} (from {t['model']}) left out: only the students of {only_teacher} are shown")
+            continue
         try:
             teacher_model = resolve(t["model"], t.get("weights"))
         except FacekdError as exc:
