@@ -69,7 +69,7 @@ def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
         raise FacekdError("teacher.model is empty: name a facekd checkpoint, a registered backbone with weights, or an .onnx file")
     ref = resolve(cfg.model, cfg.weights or None)
     pre = ref.pre
-    center = pre.center_targets if getattr(cfg, "center", None) is None else bool(cfg.center)
+    center = pre.center_targets if cfg.center is None else bool(cfg.center)
     if ref.backbone is None:  # ONNX or an external embedder: cached outputs only
         return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, None, ref.embedder(str(device)), center=center)
     net = _freeze(ref.backbone).to(device)

@@ -99,6 +99,27 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return model
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def has_batch_norm(net: nn.Module) -> bool:
+    return any(isinstance(m, BATCH_NORMS) for m in net.modules())
+
+
+def init_prelu_net(net: nn.Module) -> None:
+    """He initialisation for PReLU (slope 0.25) on every conv, Xavier on every fully
+    connected layer, zero biases: the ResNet family's init, shared by its early exits."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("net_state_dict", "state_dict", "model"):

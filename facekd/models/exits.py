@@ -26,6 +26,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from facekd.config import from_dict
 from facekd.errors import FacekdError
+from facekd.models.base import has_batch_norm, init_prelu_net
 
 # Symbolic tracing patches torch.nn.Module.__call__ process-wide while it runs: one trace
 # at a time, and cut graphs are built before an embedder runs batches on several threads.
@@ -84,12 +85,7 @@ class ExitHead(nn.Module):
         self.fc = nn.Linear(cin * h * w, embedding_dim)
         self.bn = nn.BatchNorm1d(embedding_dim) if norm == "bn" else nn.Identity()
         if norm == "bn":
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
-                elif isinstance(m, nn.Linear):
-                    nn.init.xavier_normal_(m.weight)
-                    nn.init.zeros_(m.bias)
+            init_prelu_net(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.fc(self.convs(x).flatten(1)))
@@ -129,7 +125,7 @@ class MultiExit(nn.Module):
             width = spec.width or c
             norm = spec.norm
             if norm == "auto":
-                norm = "bn" if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()) else "none"
+                norm = "bn" if has_batch_norm(net) else "none"
             heads.append(ExitHead(c, (h, w), width, down, net.cfg.embedding_dim, norm))
             resolved.append(asdict(ExitCfg(point, width, down, norm)))
         self.heads = nn.ModuleList(heads)

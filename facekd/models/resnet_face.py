@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from facekd.errors import FacekdError
-from facekd.models.base import BackboneCfg, register_backbone
+from facekd.models.base import BackboneCfg, init_prelu_net, register_backbone
 from facekd.preprocessing import Preprocessing
 
 
@@ -94,15 +94,7 @@ class FaceResNet(nn.Module):
         PyTorch's default init shrinks the signal by about a third per stage conv: at the
         fully connected layer it was smaller than that layer's bias, and every face mapped
         to nearly the same embedding (cosine 0.99 between random inputs)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_prelu_net(self)
         for m in self.modules():
             if isinstance(m, ResidualUnit):
                 last = m.bn2 if isinstance(m.bn2, nn.BatchNorm2d) else m.conv2
