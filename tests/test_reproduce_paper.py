@@ -61,10 +61,12 @@ def test_report_refutes_a_finding_the_data_contradict_and_lists_rows_it_cannot_o
 def test_each_network_shows_the_median_of_its_runs_latencies(tmp_path):
     recs = [_rec("A", "Hard", 85.0, ms=36.0), _rec("A", "Soft", 84.0, ms=12.0), _rec("A", "Feature", 83.0, ms=10.0),
             _rec("B", "resnet27_c10 alone", 80.0, ms=20.0, student="resnet27_c10"),
-            _rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27")]
+            _rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27"),
+            {**_rec("teachers", "dlib_resnet", 98.7, ms=130.0, student="dlib_resnet"), "params": 0, "mb": 0.0}]
     res = tmp_path / "r.jsonl"
     res.write_text("".join(json.dumps(r) + "\n" for r in recs))
     text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert "| dlib_resnet | dlib_resnet | 98.70 ± 0.50¹ | 1 | – | 130.00 |" in text  # runs in dlib: not counted
     for row, acc in (("Hard", 85.0), ("Soft", 84.0), ("Feature", 83.0)):  # median of 36, 12, 10
         assert f"| {row} | student5 | {acc:.2f} ± 0.50¹ | 1 | 1.00 M | 3.8 | 12.00 |" in text
     assert "| resnet27_c10 alone | resnet27_c10 | 80.00 ± 0.50¹ | 1 | 1.00 M | 3.8 | 20.00 |" in text

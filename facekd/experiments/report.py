@@ -41,6 +41,12 @@ def _summary(recs: list[dict]) -> dict:
             **{k: recs[0][k] for k in ("params", "mb", "cpu_ms", "student")}}
 
 
+def _params(s: dict) -> str:
+    """Millions of parameters; "–" for a network facekd runs through another library
+    (dlib), whose parameters it cannot count."""
+    return f"{s['params'] / 1e6:.2f} M" if s.get("params") else "–"
+
+
 def _fmt(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}{'¹' if s['over'] == 'folds' else ''}"
 
@@ -185,7 +191,7 @@ def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
             continue
         minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
         mark = "²" if s.get("notes") else ""
-        lines.append(f"| {row.name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M | "
+        lines.append(f"| {row.name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} | "
                      f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {minutes} |")
     notes = [f"- ² {row.name}, {n}" for row in TABLES[t] if (s := by.get((t, row.name))) for n in s.get("notes", [])]
     return [*lines, *([""] + notes if notes else []), ""]
@@ -237,7 +243,7 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
     teachers = [(k[1], v) for k, v in sorted(by.items()) if k[0] == "teachers"]
     if teachers:
         lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face |", "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {n}{'²' if s.get('notes') else ''} | {s['student']} | {_fmt(s)} | {s['n']} | {s['params'] / 1e6:.2f} M "
+        lines += [f"| {n}{'²' if s.get('notes') else ''} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} "
                   f"| {s['cpu_ms']:.2f} |" for n, s in teachers]
         notes = [f"- ² {n}, {note}" for n, s in teachers for note in s.get("notes", [])]
         lines += [*([""] + notes if notes else []), ""]
