@@ -73,6 +73,32 @@ def test_each_network_shows_the_median_of_its_runs_latencies(tmp_path):
     assert "| teacher | resnet27 | 88.00 ± 0.50¹ | 1 | 1.00 M | 9.00 |" in text  # teachers: their own figure
 
 
+def test_report_adds_onnx_runtime_ms_from_the_bench_file_beside_the_results(tmp_path):
+    import pytest
+
+    from facekd.errors import FacekdError
+
+    recs = [_rec("A", "Hard", 85.0, ms=12.0), _rec("B", "resnet27_c10 alone", 80.0, ms=20.0, student="resnet27_c10"),
+            _rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27"),
+            {**_rec("teachers", "dlib_resnet", 98.7, ms=130.0, student="dlib_resnet"), "params": 0, "mb": 0.0}]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    without = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert "| Hard | student5 | 85.00 ± 0.50¹ | 1 | 1.00 M | 3.8 | 12.00 |  |" in without  # no bench file: blank
+    (tmp_path / "r-ort.json").write_text(json.dumps([
+        {"name": "student5", "ort_fp32_ms_1t": 3.456, "ort_int8_ms_1t": 2.0},
+        {"name": "resnet27", "ort_fp32_ms_1t": 21.0}]))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert "| Hard | student5 | 85.00 ± 0.50¹ | 1 | 1.00 M | 3.8 | 12.00 | 3.46 |" in text
+    assert "| resnet27_c10 alone | resnet27_c10 | 80.00 ± 0.50¹ | 1 | 1.00 M | 3.8 | 20.00 |  |" in text
+    assert "| teacher | resnet27 | 88.00 ± 0.50¹ | 1 | 1.00 M | 9.00 | 21.00 |" in text
+    assert "| dlib_resnet | dlib_resnet | 98.70 ± 0.50¹ | 1 | – | 130.00 | – |" in text
+    assert "from `r-ort.json`" in text
+    (tmp_path / "r-ort.json").write_text('{"student5": 3.4}')
+    with pytest.raises(FacekdError, match="r-ort.json: not facekd bench --json output"):
+        write_report(res, tmp_path / "R.md", "p", plot=False)
+
+
 def test_cpu_protocol_plans_first_seeds_then_repeats_and_leaves_gpu_rows_out(tmp_path):
     from facekd.experiments import Runner, protocols
 

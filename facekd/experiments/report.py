@@ -8,6 +8,7 @@ import os
 import statistics
 from pathlib import Path
 
+from facekd.errors import FacekdError
 from facekd.experiments.results import read_results
 from facekd.experiments.tables import TABLES, Protocol
 from facekd.io_utils import atomic_write_bytes
@@ -18,7 +19,7 @@ TITLES = {
     "C": "Table C: the Tf-KD family",
     "D": "Table D: ready teachers trained on CASIA-WebFace (MobileFaceNet, dlib's ResNet, their ensemble with FaceNet)",
 }
-HEADER = "| row | student | LFW % | seeds | params | MB | CPU ms/face | min/run |"
+HEADER = "| row | student | LFW % | seeds | params | MB | CPU ms/face | ORT ms/face | min/run |"
 
 
 def _relative(path: Path, start: Path | None = None) -> str:
@@ -45,6 +46,26 @@ def _params(s: dict) -> str:
     """Millions of parameters; "–" for a network facekd runs through another library
     (dlib), whose parameters it cannot count."""
     return f"{s['params'] / 1e6:.2f} M" if s.get("params") else "–"
+
+
+def _ort(s: dict) -> str:
+    return f"{s['ort_ms']:.2f}" if s.get("ort_ms") else ""
+
+
+def read_ort_timings(path: Path) -> dict[str, float]:
+    """ONNX Runtime ms per face (FP32, batch 1, one thread) by network, from ``facekd
+    bench --json`` (a list of rows with ``name`` and ``ort_fp32_ms_1t``); {} without it."""
+    import json
+
+    if not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"a list of rows expected, found {type(rows).__name__}")
+        return {r["name"]: float(r["ort_fp32_ms_1t"]) for r in rows if r.get("ort_fp32_ms_1t")}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise FacekdError(f"{path}: not facekd bench --json output ({exc})") from exc
 
 
 def _fmt(s: dict) -> str:
@@ -182,23 +203,25 @@ def sweep_section(path: Path, start: Path | None = None) -> list[str]:
 
 def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
     teacher = proto.teacher_title if proto else "ResNet-27"
-    lines = [f"## {TITLES[t].format(teacher=teacher)}", "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"## {TITLES[t].format(teacher=teacher)}", "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in TABLES[t]:
         s = by.get((t, row.name))
         if s is None:
             why = proto.skip_note if proto and proto.skips(row) else "not run"
-            lines.append(f"| {row.name} | {row.student} | {why} | 0 | | | | |")
+            lines.append(f"| {row.name} | {row.student} | {why} | 0 | | | | | |")
             continue
         minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
         mark = "²" if s.get("notes") else ""
         lines.append(f"| {row.name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} | "
-                     f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {minutes} |")
+                     f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {_ort(s)} | {minutes} |")
     notes = [f"- ² {row.name}, {n}" for row in TABLES[t] if (s := by.get((t, row.name))) for n in s.get("notes", [])]
     return [*lines, *([""] + notes if notes else []), ""]
 
 
 def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool = True) -> str:
-    """Renders the Markdown report (and its plot, beside the results file) atomically."""
+    """Renders the Markdown report (and its plot, beside the results file) atomically.
+    ONNX Runtime latencies come from ``<results>-ort.json`` beside the results file
+    (``facekd bench NETWORKS --json``, run on an idle machine) where it exists."""
     proto = protocol if isinstance(protocol, Protocol) else None
     name = proto.name if proto else protocol
     recs = [r for r in read_results(results) if r["protocol"] == name]
@@ -216,6 +239,10 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
     for (table, _), s in by.items():
         if table != "teachers" and (s["student"], s["params"]) in timings:
             s["cpu_ms"] = statistics.median(timings[(s["student"], s["params"])])
+    ort_file = results.with_name(results.stem + "-ort.json")
+    ort = read_ort_timings(ort_file)
+    for s in by.values():
+        s["ort_ms"] = ort.get(s["student"])
     lines = [
         f"# Results: {name}",
         "",
@@ -223,7 +250,10 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
         "the mean ± std over seeds of each seed's 10-fold accuracy (where a row has one seed, the ± is its std over the "
         "10 folds, marked ¹). Params and MB count the student's backbone in fp32; CPU ms is PyTorch eager, batch 1, one "
         "thread, on the machine that trained it, the median over every run of that network in this file (each run "
-        "times it once, at its end); min/run is the median wall time of one run (training and LFW). "
+        "times it once, at its end); "
+        + (f"ORT ms is ONNX Runtime, FP32, batch 1, one thread, from `{_relative(ort_file, out.parent)}` (`facekd bench`, "
+           "one idle run for every network; – where a network has no ONNX form); " if ort else "")
+        + "min/run is the median wall time of one run (training and LFW). "
         "Machines and times are in the results file.",
         "",
     ]
@@ -242,9 +272,10 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
         lines += sweep_section(results.parent / proto.sweep, out.parent)
     teachers = [(k[1], v) for k, v in sorted(by.items()) if k[0] == "teachers"]
     if teachers:
-        lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face |", "|---|---|---:|---:|---:|---:|"]
+        lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face | ORT ms/face |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {n}{'²' if s.get('notes') else ''} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} "
-                  f"| {s['cpu_ms']:.2f} |" for n, s in teachers]
+                  f"| {s['cpu_ms']:.2f} | {_ort(s) or ('–' if ort else '')} |" for n, s in teachers]
         notes = [f"- ² {n}, {note}" for n, s in teachers for note in s.get("notes", [])]
         lines += [*([""] + notes if notes else []), ""]
     for t in "ABCD":
