@@ -213,10 +213,10 @@ class Runner:
             seeds = 1
         todo = []
         for t in tables:
-            rows = [r for r in TABLES[t] if (r.smoke or not self.protocol.smoke_only) and not self.protocol.skips(r)
+            kept = [r for r in TABLES[t] if (r.smoke or not self.protocol.smoke_only) and not self.protocol.skips(r)
                     and (not wanted or any(w in r.name.lower() for w in wanted))]
-            most = max((seeds or r.seeds for r in rows), default=0)
-            todo += [(row, seed) for seed in range(most) for row in rows
+            most = max((seeds or r.seeds for r in kept), default=0)
+            todo += [(row, seed) for seed in range(most) for row in kept
                      if seed < (seeds or row.seeds) and (self.protocol.name, row.table, row.name, seed) not in done]
         return todo
 
