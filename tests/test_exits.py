@@ -114,7 +114,7 @@ def test_exits_follow_the_backbones_norm_and_records_without_it_load(tmp_path):
 
     chosen = _model(points=[{"at": "features.4", "norm": "none"}])
     assert not any(isinstance(m, nn.BatchNorm1d) for m in chosen.heads[0].modules())
-    with pytest.raises(FacekdError, match="exit norm 'group'"):
+    with pytest.raises(FacekdError, match="exit norm must be one of 'bn', 'none', 'auto', not 'group'"):
         _model(points=[{"at": "features.4", "norm": "group"}])
 
 

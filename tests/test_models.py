@@ -81,7 +81,7 @@ def test_face_resnet_residual_units_start_as_the_identity(norm):
 
 
 def test_face_resnet_refuses_an_unknown_norm():
-    with pytest.raises(FacekdError, match="norm must be 'bn' or 'none', not 'group'"):
+    with pytest.raises(FacekdError, match="backbone_args.norm must be one of 'bn', 'none', not 'group'"):
         build_backbone("resnet27_c10", norm="group")
 
 

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from facekd.errors import FacekdError
 from facekd.experiments import TABLES, write_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,10 +77,6 @@ def test_each_network_shows_the_median_of_its_runs_latencies(tmp_path):
 
 
 def test_report_adds_onnx_runtime_ms_from_the_bench_file_beside_the_results(tmp_path):
-    import pytest
-
-    from facekd.errors import FacekdError
-
     recs = [_rec("A", "Hard", 85.0, ms=12.0), _rec("B", "resnet27_c10 alone", 80.0, ms=20.0, student="resnet27_c10"),
             _rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27"),
             {**_rec("teachers", "dlib_resnet", 98.7, ms=130.0, student="dlib_resnet"), "params": 0, "mb": 0.0}]
@@ -114,9 +113,6 @@ def test_cpu_protocol_plans_first_seeds_then_repeats_and_leaves_gpu_rows_out(tmp
 
 
 def test_row_filter_keeps_the_named_rows_in_table_order_and_refuses_an_unknown_name(tmp_path):
-    import pytest
-
-    from facekd.errors import FacekdError
     from facekd.experiments import Runner, protocols
 
     runner = Runner(REPO, protocols(REPO)["facekd-dev-cpu"], tmp_path / "runs", tmp_path / "none.jsonl")

@@ -4,6 +4,7 @@ LFW accuracy against CPU latency."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from pathlib import Path
@@ -55,8 +56,6 @@ def _ort(s: dict) -> str:
 def read_ort_timings(path: Path) -> dict[str, float]:
     """ONNX Runtime ms per face (FP32, batch 1, one thread) by network, from ``facekd
     bench --json`` (a list of rows with ``name`` and ``ort_fp32_ms_1t``); {} without it."""
-    import json
-
     if not path.exists():
         return {}
     try:

@@ -99,6 +99,17 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return model
 
 
+NORMS = ("bn", "none")  # the choices of the ResNet family's and the exits' ``norm``: batch norm, or none
+
+
+def check_norm(norm: str, what: str, also: tuple[str, ...] = ()) -> str:
+    """``norm`` if it is one of NORMS, else a FacekdError naming ``what`` and the choices
+    (NORMS and ``also``, the values the caller resolves before asking)."""
+    if norm not in NORMS:
+        raise FacekdError(f"{what} must be one of {', '.join(map(repr, NORMS + also))}, not {norm!r}")
+    return norm
+
+
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 

@@ -26,7 +26,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from facekd.config import from_dict
 from facekd.errors import FacekdError
-from facekd.models.base import has_batch_norm, init_prelu_net
+from facekd.models.base import check_norm, has_batch_norm, init_prelu_net
 
 # Symbolic tracing patches torch.nn.Module.__call__ process-wide while it runs: one trace
 # at a time, and cut graphs are built before an embedder runs batches on several threads.
@@ -54,9 +54,6 @@ class ExitCfg:
     norm: str = "auto"
 
 
-NORMS = ("bn", "none")
-
-
 class ExitHead(nn.Module):
     """Feature map (N, C, H, W) -> embedding: ``downsample`` x (3x3 stride-2 conv, [batch
     norm], PReLU), then a fully connected layer on the flattened map [and batch norm on
@@ -71,8 +68,7 @@ class ExitHead(nn.Module):
     def __init__(self, channels: int, size: tuple[int, int], width: int, downsample: int, embedding_dim: int,
                  norm: str = "none") -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise FacekdError(f"exit norm {norm!r}: choose one of {', '.join(NORMS)} (or auto)")
+        check_norm(norm, "exit norm", also=("auto",))
         layers: list[nn.Module] = []
         h, w, cin = size[0], size[1], channels
         for _ in range(downsample):

@@ -17,16 +17,12 @@ import torch
 from torch import nn
 
 from facekd.errors import FacekdError
-from facekd.models.base import BackboneCfg, init_prelu_net, register_backbone
+from facekd.models.base import BackboneCfg, check_norm, init_prelu_net, register_backbone
 from facekd.preprocessing import Preprocessing
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "bn":
-        return nn.BatchNorm2d(channels)
-    if kind == "none":
-        return nn.Identity()
-    raise FacekdError(f"backbone_args.norm must be 'bn' or 'none', not {kind!r}")
+    return nn.BatchNorm2d(channels) if check_norm(kind, "backbone_args.norm") == "bn" else nn.Identity()
 
 
 class ResidualUnit(nn.Module):
