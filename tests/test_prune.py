@@ -213,3 +213,34 @@ def test_facekd_export_takes_a_pruned_checkpoint(tmp_path):
     got = OnnxEmbedder(tmp_path / "p.onnx")(crops)
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_random_importance_repeats_per_seed_and_differs_across_seeds(tmp_path):
+    """The random control is a draw of the run's seed: the same seed removes the same
+    filters whatever the global generator held before, another seed removes others."""
+    from test_distill_run import _synthetic_pack
+
+    from facekd.config import from_dict
+    from facekd.prune.config import PruneConfig
+    from facekd.prune.run import run_prune
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    src = _source(tmp_path)
+
+    def pruned(seed: int, name: str) -> dict:
+        raw = {
+            "prune": {"source": str(src), "importance": "random", "ratio": 0.5, "steps": 1},
+            "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0,
+                                                                        "gray_p": 0.0}, "workers": 1, "loader": "workers"},
+            "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
+                      "channels_last": False, "compile": False, "seed": seed},
+            "eval": {"every": 0},
+        }
+        torch.rand(int(torch.randint(1, 100, (1,))))  # disturb the global generator
+        run_prune(from_dict(PruneConfig, raw), tmp_path / name, say=lambda _: None)
+        return torch.load(tmp_path / name / "step1" / "pruned.pt", weights_only=True)["model"]
+
+    a, b, c = pruned(0, "a"), pruned(0, "b"), pruned(1, "c")
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())

@@ -216,6 +216,9 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
             model = source if prev is None else backbone_from_checkpoint(load_checkpoint(prev), prev)
             plan = StepPlan(step_ratio(p.ratio, k, p.steps), p.global_pruning, dict(p.layer_ratios), p.max_layer_ratio, p.round_to)
             batches = _importance_batches(cfg, data, model.cfg.pre, k) if head is not None and IMPORTANCES.build(p.importance).needs_loss else []
+            # The random control draws from torch's global generator: seeded per run seed and step,
+            # so that a run repeats and seeds differ.
+            torch.manual_seed(cfg.train.seed * 1_000 + k)
             prune_once(model, p.importance, plan, batches, _label_loss(head) if head is not None else None)
             row = StepRow(k, round(p.ratio * k / p.steps, 6), count_params(model), count_macs(model, size), _lfw(model, cfg, device))
             step_dir.mkdir(parents=True, exist_ok=True)
