@@ -5,7 +5,7 @@ them alike.
 
 Usage (2-core dev CPU; runs from ``facekd prune``)::
 
-    python eval/prune_table.py /tmp/prune/mfn_* --rounds 15 --json /tmp/prune_table.json
+    python eval/prune_table.py /tmp/prune/mfn_* --rounds 15 --json /tmp/prune_table.json --plot /tmp/prune.png
 
 Prints a markdown table (first row: the unpruned source of the first run).
 """
@@ -13,7 +13,6 @@ Prints a markdown table (first row: the unpruned source of the first run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +22,9 @@ import onnxruntime as ort
 
 from facekd.deploy.export import export_onnx, synthetic_inputs
 from facekd.deploy.timing import time_interleaved
+from facekd.evaluation.plots import plot_pruning
 from facekd.hub import resolve
+from facekd.io_utils import atomic_write_json
 from facekd.prune.run import PRUNED, read_result
 
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="facekd prune run folders")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--plot", type=Path, help="write LFW %% against MACs per importance here (PNG)")
+    ap.add_argument("--title", default="Structured pruning", help="the plot's title")
     args = ap.parse_args(argv)
     results = {run: read_result(run) for run in args.runs}
     first = next(iter(results.values()))
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['name']} | {r['importance']} | {100 * r['removed']:.0f}% | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | "
               f"{r['ort_ms_1t']:.2f} ({r['ort_ms_min']:.2f}-{r['ort_ms_max']:.2f}) | {fmt(r['lfw_before'])} | {fmt(r['lfw_after'])} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_json(args.json, rows)
+    if args.plot:
+        plot_pruning(rows, args.plot, title=args.title)
     return 0
 
 

@@ -44,3 +44,30 @@ def save_figure(fig, path: Path | str) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def plot_pruning(rows: list[dict], path: Path | str, title: str = "Structured pruning") -> Path:
+    """LFW accuracy against MACs for pruning runs (``eval/prune_table.py``'s rows): one
+    line per importance after recovery (solid) and before it (dotted), the unpruned
+    source as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    source = [r for r in rows if r["importance"] == "-"]
+    for r in source:
+        ax.plot(r["macs"] / 1e6, r["lfw_before"], "k*", markersize=12, label=f"unpruned: {r['lfw_before']:.2f}%")
+    for i, imp in enumerate(sorted({r["importance"] for r in rows} - {"-"})):
+        runs = sorted((r for r in rows if r["importance"] == imp), key=lambda r: r["macs"])
+        macs = [r["macs"] / 1e6 for r in runs]
+        color = f"C{i}"
+        ax.plot(macs, [r["lfw_after"] for r in runs], "o-", color=color, label=f"{imp}, recovered")
+        ax.plot(macs, [r["lfw_before"] for r in runs], "o:", color=color, alpha=0.6, label=f"{imp}, pruned")
+    ax.set_xlabel("MMAC per face")
+    ax.set_ylabel("LFW accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
