@@ -187,3 +187,16 @@ def test_a_note_on_a_teacher_is_a_footnote_under_the_teachers(tmp_path):
     text = write_report(res, tmp_path / "R.md", "p", plot=False)
     teachers = text.split("## Teachers")[1].split("## Table A")[0]
     assert "| teacher² | student5 | 58.70 ± " in teachers and "- ² teacher, seed 0: did not learn" in teachers
+
+
+def test_a_row_that_trains_what_another_tables_row_trained_shows_that_figure_by_name(tmp_path):
+    # Table B's "student5 distilled" is Table A's weighting row (same student, terms, teacher,
+    # weighting); B's "student5 alone" trains without a teacher, unlike A's Hard: not the same.
+    recs = [_rec("A", "Hard+Soft+FeatureNorm, teacher weighting", 80.0),
+            _rec("A", "Hard+Soft+FeatureNorm, teacher weighting", 82.0, seed=1), _rec("A", "Hard", 75.0)]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert ("| student5 distilled (= Table A: Hard+Soft+FeatureNorm, teacher weighting) | student5 | 81.00 ± 1.41 | 2 |"
+            in text)
+    assert "| student5 alone | student5 | not run | 0 |" in text

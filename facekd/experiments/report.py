@@ -11,7 +11,7 @@ from pathlib import Path
 
 from facekd.errors import FacekdError
 from facekd.experiments.results import read_results
-from facekd.experiments.tables import TABLES, Protocol
+from facekd.experiments.tables import TABLES, Protocol, Row
 from facekd.io_utils import atomic_write_bytes
 
 TITLES = {
@@ -200,18 +200,29 @@ def sweep_section(path: Path, start: Path | None = None) -> list[str]:
     return [*lines, ""]
 
 
+def _same_run(row: Row, by: dict) -> Row | None:
+    """A row of another table that trains exactly what ``row`` does and has results."""
+    key = (row.student, row.terms, row.teacher, row.weighting, row.overrides)
+    return next((r for rows in TABLES.values() for r in rows
+                 if r.table != row.table and (r.student, r.terms, r.teacher, r.weighting, r.overrides) == key
+                 and (r.table, r.name) in by), None)
+
+
 def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
     teacher = proto.teacher_title if proto else "ResNet-27"
     lines = [f"## {TITLES[t].format(teacher=teacher)}", "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in TABLES[t]:
-        s = by.get((t, row.name))
+        s, name = by.get((t, row.name)), row.name
+        if s is None and (twin := _same_run(row, by)) is not None:
+            # The same run under another table's name: its figure, named, not a second run.
+            s, name = by[(twin.table, twin.name)], f"{row.name} (= Table {twin.table}: {twin.name})"
         if s is None:
             why = proto.skip_note if proto and proto.skips(row) else "not run"
             lines.append(f"| {row.name} | {row.student} | {why} | 0 | | | | | |")
             continue
         minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
-        mark = "²" if s.get("notes") else ""
-        lines.append(f"| {row.name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} | "
+        mark = "²" if s.get("notes") and name == row.name else ""
+        lines.append(f"| {name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} | "
                      f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {_ort(s)} | {minutes} |")
     notes = [f"- ² {row.name}, {n}" for row in TABLES[t] if (s := by.get((t, row.name))) for n in s.get("notes", [])]
     return [*lines, *([""] + notes if notes else []), ""]
