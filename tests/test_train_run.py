@@ -147,7 +147,9 @@ def test_torchrun_two_gloo_processes_take_the_same_steps_as_one(train_crops, tmp
         model={"backbone": "resnet27", "backbone_args": {"base": 4, "units": [1, 1, 1, 1], "norm": "none"},
                "head": "softmax"},
         data={"augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0}, "workers": 0},
-        train={"epochs": 2},
+        # fp32 pinned: where the CPU has native bf16, precision "auto" may pick bf16 (or pick
+        # differently in the two runs), whose rounding alone parts the losses by ~1e-3.
+        train={"epochs": 2, "precision": "fp32", "channels_last": False, "compile": False},
         # A tame rate: at 0.05 this net without batch norm amplifies the all-reduce's float
         # rounding into losses 19% apart by step 20.
         optim={"lr": 0.005},
@@ -163,11 +165,17 @@ def test_torchrun_two_gloo_processes_take_the_same_steps_as_one(train_crops, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _records(one, "train"), _records(two, "train")
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+    # Float sums differ in order (all-reduce, and kernels chosen per batch size), and this
+    # net amplifies the difference step by step: the first steps must agree to float
+    # rounding (a wrong shard or gradient average parts them by ~1e-2 from step 1 on), the
+    # later ones only closely (measured on an AVX-512 CPU: 1e-7 up to step 5, 4e-3 by step
+    # 18, weights 2.8e-3 apart after 20 steps; on AVX2 all within 1e-4).
+    loss_a, loss_b = [r["loss"] for r in a], [r["loss"] for r in b]
+    assert loss_b[:6] == pytest.approx(loss_a[:6], rel=1e-5)
+    assert loss_b == pytest.approx(loss_a, rel=2e-2)
     sa = torch.load(one / "checkpoints/last.pt", weights_only=True)["model"]
     sb = torch.load(two / "checkpoints/last.pt", weights_only=True)["model"]
-    # Float sums differ in order (all-reduce), so after 16 SGD steps weights agree to ~5e-5.
-    assert max((sa[k] - sb[k]).abs().max().item() for k in sa) < 5e-4
+    assert max((sa[k] - sb[k]).abs().max().item() for k in sa) < 2e-2
 
 
 def test_throughput_bench_runs_on_cpu_at_a_tiny_size(train_crops, tmp_path):
