@@ -147,8 +147,8 @@ def test_torchrun_two_gloo_processes_take_the_same_steps_as_one(train_crops, tmp
         model={"backbone": "resnet27", "backbone_args": {"base": 4, "units": [1, 1, 1, 1], "norm": "none"},
                "head": "softmax"},
         data={"augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0}, "workers": 0},
-        # fp32 pinned: where the CPU has native bf16, precision "auto" may pick bf16 (or pick
-        # differently in the two runs), whose rounding alone parts the losses by ~1e-3.
+        # Pinned, so that both runs are fp32 eager whatever the CPU ("auto" picks by timing,
+        # and may pick bf16 where the CPU has it natively).
         train={"epochs": 2, "precision": "fp32", "channels_last": False, "compile": False},
         # A tame rate: at 0.05 this net without batch norm amplifies the all-reduce's float
         # rounding into losses 19% apart by step 20.
@@ -167,9 +167,10 @@ def test_torchrun_two_gloo_processes_take_the_same_steps_as_one(train_crops, tmp
     assert [r["step"] for r in a] == [r["step"] for r in b]
     # Float sums differ in order (all-reduce, and kernels chosen per batch size), and this
     # net amplifies the difference step by step: the first steps must agree to float
-    # rounding (a wrong shard or gradient average parts them by ~1e-2 from step 1 on), the
-    # later ones only closely (measured on an AVX-512 CPU: 1e-7 up to step 5, 4e-3 by step
-    # 18, weights 2.8e-3 apart after 20 steps; on AVX2 all within 1e-4).
+    # rounding (a wrong shard changes step 0's mean loss, a wrong gradient average step
+    # 1's), the later ones only closely. Measured on an AVX-512 CPU, fp32: 1e-7 up to step
+    # 5, 4e-3 by step 18, weights 2.8e-3 apart after 20 steps (the AVX2 CPUs of earlier
+    # sessions met rel 1e-4 throughout and 5e-4 on the weights).
     loss_a, loss_b = [r["loss"] for r in a], [r["loss"] for r in b]
     assert loss_b[:6] == pytest.approx(loss_a[:6], rel=1e-5)
     assert loss_b == pytest.approx(loss_a, rel=2e-2)

@@ -269,10 +269,9 @@ def read_accuracies(path: Path | str) -> dict[str, float]:
 
 def plot_accuracy_latency(rows: list[dict], accuracies: dict[str, float], path: Path | str, key: str = "ort_fp32_ms_1t") -> Path:
     """PNG: LFW accuracy against CPU latency, marker area proportional to parameters."""
-    import matplotlib
+    from facekd.evaluation.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # heavy; only the plot needs it
+    plt = pyplot()
 
     pts = [(r, accuracies[r["name"]]) for r in rows if r["name"] in accuracies and r.get(key)]
     if not pts:

@@ -9,13 +9,22 @@ from facekd.io_utils import atomic_write_bytes
 from facekd.evaluation.metrics import VerificationResult
 
 
-def plot_roc(results: dict[str, VerificationResult], path: Path | str, title: str = "LFW verification ROC") -> Path:
-    """Saves a ROC plot (TAR against FAR, log FAR axis) of one or more results as PNG."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported when a plot is made
+    (heavy; nothing imports it at start-up)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(results: dict[str, VerificationResult], path: Path | str, title: str = "LFW verification ROC") -> Path:
+    """Saves a ROC plot (TAR against FAR, log FAR axis) of one or more results as PNG."""
     from sklearn.metrics import roc_curve
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
     floor = 1.0
@@ -50,10 +59,7 @@ def plot_pruning(rows: list[dict], path: Path | str, title: str = "Structured pr
     """LFW accuracy against MACs for pruning runs (``eval/prune_table.py``'s rows): one
     line per importance after recovery (solid) and before it (dotted), the unpruned
     source as a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
     source = [r for r in rows if r["importance"] == "-"]

@@ -155,12 +155,9 @@ def plot_accuracy_latency(by: dict, path: Path, title: str) -> Path | None:
     points = [(k, v) for k, v in by.items() if v.get("cpu_ms")]
     if not points:
         return None
-    import matplotlib
+    from facekd.evaluation.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from facekd.evaluation.plots import save_figure
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     colours = {"A": "tab:blue", "B": "tab:green", "C": "tab:purple", "D": "tab:orange", "teachers": "tab:red"}
@@ -202,10 +199,8 @@ def sweep_section(path: Path, start: Path | None = None) -> list[str]:
 
 def _same_run(row: Row, by: dict) -> Row | None:
     """A row of another table that trains exactly what ``row`` does and has results."""
-    key = (row.student, row.terms, row.teacher, row.weighting, row.overrides)
     return next((r for rows in TABLES.values() for r in rows
-                 if r.table != row.table and (r.student, r.terms, r.teacher, r.weighting, r.overrides) == key
-                 and (r.table, r.name) in by), None)
+                 if r.table != row.table and r.recipe == row.recipe and (r.table, r.name) in by), None)
 
 
 def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:

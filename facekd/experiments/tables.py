@@ -42,6 +42,11 @@ class Row:
     overrides: tuple[str, ...] = ()
 
     @property
+    def recipe(self) -> tuple:
+        """What the row trains: two rows with the same recipe are the same run."""
+        return self.student, self.terms, self.teacher, self.weighting, self.overrides
+
+    @property
     def kind(self) -> str:
         return "distill" if self.terms else "train"
 
