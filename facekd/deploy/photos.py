@@ -102,6 +102,16 @@ def align_photo(path: Path | str, detectors: DetectorChain, template: str) -> Ph
         raise PhotoError(path, f"unreadable ({exc})") from None
     except OSError as exc:
         raise PhotoError(path, f"cannot read file ({exc.strerror or exc})") from None
+    return align_image(image, path, detectors, template)
+
+
+def align_image(image: np.ndarray, photo: Path | str, detectors: DetectorChain, template: str) -> PhotoFace:
+    """Like :func:`align_photo` for a photo already decoded (HxWx3 uint8 RGB), e.g. an
+    upload; ``photo`` names it in the result and in errors.
+
+    Raises:
+        PhotoError: No detector finds a face scoring at least its ``min_score``.
+    """
     for name in detectors.names:
         detector = detectors.get(name)
         faces = detector.faces(image)
@@ -109,9 +119,9 @@ def align_photo(path: Path | str, detectors: DetectorChain, template: str) -> Ph
             face = select_central_face(faces, *image.shape[:2])
             crop = warp_to_template(image, face.landmarks, get_template(template))
             return PhotoFace(
-                photo=str(path), crop=crop, faces=len(faces), score=float(face.score), detector=detector.name
+                photo=str(photo), crop=crop, faces=len(faces), score=float(face.score), detector=detector.name
             )
-    raise PhotoError(path, f"no face found (tried {', '.join(detectors.names)})")
+    raise PhotoError(photo, f"no face found (tried {', '.join(detectors.names)})")
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
