@@ -40,6 +40,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tensorboard>=2.14",  # facekd train writes RUN_DIR/tb
+        "faiss-cpu>=1.8",  # gallery search (facekd.identify.index): flat and HNSW inner-product indexes
     ],
     extras_require={
         # Ready teachers (facekd.teachers): FaceNet-CASIA's frozen graph, converted once

@@ -7,7 +7,9 @@ An exported model carries:
 - ``facekd.model``: :class:`ModelInfo` (backbone name, input size, embedding size,
   whether the output is L2-normalised, graph rewrites, INT8 recipe),
 - ``facekd.threshold``: the verification threshold chosen on LFW
-  (:mod:`facekd.deploy.threshold`).
+  (:mod:`facekd.deploy.threshold`),
+- ``facekd.ident_threshold``: the open-set identification thresholds (one per scoring
+  rule) chosen on LFW for a target FPIR (:mod:`facekd.identify.threshold`).
 
 Export, quantization, the threshold and the embedders import from here, and from
 nothing else in ``facekd.deploy``, so the deploy modules form no cycle.
@@ -26,6 +28,7 @@ from facekd.io_utils import atomic_write_bytes
 PREPROCESSING_META_KEY = "facekd"
 MODEL_META_KEY = "facekd.model"
 THRESHOLD_META_KEY = "facekd.threshold"
+IDENT_THRESHOLD_META_KEY = "facekd.ident_threshold"
 
 
 @dataclass(frozen=True)
