@@ -1,0 +1,98 @@
+"""API keys and the rule that keeps ``facekd serve`` closed by default.
+
+Keys come only from ``--api-key-file`` (none is built in). A server bound to anything
+but loopback without a key file refuses to start. Keys are compared with
+:func:`hmac.compare_digest` against every configured key, so the time taken says nothing
+about which key, or how much of one, matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from pathlib import Path
+
+from fastapi import Request
+
+from facekd.errors import FacekdError
+from facekd.serve.errors import ApiError
+
+API_KEY_HEADER = "X-API-Key"
+MIN_KEY_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; False for every other address or name
+    (a name could resolve anywhere, so it is treated as public)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_keys(path: Path) -> tuple[bytes, ...]:
+    """The keys in ``path``: one a line, blank lines and ``#`` comments skipped.
+
+    Raises:
+        FacekdError: The file is missing or unreadable, holds no key, or a key shorter
+            than ``MIN_KEY_LENGTH`` characters.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FacekdError(f"{path}: API key file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FacekdError(f"{path}: cannot read API key file ({exc})") from None
+    keys = []
+    for n, line in enumerate(text.splitlines(), 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        if len(key) < MIN_KEY_LENGTH:
+            raise FacekdError(f"{path}: line {n}: API key shorter than {MIN_KEY_LENGTH} characters")
+        keys.append(key.encode("utf-8"))
+    if not keys:
+        raise FacekdError(f"{path}: no API key in the file (one a line)")
+    return tuple(keys)
+
+
+def check_binding(host: str, api_key_file: Path | None) -> None:
+    """Refuses a server reachable from other machines without API keys.
+
+    Raises:
+        FacekdError: ``host`` is not loopback and no key file was given.
+    """
+    if api_key_file is None and not is_loopback(host):
+        raise FacekdError(
+            f"refusing to serve on {host} without API keys: anything but loopback (127.0.0.1, ::1, localhost) "
+            "needs --api-key-file FILE (one key a line, sent by clients as X-API-Key)"
+        )
+
+
+class ApiKeyCheck:
+    """A FastAPI dependency: passes when no key is configured, else needs a valid ``X-API-Key``."""
+
+    def __init__(self, keys: tuple[bytes, ...] = ()) -> None:
+        self._keys = keys
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def matches(self, offered: str) -> bool:
+        given = offered.encode("utf-8", "surrogateescape")
+        ok = False
+        for key in self._keys:  # every key compared: no early exit
+            ok |= hmac.compare_digest(given, key)
+        return ok
+
+    async def __call__(self, request: Request) -> None:
+        if not self._keys:
+            return
+        offered = request.headers.get(API_KEY_HEADER)
+        if offered is None:
+            raise ApiError(401, "missing_api_key", f"this server needs an API key: send it in the {API_KEY_HEADER} header")
+        if not self.matches(offered):
+            raise ApiError(401, "invalid_api_key", f"the {API_KEY_HEADER} header holds no valid API key")
