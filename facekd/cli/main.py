@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from facekd.align.detector import DETECTORS
+from facekd.cli import identify as cli_identify
 from facekd.errors import FacekdError
 from facekd.progress import progress_bar
 
@@ -78,6 +79,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     lfw.add_argument("--plot", type=Path, help="write a ROC plot (PNG) here")
     lfw.add_argument("--exit", type=int, dest="exit_k", help="multi-exit model: answer with exit K (1 = earliest)")
     lfw.set_defaults(func=_run_eval_lfw)
+    cli_identify.add_eval_lfw_ident(evsub)
 
 
 def _lfw_data(arg: Path | None) -> Path:
@@ -217,7 +219,7 @@ def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     from facekd.cli import serve as cli_serve
 
     return [cli_demo.add_demo, *_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS,
-            *cli_serve.COMMANDS]
+            *cli_serve.COMMANDS, *cli_identify.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

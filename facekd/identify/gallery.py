@@ -132,6 +132,7 @@ class Gallery:
         self._index_options = index_options
         self._model_path = Path(model_path) if model_path else None
         self._embedder = None
+        self._chains: dict = {}
         self._lock = threading.RLock()
         self.refresh()
 
@@ -224,6 +225,15 @@ class Gallery:
 
     # --- photos ----------------------------------------------------------------------
 
+    def _chain(self, detectors: str):
+        """The detector chain for ``detectors`` ("yunet,mtcnn"), built once per gallery."""
+        from facekd.deploy.photos import DetectorChain
+
+        with self._lock:
+            if detectors not in self._chains:
+                self._chains[detectors] = DetectorChain.parse(detectors)
+            return self._chains[detectors]
+
     def embed_photos(self, photos: Sequence[Path | str], detectors: str = DEFAULT_DETECTORS,
                      progress: Progress | None = None, batch: int = 16):
         """Detects, aligns and embeds photos with the gallery's model.
@@ -233,10 +243,10 @@ class Gallery:
             (source, detector, crop hash), their (N, D) L2-normalised embeddings, and
             ``(photo, reason)`` for each photo that could not be used.
         """
-        from facekd.deploy.photos import DetectorChain, PhotoError, align_photo, embed_faces
+        from facekd.deploy.photos import PhotoError, align_photo, embed_faces
 
         embedder = self.embedder()
-        chain = DetectorChain.parse(detectors)
+        chain = self._chain(detectors)
         records: list[FaceRecord] = []
         chunks: list[np.ndarray] = []
         errors: list[tuple[str, str]] = []
@@ -480,10 +490,10 @@ class Gallery:
         Raises:
             PhotoError: Unreadable, or no face found.
         """
-        from facekd.deploy.photos import DetectorChain, align_photo, embed_faces
+        from facekd.deploy.photos import align_photo, embed_faces
 
         embedder = self.embedder()
-        face = align_photo(photo, DetectorChain.parse(detectors), embedder.pre.template)
+        face = align_photo(photo, self._chain(detectors), embedder.pre.template)
         return self.identify(embed_faces(embedder, [face])[0], top_k, scoring, threshold)
 
 

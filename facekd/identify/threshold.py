@@ -5,7 +5,7 @@ score that lets through a target fraction of non-mated probes (the false-positiv
 identification rate, FPIR), one threshold per scoring rule ("best" face, "mean"
 template). Stored in the ONNX model under ``facekd.ident_threshold`` beside the verify
 threshold; a gallery copies it when it is created (``GalleryModel.thresholds``).
-``facekd threshold MODEL.onnx --ident`` chooses and stores one.
+``facekd eval lfw-ident --model MODEL.onnx --store-threshold`` chooses and stores one.
 """
 
 from __future__ import annotations
