@@ -8,6 +8,7 @@ import numpy as np
 
 from facekd.align.detector import Detection, FaceDetector, select_central_face
 from facekd.align.template import Template, warp_to_template
+from facekd.errors import FacekdError
 
 # Where a face's five landmarks sit, as fractions of width and height, in an LFW-style
 # loose crop centred on the face: the mean MTCNN landmarks over deep-funneled LFW
@@ -37,6 +38,40 @@ def central_landmarks(height: int, width: int) -> np.ndarray:
     return CENTRAL_LANDMARKS * np.array([width, height], dtype=np.float64)
 
 
+def fallback_detection(height: int, width: int) -> Detection:
+    """Where facekd's aligner puts a face it did not find: the central landmarks, and a
+    box around them shaped like MTCNN's (the landmarks' spread, grown as MTCNN's boxes
+    are on LFW)."""
+    lm = central_landmarks(height, width)
+    (x1, y1), (x2, y2) = lm.min(0), lm.max(0)
+    w, h = x2 - x1, y2 - y1
+    box = np.array([x1 - 0.55 * w, y1 - 0.95 * h, x2 + 0.55 * w, y2 + 0.6 * h])
+    return Detection(box=box, score=0.0, landmarks=lm)
+
+
+def box_crop(image: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
+    """FaceNet's crop: ``box`` (x1, y1, x2, y2) grown by ``margin`` pixels, truncated to
+    whole pixels and clipped as facenet's aligner does, resized to ``size`` square."""
+    import cv2  # see warp_to_template
+
+    h, w = image.shape[:2]
+    x1 = int(max(box[0] - margin / 2, 0))
+    y1 = int(max(box[1] - margin / 2, 0))
+    x2 = int(min(box[2] + margin / 2, w))
+    y2 = int(min(box[3] + margin / 2, h))
+    if x2 <= x1 or y2 <= y1:
+        raise FacekdError(f"empty face box {box.tolist()} in a {w}x{h} photo")
+    return cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def cut_face(image: np.ndarray, face: Detection, template: Template) -> np.ndarray:
+    """The crop of ``face`` in ``template``'s geometry: a similarity warp of its
+    landmarks, or FaceNet's box crop when the template has a ``box_margin``."""
+    if template.box_margin is None:
+        return warp_to_template(image, face.landmarks, template)
+    return box_crop(image, face.box, template.box_margin, template.height)
+
+
 def align_detected(
     image: np.ndarray, detections: list[Detection], template: Template, min_score: float = MIN_SCORE
 ) -> AlignedFace:
@@ -45,10 +80,10 @@ def align_detected(
     h, w = image.shape[:2]
     faces = [d for d in detections if d.score >= min_score]
     if not faces:
-        crop = warp_to_template(image, central_landmarks(h, w), template)
+        crop = cut_face(image, fallback_detection(h, w), template)
         return AlignedFace(crop=crop, fallback=True, faces=0, score=0.0)
     face = select_central_face(faces, h, w)
-    crop = warp_to_template(image, face.landmarks, template)
+    crop = cut_face(image, face, template)
     return AlignedFace(crop=crop, fallback=False, faces=len(faces), score=face.score, landmarks=face.landmarks)
 
 

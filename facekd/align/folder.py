@@ -7,7 +7,6 @@ state file.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ from facekd.align.detector import DETECTORS, build_detector, detector_key
 from facekd.align.template import Template, get_template
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes, atomic_write_json
+from facekd.workers import run_in_workers
 
 REPORT_NAME = "align_report.json"
 STATE_NAME = ".align_state.jsonl"
@@ -121,21 +121,21 @@ def scan_folder(src: Path) -> tuple[list[str], list[str]]:
 _WORKER: dict = {}
 
 
-def _init_worker(src: str, dst: str, opts: AlignOptions, threads: int) -> None:
+def _init_worker(src: str, dst: str, opts: AlignOptions, template: Template, threads: int) -> None:
+    """Builds the worker's detector; ``template`` is passed resolved, since a spawned
+    worker knows only the templates its imports register. A failure is raised by
+    every chunk (see facekd.workers)."""
     # MTCNN's R- and O-nets see a new batch size on almost every photo; oneDNN's
     # primitive cache keeps a kernel for each, and a worker grew by ~1 MB per 3 photos
     # (1.1 GB -> 1.45 GB in 30 s on LFW). Without the cache it stays flat at ~850 MB
     # for ~7% less speed. Must be set before torch first runs a convolution.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    _WORKER.clear()
     try:
         detector = build_detector(opts.detector, device=opts.device, min_face_size=opts.min_face_size)
-    except Exception as exc:  # noqa: BLE001 - reported by the first chunk, see _align_chunk
-        # An initializer that raises makes multiprocessing.Pool start a new worker, which
-        # raises again, forever: the run would hang. Keep the reason; every chunk raises it.
-        _WORKER.clear()
+    except Exception as exc:  # noqa: BLE001 - the reason, with the detector named
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _WORKER["error"] = f"detector {opts.detector!r} (device {opts.device}) cannot start: {reason}"
-        return
+        raise FacekdError(f"detector {opts.detector!r} (device {opts.device}) cannot start: {reason}") from None
     if detector.uses_torch:
         import torch  # only a torch detector pays for importing torch in every worker
 
@@ -144,13 +144,7 @@ def _init_worker(src: str, dst: str, opts: AlignOptions, threads: int) -> None:
         import cv2
 
         cv2.setNumThreads(threads)
-    _WORKER.update(
-        src=Path(src),
-        dst=Path(dst),
-        opts=opts,
-        template=get_template(opts.template),
-        detector=detector,
-    )
+    _WORKER.update(src=Path(src), dst=Path(dst), opts=opts, template=template, detector=detector)
 
 
 def _encode(crop: np.ndarray, suffix: str, quality: int) -> bytes:
@@ -168,8 +162,6 @@ def _encode(crop: np.ndarray, suffix: str, quality: int) -> bytes:
 def _align_chunk(rels: list[str]) -> list[dict]:
     from facekd.data.image_io import UnreadableImage, read_rgb
 
-    if "error" in _WORKER:
-        raise FacekdError(_WORKER["error"])
     src, dst, opts = _WORKER["src"], _WORKER["dst"], _WORKER["opts"]
     template: Template = _WORKER["template"]
     results: list[dict] = []
@@ -260,7 +252,7 @@ def align_folder(
 
     state_path = dst / STATE_NAME
     state = _read_state(state_path)
-    old_template = _check_state_header(state.pop("__template__", {}), dst, template.name,
+    old_template = _check_state_header(state.pop("__template__", {}), dst, template.key,
                                        detector_key(opts.detector))
     done = {
         rel
@@ -273,7 +265,7 @@ def align_folder(
     started = time.perf_counter()
     with state_path.open("a") as state_file:
         if old_template is None:
-            first = {"file": "__template__", "template": template.name, "detector": detector_key(opts.detector)}
+            first = {"file": "__template__", "template": template.key, "detector": detector_key(opts.detector)}
             state_file.write(json.dumps(first) + "\n")
         _align_todo(src, dst, opts, todo, workers, state, state_file, progress, len(done), len(images))
     elapsed = time.perf_counter() - started
@@ -331,21 +323,22 @@ def _align_todo(src: Path, dst: Path, opts: AlignOptions, todo: list[str], worke
 
     if progress:
         progress(count, total)
+    template = get_template(opts.template)
     if workers == 1:
-        _init_worker(str(src), str(dst), opts, threads=max(1, (os.cpu_count() or 1)))
+        _init_worker(str(src), str(dst), opts, template, threads=max(1, (os.cpu_count() or 1)))
         for chunk in _chunks(todo, CHUNK):
             record(_align_chunk(chunk))
             count += len(chunk)
             if progress:
                 progress(count, total)
         return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(src), str(dst), opts, 1)) as pool:
-        for batch in pool.imap_unordered(_align_chunk, _chunks(todo, CHUNK)):
-            record(batch)
-            count += len(batch)
-            if progress:
-                progress(count, total)
+    batches = run_in_workers(_align_chunk, _chunks(todo, CHUNK), workers, what=f"align {src}",
+                             initializer=_init_worker, initargs=(str(src), str(dst), opts, template, 1), ordered=False)
+    for batch in batches:
+        record(batch)
+        count += len(batch)
+        if progress:
+            progress(count, total)
 
 
 def _report(src: Path, dst: Path, template: str, detector: str, recs: list[dict], metadata: list[str], total: int,

@@ -24,12 +24,23 @@ _SPHEREFACE_112x96 = (
 
 @dataclass(frozen=True)
 class Template:
-    """Where the five landmarks land in an aligned crop of ``height`` x ``width``."""
+    """Where the five landmarks land in an aligned crop of ``height`` x ``width``.
+
+    ``box_margin`` set: the crop is not a similarity warp but FaceNet's box crop (the
+    detector's box grown by ``box_margin`` photo pixels, half per side, clipped, resized
+    to ``height`` x ``width``); ``landmarks`` are then where the landmarks fall on average.
+    """
 
     name: str
     height: int
     width: int
     landmarks: tuple[tuple[float, float], ...]
+    box_margin: float | None = None
+
+    @property
+    def key(self) -> str:
+        """Names the geometry, not just the size: folders of crops are kept apart by it."""
+        return self.name if self.box_margin is None else f"{self.name}-box{self.box_margin:g}"
 
     @property
     def points(self) -> np.ndarray:
@@ -45,11 +56,19 @@ TEMPLATES: dict[str, Template] = {
     "112x96": Template("112x96", 112, 96, _SPHEREFACE_112x96),
     # ArcFace: the same template shifted 8 px right, in a 112x112 crop.
     "112x112": Template("112x112", 112, 112, tuple((x + 8.0, y) for x, y in _SPHEREFACE_112x96)),
+    # FaceNet's (davidsandberg/facenet) 160x160 crop of MTCNN's box grown by 32 px; the
+    # landmarks are the mean MTCNN landmarks in such crops over LFW's 7,699 pair photos.
+    "facenet160": Template(
+        "facenet160", 160, 160,
+        ((55.8, 66.4), (109.4, 65.4), (83.1, 91.1), (60.0, 113.4), (107.4, 112.5)),
+        box_margin=32.0,
+    ),
 }
 
 
 def get_template(name: str) -> Template:
-    """The template called ``name`` ("112x96" or "112x112")."""
+    """The template called ``name`` ("112x96", "112x112", "facenet160", or a teacher crop
+    size registered by :mod:`facekd.teachers.crops`)."""
     try:
         return TEMPLATES[name]
     except KeyError:

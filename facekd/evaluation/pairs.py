@@ -98,7 +98,7 @@ def aligned_folder_for(root: Path, template: str, detector: str = "mtcnn") -> Pa
     from facekd.paths import cache_dir
 
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return cache_dir() / "aligned" / f"{root.name}-{key}-{template}-{detector_key(detector)}"
+    return cache_dir() / "aligned" / f"{root.name}-{key}-{get_template(template).key}-{detector_key(detector)}"
 
 
 @dataclass

@@ -32,11 +32,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from facekd.align.aligner import MIN_SCORE, central_landmarks
+from facekd.align.aligner import MIN_SCORE, box_crop, fallback_detection  # noqa: F401  (box_crop: re-exported)
 from facekd.align.detector import Detection, select_central_face
 from facekd.align.template import TEMPLATES, Template, get_template, warp_to_template
 from facekd.errors import FacekdError
 from facekd.registry import Registry
+from facekd.workers import run_in_workers
 
 Progress = Callable[[int, int], None]
 
@@ -65,7 +66,7 @@ class CropGeometry:
 
     @property
     def template(self) -> Template:
-        if self.kind == "template":
+        if self.kind == "template" or self.name in TEMPLATES:  # facekd's own (facenet160: a box template)
             return get_template(self.name)
         return Template(self.name, self.height, self.width, self.mean_landmarks)
 
@@ -88,25 +89,14 @@ for _name in ("112x96", "112x112"):
 # Mean MTCNN landmarks in each crop, measured over LFW's pair photos with facekd's MTCNN
 # detections (pixel centres, cv2.resize convention): 7,699 photos for facenet160, every
 # 10th (770) for dlib150, whose chips need dlib's landmarks.
+_F160 = get_template("facenet160")  # the box geometry is an alignment template (facekd.align.template)
 FACENET_160 = register_crop(CropGeometry(
-    "facenet160", "box", 160, 160, margin=32.0,
-    mean_landmarks=((55.8, 66.4), (109.4, 65.4), (83.1, 91.1), (60.0, 113.4), (107.4, 112.5)),
+    "facenet160", "box", _F160.height, _F160.width, margin=_F160.box_margin, mean_landmarks=_F160.landmarks,
 ))
 DLIB_150 = register_crop(CropGeometry(
     "dlib150", "dlib_chip", 150, 150, padding=0.25,
     mean_landmarks=((47.5, 46.0), (102.6, 45.9), (74.5, 78.6), (50.5, 106.2), (99.6, 106.1)),
 ))
-
-
-def fallback_detection(height: int, width: int) -> Detection:
-    """Where facekd's aligner puts a face it did not find: the central landmarks, and a
-    box around them shaped like MTCNN's (the landmarks' spread, grown as MTCNN's boxes
-    are on LFW)."""
-    lm = central_landmarks(height, width)
-    (x1, y1), (x2, y2) = lm.min(0), lm.max(0)
-    w, h = x2 - x1, y2 - y1
-    box = np.array([x1 - 0.55 * w, y1 - 0.95 * h, x2 + 0.55 * w, y2 + 0.6 * h])
-    return Detection(box=box, score=0.0, landmarks=lm)
 
 
 def choose_face(
@@ -116,21 +106,6 @@ def choose_face(
     ``min_score`` is the detector's (``FaceDetector.min_score``)."""
     faces = [d for d in detections if d.score >= min_score]
     return select_central_face(faces, height, width) if faces else None
-
-
-def box_crop(image: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
-    """FaceNet's crop: ``box`` (x1, y1, x2, y2) grown by ``margin`` pixels, truncated to
-    whole pixels and clipped as facenet's aligner does, resized to ``size`` square."""
-    import cv2
-
-    h, w = image.shape[:2]
-    x1 = int(max(box[0] - margin / 2, 0))
-    y1 = int(max(box[1] - margin / 2, 0))
-    x2 = int(min(box[2] + margin / 2, w))
-    y2 = int(min(box[3] + margin / 2, h))
-    if x2 <= x1 or y2 <= y1:
-        raise FacekdError(f"empty face box {box.tolist()} in a {w}x{h} photo")
-    return cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 class DlibChipper:
@@ -225,18 +200,16 @@ def detect_photos(
     """The face facekd's aligner would choose in each photo (None: fallback), found once
     so every teacher's crop comes from the same detection; ``workers`` processes
     (0: one per core)."""
-    import multiprocessing as mp
     import os
 
     workers = workers or os.cpu_count() or 1
     chunks = [(str(src), files[i : i + 16]) for i in range(0, len(files), 16)]
     found: dict[str, Detection | None] = {}
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_detect, initargs=(detector, 1)) as pool:
-        for part in pool.imap(_detect_chunk, chunks):
-            found.update(part)
-            if progress:
-                progress(len(found), len(files))
+    for part in run_in_workers(_detect_chunk, chunks, workers, what=f"detect faces in {src}",
+                               initializer=_init_detect, initargs=(detector, 1)):
+        found.update(part)
+        if progress:
+            progress(len(found), len(files))
     return found
 
 
