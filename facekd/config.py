@@ -4,6 +4,10 @@ Defaults live in the dataclasses; a config file states only what differs. An unk
 is an error naming the file and the key's full path (``optim.lr``), and so is a value of
 the wrong type. ``--set a.b=value`` overrides parse ``value`` as YAML (``0.1``, ``true``,
 ``[1, 2]``).
+
+A field's allowed values are data on the field: ``field(default=40, metadata=at_least(1))``
+(see :class:`Range`); they are checked when a config is read, and an error names the
+file, the key and the range.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +24,79 @@ import yaml
 from facekd.errors import FacekdError
 
 T = TypeVar("T")
+
+RANGE = "range"  # the dataclass field metadata key holding a Range
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take, or the length a list must have.
+
+    Attributes:
+        low, high: Bounds (None: unbounded).
+        low_open, high_open: Exclude the bound itself (``(0, 1]``).
+        min_items: A list field: the fewest items it may hold.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    min_items: int | None = None
+
+    def __str__(self) -> str:
+        if self.min_items is not None:
+            return f"a list of at least {self.min_items} item{'s' if self.min_items != 1 else ''}"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open or self.low is None else '['}{lo}, {hi}{')' if self.high_open or self.high is None else ']'}"
+
+    def allows(self, value: Any) -> bool:
+        """Whether ``value`` is inside (None, and values of other kinds, always are)."""
+        if self.min_items is not None:
+            return not isinstance(value, (list, tuple, dict)) or len(value) >= self.min_items
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+        if value != value:  # NaN is in no range
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+
+def in_range(rng: Range) -> dict:
+    """Field metadata: ``field(default=..., metadata=in_range(Range(0, 1)))``."""
+    return {RANGE: rng}
+
+
+def at_least(low: float) -> dict:
+    """Field metadata for ``value >= low`` (epochs, batch sizes: ``at_least(1)``)."""
+    return in_range(Range(low))
+
+
+def positive() -> dict:
+    """Field metadata for ``value > 0`` (learning rates, temperatures)."""
+    return in_range(Range(0, low_open=True))
+
+
+def fraction(low_open: bool = False, high_open: bool = False) -> dict:
+    """Field metadata for a ratio in [0, 1] (or with open ends: ``fraction(high_open=True)``
+    is [0, 1))."""
+    return in_range(Range(0, 1, low_open=low_open, high_open=high_open))
+
+
+def non_empty() -> dict:
+    """Field metadata for a list that must hold at least one item."""
+    return in_range(Range(min_items=1))
+
+
+def _check_ranges(cls: type, kwargs: dict, where: str, sep: str) -> None:
+    for f in dataclasses.fields(cls):
+        rng = f.metadata.get(RANGE)
+        if rng is None or f.name not in kwargs or kwargs[f.name] is None:
+            continue
+        if not rng.allows(kwargs[f.name]):
+            raise FacekdError(f"{where}{sep}{f.name}: {kwargs[f.name]!r} is out of range (allowed: {rng})")
 
 
 def _type_name(tp: Any) -> str:
@@ -82,7 +160,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
         raise FacekdError(
             f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
@@ -90,6 +168,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         )
     sep = ": " if ": " not in where else "."
     kwargs = {k: _coerce(v, hints[k], f"{where}{sep}{k}") for k, v in data.items()}
+    _check_ranges(cls, kwargs, where, sep)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from facekd.config import at_least, fraction
 from facekd.distill.config import DistillCfg, DistillConfig
 
 
@@ -35,13 +36,13 @@ class PruneCfg:
     source: str = ""
     weights: str | None = None
     importance: str = "taylor"
-    ratio: float = 0.5
-    steps: int = 1
+    ratio: float = field(default=0.5, metadata=fraction(high_open=True))
+    steps: int = field(default=1, metadata=at_least(1))
     global_pruning: bool = False
     layer_ratios: dict = field(default_factory=dict)
-    max_layer_ratio: float = 0.9
-    round_to: int | None = None
-    importance_batches: int = 8
+    max_layer_ratio: float = field(default=0.9, metadata=fraction(low_open=True, high_open=True))
+    round_to: int | None = field(default=None, metadata=at_least(1))
+    importance_batches: int = field(default=8, metadata=at_least(1))
 
 
 def _featurenorm_only() -> DistillCfg:
