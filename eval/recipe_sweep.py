@@ -13,6 +13,7 @@ user would start from. Finished variants are skipped on a second run (resumable)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     proto = protocols(REPO)["facekd-dev-cpu"]
     overrides = [*args.overrides, f"train.epochs={args.epochs}", f"eval.every={args.epochs}"]
     runner = Runner(REPO, proto, args.runs, args.results, overrides, packs=args.packs)
-    done = {r["row"] for r in read_results(args.results)}
+    done = {r.row for r in read_results(args.results)}
     for name, (teacher, terms, extra) in VARIANTS.items():
         if name in done or (args.only and not any(o in name for o in args.only)):
             continue
@@ -68,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         row = Row("sweep", name, "student5", tuple(json.dumps(t, sort_keys=True) for t in terms), teacher,
                   overrides=extra)
-        rec = runner.run_row(row, seed=0)
-        rec["overrides"] = list(extra)
+        rec = dataclasses.replace(runner.run_row(row, seed=0), overrides=list(extra))
         append_result(args.results, rec)
-        print(f"{name}: LFW {rec['lfw_acc']:.2f} ± {rec['lfw_std']:.2f} ({rec['seconds']:.0f} s)")
+        print(f"{name}: LFW {rec.lfw_acc:.2f} ± {rec.lfw_std:.2f} ({rec.seconds:.0f} s)")
     return 0
 
 

@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         deadline=time.time() + 60 * args.budget_minutes if args.budget_minutes else None, packs=args.packs,
     )
     if args.teacher_lfw:
-        have = {(r["protocol"], r["table"], r["row"]) for r in read_results(results)}
+        have = {(r.protocol, r.table, r.row) for r in read_results(results)}
         for rec in ready_teacher_records(proto, json.loads(args.teacher_lfw.read_text())):
-            if (rec["protocol"], "teachers", rec["row"]) not in have:
+            if (rec.protocol, "teachers", rec.row) not in have:
                 append_result(results, rec)
-                print(f"teacher {rec['row']}: LFW {rec['lfw_acc']:.2f} ({rec['recipe']}), {rec['cpu_ms']:.1f} ms per face")
+                print(f"teacher {rec.row}: LFW {rec.lfw_acc:.2f} ({rec.recipe}), {rec.cpu_ms:.1f} ms per face")
     left = 0 if args.report_only else runner.run(tables, args.seeds, args.rows)
     write_report(results, report, proto)
     print(f"report: {report}" + (f"; {left} runs left" if left else ""))

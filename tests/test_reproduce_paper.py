@@ -164,10 +164,10 @@ def test_ready_teachers_enter_the_results_with_their_lfw_size_and_latency(mobile
     })
     lfw = {"mobilefacenet plain": {"accuracy": 98.97, "std": 0.31}, "mobilefacenet flip": {"accuracy": 99.07, "std": 0.4}}
     (rec,) = ready_teacher_records(proto, lfw)  # the ensemble has no figure in the file: left out
-    assert rec["row"] == "mobilefacenet" and rec["table"] == "teachers"
-    assert rec["lfw_acc"] == 99.07 and rec["flip"] and rec["recipe"] == "mobilefacenet flip"
-    assert abs(rec["params"] - 0.99e6) < 0.02e6  # MobileFaceNet: 0.99 M parameters
-    assert 0.1 < rec["cpu_ms"] < 1000
+    assert rec.row == "mobilefacenet" and rec.table == "teachers"
+    assert rec.lfw_acc == 99.07 and rec.flip and rec.recipe == "mobilefacenet flip"
+    assert abs(rec.params - 0.99e6) < 0.02e6  # MobileFaceNet: 0.99 M parameters
+    assert 0.1 < rec.cpu_ms < 1000
 
 
 def test_a_note_on_a_run_is_a_footnote_under_its_table(tmp_path):

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 from pathlib import Path
 
 from facekd.errors import FacekdError
-from facekd.experiments.results import read_results
+from facekd.experiments.results import Result, read_results
 from facekd.experiments.tables import TABLES, Protocol, Row
 from facekd.io_utils import atomic_write_bytes
 
@@ -20,7 +21,7 @@ TITLES = {
     "C": "Table C: the Tf-KD family",
     "D": "Table D: ready teachers trained on CASIA-WebFace (MobileFaceNet, dlib's ResNet, their ensemble with FaceNet)",
 }
-HEADER = "| row | student | LFW % | seeds | params | MB | CPU ms/face | ORT ms/face | min/run |"
+HEADER = "| row | student | LFW % | seeds | params | MB | CPU ms/face | ORT ms/face | min/run | trained with |"
 
 
 def _relative(path: Path, start: Path | None = None) -> str:
@@ -30,17 +31,89 @@ def _relative(path: Path, start: Path | None = None) -> str:
         return str(path)
 
 
-def _summary(recs: list[dict]) -> dict:
-    accs = [r["lfw_acc"] for r in recs]
+# What a hand-written note of an older record states about how it was trained (records
+# from before the fields existed): the exact phrases those notes use, nothing inferred.
+_NOTE_FACTS = (
+    (re.compile(r"trained with (bf16|fp32) autocast"), lambda m: {"precision": m[1]}),
+    (re.compile(r"\b(H100|H200), (bf16|fp32), (eager|compiled)\b"),
+     lambda m: {"gpu": f"NVIDIA {m[1]}", "precision": m[2], "compile": m[3] == "compiled"}),
+    (re.compile(r"train\.compile=false"), lambda m: {"compile": False}),
+)
+
+
+def _from_note(note: str | None) -> dict:
+    facts: dict = {}
+    for pattern, read in _NOTE_FACTS:
+        if note and (m := pattern.search(note)):
+            facts = {**read(m), **facts}
+    return facts
+
+
+def how_trained(r: Result) -> str:
+    """How a record says its run was trained: precision, layout, compile, loader, the
+    hardware and torch. A field the record lacks is "not recorded", unless the record's
+    own note states it (marked "per its note"); nothing is guessed."""
+    if r.recipe is not None and r.epochs is None:  # a ready teacher: timed here, trained elsewhere
+        return f"not trained here (a ready model); timed on {r.cpu or 'a CPU not recorded'}"
+    noted = _from_note(r.note)
+
+    def field(name: str, show) -> str | None:
+        value = getattr(r, name)
+        if value is not None:
+            return show(value)
+        if name in noted:
+            return f"{show(noted[name])} (per its note)"
+        return None
+
+    precision = field("precision", lambda v: f"{v} autocast" if v in ("bf16", "fp16") else v)
+    layout = field("channels_last", lambda v: "channels_last" if v else "contiguous")
+    compiled = field("compile", lambda v: "compiled" if v else "eager")
+    loader = field("loader", lambda v: f"{v} loader")
+    settings = [precision or "precision not recorded", *(x for x in (layout, compiled, loader) if x)]
+    if precision is None and layout is None and compiled is None and loader is None:
+        settings = ["settings not recorded"]
+    if r.gpu or "gpu" in noted:
+        hardware = field("gpu", str)
+    elif r.device and r.device not in ("cpu", "cuda"):  # older GPU records: the GPU's name here
+        hardware = r.device
+    elif r.device == "cuda":
+        hardware = "a CUDA GPU, model not recorded"
+    else:
+        hardware = r.cpu or "hardware not recorded"
+    return f"{', '.join(settings)}; {hardware}; torch {r.torch or 'not recorded'}"
+
+
+def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
+    accs = [r.lfw_acc for r in recs]
     if len(accs) > 1:
         spread, how = statistics.stdev(accs), "seeds"
     else:
-        spread, how = recs[0]["lfw_std"], "folds"
-    minutes = [r["seconds"] / 60 for r in recs if r.get("seconds")]
+        spread, how = recs[0].lfw_std, "folds"
+    minutes = [r.seconds / 60 for r in recs if r.seconds]
     return {"mean": statistics.mean(accs), "std": spread, "over": how, "n": len(accs),
             "minutes": statistics.median(minutes) if minutes else None,
-            "notes": [f"seed {r['seed']}: {r['note']}" for r in recs if r.get("note")],
-            **{k: recs[0][k] for k in ("params", "mb", "cpu_ms", "student")}}
+            "notes": [f"seed {r.seed}: {r.note}" for r in recs if r.note],
+            "how": ", ".join(dict.fromkeys(keys[how_trained(r)] for r in recs)),
+            "params": recs[0].params, "mb": recs[0].mb, "cpu_ms": recs[0].cpu_ms, "student": recs[0].student}
+
+
+def _trained_with_keys(recs: list[Result]) -> dict[str, str]:
+    """A letter for each distinct way the records were trained, in order of first use."""
+    labels = list(dict.fromkeys(how_trained(r) for r in recs))
+    return {label: chr(ord("a") + i) if i < 26 else f"z{i - 25}" for i, label in enumerate(labels)}
+
+
+def trained_with_section(keys: dict[str, str]) -> list[str]:
+    """The legend of the "trained with" column: each letter's precision, layout, compile,
+    loader, hardware and torch."""
+    if not keys:
+        return []
+    lines = ["## How the runs were trained", "",
+             "The last column of every table names one of these (several letters: the row's seeds ran "
+             "differently). Rows with different letters differ in precision or hardware, so their minutes and "
+             "CPU ms do not compare and their accuracy may not; \"not recorded\": the record predates the field.",
+             ""]
+    return [*lines, *(f"- **{k}**: {label}" for label, k in keys.items()), ""]
 
 
 def _params(s: dict) -> str:
@@ -177,23 +250,26 @@ def plot_accuracy_latency(by: dict, path: Path, title: str) -> Path | None:
     return save_figure(fig, path)
 
 
-def sweep_section(path: Path, start: Path | None = None) -> list[str]:
+def sweep_section(path: Path, start: Path | None = None, keys: dict[str, str] | None = None) -> list[str]:
     """The recipe sweep (eval/recipe_sweep.py): each variant's LFW and its difference from
-    the reference recipe, largest first."""
+    the reference recipe, largest first; ``keys``: the report's letters for how runs were
+    trained (default: this file's own)."""
     recs = read_results(path)
+    keys = keys or _trained_with_keys(recs)
     if not recs:
         return []
-    ref = next((r for r in recs if r["row"].startswith("reference recipe")), None)
+    ref = next((r for r in recs if r.row.startswith("reference recipe")), None)
     lines = ["## Recipe sweep", "",
              f"`eval/recipe_sweep.py` ({_relative(path, start)}): student5 taught with Hard + 10·FeatureNorm, every variant "
-             f"{recs[0].get('epochs', '?')} epoch(s) from the same seed; each changes one thing of the reference recipe "
+             f"{recs[0].epochs or '?'} epoch(s) from the same seed; each changes one thing of the reference recipe "
              "(configs/base/dev_cpu.yaml) except the first, a new user's first try. Minutes are wall times on "
              "the machine named in the file while it also did other work, including a teacher's one pass over the "
              "training crops where its output cache was cold: not a benchmark.", "",
-             "| variant | LFW % | vs reference | minutes |", "|---|---:|---:|---:|"]
-    for r in sorted(recs, key=lambda r: -r["lfw_acc"]):
-        delta = f"{r['lfw_acc'] - ref['lfw_acc']:+.2f}" if ref and r is not ref else ""
-        lines.append(f"| {r['row']} | {r['lfw_acc']:.2f} ± {r['lfw_std']:.2f} | {delta} | {r['seconds'] / 60:.1f} |")
+             "| variant | LFW % | vs reference | minutes | trained with |", "|---|---:|---:|---:|---|"]
+    for r in sorted(recs, key=lambda r: -r.lfw_acc):
+        delta = f"{r.lfw_acc - ref.lfw_acc:+.2f}" if ref and r is not ref else ""
+        minutes = f"{r.seconds / 60:.1f}" if r.seconds else ""
+        lines.append(f"| {r.row} | {r.lfw_acc:.2f} ± {r.lfw_std:.2f} | {delta} | {minutes} | {keys[how_trained(r)]} |")
     return [*lines, ""]
 
 
@@ -205,7 +281,7 @@ def _same_run(row: Row, by: dict) -> Row | None:
 
 def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
     teacher = proto.teacher_title if proto else "ResNet-27"
-    lines = [f"## {TITLES[t].format(teacher=teacher)}", "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"## {TITLES[t].format(teacher=teacher)}", "", HEADER, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in TABLES[t]:
         s, name = by.get((t, row.name)), row.name
         if s is None and (twin := _same_run(row, by)) is not None:
@@ -213,12 +289,12 @@ def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
             s, name = by[(twin.table, twin.name)], f"{row.name} (= Table {twin.table}: {twin.name})"
         if s is None:
             why = proto.skip_note if proto and proto.skips(row) else "not run"
-            lines.append(f"| {row.name} | {row.student} | {why} | 0 | | | | | |")
+            lines.append(f"| {row.name} | {row.student} | {why} | 0 | | | | | | |")
             continue
         minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
         mark = "²" if s.get("notes") and name == row.name else ""
         lines.append(f"| {name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} | "
-                     f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {_ort(s)} | {minutes} |")
+                     f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {_ort(s)} | {minutes} | {s['how']} |")
     notes = [f"- ² {row.name}, {n}" for row in TABLES[t] if (s := by.get((t, row.name))) for n in s.get("notes", [])]
     return [*lines, *([""] + notes if notes else []), ""]
 
@@ -229,18 +305,20 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
     (``facekd bench NETWORKS --json``, run on an idle machine) where it exists."""
     proto = protocol if isinstance(protocol, Protocol) else None
     name = proto.name if proto else protocol
-    recs = [r for r in read_results(results) if r["protocol"] == name]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    recs = [r for r in read_results(results) if r.protocol == name]
+    groups: dict[tuple[str, str], list[Result]] = {}
     for r in recs:
-        groups.setdefault((r["table"], r["row"]), []).append(r)
-    by = {k: _summary(v) for k, v in groups.items()}
+        groups.setdefault((r.table, r.row), []).append(r)
+    sweep = results.parent / proto.sweep if proto and proto.sweep else None
+    keys = _trained_with_keys([*recs, *(read_results(sweep) if sweep else [])])
+    by = {k: _summary(v, keys) for k, v in groups.items()}
     # One network's latency is one figure: each run timed it once at its end (30 calls),
     # and those figures scatter with whatever else ran (student5: 10 to 37 ms on one
     # machine). Every row of a network shows the median over all its runs here.
     timings: dict[tuple[str, int], list[float]] = {}
     for r in recs:
-        if r["table"] != "teachers" and r.get("cpu_ms"):
-            timings.setdefault((r["student"], r["params"]), []).append(r["cpu_ms"])
+        if r.table != "teachers" and r.cpu_ms:
+            timings.setdefault((r.student, r.params), []).append(r.cpu_ms)
     for (table, _), s in by.items():
         if table != "teachers" and (s["student"], s["params"]) in timings:
             s["cpu_ms"] = statistics.median(timings[(s["student"], s["params"])])
@@ -264,8 +342,8 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
     ]
     if proto and proto.about:
         lines += [proto.about, ""]
-    cpus = sorted({r["cpu"] for r in recs if r.get("cpu")})
-    epochs = sorted({r["epochs"] for r in recs if r.get("epochs") and r["table"] != "teachers"})
+    cpus = sorted({r.cpu for r in recs if r.cpu})
+    epochs = sorted({r.epochs for r in recs if r.epochs and r.table != "teachers"})
     if recs:
         lines += [f"Runs in this file: {len(recs)}; epochs per row: {', '.join(map(str, epochs)) or '?'}; "
                   f"CPU: {'; '.join(cpus) or '?'}.", ""]
@@ -273,14 +351,15 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
         png = plot_accuracy_latency(by, results.with_suffix(".png"), f"LFW accuracy against CPU latency, {name}")
         if png is not None:
             lines += [f"![LFW accuracy against CPU latency]({_relative(png, out.parent)})", ""]
-    if proto and proto.sweep:
-        lines += sweep_section(results.parent / proto.sweep, out.parent)
+    lines += trained_with_section(keys)
+    if sweep:
+        lines += sweep_section(sweep, out.parent, keys)
     teachers = [(k[1], v) for k, v in sorted(by.items()) if k[0] == "teachers"]
     if teachers:
-        lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face | ORT ms/face |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face | ORT ms/face | trained with |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {n}{'²' if s.get('notes') else ''} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} "
-                  f"| {s['cpu_ms']:.2f} | {_ort(s) or ('–' if ort else '')} |" for n, s in teachers]
+                  f"| {s['cpu_ms']:.2f} | {_ort(s) or ('–' if ort else '')} | {s['how']} |" for n, s in teachers]
         notes = [f"- ² {n}, {note}" for n, s in teachers for note in s.get("notes", [])]
         lines += [*([""] + notes if notes else []), ""]
     for t in "ABCD":

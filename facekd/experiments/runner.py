@@ -17,8 +17,8 @@ from facekd.config import apply_overrides, from_dict, read_config_tree
 from facekd.distill.config import DistillConfig
 from facekd.distill.objective import make_distill_objective
 from facekd.errors import FacekdError
-from facekd.experiments.results import append_result, read_results
-from facekd.experiments.tables import PREREQS, TABLES, Protocol, Row
+from facekd.experiments.results import Result, append_result, read_results
+from facekd.experiments.tables import PREREQS, TABLES, Protocol, Row, teacher_section
 from facekd.hub import resolve
 from facekd.models import build_backbone
 from facekd.train.checkpoint import CHECKPOINT, load_checkpoint
@@ -65,7 +65,7 @@ def _median_ms(call: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def ready_teacher_records(protocol: Protocol, lfw: dict) -> list[dict]:
+def ready_teacher_records(protocol: Protocol, lfw: dict) -> list[Result]:
     """A "teachers" record for each of the protocol's ready teachers whose LFW figure is in
     ``lfw`` (the JSON of eval/teacher_lfw.py: "<model> flip" preferred, then "<model>
     plain"; the ensemble as "ensemble a + b + c"), with its size and CPU latency (an
@@ -84,12 +84,12 @@ def ready_teacher_records(protocol: Protocol, lfw: dict) -> list[dict]:
         params = sum(sum(p.numel() for p in r.backbone.parameters()) for r in models if r.backbone is not None)
         ms = sum(embedder_ms_per_face(r) for r in models)
         r = lfw[hit]
-        out.append({
-            "protocol": protocol.name, "table": "teachers", "row": key, "seed": 0, "student": " + ".join(names),
-            "lfw_acc": r["accuracy"], "lfw_std": r["std"], "lfw_pairs": r.get("pairs"), "flip": "flip" in hit,
-            "recipe": hit, "params": params, "mb": params * 4 / 2**20, "cpu_ms": ms, "machine": platform.node(),
-            "cpu": cpu_info().describe(), "torch": str(torch.__version__), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        })
+        out.append(Result(
+            protocol=protocol.name, table="teachers", row=key, seed=0, student=" + ".join(names),
+            lfw_acc=r["accuracy"], lfw_std=r["std"], lfw_pairs=r.get("pairs"), flip="flip" in hit,
+            recipe=hit, params=params, mb=params * 4 / 2**20, cpu_ms=ms, machine=platform.node(),
+            cpu=cpu_info().describe(), torch=str(torch.__version__), finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+        ))
     return out
 
 
@@ -142,36 +142,29 @@ class Runner:
             self.say(f"== prerequisite {key} (seed {seed}): {backbone}, {raw['train'].get('epochs')} epochs -> {run}")
             t0 = time.perf_counter()
             metrics = self._fit(raw, run, distill=False)
-            known = {(r["protocol"], r["table"], r["row"], r["seed"]) for r in read_results(self.results)}
+            known = {r.key() for r in read_results(self.results)}
             if (self.protocol.name, "teachers", key, seed) not in known and "lfw_acc" in metrics:
                 append_result(self.results, self._record("teachers", key, backbone, seed, raw, metrics, run, t0))
         self._prereq_ckpt[(key, seed)] = last
         return last
 
-    def _ready_teacher(self, key: str) -> dict:
-        """The protocol's ready teacher ``key`` as a ``teacher`` section, its crop packs
-        looked up in ``packs``."""
-
-        def place(member: dict) -> dict:
-            if member.get("crops") and self.packs is not None:
-                return {**member, "crops": str(self.packs / member["crops"])}
-            return dict(member)
-
-        section = place(self.protocol.teachers[key])
-        if "members" in section:
-            section["members"] = [place(m) for m in section["members"]]
-        return section
-
-    def run_row(self, row: Row, seed: int) -> dict:
+    def row_config(self, row: Row, seed: int) -> dict:
+        """The raw config a row trains with: the protocol's base with the row's student,
+        its teacher (a ready one of the protocol's short list, or a prerequisite run, trained
+        here if needed) and its terms."""
         raw = self._raw(self.protocol.base, row.student, seed, row_overrides=row.overrides)
         if row.kind == "distill":
             teacher = raw.setdefault("teacher", {})
             if row.teacher in self.protocol.teachers:
-                teacher.update(self._ready_teacher(row.teacher))
+                teacher.update(teacher_section(self.protocol.teachers[row.teacher], self.packs))
             elif row.teacher:
                 teacher["model"] = str(self.prerequisite(row.teacher, seed))
             raw.setdefault("distill", {}).update(
                 {"terms": [json.loads(t) for t in row.terms], "teacher_weighting": row.weighting})
+        return raw
+
+    def run_row(self, row: Row, seed: int) -> Result:
+        raw = self.row_config(row, seed)
         slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in f"{row.table}-{row.name}")[:80]
         run = self.runs / f"{slug}-seed{seed}"
         self.say(f"== table {row.table}: {row.name} (seed {seed}) -> {run}")
@@ -180,21 +173,24 @@ class Runner:
         return self._record(row.table, row.name, row.student, seed, raw, metrics, run, t0)
 
     def _record(self, table: str, name: str, student: str, seed: int, raw: dict, metrics: dict, run: Path,
-                t0: float) -> dict:
+                t0: float) -> Result:
         if "lfw_acc" not in metrics:
             raise FacekdError(f"{run}: no LFW result (eval.every is 0?)")
         args = raw["model"].get("backbone_args", {})
         params = sum(p.numel() for p in build_backbone(student, **args).parameters())
-        return {
-            "protocol": self.protocol.name, "table": table, "row": name, "seed": seed,
-            "student": student, "lfw_acc": metrics["lfw_acc"], "lfw_std": metrics["lfw_std"],
-            "lfw_pairs": metrics.get("lfw_pairs"), "flip": raw.get("eval", {}).get("flip", False),
-            "epochs": metrics.get("epoch"), "params": params, "mb": params * 4 / 2**20,
-            "cpu_ms": cpu_ms_per_face(student, args), "seconds": round(time.perf_counter() - t0, 1),
-            "run": str(run), "machine": platform.node(), "cpu": cpu_info().describe(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": str(torch.__version__),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
+        # How the trainer ran (facekd.train.speed.TrainedWith, in the checkpoint's metrics);
+        # absent from a checkpoint older than the record: those fields stay None.
+        how = metrics.get("trained_with") or {}
+        return Result(
+            protocol=self.protocol.name, table=table, row=name, seed=seed, student=student,
+            lfw_acc=metrics["lfw_acc"], lfw_std=metrics["lfw_std"], lfw_pairs=metrics.get("lfw_pairs"),
+            flip=raw.get("eval", {}).get("flip", False), epochs=metrics.get("epoch"), params=params,
+            mb=params * 4 / 2**20, cpu_ms=cpu_ms_per_face(student, args), seconds=round(time.perf_counter() - t0, 1),
+            run=str(run), machine=platform.node(), cpu=how.get("cpu") or cpu_info().describe(),
+            device=how.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"), gpu=how.get("gpu"),
+            precision=how.get("precision"), channels_last=how.get("channels_last"), compile=how.get("compile"),
+            loader=how.get("loader"), torch=str(torch.__version__), finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
 
     def plan(self, tables: list[str], seeds: int | None = None, rows: list[str] | None = None) -> list[tuple[Row, int]]:
         """The runs still to do, table by table: every row's first seed, then the further
@@ -208,7 +204,7 @@ class Runner:
             if unmatched:
                 raise FacekdError(f"--row {unmatched[0]!r} names no row of table(s) {', '.join(tables)}; "
                                   f"rows: {'; '.join(names)}")
-        done = {(r["protocol"], r["table"], r["row"], r["seed"]) for r in read_results(self.results)}
+        done = {r.key() for r in read_results(self.results)}
         if seeds is None and self.protocol.smoke_only:
             seeds = 1
         todo = []

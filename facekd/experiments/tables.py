@@ -126,8 +126,8 @@ class Protocol:
     """
 
     name: str
-    base: str  # training config every run starts from
-    teacher: str  # config of the ResNet-27 teacher (prerequisite runs)
+    base: str  # training config every run starts from; a row names its student (model.backbone)
+    teacher: str  # the base of the ResNet-27 teacher's prerequisite runs (model.backbone: resnet27)
     smoke_only: bool = False
     shrink: dict = field(default_factory=dict)  # backbone -> backbone_args (tiny CPU models)
     overrides: tuple[str, ...] = ()  # applied to every run before the user's --set
@@ -145,8 +145,10 @@ class Protocol:
         return row.student in self.skip_students or (row.teacher in self.skip_teachers and row.teacher not in self.teachers)
 
 
-# The ready teachers (pretrained on CASIA-WebFace). crops: the teacher's own crops of the
-# training photos, a pack named here and looked up in the runner's --packs folder.
+# The ready teachers (pretrained on CASIA-WebFace), by name: the one list of them (a
+# distillation config gets one as its ``teacher`` section, see teacher_section). crops: the
+# teacher's own crops of the training photos, a pack named here and looked up in the
+# runner's --packs folder.
 READY_TEACHERS = {
     "mobilefacenet": {"model": "mobilefacenet", "weights": "mobilefacenet_casia"},
     "facenet_casia": {"model": "facenet_casia", "crops": "dev_train_facenet160.fkpack"},
@@ -159,10 +161,26 @@ READY_TEACHERS = {
 }
 
 
+def teacher_section(section: dict, packs: Path | None = None) -> dict:
+    """A ready teacher (a value of :data:`READY_TEACHERS`) as a config's ``teacher``
+    section, its crop packs looked up in ``packs`` (None: left as named, relative to
+    ``data.root``)."""
+
+    def place(member: dict) -> dict:
+        if member.get("crops") and packs is not None:
+            return {**member, "crops": str(packs / member["crops"])}
+        return dict(member)
+
+    out = place(section)
+    if "members" in out:
+        out["members"] = [place(m) for m in out["members"]]
+    return out
+
+
 def protocols(repo: Path) -> dict[str, Protocol]:
     return {
         "facekd-dev": Protocol("facekd-dev", str(repo / "configs/base/dev.yaml"),
-                               str(repo / "configs/teacher/resnet27_dev.yaml"), teachers=dict(READY_TEACHERS),
+                               str(repo / "configs/base/dev.yaml"), teachers=dict(READY_TEACHERS),
                                report="RESULTS-gpu.md",
                                about="The GPU protocol: every row about 40 epochs over facekd-dev on an accelerator, "
                                      "the ResNet-27 teacher trained on facekd-dev first (docs/RESULTS.md holds the CPU "
@@ -171,7 +189,7 @@ def protocols(repo: Path) -> dict[str, Protocol]:
         # CASIA-WebFace; rows that need a teacher trained on facekd-dev itself, and
         # students too slow for 2 cores, stay in facekd-dev (the GPU protocol).
         "facekd-dev-cpu": Protocol(
-            "facekd-dev-cpu", str(repo / "configs/base/dev_cpu.yaml"), str(repo / "configs/teacher/resnet27_dev.yaml"),
+            "facekd-dev-cpu", str(repo / "configs/base/dev_cpu.yaml"), str(repo / "configs/base/dev.yaml"),
             teachers={**READY_TEACHERS, "teacher": READY_TEACHERS["facenet_casia"]},
             skip_teachers=frozenset({"defective_teacher"}),
             skip_students=frozenset({"resnet27", "densenet121", "inception_resnet_v1"}),

@@ -4,7 +4,7 @@ eval/ benchmarks)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +15,7 @@ from facekd.train.checkpoint import restore_run
 from facekd.train.config import TrainConfig
 from facekd.train.distributed import DistInfo
 from facekd.train.run_log import RunLog
-from facekd.train.speed import SpeedPlan, plan_speed
+from facekd.train.speed import SpeedPlan, plan_speed, trained_with
 
 
 @dataclass
@@ -102,6 +102,9 @@ def build_setup(cfg: TrainConfig, run_dir: Path, dist: DistInfo, device: torch.d
     if dist.enabled:
         objective = nn.parallel.DistributedDataParallel(plain, device_ids=[device] if device.type == "cuda" else None)
     loader, chosen = _make_loader(cfg, data, device, bcfg)
+    # What this run actually computes with, for its checkpoint and results record (a
+    # resumed run: this machine's, which trains the epochs still to do).
+    metrics = {**metrics, "trained_with": asdict(trained_with(plan, chosen.name, device))}
     setup = Setup(
         cfg, dist, device, objective, plain, optimizer, schedule, scaler, loader, len(data), steps,
         RunLog(run_dir, enabled=dist.is_main), metrics, identities=data.identities,

@@ -111,6 +111,29 @@ class SpeedPlan:
         return f"{self.precision}, {layout}, {'compiled' if self.compile else 'eager'} ({'; '.join(self.reasons)})"
 
 
+@dataclass(frozen=True)
+class TrainedWith:
+    """How a run was trained, as it ran (not as configured): the resolved speed plan, the
+    loader that fed it, the hardware and torch. Saved in the checkpoint's metrics under
+    ``trained_with`` and carried into the results record."""
+
+    precision: str  # the autocast dtype used: bf16 | fp16 | fp32 (no autocast)
+    channels_last: bool
+    compile: bool
+    loader: str  # a name in facekd.train.loaders.LOADERS
+    device: str  # cpu | cuda
+    gpu: str | None  # the GPU's name on CUDA
+    cpu: str  # CpuInfo.describe(): model, cores, torch capability, native bf16 flags
+    torch: str
+
+
+def trained_with(plan: SpeedPlan, loader: str, device: torch.device, cpu: CpuInfo | None = None) -> TrainedWith:
+    """The record of what ``plan`` and ``loader`` make a run on ``device`` do."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return TrainedWith(plan.precision, plan.channels_last, plan.compile, loader, device.type, gpu,
+                       (cpu or cpu_info()).describe(), str(torch.__version__))
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision (None: no autocast)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]

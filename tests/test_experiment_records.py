@@ -1,0 +1,194 @@
+"""The results record (one dataclass, old files readable), how a run was trained carried
+from the trainer into the record and the report, and table rows composed from a protocol
+base and names (the same configs as the one-key files they replaced)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facekd.config import from_dict, load_config, read_config_tree
+from facekd.distill.config import DistillConfig
+from facekd.errors import FacekdError
+from facekd.experiments import Protocol, Runner, protocols, write_report
+from facekd.experiments.report import how_trained
+from facekd.experiments.results import Result, append_result, read_results
+from facekd.experiments.tables import READY_TEACHERS, TABLES, teacher_section
+from facekd.models.heads import build_head
+from facekd.multiexit.config import MultiExitConfig
+from facekd.prune.config import PruneConfig
+from facekd.train.config import TrainConfig
+from facekd.train.loop import build_objective, fit
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+# A record as the runner wrote it before the record said how it was trained
+# (docs/results/facekd-dev-cpu.jsonl, Table A's first row).
+OLD = {"protocol": "facekd-dev-cpu", "table": "A", "row": "Hard", "seed": 0, "student": "student5", "lfw_acc": 75.3,
+       "lfw_std": 1.7, "lfw_pairs": 6000, "flip": True, "epochs": 2, "params": 3933376, "mb": 15.0, "cpu_ms": 36.7,
+       "seconds": 1254.0, "run": "runs/paper/A-Hard-seed0", "machine": "vm",
+       "cpu": "AMD EPYC, 2 cores, torch CPU capability AVX2, no native bf16", "device": "cpu",
+       "torch": "2.14.1+cu130", "finished": "2026-11-26 01:11:34"}
+
+
+def test_a_record_round_trips_through_the_results_file(tmp_path):
+    rec = Result(protocol="p", row="Hard", lfw_acc=85.25, lfw_std=0.5, table="A", seed=1, student="student5",
+                 lfw_pairs=6000, flip=True, epochs=2, params=10, mb=0.5, cpu_ms=3.0, seconds=61.5, run="r",
+                 overrides=["optim.lr=0.05"], terms=[{"name": "hard", "weight": 1.0}], note="n", precision="bf16",
+                 channels_last=True, compile=False, loader="memory", device="cpu", gpu=None, cpu="Xeon", machine="m",
+                 torch="2.x", finished="2026-12-05 21:00:00")
+    path = tmp_path / "r.jsonl"
+    append_result(path, rec)
+    append_result(path, dataclasses.replace(rec, seed=2))
+    with path.open("a") as f:
+        f.write('{"protocol": "p", "row": "torn by a ki')
+    assert read_results(path) == [rec, dataclasses.replace(rec, seed=2)]
+
+
+def test_an_unknown_key_or_a_wrong_type_is_an_error_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(OLD) + "\n" + json.dumps({**OLD, "precisoin": "bf16"}) + "\n")
+    with pytest.raises(FacekdError, match=r"r\.jsonl:2: unknown key precisoin"):
+        read_results(path)
+    path.write_text(json.dumps({**OLD, "lfw_acc": "high"}) + "\n")
+    with pytest.raises(FacekdError, match=r"r\.jsonl:1.*lfw_acc: expected float"):
+        read_results(path)
+
+
+def test_an_old_record_reads_with_the_new_fields_as_none_and_the_report_says_not_recorded(tmp_path):
+    new = {**OLD, "row": "Soft", "precision": "fp32", "channels_last": False, "compile": False, "loader": "memory",
+           "cpu": "Intel Xeon, 2 cores, torch CPU capability AVX512, native bf16 (avx512_bf16, amx_bf16)"}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(OLD) + "\n" + json.dumps(new) + "\n")
+    old, _ = read_results(path)
+    assert (old.precision, old.channels_last, old.compile, old.loader, old.gpu) == (None,) * 5
+    assert old.lfw_acc == 75.3 and old.cpu == OLD["cpu"]
+    text = write_report(path, tmp_path / "R.md", "facekd-dev-cpu", plot=False)
+    legend = text.split("## How the runs were trained")[1].split("## ")[0]
+    assert ("- **a**: settings not recorded; AMD EPYC, 2 cores, torch CPU capability AVX2, no native bf16; "
+            "torch 2.14.1+cu130") in legend
+    assert "- **b**: fp32, contiguous, eager, memory loader; Intel Xeon" in legend
+    assert "| Hard | student5 | 75.30 ± 1.70¹ | 1 |" in text and text.split("| Hard | student5 |")[1].split("\n")[0].endswith("| a |")
+    assert text.split("| Soft | student5 |")[1].split("\n")[0].endswith("| b |")
+
+
+def test_what_a_records_note_says_is_used_and_marked_as_such():
+    rec = Result(**{**OLD, "device": "cuda", "note": "Device call 4 (2026-11-26, H100, bf16, eager, LFW at epoch 40)"})
+    assert how_trained(rec).startswith("bf16 autocast (per its note), eager (per its note); NVIDIA H100 (per its note);")
+    rec = Result(**{**OLD, "device": "cuda", "note": "train.compile=false (short device runs)"})
+    assert how_trained(rec).startswith("precision not recorded, eager (per its note); a CUDA GPU, model not recorded;")
+
+
+def _fake_crops(root: Path, identities: int = 4, per: int = 6) -> Path:
+    """112x96 noise images in identity folders: an aligned folder (by its crop size)."""
+    rng = np.random.default_rng(0)
+    for i in range(identities):
+        (root / f"id{i}").mkdir(parents=True)
+        for j in range(per):
+            Image.fromarray(rng.integers(0, 255, (112, 96, 3), dtype=np.uint8)).save(root / f"id{i}" / f"{j}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("pin", ["fp32", "bf16"])
+def test_a_protocol_pin_decides_the_precision_the_trainer_runs_with(tmp_path, pin):
+    crops = _fake_crops(tmp_path / "crops")
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "model: {head: softmax}\n"
+        f"data: {{train: ['{crops}'], workers: 1, loader: memory}}\n"
+        f"train: {{epochs: 1, batch_size: 8, device: cpu, threads: 1, precision: {pin}, channels_last: auto, compile: auto}}\n"
+        "eval: {every: 0}\n")
+    proto = Protocol("pinned", str(base), str(base), shrink={"student5": {"widths": [8, 8, 8, 8, 8], "embedding_dim": 16}})
+    runner = Runner(tmp_path, proto, tmp_path / "runs", tmp_path / "r.jsonl")
+    row = next(r for r in TABLES["B"] if r.name == "student5 alone")
+    raw = runner.row_config(row, seed=0)
+    seen: list = []
+
+    def objective(cfg, data, device, say):  # the trainer's own objective, watched from inside
+        obj = build_objective(cfg, len(data.identities))
+        obj.backbone.register_forward_pre_hook(
+            lambda m, a: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        return obj
+
+    metrics = fit(from_dict(TrainConfig, raw), tmp_path / "run", say=lambda m: None, make_objective=objective)
+    assert seen and set(seen) == {torch.bfloat16 if pin == "bf16" else None}  # what the forward ran under
+    assert metrics["trained_with"]["precision"] == pin and metrics["trained_with"]["loader"] == "memory"
+    assert metrics["trained_with"]["torch"] == str(torch.__version__)
+    rec = runner._record("B", row.name, row.student, 0, raw, {**metrics, "lfw_acc": 50.0, "lfw_std": 1.0},
+                         tmp_path / "run", 0.0)
+    assert (rec.precision, rec.loader, rec.channels_last, rec.compile) == (pin, "memory", False, False)
+    assert rec.device == "cpu" and rec.gpu is None and "torch CPU capability" in rec.cpu
+
+
+# The configs the composed rows replaced, as they were (their ``extends`` made absolute).
+OLD_STUDENT = "extends: {base}\nmodel: {{backbone: {name}, head: cosface, head_args: {{scale: 64.0, margin: 0.35}}}}\n"
+OLD_DISTILL = {
+    "dlib_resnet": "teacher: {model: dlib_resnet, crops: dev_train_dlib150.fkpack}\n",
+    "facenet_casia": "teacher: {model: facenet_casia, crops: dev_train_facenet160.fkpack}\n",
+    "ensemble": ("teacher:\n  members:\n    - {model: facenet_casia, crops: dev_train_facenet160.fkpack}\n"
+                 "    - {model: dlib_resnet, crops: dev_train_dlib150.fkpack}\n"
+                 "    - {model: mobilefacenet, weights: mobilefacenet_casia}\n"),
+}
+
+
+def _old(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / f"old{len(list(tmp_path.glob('old*.yaml')))}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _same_but_head_args(old: TrainConfig, new: TrainConfig) -> None:
+    """Equal configs except that the old file spelled out CosFace's defaults (s=64, m=0.35)."""
+    assert dataclasses.replace(old, model=dataclasses.replace(old.model, head_args={})) == new
+    a, b = (build_head(c.model.head, 8, 3, **c.model.head_args) for c in (old, new))
+    assert (a.scale, a.margin) == (b.scale, b.margin) == (64.0, 0.35)
+
+
+@pytest.mark.parametrize("student", ["resnet27_c10", "mobilenet_v2", "student5"])
+def test_a_table_b_row_is_the_protocol_base_with_its_student_named(tmp_path, student):
+    proto = protocols(REPO)["facekd-dev"]
+    row = next(r for r in TABLES["B"] if r.name == f"{student} alone")
+    new = from_dict(TrainConfig, Runner(REPO, proto, tmp_path, tmp_path / "r.jsonl").row_config(row, seed=0))
+    old = load_config(TrainConfig, _old(tmp_path, OLD_STUDENT.format(base=CONFIGS / "base/dev.yaml", name=student)))
+    _same_but_head_args(old, new)
+
+
+def test_the_teacher_prerequisite_is_the_dev_base_with_resnet27(tmp_path):
+    runner = Runner(REPO, protocols(REPO)["facekd-dev"], tmp_path, tmp_path / "r.jsonl")
+    new = from_dict(TrainConfig, runner._raw(runner.protocol.teacher, "resnet27", 0))
+    old = load_config(TrainConfig, _old(tmp_path, OLD_STUDENT.format(base=CONFIGS / "base/dev.yaml", name="resnet27")))
+    _same_but_head_args(old, new)
+
+
+@pytest.mark.parametrize("name", sorted(OLD_DISTILL))
+def test_a_ready_teacher_named_on_the_cpu_recipe_is_the_old_student5_from_config(tmp_path, name):
+    raw = read_config_tree(CONFIGS / "distill/cpu_recipe.yaml")
+    raw["teacher"] = teacher_section(READY_TEACHERS[name])
+    new = from_dict(DistillConfig, raw)
+    old = load_config(DistillConfig, _old(tmp_path, f"extends: {CONFIGS / 'distill/cpu_recipe.yaml'}\n{OLD_DISTILL[name]}"))
+    if name == "ensemble":  # the deleted file listed the members in another order than the runner's list
+        assert sorted(m.model for m in old.teacher.members) == sorted(m.model for m in new.teacher.members)
+        old = dataclasses.replace(old, teacher=dataclasses.replace(old.teacher, members=new.teacher.members))
+    assert old == new
+
+
+def test_the_multiexit_and_prune_controls_are_their_base_with_one_set(tmp_path):
+    nokl = load_config(MultiExitConfig, CONFIGS / "multiexit/resnet37_c10_cpu.yaml", ["exits.kl_weight=0"])
+    old = load_config(MultiExitConfig, _old(tmp_path, f"extends: {CONFIGS / 'multiexit/resnet37_c10_cpu.yaml'}\n"
+                                                      "exits: {kl_weight: 0.0}\n"))
+    assert nokl == old and nokl.exits.kl_weight == 0.0
+    # prune/student5_cpu.yaml extended prune/student5_dev.yaml (the MobileFaceNet recipe with
+    # a student5 checkpoint as the source); it now states those two keys itself.
+    mid = _old(tmp_path, f"extends: {CONFIGS / 'prune/mobilefacenet_casia_dev.yaml'}\n"
+                         "prune: {source: runs/student5_dev/checkpoints/best.pt, weights: null}\n")
+    old = _old(tmp_path, f"extends: {mid}\nprune: {{steps: 1, importance_batches: 8}}\n"
+                         "schedule: {warmup_epochs: 0.1}\ntrain: {epochs: 1, batch_size: 128}\n"
+                         "eval: {every: 1, flip: false}\n")
+    assert load_config(PruneConfig, CONFIGS / "prune/student5_cpu.yaml") == load_config(PruneConfig, old)
