@@ -14,12 +14,13 @@ import pytest
 
 from facekd.errors import FacekdError
 from facekd.identify.gallery import Gallery
+from facekd.identify.location import is_postgres_url
 from facekd.identify.records import FaceRecord, GalleryModel, ModelMismatch, NotInGallery
 from facekd.identify.store import GalleryStore
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (PyPI psycopg[binary]) is not installed")
 
-from facekd.identify.postgres import PostgresStore, is_postgres_url  # noqa: E402  (needs psycopg)
+from facekd.identify.postgres import PostgresStore  # noqa: E402  (needs psycopg)
 from pg_server import find_pg_bin, start_server  # noqa: E402
 
 DIM = 8

@@ -14,7 +14,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", type=Path, required=True, help="exported .onnx model (facekd export)")
     p.add_argument("--gallery", required=True,
-                   help="gallery file (SQLite); created for --model when missing")
+                   help="gallery: a SQLite file, or a postgresql://user@host:port/db URL shared by several "
+                        "servers; created for --model when missing")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1); anything but loopback needs --api-key-file")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -33,6 +34,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn  # the serve extra: imported only by this command
 
     from facekd.serve.app import create_app
+    from facekd.serve.page import page_router
     from facekd.serve.settings import ServeSettings
 
     settings = ServeSettings(
@@ -40,7 +42,7 @@ def run_serve(args: argparse.Namespace) -> int:
         worker_threads=args.worker_threads, max_body_mb=args.max_body_mb,
         detectors=tuple(d.strip() for d in args.detector.split(",") if d.strip()),
     )
-    app = create_app(settings)
+    app = create_app(settings, page=page_router(settings))
     print(f"facekd serve: {settings.model.name} on http://{settings.host}:{settings.port} "
           f"(API docs at /docs; {'API key required' if settings.api_key_file else 'no API key: loopback only'})",
           flush=True)

@@ -37,7 +37,6 @@ from facekd.identify.pg_listen import CHANNEL, Listener
 from facekd.identify.records import FaceRecord, GalleryModel, NotInGallery, Person
 from facekd.identify.store import SCHEMA_VERSION, _as_matrix
 
-URL_SCHEMES = ("postgresql://", "postgres://")
 NOTIFY_IDS = 500  # face ids per notification: keeps a payload far below PostgreSQL's 8000 bytes
 
 _SCHEMA = """
@@ -67,11 +66,6 @@ CREATE TABLE faces (
 );
 CREATE INDEX faces_person ON faces(person_id)
 """
-
-
-def is_postgres_url(location: str | Path) -> bool:
-    """Whether a gallery location is a PostgreSQL URL rather than a file path."""
-    return str(location).startswith(URL_SCHEMES)
 
 
 def _iso(ts) -> str:

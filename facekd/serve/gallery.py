@@ -20,6 +20,7 @@ import numpy as np
 
 from facekd.deploy.photos import PhotoFace
 from facekd.identify.gallery import Gallery, crop_sha256
+from facekd.identify.location import open_gallery_at
 from facekd.identify.records import Enrolment, FaceRecord, Identification, ModelMismatch, NotInGallery, Person
 from facekd.serve.engine import Engine
 from facekd.serve.errors import ApiError
@@ -158,10 +159,6 @@ class GalleryService:
 
 
 def open_gallery(path: str | Path, engine: Engine) -> GalleryService:
-    """The SQLite gallery at ``path``, created for the engine's model when missing."""
-    path = Path(path)
-    if path.exists():
-        gallery = Gallery.open(path, model_path=engine.model_path)
-    else:
-        gallery = Gallery.create(path, engine.model_path)
-    return GalleryService(gallery, engine)
+    """The gallery at ``path`` (a SQLite file, or a ``postgresql://`` URL), created for the
+    engine's model when missing."""
+    return GalleryService(open_gallery_at(path, engine.model_path, create=True), engine)
