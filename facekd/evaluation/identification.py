@@ -85,10 +85,11 @@ def person_scores(probes: np.ndarray, gallery: np.ndarray, gallery_person: np.nd
     mean template. Embeddings must be L2-normalised."""
     col = np.searchsorted(people, gallery_person)
     if scoring == "best":
-        s = probes @ gallery.T
+        order = np.argsort(col, kind="stable")
+        s = probes @ gallery[order].T
+        present, starts = np.unique(col[order], return_index=True)
         out = np.full((len(probes), len(people)), -np.inf, dtype=np.float32)
-        for c in np.unique(col):  # a person's best face
-            out[:, c] = s[:, col == c].max(axis=1)
+        out[:, present] = np.maximum.reduceat(s, starts, axis=1)  # a person's best face
         return out
     if scoring == "mean":
         t = np.zeros((len(people), gallery.shape[1]), dtype=np.float64)

@@ -239,9 +239,10 @@ def numpy_index(dim: int) -> SearchIndex:
 
 
 @INDEXES.register("hnsw")
-def hnsw_index(dim: int, ef_search: int = 128) -> SearchIndex:
-    """Approximate search: FAISS HNSW (M=32), removal by tombstone."""
-    return HnswIndex(dim, ef_search=ef_search)
+def hnsw_index(dim: int, m: int = 32, ef_construction: int = 80, ef_search: int = 128) -> SearchIndex:
+    """Approximate search: FAISS HNSW (default M=32, efConstruction 80, efSearch 128),
+    removal by tombstone."""
+    return HnswIndex(dim, m=m, ef_construction=ef_construction, ef_search=ef_search)
 
 
 def build_index(kind: str, dim: int, ids: np.ndarray | None = None, vectors: np.ndarray | None = None,
