@@ -94,3 +94,37 @@ def test_a_photo_needs_a_name(known, model, tmp_path, capsys):
     assert main(["gallery", "enroll", str(tmp_path / "g.db"), str(photo), "--model", str(model)]) == 1
     assert "needs --name" in capsys.readouterr().err
     assert main(["gallery", "enroll", str(tmp_path / "g.db"), str(photo), "--model", str(model), "--name", "A"]) == 0
+
+
+def test_eval_lfw_ident_stores_a_threshold(lfw_dir, yunet_weights, tmp_path, capsys):
+    """The whole `facekd eval lfw-ident` path on a 7-person LFW-layout folder (raw photos,
+    aligned with YuNet into the cache): figures printed, JSON written, thresholds stored
+    in the model and then copied by a new gallery."""
+    from facekd.identify.threshold import read_ident_threshold
+
+    data = tmp_path / "lfw-mini"
+    for name in [*PEOPLE, "Alvaro_Uribe", "Amelie_Mauresmo", "Andre_Agassi"]:
+        (data / name).mkdir(parents=True)
+        for i in (1, 2, 3):
+            shutil.copy(lfw_dir / name / f"{name}_000{i}.jpg", data / name)
+    (data / "Zed_Single").mkdir()
+    shutil.copy(lfw_dir / "AJ_Cook" / "AJ_Cook_0001.jpg", data / "Zed_Single")
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(STUDENT, model)
+    out, cache = tmp_path / "ident.json", tmp_path / "emb.npy"
+    args = ["eval", "lfw-ident", "--model", str(model), "--data", str(data), "--trials", "3", "--embeddings",
+            str(cache), "--json", str(out)]
+    assert main([*args, "--store-threshold"]) == 0
+    res = json.loads(out.read_text())
+    assert res["photos"] == 19 and len(res["results"]) == 4  # enrolled 1 and 3, scoring best and mean
+    one_best = next(r for r in res["results"] if r["enrolled"] == 1 and r["scoring"] == "best")
+    t = one_best["trials"][0]
+    assert t["gallery_people"] == 3 and t["mated"] == 6 and t["non_mated"] == 10
+    assert 50 <= one_best["rank1_mean"] <= 100  # a real model on 3 people
+    choice = read_ident_threshold(model)
+    assert choice.thresholds["best"] == one_best["threshold_median"]["0.01"]
+    assert cache.is_file()
+    assert main(args) == 0  # a second run reads the cached embeddings
+    assert "read from" in capsys.readouterr().out
+    g = Gallery.create(tmp_path / "g.db", model)
+    assert g.threshold("best") == choice.thresholds["best"]
