@@ -12,7 +12,7 @@ run's metadata are also written to OUT: a file small enough to come back from th
 Usage (how the 40-epoch student5 rows of docs/BENCHMARKS.md were trained on an H200)::
 
     python eval/distill_exported_teacher.py .carry/facenet_dev_emb.pt \\
-        configs/distill/student5_from_facenet_casia.yaml --out /tmp/r2/fn_s0 --small $OUT/fn_s0.pt \\
+        configs/distill/cpu_recipe.yaml --set teacher.model=facenet_casia --out /tmp/r2/fn_s0 --small $OUT/fn_s0.pt \\
         --set 'data.train=[.carry/dev_train_q85.fkpack]' --set teacher.crops=.carry/facenet_dev_emb.pt \\
         --set 'distill.terms=[{name: featurenorm, weight: 10.0}]' --set train.epochs=40 \\
         --set train.seed=0 --set eval.every=0 --set train.compile=false

@@ -8,7 +8,7 @@ with ``eval/distill_exported_teacher.py``.
 
 Usage (dev CPU)::
 
-    python eval/export_teacher_outputs.py configs/distill/student5_from_facenet_casia.yaml \\
+    python eval/export_teacher_outputs.py configs/distill/cpu_recipe.yaml --set teacher.model=facenet_casia \\
         .carry/facenet_dev_emb.pt --set 'data.train=[/tmp/dev_train_q85.fkpack]' \\
         --set teacher.crops=/tmp/dev_train_facenet160.fkpack
 """
