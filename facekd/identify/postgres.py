@@ -364,8 +364,10 @@ def open_postgres_gallery(url: str, model_path: Path | str | None = None, index:
             raise FacekdError(f"{_redact(url)}: no facekd gallery here; give the model to create one")
         try:
             store = PostgresStore.create(url, model_from_onnx(model_path))
-        except FacekdError:  # another process created it first
-            store = PostgresStore.open(url)
+        except FacekdError:
+            if not PostgresStore.exists(url):
+                raise
+            store = PostgresStore.open(url)  # another server created it first
     else:
         store = PostgresStore.open(url)
     try:
