@@ -17,7 +17,7 @@ def main() -> None:
     from facekd.deploy.crops import sample_crops
     from facekd.deploy.export import export_onnx, load_backbone
     from facekd.deploy.quantize import INT8_RECIPES, quantize_int8
-    from facekd.evaluation.embed import to_input
+    from facekd.preprocessing import to_input
     from facekd.errors import FacekdError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,22 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import onnxruntime as ort
-
 from facekd.deploy.export import export_onnx, synthetic_inputs
-from facekd.deploy.timing import time_interleaved
 from facekd.evaluation.plots import plot_pruning
 from facekd.hub import resolve
 from facekd.io_utils import atomic_write_json
 from facekd.prune.run import PRUNED, read_result
-
-
-def _session(model, path: Path):
-    export_onnx(model, path, input_size=tuple(model.cfg.input_size))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+from facekd.runtime.timing import measure_latency
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = resolve(run / PRUNED).require_backbone("timing").eval()
     x = synthetic_inputs(1, tuple(models[rows[0]["name"]].cfg.input_size))
     with tempfile.TemporaryDirectory(prefix="facekd-prune-table-") as tmp:
-        calls = {}
+        files = {}
         for i, (name, net) in enumerate(models.items()):
-            sess = _session(net, Path(tmp) / f"m{i}.onnx")
-            calls[name] = lambda s=sess: s.run(None, {"input": x})
-        timings, _ = time_interleaved(calls, rounds=args.rounds)
+            files[name] = Path(tmp) / f"m{i}.onnx"
+            export_onnx(net, files[name], input_size=tuple(net.cfg.input_size))
+        timings = measure_latency(files, rounds=args.rounds, inputs=x)
     for row in rows:
         t = timings[row["name"]]
         row["ort_ms_1t"], row["ort_ms_min"], row["ort_ms_max"] = (round(1000 * v, 3) for v in (t.median, t.low, t.high))

@@ -1,10 +1,14 @@
 """The preprocessing facts of an embedder, declared once: a backbone variant carries them
 (``BackboneCfg.pre``), an exported ONNX model stores them in its metadata, and every
-embedder feeds and scores by them. No torch here: ONNX-only paths import this module."""
+embedder feeds and scores by them; and the two normalisations every path shares: a
+crop's pixels into a network's input (:func:`to_input`) and embeddings onto the unit
+sphere (:func:`l2_normalize`). No torch here: ONNX-only paths import this module."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from facekd.align.template import get_template
 
@@ -36,3 +40,26 @@ class Preprocessing:
     @property
     def input_size(self) -> tuple[int, int]:
         return get_template(self.template).size
+
+
+def normalize_pixels(x, mean: float, std: float):
+    """Pixels on 0..255 -> a network's input, ``(x - mean) / std``: the one definition,
+    for a numpy array or a torch tensor (training batches on any device) alike."""
+    return (x - mean) / std
+
+
+def to_input(batch: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB crops -> (N, 3, H, W) float32 network input (:func:`normalize_pixels`)."""
+    x = batch.astype(np.float32).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(normalize_pixels(x, pre.mean, pre.std))
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (a zero row stays zero), so cosine = dot product."""
+    x = np.asarray(x)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-by-row cosine similarity of two (N, D) arrays."""
+    return np.sum(l2_normalize(a) * l2_normalize(b), axis=-1)

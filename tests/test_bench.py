@@ -19,7 +19,7 @@ from facekd.deploy.bench import (
 )
 from facekd.deploy.export import export_onnx, synthetic_inputs
 from facekd.deploy.quantize import quantize_int8
-from facekd.deploy.timing import median_ratio, time_interleaved
+from facekd.runtime.timing import measure_latency, median_ratio
 from facekd.errors import FacekdError
 from facekd.models import build_backbone
 
@@ -59,11 +59,21 @@ def test_accuracies_in_both_formats_and_plot(tmp_path):
 def test_interleaved_timing_orders_calls_by_cost():
     import time
 
-    t, rounds = time_interleaved({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004)}, rounds=3, min_round_s=0.01)
+    t = measure_latency({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004)}, rounds=3, min_round_s=0.01)
     assert t["fast"].median < t["slow"].median
     assert t["fast"].low <= t["fast"].median <= t["fast"].high
-    ratio, lo, hi = median_ratio(rounds["slow"], rounds["fast"])
+    assert len(t["fast"].seconds) == 3
+    ratio, lo, hi = median_ratio(t["slow"], t["fast"])
     assert 2.0 < ratio and lo <= ratio <= hi
+
+
+def test_latency_of_an_onnx_file_at_batch_one(tmp_path):
+    """measure_latency opens an ONNX file itself (one thread) and feeds it one face."""
+    net = build_backbone("student5").eval()
+    path = tmp_path / "s.onnx"
+    export_onnx(net, path, input_size=tuple(net.cfg.input_size))
+    t = measure_latency({"s": path}, rounds=2, min_round_s=0.0, warmup=1)
+    assert t["s"].rounds == 2 and 0 < t["s"].low <= t["s"].median <= t["s"].high
 
 
 class _Convs(nn.Module):

@@ -117,6 +117,19 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
+def test_onnx_runtime_sessions_are_created_in_one_module():
+    """STYLE.md rule 19: threads, providers and options are chosen in facekd.runtime.onnx."""
+    home = ROOT / "runtime" / "onnx.py"
+    places = sorted(
+        str(path.relative_to(ROOT.parent))
+        for folder in (ROOT, ROOT.parent / "eval")
+        for path in folder.rglob("*.py")
+        if "InferenceSession(" in path.read_text() and path != home
+    )
+    assert "InferenceSession(" in home.read_text()
+    assert not places, f"create ONNX Runtime sessions with facekd.runtime.onnx.ort_session, not in {places}"
+
+
 @pytest.mark.parametrize("name, path", sorted(_modules().items()))
 def test_module_length(name, path):
     lines = len(path.read_text().splitlines())

@@ -1,11 +1,10 @@
 """Batch augmentation on tensors, on whatever device the batch is on: the one
-implementation behind the ``memory`` (host), ``device`` and ``device-cache`` (GPU) loaders.
+implementation behind every loader (``workers``, ``memory``, ``device``, ``device-cache``).
 
-The same :class:`~facekd.data.transforms.AugmentCfg` drives albumentations in the
-``workers`` loader's processes and this module everywhere else: a flip, one affine warp
-(shift, zoom, rotation) per sample through ``affine_grid``/``grid_sample``, colour jitter
-and grayscale. Random draws come from a CPU ``torch.Generator`` (a few numbers per
-sample), so a run is repeatable whatever the device, and the three loaders give the same
+:class:`~facekd.data.transforms.AugmentCfg` says what to apply: a flip, one affine warp
+(shift, zoom, rotation) per sample through ``affine_grid``/``grid_sample``, colour jitter,
+grayscale and blur. Random draws come from a CPU ``torch.Generator`` (a few numbers per
+sample), so a run is repeatable whatever the device, and the loaders give the same
 batches for the same seed.
 """
 

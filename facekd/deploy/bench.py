@@ -4,7 +4,7 @@ Per model: parameters, MACs at its input size, FP32 and INT8 ONNX file sizes, CP
 latency per face at batch 1 (one thread and all threads) for PyTorch eager, ONNX
 Runtime FP32 and ONNX Runtime INT8, throughput at batch 64 (all threads), and GPU
 throughput when there is one. Batch-1 calls of all engines are interleaved round by
-round (``facekd.deploy.timing``), so they see the same background load; each figure is
+round (:func:`facekd.runtime.timing.measure_latency`), so they see the same background load; each figure is
 the median over rounds, with the fastest and slowest round.
 """
 
@@ -17,18 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from facekd.deploy.crops import sample_crops
 from facekd.deploy.export import export_onnx, synthetic_inputs
 from facekd.deploy.quantize import quantize_int8
-from facekd.deploy.timing import median_ratio, time_interleaved
-from facekd.evaluation.embed import to_input
 from facekd.errors import FacekdError
 from facekd.hub import resolve
 from facekd.models.profile import count_macs, count_params
-from facekd.preprocessing import Preprocessing
+from facekd.preprocessing import Preprocessing, to_input
+from facekd.runtime.onnx import ort_session
+from facekd.runtime.timing import measure_latency, median_ratio, torch_call
 from facekd.evaluation.plots import save_figure
 
 
@@ -91,17 +90,6 @@ def _load_model(spec: str):
     return net, label
 
 
-def ort_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads that do not spin between runs."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    # Pool threads that spin after a run would steal the CPU from the next engine timed.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _bench_inputs(pre: Preprocessing, calib: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalised faces (real crops from ``calib``, else synthetic), one, and a batch of 64."""
     faces = to_input(sample_crops(calib, pre.template, 128), pre) if calib is not None else synthetic_inputs(64, pre.input_size)
@@ -124,28 +112,12 @@ def _try_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, real_weights:
         return None, str(exc)
 
 
-def _torch_call(model, x: np.ndarray, threads: int):
-    def call():
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            model(torch.from_numpy(x))
-
-    return call
-
-
 def _time_engines(model, fp32_path: Path, int8_path: Path | None, one: np.ndarray, b64: np.ndarray,
-                  opts: BenchOptions, threads: int, name: str, log) -> tuple[dict, dict, dict]:
-    """Median timings at batch 1 (one thread, all threads) and batch 64; and the per-round
-    batch-1 one-thread times (for the INT8/FP32 ratio)."""
-    s = {"fp32": ort_session(fp32_path, 1), "fp32_all": ort_session(fp32_path, threads)}
-    if int8_path is not None:
-        s.update(int8=ort_session(int8_path, 1), int8_all=ort_session(int8_path, threads))
-    in_name = s["fp32"].get_inputs()[0].name
-
-    def ort(key: str, x: np.ndarray):
-        return lambda: s[key].run(None, {in_name: x})
-
-    engines = [k for k in ("fp32", "int8") if k in s]
+                  opts: BenchOptions, threads: int, name: str, log) -> tuple[dict, dict]:
+    """Timings at batch 1 (one thread, all threads) and at batch 64."""
+    files = {"fp32": fp32_path} | ({"int8": int8_path} if int8_path is not None else {})
+    one_t = {k: ort_session(p, threads=1) for k, p in files.items()}
+    all_t = {k: ort_session(p, threads=threads) for k, p in files.items()}
     before = torch.get_num_threads()
     try:
         # Engines are interleaved only with engines of the same thread count, and PyTorch
@@ -153,18 +125,18 @@ def _time_engines(model, fp32_path: Path, int8_path: Path | None, one: np.ndarra
         # after a call and slowed the next engine's call by up to 1.5x when all were mixed.
         torch.set_num_threads(1)
         log(f"{name}: batch 1, one thread, {opts.rounds} interleaved rounds ...")
-        group1 = {"torch_1t": _torch_call(model, one, 1)} | {f"ort_{k}_1t": ort(k, one) for k in engines}
-        t1, rounds1 = time_interleaved(group1, rounds=opts.rounds)
+        group1 = {"torch_1t": torch_call(model, one, 1)} | {f"ort_{k}_1t": s for k, s in one_t.items()}
+        t1 = measure_latency(group1, rounds=opts.rounds, inputs=one)
         log(f"{name}: batch 1, {threads} threads ...")
-        t1 |= time_interleaved({f"ort_{k}_all": ort(f"{k}_all", one) for k in engines}, rounds=opts.rounds)[0]
-        t1 |= time_interleaved({"torch_all": _torch_call(model, one, threads)}, rounds=opts.rounds)[0]
+        t1 |= measure_latency({f"ort_{k}_all": s for k, s in all_t.items()}, rounds=opts.rounds, inputs=one)
+        t1 |= measure_latency({"torch_all": torch_call(model, one, threads)}, rounds=opts.rounds)
         log(f"{name}: batch 64, {opts.rounds_b64} rounds ...")
         big = {"rounds": opts.rounds_b64, "min_round_s": 0.0, "warmup": 1}
-        t64 = time_interleaved({f"ort_{k}_b64": ort(f"{k}_all", b64) for k in engines}, **big)[0]
-        t64 |= time_interleaved({"torch_b64": _torch_call(model, b64, threads)}, **big)[0]
+        t64 = measure_latency({f"ort_{k}_b64": s for k, s in all_t.items()}, inputs=b64, **big)
+        t64 |= measure_latency({"torch_b64": torch_call(model, b64, threads)}, **big)
     finally:
         torch.set_num_threads(before)
-    return t1, rounds1, t64
+    return t1, t64
 
 
 def bench_model(spec: str, opts: BenchOptions = BenchOptions(), log=print) -> BenchRow:
@@ -182,12 +154,12 @@ def bench_model(spec: str, opts: BenchOptions = BenchOptions(), log=print) -> Be
         export_onnx(model, fp32_path, input_size=size)
         int8_recipe, int8_note = _try_int8(fp32_path, int8_path, faces, real_weights and opts.calib is not None, opts, name, log)
         has_int8 = int8_path.is_file()
-        t1, rounds1, t64 = _time_engines(model, fp32_path, int8_path if has_int8 else None, one, b64, opts, threads, name, log)
+        t1, t64 = _time_engines(model, fp32_path, int8_path if has_int8 else None, one, b64, opts, threads, name, log)
         fp32_mb = fp32_path.stat().st_size / 1e6
         int8_mb = int8_path.stat().st_size / 1e6 if has_int8 else None
     ms = {k: round(v.median * 1000, 3) for k, v in t1.items()}
     fps = {k: round(64 / v.median, 1) for k, v in t64.items()}
-    ratio = median_ratio(rounds1["ort_int8_1t"], rounds1["ort_fp32_1t"])[0] if has_int8 else None
+    ratio = median_ratio(t1["ort_int8_1t"], t1["ort_fp32_1t"])[0] if has_int8 else None
     return BenchRow(
         name=name, params=count_params(model), macs=count_macs(model, size), input_size=list(size), weights=weights,
         onnx_fp32_mb=round(fp32_mb, 3), onnx_int8_mb=round(int8_mb, 3) if int8_mb else None,
@@ -215,7 +187,7 @@ def _gpu_throughput(model, batch: np.ndarray) -> float | None:
             net(x)
         torch.cuda.synchronize()
 
-    t, _ = time_interleaved({"gpu": call}, rounds=10)
+    t = measure_latency({"gpu": call}, rounds=10)
     model.cpu()
     return round(64 / t["gpu"].median, 1)
 

@@ -1,6 +1,6 @@
 """PyTorch backbone -> ONNX file with its preprocessing facts, checked against PyTorch.
 
-The ONNX model takes ``(N, 3, H, W)`` float32 normalised crops (``facekd.evaluation.embed.to_input``)
+The ONNX model takes ``(N, 3, H, W)`` float32 normalised crops (``facekd.preprocessing.to_input``)
 and returns ``(N, D)`` embeddings; N is a dynamic axis. Its metadata holds:
 
 - ``facekd``: the :class:`~facekd.preprocessing.Preprocessing` fields as JSON (what
@@ -22,7 +22,8 @@ import numpy as np
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
 from facekd.errors import FacekdError
 from facekd.hub import resolve
-from facekd.preprocessing import Preprocessing
+from facekd.preprocessing import Preprocessing, cosine_rows, l2_normalize, to_input
+from facekd.runtime.onnx import ort_session
 
 # FP32 ONNX Runtime against PyTorch, per embedding: what an exact export keeps.
 PARITY_MIN_COSINE = 0.9999
@@ -143,12 +144,6 @@ class ParityReport:
         return min(self.min_cosine.values())
 
 
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=1)
-
-
 def _parity_batches(inputs: np.ndarray, bs: int, single_images: int) -> list[np.ndarray]:
     """At batch 1 the first ``single_images`` inputs one by one; otherwise one batch of
     ``bs``, the inputs repeated to fill it."""
@@ -186,12 +181,9 @@ def check_parity(
     Raises:
         FacekdError: A cosine below ``min_cosine``.
     """
-    import onnxruntime as ort
     import torch
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path, threads=None)
     name = sess.get_inputs()[0].name
     model = model.cpu().eval()
     cos: dict[int, float] = {}
@@ -202,11 +194,11 @@ def check_parity(
             with torch.no_grad():
                 ref = model(torch.from_numpy(x)).numpy()
             if normalize:
-                ref = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+                ref = l2_normalize(ref)
             out = sess.run(None, {name: x})[0]
             if out.shape != ref.shape:
                 raise FacekdError(f"{onnx_path}: ONNX output {out.shape} differs from PyTorch {ref.shape} at batch {bs}")
-            worst = min(worst, float(_cosine_rows(out, ref).min()))
+            worst = min(worst, float(cosine_rows(out, ref).min()))
             largest = max(largest, float(np.abs(out - ref).max()))
         cos[bs], diff[bs] = worst, largest
     report = ParityReport(min_cosine=cos, max_abs_diff=diff, images=len(inputs), real_faces=real_faces)
@@ -321,7 +313,6 @@ def _calibration_and_probe(
     if calib_data is None:
         return None, synthetic_inputs(16, input_size), False
     from facekd.deploy.crops import sample_crops
-    from facekd.evaluation.embed import to_input
 
     crops = sample_crops(calib_data, pre.template, 256)
     calib = to_input(crops, pre)

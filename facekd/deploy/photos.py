@@ -28,6 +28,7 @@ from facekd.align.detector import (
 from facekd.align.template import get_template, warp_to_template
 from facekd.data.image_io import UnreadableImage, read_rgb
 from facekd.errors import FacekdError
+from facekd.preprocessing import l2_normalize
 
 # YuNet first (milliseconds); MTCNN only for the photos where YuNet finds no face.
 DEFAULT_DETECTORS = ("yunet", "mtcnn")
@@ -51,6 +52,7 @@ class PhotoFace:
     faces: int  # faces detected (the most central one is used)
     score: float  # the detector's score of the face used
     detector: str  # the detector that found it
+    landmarks: np.ndarray | None = None  # (5, 2) x, y in the photo (eyes, nose tip, mouth corners)
 
 
 class DetectorChain:
@@ -119,18 +121,15 @@ def align_image(image: np.ndarray, photo: Path | str, detectors: DetectorChain, 
             face = select_central_face(faces, *image.shape[:2])
             crop = warp_to_template(image, face.landmarks, get_template(template))
             return PhotoFace(
-                photo=str(photo), crop=crop, faces=len(faces), score=float(face.score), detector=detector.name
+                photo=str(photo), crop=crop, faces=len(faces), score=float(face.score), detector=detector.name,
+                landmarks=np.asarray(face.landmarks, np.float32),
             )
     raise PhotoError(photo, f"no face found (tried {', '.join(detectors.names)})")
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def embed_faces(embedder, faces: list[PhotoFace]) -> np.ndarray:
     """(N, D) L2-normalised embeddings of aligned faces (cosine = dot product)."""
-    return normalize_rows(embedder(np.stack([f.crop for f in faces])).astype(np.float32))
+    return l2_normalize(embedder(np.stack([f.crop for f in faces])).astype(np.float32))
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from facekd.deploy.graph import PRELU_PREFIX
 from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, read_metadata, set_metadata
-from facekd.deploy.timing import median_ratio, time_interleaved
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
+from facekd.preprocessing import cosine_rows
 from facekd.registry import Registry
+from facekd.runtime.onnx import ort_session
+from facekd.runtime.timing import measure_latency, median_ratio
 
 # An INT8 model must beat FP32 by this much (median latency ratio), so that noise on a
 # shared CPU does not let a model that is no faster through.
@@ -207,31 +208,13 @@ def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np
     prepared.unlink(missing_ok=True)
 
 
-def _session(path: Path, threads: int = 1):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=1)
-
-
 def _measure(cand: Path, fp32, probe: np.ndarray, rounds: int) -> dict:
     """A candidate against FP32: interleaved batch-1 latency ratio, cosines on ``probe``."""
-    sess = _session(cand)
+    sess = ort_session(cand)
     in_name = fp32.get_inputs()[0].name
-    one = probe[:1]
-    cos = _cosines(sess.run(None, {in_name: probe})[0], fp32.run(None, {in_name: probe})[0])
-    timings, rounds_s = time_interleaved(
-        {"fp32": lambda: fp32.run(None, {in_name: one}), "int8": lambda: sess.run(None, {in_name: one})},
-        rounds=rounds,
-    )
-    ratio, lo, hi = median_ratio(rounds_s["int8"], rounds_s["fp32"])
+    cos = cosine_rows(sess.run(None, {in_name: probe})[0], fp32.run(None, {in_name: probe})[0])
+    timings = measure_latency({"fp32": fp32, "int8": sess}, rounds=rounds, inputs=probe[:1])
+    ratio, lo, hi = median_ratio(timings["int8"], timings["fp32"])
     return {
         "ratio": round(ratio, 4),
         "ratio_range": [round(lo, 4), round(hi, 4)],
@@ -295,7 +278,7 @@ def quantize_int8(
         raise FacekdError(f"unknown INT8 mode {mode!r}; known: {', '.join(MODES)}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     recipes = [INT8_RECIPES.build(n) for n in candidates or MODES[mode]]
-    fp32 = _session(fp32_path)
+    fp32 = ort_session(fp32_path)
     tried: list[dict] = []
     best: tuple[float, dict, Path] | None = None
     with tempfile.TemporaryDirectory(prefix="facekd-int8-") as tmp:

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from facekd.errors import FacekdError
+from facekd.preprocessing import l2_normalize
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,5 @@ def combine(parts: Sequence[np.ndarray]) -> np.ndarray:
         raise FacekdError(f"ensemble members embedded different numbers of images: {sorted(n)}")
     out = []
     for p in parts:
-        p = np.asarray(p, dtype=np.float32)
-        norm = np.linalg.norm(p, axis=1, keepdims=True)
-        out.append(p / np.maximum(norm, 1e-12))
+        out.append(l2_normalize(np.asarray(p, dtype=np.float32)))
     return np.concatenate(out, axis=1)

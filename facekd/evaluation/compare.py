@@ -3,7 +3,7 @@ size, and ONNX Runtime latency per face on this CPU, and each student's speed-up
 the teacher it was distilled from.
 
 Every model is timed the same way: exported to ONNX (or its shipped ONNX file), batch 1,
-one thread, in interleaved rounds (:func:`facekd.deploy.timing.time_interleaved`), so a
+one thread, in interleaved rounds (:func:`facekd.runtime.timing.measure_latency`), so a
 burst of load falls on all alike. A figure that could not be measured here (a teacher
 whose package is not installed, a teacher's LFW on its own crops) is taken from the
 weights manifest and marked as recorded.
@@ -20,6 +20,7 @@ import numpy as np
 
 from facekd.errors import FacekdError
 from facekd.hub.resolved import ResolvedModel
+from facekd.runtime.timing import measure_latency
 
 Progress = Callable[[int, int], None]
 
@@ -142,17 +143,7 @@ def onnx_params(path: Path) -> int:
 
 def time_onnx(paths: dict[str, Path], rounds: int = 15) -> dict[str, float]:
     """Median ms per face of each ONNX file: batch 1, one thread, interleaved rounds."""
-    from facekd.deploy.bench import ort_session
-    from facekd.deploy.timing import time_interleaved
-
-    calls = {}
-    for name, path in paths.items():
-        sess = ort_session(path, 1)
-        inp = sess.get_inputs()[0]
-        x = np.zeros([1, *inp.shape[1:]], np.float32)
-        calls[name] = (lambda s, n, v: lambda: s.run(None, {n: v}))(sess, inp.name, x)
-    timings, _ = time_interleaved(calls, rounds=rounds)
-    return {name: 1000 * t.median for name, t in timings.items()}
+    return {name: t.median_ms for name, t in measure_latency(paths, rounds=rounds).items()}
 
 
 def compare(models: list[ComparedModel], onnx_folder: Path) -> list[ComparisonRow]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,9 +11,10 @@ from typing import Callable, Protocol
 import numpy as np
 
 from facekd.align.template import Template, adapt_crop, template_for_size
-from facekd.deploy.metadata import PREPROCESSING_META_KEY
+from facekd.deploy.metadata import preprocessing_from_metadata
 from facekd.errors import FacekdError
-from facekd.preprocessing import Preprocessing
+from facekd.preprocessing import Preprocessing, to_input
+from facekd.runtime.onnx import accelerated, ort_session
 
 
 class Embedder(Protocol):
@@ -28,12 +28,6 @@ class Embedder(Protocol):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB crops -> (N, D) float32 embeddings."""
-
-
-def to_input(batch: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised."""
-    x = batch.astype(np.float32).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray((x - pre.mean) / pre.std)
 
 
 # torch is imported inside the PyTorch paths: serving an ONNX model (facekd verify /
@@ -111,21 +105,12 @@ class OnnxEmbedder:
     """An ONNX embedder run by ONNX Runtime; preprocessing from its facekd metadata."""
 
     def __init__(self, path: Path | str, pre: Preprocessing | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         path = Path(path)
-        if not path.is_file():
-            raise FacekdError(f"{path}: ONNX model not found")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.ort = ort.InferenceSession(str(path), opts, providers=ort.get_available_providers())
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise FacekdError(f"{path}: cannot load ONNX model ({exc})".split("\n")[0]) from None
+        # Throughput, not a timing: every core, pool threads left spinning between batches.
+        self.ort = ort_session(path, threads=threads, providers=accelerated(), spinning=True)
         meta = self.ort.get_modelmeta().custom_metadata_map
         if pre is None:
-            pre = Preprocessing(**json.loads(meta[PREPROCESSING_META_KEY])) if PREPROCESSING_META_KEY in meta else Preprocessing()
+            pre = preprocessing_from_metadata(meta, path)
         self.pre = pre
         self.name = path.name
         self.input_name = self.ort.get_inputs()[0].name

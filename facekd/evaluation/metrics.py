@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from facekd.preprocessing import cosine_rows
+
 
 @dataclass(frozen=True)
 class VerificationResult:
@@ -75,10 +77,6 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     if i + 1 < len(thr):
         return float((thr[i] + thr[i + 1]) / 2.0)
     return float(thr[i] - 1e-6)
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
@@ -151,7 +149,7 @@ def verify(
         test = fold_ids == k
         train = ~test
         mu = np.concatenate([emb1[train], emb2[train]]).mean(axis=0) if subtract_mean else 0.0
-        sims = np.sum(_normalise(emb1 - mu) * _normalise(emb2 - mu), axis=1)
+        sims = cosine_rows(emb1 - mu, emb2 - mu)
         thr = best_threshold(sims[train], issame[train])
         accs.append(float(np.mean((sims[test] >= thr) == issame[test])))
         thresholds.append(thr)

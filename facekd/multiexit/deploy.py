@@ -23,13 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from facekd.deploy.export import PARITY_MIN_COSINE, _cosine_rows, default_normalize, export_onnx, synthetic_inputs
+from facekd.deploy.export import PARITY_MIN_COSINE, default_normalize, export_onnx, synthetic_inputs
 from facekd.deploy.metadata import ModelInfo, model_metadata, set_metadata
-from facekd.deploy.timing import time_interleaved
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
 from facekd.models.exits import AllExits, MultiExit, select_exit
 from facekd.models.profile import count_macs, count_params
+from facekd.preprocessing import cosine_rows
+from facekd.runtime.onnx import ort_session
+from facekd.runtime.timing import measure_latency
 
 
 def output_names(model: MultiExit) -> list[str]:
@@ -57,7 +59,6 @@ def export_all_exits(model: MultiExit, path: Path | str, *, normalize: bool | No
         ``{"outputs": names, "min_cosine": {name: worst cosine}}``.
     """
     import onnx
-    import onnxruntime as ort
 
     if not isinstance(model, MultiExit):
         raise FacekdError(f"{model.cfg.name}: has no early exits to export")
@@ -82,13 +83,11 @@ def export_all_exits(model: MultiExit, path: Path | str, *, normalize: bool | No
     set_metadata(proto, meta)
     data = proto.SerializeToString()
     x = synthetic_inputs(8, tuple(model.cfg.input_size))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(data, threads=None)
     got = sess.run(None, {"input": x})
     with torch.no_grad():
         ref = [o.numpy() for o in net(torch.from_numpy(x))]
-    cos = {n: float(_cosine_rows(g, r).min()) for n, g, r in zip(names, got, ref)}
+    cos = {n: float(cosine_rows(g, r).min()) for n, g, r in zip(names, got, ref)}
     bad = {n: c for n, c in cos.items() if c < PARITY_MIN_COSINE}
     if bad:
         raise FacekdError(f"{path}: ONNX Runtime disagrees with PyTorch at {bad} (need >= {PARITY_MIN_COSINE})")
@@ -126,25 +125,19 @@ def _exit_params(model: MultiExit, k: int) -> int:
 
 def exit_latencies(model: MultiExit, rounds: int = 15) -> list[ExitCost]:
     """Every exit exported alone and timed with ONNX Runtime (1 thread, batch 1)."""
-    import onnxruntime as ort
-
     model = model.cpu().eval()
     was = model.active_exit
     x = synthetic_inputs(1, tuple(model.cfg.input_size))
-    calls, sizes = {}, {}
+    files, sizes = {}, {}
     with tempfile.TemporaryDirectory(prefix="facekd-exits-") as tmp:
         try:
             for k in range(1, model.num_exits + 1):
                 select_exit(model, k)
                 path = Path(tmp) / f"exit{k}.onnx"
                 export_onnx(model, path, input_size=tuple(model.cfg.input_size), normalize=True)
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-                calls[k] = (lambda s=sess: s.run(None, {"input": x}))
+                files[str(k)] = path
                 sizes[k] = (_exit_params(model, k), count_macs(model, tuple(model.cfg.input_size)))
-            timings, _ = time_interleaved({str(k): fn for k, fn in calls.items()}, rounds=rounds)
+            timings = measure_latency(files, rounds=rounds, inputs=x)
         finally:
             model.active_exit = was
     return [ExitCost(k, *sizes[k], *(round(1000 * v, 4) for v in (t.median, t.low, t.high)))

@@ -7,7 +7,8 @@ file by file). Four loaders, chosen by ``data.loader``:
 Every loader yields ``(images, labels, indices)`` on the training device; the indices
 name the crops (a distillation run looks up cached teacher outputs by them).
 
-- ``workers``: decode and augment (albumentations) in DataLoader worker processes.
+- ``workers``: decode (PIL) in DataLoader worker processes; augment each batch in the
+  training process.
 - ``memory``: decode the whole set once into host memory as uint8 (facekd-dev's 14,350
   crops of 112x96 take 0.46 GB), then each batch is an index and a batched torch
   augmentation in the training process: on a CPU the cores train instead of decoding.
@@ -16,9 +17,11 @@ name the crops (a distillation run looks up cached teacher outputs by them).
 - ``device-cache``: as ``memory``, but in device memory (CASIA-WebFace's 494k crops take
   16 GB): the data path costs next to nothing.
 
-``memory``, ``device`` and ``device-cache`` share one augmentation
-(:func:`facekd.data.gpu_augment.augment_batch`), so for the same seed they give the
-same batches.
+Every loader augments with the one implementation,
+:func:`facekd.data.gpu_augment.augment_batch`, drawing from a generator seeded by the run's
+seed and the epoch alone, and normalises with :func:`facekd.preprocessing.normalize_pixels`:
+for the same seed they give the same batches, up to the JPEG decoder (PIL in ``workers``,
+torchvision elsewhere: a pixel may differ by a grey level or two).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from facekd.data.gpu_augment import augment_batch
 from facekd.data.transforms import AugmentCfg
 from facekd.errors import FacekdError
+from facekd.preprocessing import normalize_pixels
 from facekd.registry import Registry
 from facekd.train.data import TrainSet
 
@@ -56,56 +60,47 @@ class LoaderCtx:
     seed: int
 
 
-class _DecodeAugment:
-    """Dataset for DataLoader workers: index -> (augmented tensor, label)."""
+def _augment_gen(ctx: LoaderCtx, epoch: int) -> torch.Generator:
+    """The augmentation draws of one epoch: the same in every loader, and on resume."""
+    return torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
 
-    def __init__(self, data: TrainSet, transform) -> None:
-        self.data, self.transform = data, transform
+
+class _Decode:
+    """Dataset for DataLoader workers: index -> (HxWx3 uint8 crop, label, index)."""
+
+    def __init__(self, data: TrainSet) -> None:
+        self.data = data
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int):
-        return self.transform(self.data.image(i)), int(self.data.labels[i]), i
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker with base_seed + worker_id, base_seed drawn from the
-    # loader's generator (fixed per epoch): augmentations repeat exactly on resume.
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.compose.set_random_seed(torch.initial_seed() % 2**32)
+        return torch.from_numpy(np.array(self.data.image(i))), int(self.data.labels[i]), i  # a writable copy
 
 
 @LOADERS.register("workers")
 class WorkerLoader:
-    """Decode + albumentations in DataLoader worker processes (the CPU path)."""
+    """Decode in DataLoader worker processes; augment each batch in the training process
+    (the CPU path for a set too large to hold decoded)."""
 
     def __init__(self, ctx: LoaderCtx) -> None:
-        from facekd.data.transforms import train_transform
-
         self.ctx = ctx
-        self.dataset = _DecodeAugment(ctx.data, train_transform(ctx.mean, ctx.std, ctx.augment))
+        self.dataset = _Decode(ctx.data)
 
     def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         ctx = self.ctx
-        gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
-        if ctx.workers == 0:
-            self.dataset.transform.compose.set_random_seed(int(torch.randint(2**31, (1,), generator=gen)))
+        gen = _augment_gen(ctx, epoch)
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=[b.tolist() for b in batches],
             num_workers=ctx.workers,
-            worker_init_fn=_seed_worker if ctx.workers else None,
-            generator=gen,
             pin_memory=ctx.device.type == "cuda",
             prefetch_factor=4 if ctx.workers else None,
         )
-        for x, y, idx in loader:
-            yield x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True), idx.to(ctx.device)
-
-
-def _normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (x - mean) / std
+        for img, y, idx in loader:
+            x = img.to(ctx.device, non_blocking=True).permute(0, 3, 1, 2)
+            x = normalize_pixels(augment_batch(x, ctx.augment, gen), ctx.mean, ctx.std)
+            yield x, y.to(ctx.device, non_blocking=True), idx.to(ctx.device)
 
 
 def decode_on(device: torch.device, blobs: list[bytes]) -> torch.Tensor:
@@ -125,7 +120,7 @@ class DeviceLoader:
 
     def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         ctx = self.ctx
-        gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
+        gen = _augment_gen(ctx, epoch)
         q: queue.Queue = queue.Queue(maxsize=6)
         stop = threading.Event()
 
@@ -148,7 +143,7 @@ class DeviceLoader:
                     raise item
                 blobs, y, idx = item
                 x = augment_batch(decode_on(ctx.device, blobs), ctx.augment, gen)
-                yield _normalise(x, ctx.mean, ctx.std), y.to(ctx.device, non_blocking=True), idx.to(ctx.device)
+                yield normalize_pixels(x, ctx.mean, ctx.std), y.to(ctx.device, non_blocking=True), idx.to(ctx.device)
         finally:
             stop.set()
             while t.is_alive():  # unblock a producer waiting on a full queue
@@ -178,11 +173,11 @@ class _CacheLoader:
 
     def epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         ctx = self.ctx
-        gen = torch.Generator().manual_seed(ctx.seed * 100_003 + epoch + 7)
+        gen = _augment_gen(ctx, epoch)
         store = self.images.device
         for b in batches:
             idx = torch.from_numpy(b).to(store, non_blocking=True)
-            x = _normalise(augment_batch(self.images.index_select(0, idx), ctx.augment, gen), ctx.mean, ctx.std)
+            x = normalize_pixels(augment_batch(self.images.index_select(0, idx), ctx.augment, gen), ctx.mean, ctx.std)
             dev = ctx.device
             yield (x.to(dev, non_blocking=True), self.labels.index_select(0, idx).to(dev, non_blocking=True),
                    idx.to(dev, non_blocking=True))
