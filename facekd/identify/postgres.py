@@ -229,14 +229,16 @@ class PostgresStore:
     # --- faces -----------------------------------------------------------------------
 
     def _insert_faces(self, cur: psycopg.Cursor, person_id: int, faces: Sequence[FaceRecord], emb: np.ndarray) -> list[int]:
-        ids = []
-        for f, e in zip(faces, emb):
-            cur.execute(
-                "INSERT INTO faces (person_id, source, detector, crop_sha256, embedding) "
-                "VALUES (%s, %s, %s, %s, %s::real[]) RETURNING id",
-                (int(person_id), str(f.source), f.detector or "", f.crop_sha256 or "", e.tolist()),
-            )
-            ids.append(int(cur.fetchone()[0]))
+        rows = [(int(person_id), str(f.source), f.detector or "", f.crop_sha256 or "", e.tolist())
+                for f, e in zip(faces, emb)]
+        ids: list[int] = []
+        if rows:  # one round trip for all the faces (pipelined), each row's id returned
+            cur.executemany("INSERT INTO faces (person_id, source, detector, crop_sha256, embedding) "
+                            "VALUES (%s, %s, %s, %s, %s::real[]) RETURNING id", rows, returning=True)
+            while True:
+                ids.append(int(cur.fetchone()[0]))
+                if not cur.nextset():
+                    break
         self._notify(cur, "add", ids)
         return ids
 
