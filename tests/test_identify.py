@@ -215,3 +215,23 @@ def test_rank1_on_a_tiny_protocol_equals_a_hand_count():
         wrongs.append(wrong)
     assert 0 < sum(wrongs) < len(wrongs)  # both cases occur among the 10 seeds
     assert res.rank1_mean == pytest.approx(100 * np.mean([t.rank1 for t in res.trials]), abs=1e-3)
+
+
+def test_two_galleries_on_one_file_stay_in_step(gallery, tmp_path):
+    """What a second process does: refresh() rebuilds from the store; apply_added /
+    apply_removed update the index incrementally (the PostgreSQL NOTIFY path)."""
+    other = Gallery.open(tmp_path / "g.db", index="hnsw")
+    r = gallery.enroll_embeddings("Eve", _e((6, 1.0)))
+    assert other.identify(_e((6, 1.0))).name is None  # not seen yet: below the 0.5 threshold
+    other.apply_added(r.face_ids, [r.person.id], _e((6, 2.0))[None, :])  # normalised on the way in
+    assert other.identify(_e((6, 1.0))).name == "Eve"
+    other.apply_added(r.face_ids, [r.person.id], _e((6, 1.0))[None, :])  # a repeated notice is ignored
+    assert len(other) == len(gallery) == 6
+    gallery.remove_person(r.person.id)
+    other.apply_removed(r.face_ids, [r.person.id])
+    assert other.identify(_e((6, 1.0))).name is None
+    cy = gallery.person_by_name("Cy")
+    gallery.remove_person(cy.id)
+    other.refresh()
+    assert "Cy" not in [m.name for m in other.identify(_e((2, 1.0)), top_k=10).matches]
+    other.close()
