@@ -44,10 +44,48 @@ def _manifest_path() -> Path:
     raise FacekdError(f"weights manifest not found (looked in {', '.join(map(str, candidates))})")
 
 
+_ENTRY_STR = ("architecture", "url", "sha256", "filename", "format", "shipped", "convert")
+_SOURCE_STR = ("package", "module", "file", "sha256", "extra")
+
+
+def check_manifest(data: object, path: Path | str) -> dict[str, dict]:
+    """``data`` (a decoded manifest) if every entry is usable, else a FacekdError naming
+    ``path``, the entry and the field: each entry has an ``architecture`` and one way
+    to get its file (``url`` + ``sha256`` + ``filename``, a ``source`` package file, or a
+    ``shipped`` file with its ``sha256``)."""
+    if not isinstance(data, dict):
+        raise FacekdError(f"{path}: a weights manifest must map names to entries, got {type(data).__name__}")
+    for name, entry in data.items():
+        where = f"{path}: entry {name!r}"
+        if not isinstance(entry, dict):
+            raise FacekdError(f"{where}: must be a mapping, got {type(entry).__name__}")
+        for key in _ENTRY_STR:
+            if key in entry and not isinstance(entry[key], str):
+                raise FacekdError(f"{where}: {key} must be a string, got {entry[key]!r}")
+        if "architecture" not in entry:
+            raise FacekdError(f"{where}: no architecture")
+        for key in ("preprocessing", "source"):
+            if key in entry and not isinstance(entry[key], dict):
+                raise FacekdError(f"{where}: {key} must be a mapping, got {entry[key]!r}")
+        source = entry.get("source")
+        if source is not None:
+            bad = [k for k in _SOURCE_STR if not isinstance(source.get(k), str)]
+            if bad:
+                raise FacekdError(f"{where}: source needs string {', '.join(bad)}")
+        elif not ("sha256" in entry and ("shipped" in entry or ("url" in entry and "filename" in entry))):
+            raise FacekdError(f"{where}: needs url, sha256 and filename, a source package file, or shipped and sha256")
+    return data
+
+
 @lru_cache(maxsize=1)
 def manifest() -> dict[str, dict]:
-    """Name -> entry (architecture, url, sha256, filename, preprocessing)."""
-    return json.loads(_manifest_path().read_text())
+    """Name -> entry (architecture, url, sha256, filename, preprocessing), checked."""
+    path = _manifest_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FacekdError(f"{path}: cannot read the weights manifest ({exc})") from None
+    return check_manifest(data, path)
 
 
 def default_weights_for(architecture: str) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,7 +88,16 @@ def recorded_fallbacks(folder: Path) -> list[str] | None:
     path = folder / REPORT_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("fallback_files")
+    try:
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
+        raise FacekdError(f"{path}: cannot read the align report ({exc})") from None
+    if not isinstance(report, dict):
+        raise FacekdError(f"{path}: an align report is a JSON object, got {type(report).__name__}")
+    files = report.get("fallback_files")
+    if files is not None and not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+        raise FacekdError(f"{path}: fallback_files must be a list of paths")
+    return files
 
 
 def output_relpath(rel: str) -> str:
@@ -287,9 +295,8 @@ def _photos_and_metadata(src: Path, dst: Path, files: list[str] | None) -> tuple
         if missing:
             raise FacekdError(f"{src}: {len(missing)} requested photos are not there, e.g. {', '.join(missing[:5])}")
         images = sorted(set(files))
-    for rel in metadata:
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / rel, dst / rel)
+    for rel in metadata:  # whole or absent to a reader (another run may share dst)
+        atomic_write_bytes(dst / rel, (src / rel).read_bytes())
     return images, metadata
 
 

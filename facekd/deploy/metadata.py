@@ -23,7 +23,11 @@ from pathlib import Path
 
 import onnx
 
+from facekd.align.template import get_template
+from facekd.config import from_dict
+from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
+from facekd.preprocessing import Preprocessing
 
 PREPROCESSING_META_KEY = "facekd"
 MODEL_META_KEY = "facekd.model"
@@ -47,6 +51,23 @@ class ModelInfo:
         d = json.loads(text)
         d["input_size"] = tuple(d["input_size"])
         return cls(**d)
+
+
+def preprocessing_from_metadata(meta: dict[str, str], path: Path | str) -> Preprocessing:
+    """The :class:`Preprocessing` an ONNX file's metadata ``meta`` states (the defaults
+    when it has no ``facekd`` entry); a malformed entry is a FacekdError naming ``path``."""
+    if PREPROCESSING_META_KEY not in meta:
+        return Preprocessing()
+    where = f"{path}: metadata {PREPROCESSING_META_KEY!r}"
+    try:
+        data = json.loads(meta[PREPROCESSING_META_KEY])
+    except ValueError as exc:
+        raise FacekdError(f"{where} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise FacekdError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    pre = from_dict(Preprocessing, data, where)
+    get_template(pre.template)  # an unknown template fails here, not at the first embedding
+    return pre
 
 
 def set_metadata(proto, entries: dict[str, str]) -> None:

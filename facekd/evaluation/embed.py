@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from facekd.align.template import Template, adapt_crop, template_for_size
-from facekd.deploy.metadata import PREPROCESSING_META_KEY
+from facekd.deploy.metadata import preprocessing_from_metadata
 from facekd.errors import FacekdError
 from facekd.preprocessing import Preprocessing, to_input
 from facekd.runtime.onnx import accelerated, ort_session
@@ -111,7 +110,7 @@ class OnnxEmbedder:
         self.ort = ort_session(path, threads=threads, providers=accelerated(), spinning=True)
         meta = self.ort.get_modelmeta().custom_metadata_map
         if pre is None:
-            pre = Preprocessing(**json.loads(meta[PREPROCESSING_META_KEY])) if PREPROCESSING_META_KEY in meta else Preprocessing()
+            pre = preprocessing_from_metadata(meta, path)
         self.pre = pre
         self.name = path.name
         self.input_name = self.ort.get_inputs()[0].name
