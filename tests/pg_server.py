@@ -73,6 +73,13 @@ class PgServer:
         self._run("pg_ctl", "-D", str(data), "-o", opts, "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DATABASE)
 
+    def restart(self) -> None:
+        """Stops the server abruptly (every connection dropped) and starts it again."""
+        data = str(self.root / "data")
+        self._run("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F"
+        self._run("pg_ctl", "-D", data, "-o", opts, "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")

@@ -195,6 +195,30 @@ def test_many_faces_in_one_enrolment_notify_in_chunks(url):
         b.close()
 
 
+def test_a_database_restart_is_survived(pg, url):
+    """After PostgreSQL restarts, reads reconnect, the listener listens again and reloads
+    the gallery (catching what was committed while it was away), and sync resumes."""
+    rng = np.random.default_rng(4)
+    a = Gallery(PostgresStore.create(url, MODEL))
+    b_store = PostgresStore.open(url)
+    b_store.listen()
+    b = Gallery(b_store)
+    b_store.follow(b)
+    try:
+        a.enroll_embeddings("Before", _unit(rng, 1))
+        _wait(lambda: len(b) == 1)
+        pg.restart()
+        assert [p.name for p in a.people()] == ["Before"]  # a read on a dropped connection: retried
+        a.enroll_embeddings("After", _unit(rng, 2))
+        _wait(lambda: len(b) == 3, timeout=10)
+        a.enroll_embeddings("Later", _unit(rng, 1))
+        _wait(lambda: len(b) == 4)
+        assert {p.name for p in b.people()} == {"Before", "After", "Later"}
+    finally:
+        a.close()
+        b.close()
+
+
 # --- two `facekd serve` processes on one PostgreSQL gallery ----------------------------
 
 

@@ -167,12 +167,20 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise FacekdError(f"{self.location}: {str(exc).strip()}") from None
 
-    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence = (), binary: bool = False) -> list[tuple]:
+        """A query's rows. A read on a connection the server dropped (a restart) is
+        tried once more on a new one; a write is not (its outcome would be unknown)."""
         with self._lock:
-            try:
-                return self._live().execute(sql, params).fetchall()
-            except psycopg.Error as exc:
-                raise FacekdError(f"{self.location}: {str(exc).strip()}") from None
+            for attempt in (1, 2):
+                try:
+                    with self._live().cursor(binary=binary) as cur:
+                        return cur.execute(sql, params).fetchall()
+                except psycopg.OperationalError as exc:
+                    if attempt == 2 or not self._conn.broken:
+                        raise FacekdError(f"{self.location}: {str(exc).strip()}") from None
+                except psycopg.Error as exc:
+                    raise FacekdError(f"{self.location}: {str(exc).strip()}") from None
+        raise AssertionError("unreachable")
 
     def _notify(self, cur: psycopg.Cursor, op: str, face_ids: Sequence[int], person_ids: Sequence[int] = ()) -> None:
         """Queues notifications (sent at commit) naming the changed ids, in chunks."""
@@ -298,16 +306,10 @@ class PostgresStore:
         """``(face_ids, person_ids, embeddings (N, D), {person_id: name})`` of the given
         faces that still exist (all faces when None), by face id."""
         sql = "SELECT f.id, f.person_id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id"
-        with self._lock:
-            try:
-                with self._live().cursor(binary=True) as cur:
-                    if face_ids is None:
-                        cur.execute(sql + " ORDER BY f.id")
-                    else:
-                        cur.execute(sql + " WHERE f.id = ANY(%s) ORDER BY f.id", ([int(i) for i in face_ids],))
-                    rows = cur.fetchall()
-            except psycopg.Error as exc:
-                raise FacekdError(f"{self.location}: {str(exc).strip()}") from None
+        if face_ids is None:
+            rows = self._read(sql + " ORDER BY f.id", binary=True)
+        else:
+            rows = self._read(sql + " WHERE f.id = ANY(%s) ORDER BY f.id", ([int(i) for i in face_ids],), binary=True)
         dim = self.model().embedding_dim
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         pids = np.array([r[1] for r in rows], dtype=np.int64)
