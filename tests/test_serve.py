@@ -4,6 +4,7 @@ the other-model gallery, uvicorn in a thread), requests with httpx."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -214,8 +215,9 @@ class ThreadedServer:
 def test_gallery_of_another_model_is_409(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEKD_WEIGHTS", str(_weights_dir()))
     Gallery.create(tmp_path / "other.sqlite", OTHER_MODEL).close()
-    app = create_app(ServeSettings(model=MODEL, gallery=str(tmp_path / "other.sqlite"), detectors=("yunet",),
-                                   worker_threads=1))
+    # A gallery handed in already opened (how a server is given another store).
+    app = create_app(ServeSettings(model=MODEL, gallery="unused", detectors=("yunet",), worker_threads=1),
+                     gallery=Gallery.open(tmp_path / "other.sqlite"))
     with ThreadedServer(app) as s:
         msg = _error(httpx.post(f"{s.url}/v1/identify", files={"photo": ("p.jpg", _no_face_jpeg(), "image/jpeg")}),
                      409, "model_mismatch")
@@ -271,3 +273,16 @@ def test_enrol_and_identify_lfw_people(client, lfw_dir, server):
     db = sqlite3.connect(server.log.parent / "g.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
+
+
+@pytest.mark.slow
+def test_kill9_during_http_enrolment_loses_nothing(lfw_dir, tmp_path):
+    """eval/serve_kill9.py with 3 kills (docs/serving.md has the 20-kill run)."""
+    r = subprocess.run(
+        [sys.executable, str(REPO / "eval" / "serve_kill9.py"), "--kills", "3", "--lfw", str(lfw_dir),
+         "--json", str(tmp_path / "kill9.json")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "FACEKD_WEIGHTS": str(_weights_dir())},
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads((tmp_path / "kill9.json").read_text())
+    assert report["kills"] == 3 and report["problems"] == 0 and report["enrolments_answered"] > 0

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from facekd.deploy.photos import PhotoFace
+from facekd.identify.gallery import Gallery
 from facekd.serve.engine import Engine
 from facekd.serve.errors import ApiError, install_error_handlers
 from facekd.serve.gallery import GalleryService, open_gallery
@@ -80,15 +81,16 @@ async def _read(field: str, upload: UploadFile) -> tuple[bytes, str]:
 def create_app(
     settings: ServeSettings,
     *,
-    gallery: GalleryService | None = None,
+    gallery: Gallery | None = None,
     page: APIRouter | None = None,
 ) -> FastAPI:
     """Builds the server: checks the binding, reads the keys, loads the model and gallery.
 
     Args:
         settings: What to serve and how.
-        gallery: The gallery to serve (e.g. one over a PostgreSQL store); default: the
-            SQLite file ``settings.gallery``, created for this model when missing.
+        gallery: A gallery already opened (any store); default: the one at
+            ``settings.gallery`` (a SQLite file or a PostgreSQL URL), created for this
+            model when missing.
         page: A router serving the web page at ``/``; default: a placeholder that points
             to ``/docs``.
 
@@ -102,7 +104,7 @@ def create_app(
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
     engine = Engine(settings.model, settings.detectors, settings.worker_threads, settings.max_pixels)
     try:
-        service = gallery or open_gallery(settings.gallery, engine)
+        service = GalleryService(gallery, engine) if gallery is not None else open_gallery(settings.gallery, engine)
     except BaseException:
         engine.close()
         raise
