@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from facekd.errors import FacekdError
+from facekd.identify.location import is_postgres_url, location_arg, open_gallery_at, open_store
 from facekd.progress import progress_bar
 
 PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -61,7 +62,8 @@ def _add_gallery(sub: argparse._SubParsersAction) -> None:
     gsub = p.add_subparsers(dest="gallery_command", required=True, metavar="ACTION")
 
     e = gsub.add_parser("enroll", help="enrol people from photos (created with --model on first use)")
-    e.add_argument("gallery", type=Path, help="gallery file (.db); created when missing")
+    e.add_argument("gallery", type=location_arg,
+                   help="gallery file (.db) or postgresql://user@host:port/db URL; created when missing")
     e.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO|FOLDER",
                    help="photos of --name, or a folder known/<name>/*.jpg enrolling each person")
     e.add_argument("--name", help="the person the photos show (default: from the folders)")
@@ -71,35 +73,35 @@ def _add_gallery(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_run_enroll)
 
     ls = gsub.add_parser("list", help="the people enrolled, with their face counts")
-    ls.add_argument("gallery", type=Path)
+    ls.add_argument("gallery", type=location_arg)
     ls.add_argument("--faces", action="store_true", help="also list each face (id, source, detector)")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=_run_list)
 
     rm = gsub.add_parser("remove", help="remove a person (by id or name) or, with --face, one face")
-    rm.add_argument("gallery", type=Path)
+    rm.add_argument("gallery", type=location_arg)
     rm.add_argument("person", nargs="?", help="person id or name")
     rm.add_argument("--face", type=int, help="remove only this face id")
     rm.set_defaults(func=_run_remove)
 
     info = gsub.add_parser("info", help="the gallery's model, thresholds and size")
-    info.add_argument("gallery", type=Path)
+    info.add_argument("gallery", type=location_arg)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_run_info)
 
 
-def _open_or_create(path: Path, model: Path | None):
-    from facekd.identify.gallery import Gallery, file_sha256
+def _open_or_create(location: str, model: Path | None):
+    from facekd.identify.gallery import file_sha256
 
-    if not path.exists():
-        if model is None:
-            raise FacekdError(f"{path}: no such gallery; create it by giving the model: --model M.onnx")
-        print(f"{path}: new gallery for {model}")
-        return Gallery.create(path, model)
-    g = Gallery.open(path, model_path=model)
-    if model is not None and file_sha256(model) != g.model.sha256:
+    new = not is_postgres_url(location) and not Path(location).exists()
+    if new and model is None:
+        raise FacekdError(f"{location}: no such gallery; create it by giving the model: --model M.onnx")
+    g = open_gallery_at(location, model, create=True)
+    if new:
+        print(f"{location}: new gallery for {model}")
+    elif model is not None and file_sha256(model) != g.model.sha256:
         g.close()
-        raise FacekdError(f"{path}: built with {g.model.name} (sha256 {g.model.sha256[:12]}); {model} is another "
+        raise FacekdError(f"{location}: built with {g.model.name} (sha256 {g.model.sha256[:12]}); {model} is another "
                           "model, and a gallery's model is fixed when it is created")
     return g
 
@@ -145,9 +147,7 @@ def _run_enroll(args: argparse.Namespace) -> int:
 def _run_list(args: argparse.Namespace) -> int:
     import json
 
-    from facekd.identify.store import SqliteStore
-
-    with SqliteStore.open(args.gallery) as s:
+    with open_store(args.gallery) as s:
         people = s.people()
         faces = s.faces() if args.faces else []
     if args.json:
@@ -166,11 +166,9 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_remove(args: argparse.Namespace) -> int:
-    from facekd.identify.store import SqliteStore
-
     if (args.person is None) == (args.face is None):
         raise FacekdError("give a person (id or name) or --face FACE_ID")
-    with SqliteStore.open(args.gallery) as s:
+    with open_store(args.gallery) as s:
         if args.face is not None:
             pid = s.remove_face(args.face)
             print(f"removed face {args.face} of {s.person(pid).name} (person id {pid})")
@@ -188,16 +186,14 @@ def _run_remove(args: argparse.Namespace) -> int:
 def _run_info(args: argparse.Namespace) -> int:
     import json
 
-    from facekd.identify.store import SqliteStore
-
-    with SqliteStore.open(args.gallery) as s:
+    with open_store(args.gallery) as s:
         m, people, faces = s.model(), s.people(), s.face_count()
-    info = {"gallery": str(args.gallery), "bytes": args.gallery.stat().st_size, "people": len(people), "faces": faces,
-            "model": m.to_dict()}
+    size = None if is_postgres_url(args.gallery) else args.gallery.stat().st_size
+    info = {"gallery": str(args.gallery), "bytes": size, "people": len(people), "faces": faces, "model": m.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.gallery}: {len(people)} people, {faces} faces, {info['bytes'] / 2**20:.2f} MiB")
+    print(f"{args.gallery}: {len(people)} people, {faces} faces" + (f", {size / 2**20:.2f} MiB" if size is not None else ""))
     print(f"model: {m.name} (sha256 {m.sha256[:16]}..., {m.embedding_dim}-d, template "
           f"{m.preprocessing.get('template', '?')}); recorded at {m.path}")
     for k, v in sorted(m.thresholds.items()):
@@ -213,7 +209,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 def _add_identify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("identify", help="who is this? search photos in a gallery (identity, or unknown)")
-    p.add_argument("gallery", type=Path)
+    p.add_argument("gallery", type=location_arg, help="gallery file or postgresql:// URL")
     p.add_argument("photos", type=Path, nargs="+", metavar="PHOTO")
     p.add_argument("--top-k", type=int, default=5, help="people to list per photo (default 5)")
     p.add_argument("--scoring", default="best", choices=["best", "mean"],
@@ -228,11 +224,10 @@ def _add_identify(sub: argparse._SubParsersAction) -> None:
 
 def _run_identify(args: argparse.Namespace) -> int:
     from facekd.deploy.photos import PhotoError
-    from facekd.identify.gallery import Gallery
     from facekd.io_utils import atomic_write_json
 
     entries, bad = [], 0
-    with Gallery.open(args.gallery, index=args.index, model_path=args.model) as g:
+    with open_gallery_at(args.gallery, args.model, index=args.index) as g:
         thr = args.threshold if args.threshold is not None else g.threshold(args.scoring)
         if thr is None:
             print(f"note: {args.gallery} holds no identification threshold; the top match is reported as the identity",
