@@ -219,6 +219,28 @@ def test_a_database_restart_is_survived(pg, url):
         b.close()
 
 
+def test_gallery_commands_take_a_url(url, lfw_dir, yunet_weights, capsys):
+    """`facekd gallery enroll|list|info|remove` and `facekd identify` with a postgresql:// URL."""
+    import json
+
+    from facekd.cli import main
+
+    model = REPO / "weights" / "student5_mobilefacenet_casia.onnx"
+    photos = sorted((lfw_dir / "Aaron_Peirsol").glob("*.jpg"))
+    assert main(["gallery", "enroll", url, *map(str, photos[:2]), "--name", "Aaron_Peirsol", "--model", str(model),
+                 "--detector", "yunet"]) == 0
+    assert main(["gallery", "list", url]) == 0
+    assert "Aaron_Peirsol" in capsys.readouterr().out
+    assert main(["identify", url, str(photos[2]), "--detector", "yunet"]) == 0
+    assert "Aaron_Peirsol" in capsys.readouterr().out
+    assert main(["gallery", "info", url, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["faces"] == 2 and info["bytes"] is None and "password" not in info["gallery"]
+    assert main(["gallery", "remove", url, "Aaron_Peirsol"]) == 0
+    with PostgresStore.open(url) as s:
+        assert s.people() == []
+
+
 # --- two `facekd serve` processes on one PostgreSQL gallery ----------------------------
 
 
