@@ -214,6 +214,8 @@ class ThreadedServer:
 
 def test_gallery_of_another_model_is_409(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEKD_WEIGHTS", str(_weights_dir()))
+    # create_app lowers Pillow's process-wide limit; put it back for the tests after this one.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     Gallery.create(tmp_path / "other.sqlite", OTHER_MODEL).close()
     # A gallery handed in already opened (how a server is given another store).
     app = create_app(ServeSettings(model=MODEL, gallery="unused", detectors=("yunet",), worker_threads=1),
@@ -226,6 +228,7 @@ def test_gallery_of_another_model_is_409(tmp_path, monkeypatch):
                           files={"photos": ("p.jpg", _no_face_jpeg(), "image/jpeg")}), 409, "model_mismatch")
         assert httpx.get(f"{s.url}/v1/people").json()["total"] == 0
         assert httpx.get(f"{s.url}/").status_code == 200  # the placeholder page
+    assert Image.MAX_IMAGE_PIXELS == 40_000_000
 
 
 # --- real photos -----------------------------------------------------------------------

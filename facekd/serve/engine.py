@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
@@ -24,18 +23,11 @@ import numpy as np
 from facekd.deploy.photos import DetectorChain, PhotoError, PhotoFace, align_image, embed_faces, stored_threshold
 from facekd.errors import FacekdError
 from facekd.evaluation.embed import OnnxEmbedder
+from facekd.identify.gallery import file_sha256
 from facekd.serve.errors import ApiError
 from facekd.serve.images import decode_upload
 
 T = TypeVar("T")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Engine:
