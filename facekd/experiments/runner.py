@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from facekd.experiments.results import Result, append_result, read_results
 from facekd.experiments.tables import PREREQS, TABLES, Protocol, Row, teacher_section
 from facekd.hub import resolve
 from facekd.models import build_backbone
+from facekd.runtime.timing import measure_latency, torch_call
 from facekd.train.checkpoint import CHECKPOINT, load_checkpoint
 from facekd.train.config import TrainConfig
 from facekd.train.loop import fit
@@ -32,13 +32,10 @@ def cpu_ms_per_face(backbone: str, backbone_args: dict, repeats: int = 30) -> fl
     return _one_thread_ms(build_backbone(backbone, **backbone_args).eval(), repeats)
 
 
-def _one_thread_ms(net: torch.nn.Module, repeats: int) -> float:
-    x = torch.zeros(1, 3, *net.cfg.input_size)
+def _one_thread_ms(net: torch.nn.Module, rounds: int) -> float:
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        with torch.inference_mode():
-            return _median_ms(lambda: net(x), repeats)
+        return measure_latency({"net": torch_call(net, threads=1)}, rounds=rounds)["net"].median_ms
     finally:
         torch.set_num_threads(before)
 
@@ -51,18 +48,7 @@ def embedder_ms_per_face(resolved, repeats: int = 20) -> float:
         return _one_thread_ms(resolved.backbone.eval(), repeats)
     embedder = resolved.embedder()
     crop = np.zeros((1, *resolved.pre.input_size, 3), np.uint8)
-    return _median_ms(lambda: embedder(crop), repeats)
-
-
-def _median_ms(call: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return measure_latency({"embedder": lambda: embedder(crop)}, rounds=repeats)["embedder"].median_ms
 
 
 def ready_teacher_records(protocol: Protocol, lfw: dict) -> list[Result]:
