@@ -235,3 +235,15 @@ def test_two_galleries_on_one_file_stay_in_step(gallery, tmp_path):
     other.refresh()
     assert "Cy" not in [m.name for m in other.identify(_e((2, 1.0)), top_k=10).matches]
     other.close()
+
+
+def test_threshold_falls_back_to_verify(tmp_path):
+    m = GalleryModel(name="m.onnx", sha256=SHA, preprocessing={}, embedding_dim=DIM, thresholds={"verify": 0.7})
+    g = Gallery(SqliteStore.create(tmp_path / "g.db", m))
+    g.enroll_embeddings("Ada", _e((0, 1.0)))
+    assert g.threshold("best") == 0.7
+    assert g.identify(_e((0, 0.6), (1, 0.8))).name is None  # 0.6 < 0.7
+    bare = Gallery(SqliteStore.create(tmp_path / "h.db", _model()))
+    bare.enroll_embeddings("Ada", _e((0, 1.0)))
+    r = bare.identify(_e((0, 0.1), (1, 0.995)))
+    assert r.threshold is None and r.name == "Ada"  # no threshold at all: the top match

@@ -199,7 +199,7 @@ def _run_info(args: argparse.Namespace) -> int:
     for k, v in sorted(m.thresholds.items()):
         print(f"threshold {k}: {v:.4f}")
     if m.ident_threshold("best") is None:
-        print("no identification threshold stored: identify returns the top match as the identity "
+        print("no identification threshold stored: identify uses the verify threshold, or with none the top match "
               "(store one with `facekd eval lfw-ident --model MODEL.onnx --store-threshold` before creating the gallery, or pass --threshold)")
     return 0
 
@@ -230,7 +230,10 @@ def _run_identify(args: argparse.Namespace) -> int:
     with open_gallery_at(args.gallery, args.model, index=args.index) as g:
         thr = args.threshold if args.threshold is not None else g.threshold(args.scoring)
         if thr is None:
-            print(f"note: {args.gallery} holds no identification threshold; the top match is reported as the identity",
+            print(f"note: {args.gallery} holds no threshold; the top match is reported as the identity",
+                  file=sys.stderr)
+        elif args.threshold is None and g.model.ident_threshold(args.scoring) is None:
+            print(f"note: {args.gallery} holds no identification threshold; using the verify threshold {thr:.4f}",
                   file=sys.stderr)
         bar = progress_bar("identify") if len(args.photos) > 20 else None
         for i, photo in enumerate(args.photos, 1):

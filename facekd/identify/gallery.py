@@ -404,8 +404,11 @@ class Gallery:
     # --- search ----------------------------------------------------------------------
 
     def threshold(self, scoring: str = "best") -> float | None:
-        """The open-set threshold the gallery holds for ``scoring`` (None if none)."""
-        return self.model.ident_threshold(scoring)
+        """The cosine below which a probe is unknown: the open-set threshold stored for
+        ``scoring``, else the model's verify threshold (a looser cut, but never "the
+        nearest stranger"), else None (the top match is then the identity)."""
+        t = self.model.ident_threshold(scoring)
+        return t if t is not None else self.model.thresholds.get(VERIFY)
 
     def identify(self, probe: np.ndarray, top_k: int = 5, scoring: str = "best", threshold: float | None = None,
                  model: GalleryModel | str | None = None) -> Identification:
@@ -416,8 +419,7 @@ class Gallery:
             top_k: People to return, best first.
             scoring: ``"best"`` scores a person by their best-matching face,
                 ``"mean"`` by their L2-normalised mean template.
-            threshold: Cosine cut for "unknown" (default: the gallery's stored one for
-                ``scoring``; with none stored, the top match is the identity).
+            threshold: Cosine cut for "unknown" (default: :meth:`threshold`).
             model: The model that embedded the probe (GalleryModel or sha256); a
                 different one is refused with ModelMismatch.
         """
