@@ -244,6 +244,8 @@ def read_config_tree(path: Path | str, _seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(parent, str):
         raise FacekdError(f"{path}: extends must be one file name, got {parent!r}")
+    if not (path.parent / parent).is_file():
+        raise FacekdError(f"{path}: extends {parent!r}, which is not a file ({path.parent / parent})")
     return _merge(read_config_tree(path.parent / parent, (*_seen, path)), raw)
 
 

@@ -437,3 +437,76 @@ def test_images(tmp_path_factory, mode, fmt, h, w, frames, cut, special, huge):
         assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[2] == 3
         if special is None and cut is None:
             assert got.shape[:2] == (h, w)
+
+
+# --- regression tests: the faults the fuzzing found -----------------------------------
+
+@pytest.mark.parametrize("value", ["not json", "[]", '{"template": 3}', '{"bogus": 1}', '{"template": "nosuch"}'])
+def test_regression_onnx_malformed_preprocessing_metadata(tmp_path, value):
+    """Was JSONDecodeError / TypeError from OnnxEmbedder."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_onnx_bytes({"facekd": value}))
+    with pytest.raises(FacekdError, match="m.onnx: metadata 'facekd'"):
+        resolve(path).embedder("cpu")
+
+
+@pytest.mark.parametrize("raw", [b"\x80", b"", b"[1, 2]", b"null", b'{"fallback_files": [1]}'])
+def test_regression_align_report_not_a_report(tmp_path, raw):
+    """Was JSONDecodeError / UnicodeDecodeError / AttributeError from recorded_fallbacks."""
+    (tmp_path / "align_report.json").write_bytes(raw)
+    with pytest.raises(FacekdError, match="align_report.json"):
+        recorded_fallbacks(tmp_path)
+
+
+@pytest.mark.parametrize("data", [[], {"m": 1}, {"m": {"url": "u"}}, {"m": {"architecture": "x", "source": {"package": 1}}},
+                                  {"m": {"architecture": "x"}}])
+def test_regression_manifest_entries(tmp_path, data):
+    """Was KeyError / TypeError wherever an entry was used."""
+    with pytest.raises(FacekdError, match="manifest.json"):
+        check_manifest(data, tmp_path / "manifest.json")
+
+
+def test_regression_pairs_header_with_unicode_digits(tmp_path):
+    """'²'.isdigit() is True but int('²') fails: was a ValueError from parse_pairs."""
+    (tmp_path / "pairs.txt").write_text("²\t1\nA 1 2\n")
+    with pytest.raises(FacekdError, match="pairs.txt:1: expected a header"):
+        parse_pairs(tmp_path / "pairs.txt")
+
+
+@pytest.mark.parametrize("key, value", [("count", "3"), ("count", -1), ("files", ["a"]), ("identities", None),
+                                        ("template", 3)])
+def test_regression_pack_header_fields(tmp_path, key, value):
+    """Were TypeError / IndexError from Pack or its items."""
+    good = _good_pack(tmp_path)
+    index_pos, header_len, magic = struct.unpack("<QQ8s", good[-24:])
+    header = json.loads(good[-24 - header_len: -24])
+    header[key] = value
+    blob = json.dumps(header).encode()
+    (tmp_path / "x.fkpack").write_bytes(good[: -24 - header_len] + blob + struct.pack("<QQ8s", index_pos, len(blob), magic))
+    with pytest.raises(FacekdError, match="x.fkpack: corrupt facekd pack"):
+        Pack(tmp_path / "x.fkpack")
+
+
+def test_regression_pack_index_outside_the_file(tmp_path):
+    """A footer pointing past the file: was OSError (negative seek) / IndexError."""
+    good = _good_pack(tmp_path)
+    (tmp_path / "x.fkpack").write_bytes(good[:-24] + struct.pack("<QQ8s", 10**9, 10**9, b"FKDPACK1"))
+    with pytest.raises(FacekdError, match="x.fkpack: corrupt facekd pack"):
+        Pack(tmp_path / "x.fkpack")
+
+
+@pytest.mark.parametrize("backbone, args", [(False, {}), ([], {}), ("nosuch", {}), ("student5", {"bogus": 1}),
+                                            ("student5", [])])
+def test_regression_checkpoint_with_a_foreign_backbone_entry(tmp_path, backbone, args):
+    """Were "unknown backbone False" (no file named), TypeError (unhashable list) and the
+    backbone's own TypeError on unknown arguments."""
+    torch.save({"backbone": backbone, "backbone_args": args, "model": {}}, tmp_path / "x.ckpt")
+    with pytest.raises(FacekdError, match="x.ckpt"):
+        resolve(tmp_path / "x.ckpt")
+
+
+def test_regression_config_extending_a_missing_file(tmp_path):
+    """Was an error naming only the missing file, not the config that extends it."""
+    (tmp_path / "cfg.yaml").write_text("extends: base.yaml\n")
+    with pytest.raises(FacekdError, match=r"cfg\.yaml: extends 'base\.yaml'"):
+        load_config(TrainConfig, tmp_path / "cfg.yaml")

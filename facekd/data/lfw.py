@@ -75,7 +75,7 @@ def parse_pairs_text(text: str, path: str = "pairs.txt", suffix: str = ".jpg") -
     if not rows:
         raise FacekdError(f"{path}: empty pairs file")
     head_no, head = rows[0]
-    if len(head) != 2 or not all(h.isdigit() for h in head) or int(head[0]) < 2 or int(head[1]) < 1:
+    if len(head) != 2 or not all(h.isascii() and h.isdigit() for h in head) or int(head[0]) < 2 or int(head[1]) < 1:
         raise FacekdError(f"{path}:{head_no}: expected a header 'folds pairs_per_half' such as '10 300', got {' '.join(head)!r}")
     folds, n = int(head[0]), int(head[1])
     body = rows[1:]

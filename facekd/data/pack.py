@@ -89,18 +89,25 @@ class Pack:
                 index_pos, header_len, magic = _FOOTER.unpack(f.read(_FOOTER.size))
                 if magic != MAGIC:
                     raise FacekdError(f"{self.path}: truncated facekd pack (no footer)")
+                if header_len > size - _FOOTER.size or index_pos > size - _FOOTER.size - header_len:
+                    raise FacekdError(f"{self.path}: corrupt facekd pack (index or header outside the file)")
                 f.seek(size - _FOOTER.size - header_len)
-                self.header = json.loads(f.read(header_len))
+                self.header = _check_header(json.loads(f.read(header_len)), self.path)
                 n = self.header["count"]
+                if index_pos + 16 * n + 8 > size - _FOOTER.size - header_len:
+                    raise FacekdError(f"{self.path}: corrupt facekd pack (index of {n} items does not fit the file)")
                 f.seek(index_pos)
                 self.offsets = np.frombuffer(f.read(8 * (n + 1)), dtype="<u8").astype(np.int64) + len(MAGIC)
                 self.labels = np.frombuffer(f.read(8 * n), dtype="<i8").astype(np.int64)
         except FileNotFoundError:
             raise FacekdError(f"{self.path}: pack not found") from None
-        except (json.JSONDecodeError, KeyError, struct.error, ValueError) as exc:
+        except (json.JSONDecodeError, KeyError, struct.error, ValueError) as exc:  # ValueError: also not UTF-8
             raise FacekdError(f"{self.path}: corrupt facekd pack ({exc})") from None
-        if len(self.labels) != n or self.offsets[-1] > index_pos:
+        if len(self.labels) != n or np.any(np.diff(self.offsets) < 0) or self.offsets[0] != len(MAGIC) \
+                or self.offsets[-1] > index_pos:
             raise FacekdError(f"{self.path}: corrupt facekd pack (index does not fit the file)")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.header["identities"])):
+            raise FacekdError(f"{self.path}: corrupt facekd pack (a label outside its {len(self.identities)} identities)")
         self._mm: mmap.mmap | None = None
 
     def __getstate__(self) -> dict:
@@ -140,6 +147,23 @@ class Pack:
             return decode_rgb(self.raw(i))
         except UnreadableImage as exc:
             raise FacekdError(f"{self.path}: item {i} ({self.files[i]}): {exc}") from None
+
+
+def _check_header(header: object, path: Path) -> dict:
+    """``header`` if it has the fields a pack needs, with the right types."""
+    if not isinstance(header, dict):
+        raise FacekdError(f"{path}: corrupt facekd pack (header is not a JSON object)")
+    count, files = header.get("count"), header.get("files")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise FacekdError(f"{path}: corrupt facekd pack (count {count!r})")
+    if not isinstance(files, list) or len(files) != count or not all(isinstance(f, str) for f in files):
+        raise FacekdError(f"{path}: corrupt facekd pack (files must be {count} paths)")
+    identities = header.get("identities")
+    if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
+        raise FacekdError(f"{path}: corrupt facekd pack (identities must be a list of names)")
+    if not isinstance(header.get("template"), str) or not isinstance(header.get("meta", {}), dict):
+        raise FacekdError(f"{path}: corrupt facekd pack (template must be a name, meta a mapping)")
+    return header
 
 
 def _read_crop(path: Path) -> tuple[bytes, np.ndarray]:

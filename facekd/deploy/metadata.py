@@ -66,7 +66,10 @@ def preprocessing_from_metadata(meta: dict[str, str], path: Path | str) -> Prepr
     if not isinstance(data, dict):
         raise FacekdError(f"{where}: expected a JSON object, got {type(data).__name__}")
     pre = from_dict(Preprocessing, data, where)
-    get_template(pre.template)  # an unknown template fails here, not at the first embedding
+    try:
+        get_template(pre.template)  # an unknown template fails here, not at the first embedding
+    except FacekdError as exc:
+        raise FacekdError(f"{where}: {exc}") from None
     return pre
 
 

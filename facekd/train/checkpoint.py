@@ -115,10 +115,19 @@ def backbone_from_checkpoint(ckpt: dict, path: Path | str) -> nn.Module:
             f"{path}: not a facekd checkpoint (needs 'backbone' and 'model'); for published weights "
             "use --model NAME --weights FILE"
         )
-    model = apply_transforms(build_backbone(ckpt["backbone"], **ckpt.get("backbone_args", {})), ckpt.get("transforms"))
+    name, args = ckpt["backbone"], ckpt.get("backbone_args", {})
+    if not isinstance(name, str) or not isinstance(args, dict) or not isinstance(ckpt["model"], dict):
+        raise FacekdError(f"{path}: not a facekd checkpoint (backbone must be a name, backbone_args a mapping, "
+                          "model a state dict)")
+    try:
+        model = apply_transforms(build_backbone(name, **args), ckpt.get("transforms"))
+    except FacekdError as exc:  # an unknown backbone, a bad transform
+        raise FacekdError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:  # arguments the backbone refuses
+        raise FacekdError(f"{path}: cannot build backbone {name!r} from its backbone_args ({type(exc).__name__}: {exc})") from None
     try:
         model.load_state_dict(backbone_state(ckpt))
-    except RuntimeError as exc:
+    except (RuntimeError, AttributeError, TypeError) as exc:  # AttributeError/TypeError: keys that are not names
         raise FacekdError(f"{path}: weights do not fit backbone {ckpt['backbone']!r} ({str(exc).splitlines()[0]})") from None
     return model
 
