@@ -216,10 +216,10 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_align, _ad
 def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Core commands here; the demo, training and deployment commands live in their own modules."""
     from facekd.cli import compress as cli_compress, demo as cli_demo, deploy as cli_deploy, train as cli_train
-    from facekd.cli import serve as cli_serve
+    from facekd.cli import board as cli_board, serve as cli_serve
 
     return [cli_demo.add_demo, *_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS,
-            *cli_serve.COMMANDS, *cli_identify.COMMANDS]
+            *cli_serve.COMMANDS, *cli_identify.COMMANDS, *cli_board.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

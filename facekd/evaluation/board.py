@@ -1,0 +1,431 @@
+"""The accuracy–latency board: every ready model and every facekd model, measured in one
+run on this CPU, and the front they draw.
+
+Each model is measured the same way: LFW View 2 plain and flip (10-fold accuracy,
+TAR@FAR=1e-3) on one set of crops, parameters and MACs counted from its ONNX graph, and
+ONNX Runtime latency per face (batch 1, one thread, every model's FP32 and INT8 forms
+interleaved round by round, medians; :func:`facekd.runtime.timing.measure_latency`). A
+model's *fastest form* is its INT8 form where one exists and is faster, else FP32; its
+LFW figures are those of that form. A figure that cannot be measured here (a teacher on
+crops of its own geometry, a model without an ONNX form) is taken from the weights
+manifest and listed in the row's ``recorded``.
+
+The front is the set of rows no other row beats on both LFW flip and latency.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from facekd.deploy.macs import count_macs
+from facekd.errors import FacekdError
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    """A model to put on the board.
+
+    Attributes:
+        name: The row's name.
+        model: What :func:`facekd.hub.resolve` takes (a name, checkpoint or ``.onnx``).
+        weights: Weights for a registered backbone (a file or manifest name).
+        kind: "ready" (a published model) or "facekd" (made by facekd).
+        recorded: Figures measured elsewhere, used where this run cannot measure them
+            (``lfw_plain``, ``lfw_flip``, ``lfw_flip_std``, ``ms``, ``params``, ``how``).
+    """
+
+    name: str
+    model: str
+    weights: str | None = None
+    kind: str = "facekd"
+    recorded: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    """One model's figures; ``None`` where unknown.
+
+    Attributes:
+        form: The form the LFW and ``ms`` columns describe: "fp32", "int8" or "own
+            runtime" (a model with no ONNX form, timed through its own library).
+        fp32_ms, int8_ms: ONNX Runtime ms per face of each form (batch 1, one thread).
+        ms: The fastest form's ms.
+        tar_far_1e3: TAR at FAR = 1e-3 with flip, %.
+        int8_note: Why there is no INT8 form, where there is none.
+        recorded: Which figures come from the manifest, not from this run.
+        on_front: No other row has both higher LFW flip and lower ms.
+    """
+
+    name: str
+    kind: str
+    form: str | None
+    params: int | None
+    macs: int | None
+    fp32_ms: float | None
+    int8_ms: float | None
+    ms: float | None
+    lfw_plain: float | None
+    lfw_flip: float | None
+    lfw_flip_std: float | None
+    tar_far_1e3: float | None
+    int8_note: str | None = None
+    recorded: tuple[str, ...] = ()
+    on_front: bool = False
+
+
+@dataclass
+class Board:
+    """A board run: its rows and the machine it ran on."""
+
+    rows: list[BoardRow]
+    machine: dict
+    protocol: str
+
+    def to_dict(self) -> dict:
+        return {"machine": self.machine, "protocol": self.protocol, "rows": [asdict(r) for r in self.rows]}
+
+
+# LFW figures of the ready models measured on their own crops (eval/teacher_lfw.py, the
+# MTCNN detections of facekd align; docs/BENCHMARKS.md, "Ready teachers"), used where a
+# board run cannot align LFW with a model's own crop geometry. The ensemble's members are
+# the three models above it; its latency is the sum of theirs.
+TEACHER_LFW_HOW = "eval/teacher_lfw.py on the model's own crops (MTCNN detections), 2026-11"
+READY_RECORDED = {
+    "mobilefacenet": {"lfw_plain": 98.97, "lfw_flip": 99.07, "lfw_flip_std": 0.40, "how": TEACHER_LFW_HOW},
+    "facenet_casia": {"lfw_plain": 98.80, "lfw_flip": 99.02, "lfw_flip_std": 0.52, "how": TEACHER_LFW_HOW},
+    "dlib_resnet": {"lfw_plain": 98.68, "how": TEACHER_LFW_HOW},
+    "ensemble": {"lfw_flip": 99.25, "lfw_flip_std": 0.39, "tar_far_1e3": 98.53, "how": TEACHER_LFW_HOW},
+}
+ENSEMBLE_MEMBERS = ("facenet_casia", "mobilefacenet", "dlib_resnet")
+
+
+def ready_specs() -> list[BoardSpec]:
+    """The published models facekd knows, with the figures recorded for them."""
+    return [
+        BoardSpec("mobilefacenet", "mobilefacenet", weights="mobilefacenet_casia", kind="ready",
+                  recorded=READY_RECORDED["mobilefacenet"]),
+        BoardSpec("facenet_casia", "facenet_casia", kind="ready", recorded=READY_RECORDED["facenet_casia"]),
+        BoardSpec("dlib_resnet", "dlib_resnet", kind="ready", recorded=READY_RECORDED["dlib_resnet"]),
+    ]
+
+
+def ensemble_row(rows: list[BoardRow]) -> BoardRow | None:
+    """The ensemble of :data:`ENSEMBLE_MEMBERS`: its recorded LFW, the sum of its
+    members' measured latency and parameters (None unless every member was measured)."""
+    by = {r.name: r for r in rows}
+    members = [by.get(m) for m in ENSEMBLE_MEMBERS]
+    if any(m is None or m.ms is None for m in members):
+        return None
+    rec = READY_RECORDED["ensemble"]
+    params = sum(m.params for m in members) if all(m.params for m in members) else None
+    return BoardRow(
+        name="ensemble", kind="ready", form="members' fastest", params=params, macs=None, fp32_ms=None,
+        int8_ms=None, ms=sum(m.ms for m in members), lfw_plain=None, lfw_flip=rec["lfw_flip"],
+        lfw_flip_std=rec["lfw_flip_std"], tar_far_1e3=rec["tar_far_1e3"], recorded=("lfw_flip", "tar_far_1e3"),
+    )
+
+
+def shipped_specs() -> list[BoardSpec]:
+    """Every ONNX model facekd ships (weights/manifest.json)."""
+    from facekd.weights import onnx_models
+
+    return [BoardSpec(name, name, kind="facekd") for name in onnx_models()]
+
+
+def machine_facts() -> dict:
+    """The CPU this board ran on, its SIMD flags that matter for latency, and versions."""
+    import onnxruntime as ort
+
+    model, flags = platform.processor() or "unknown", []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
+            model = m.group(1).strip()
+        if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
+            have = set(m.group(1).split())
+            flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+                     if f in have]
+    except OSError:
+        pass
+    import os
+
+    return {"cpu": model, "cores": os.cpu_count(), "flags": flags, "onnxruntime": ort.__version__}
+
+
+@dataclass
+class _Entry:
+    spec: BoardSpec
+    resolved: object | None = None
+    fp32: Path | None = None
+    int8: Path | None = None
+    int8_note: str | None = None
+    own_call: Callable[[], object] | None = None
+    lfw: dict = field(default_factory=dict)  # form -> {"plain": PairsEvaluation, "flip": ...}
+    problem: str | None = None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.ndarray | None, say: Say) -> None:
+    """The entry's FP32 and INT8 ONNX files: its own file, or its backbone exported and
+    quantized with facekd's recipes (INT8 kept only where it is faster and faithful)."""
+    from facekd.deploy.export import default_normalize, export_onnx
+    from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, read_metadata
+    from facekd.deploy.quantize import quantize_int8
+
+    r = e.resolved
+    if r.path is not None and r.path.suffix.lower() == ".onnx":
+        meta = read_metadata(r.path)
+        info = ModelInfo.from_json(meta[MODEL_META_KEY]) if MODEL_META_KEY in meta else None
+        if info is not None and info.int8:
+            e.int8, e.int8_note = r.path, None
+            e.int8_note = None
+        else:
+            e.fp32 = r.path
+        return
+    if r.backbone is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    e.fp32 = folder / f"{_slug(e.spec.name)}.fp32.onnx"
+    say(f"  {e.spec.name}: exporting to ONNX")
+    export_onnx(r.backbone, e.fp32, input_size=tuple(r.pre.input_size), normalize=default_normalize(r.pre))
+    if calib is None:
+        e.int8_note = "no calibration faces given (--calib)"
+        return
+    out = folder / f"{_slug(e.spec.name)}.int8.onnx"
+    try:
+        res = quantize_int8(e.fp32, out, "static", calib=calib, probe=probe)
+        e.int8 = out
+        say(f"  {e.spec.name}: INT8 {res.recipe}, {res.ratio:.2f}x FP32 latency in the quantizer's own timing")
+    except FacekdError as exc:
+        e.int8_note = str(exc)
+        say(f"  {e.spec.name}: no INT8 form ({exc})")
+
+
+def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, say: Say) -> None:
+    from facekd.evaluation.embed import OnnxEmbedder
+    from facekd.evaluation.pairs import evaluate_pairs_plain_and_flip
+    from facekd.progress import progress_bar
+
+    emb = OnnxEmbedder(path, pre=e.resolved.pre) if path is not None else e.resolved.embedder()
+    emb.name = f"{e.spec.name} {form}"
+    try:
+        e.lfw[form] = evaluate_pairs_plain_and_flip(emb, lfw, detector=detector,
+                                                    embed_progress=progress_bar(f"{e.spec.name} {form}"))
+    except FacekdError as exc:
+        say(f"  {e.spec.name} {form}: LFW not measured here ({exc}); the recorded figure is shown")
+
+
+def _acc(ev, key: str) -> float | None:
+    if ev is None:
+        return None
+    r = ev.result
+    if key == "acc":
+        return 100 * r.accuracy
+    if key == "std":
+        return 100 * r.std
+    return 100 * r.tar_at_far.get(1e-3, float("nan"))
+
+
+def pareto_front(points: list[tuple[float | None, float | None]]) -> list[bool]:
+    """For each (ms, accuracy): whether no other point has lower-or-equal ms and
+    higher-or-equal accuracy, one of them strictly. Points with a None are off the front."""
+    out = []
+    for i, (ms, acc) in enumerate(points):
+        if ms is None or acc is None:
+            out.append(False)
+            continue
+        dominated = any(
+            j != i and m is not None and a is not None and m <= ms and a >= acc and (m < ms or a > acc)
+            for j, (m, a) in enumerate(points)
+        )
+        out.append(not dominated)
+    return out
+
+
+def _row(e: _Entry, t: dict) -> BoardRow:
+    fp32_ms = t[f"{e.spec.name}/fp32"].median_ms if f"{e.spec.name}/fp32" in t else None
+    int8_ms = t[f"{e.spec.name}/int8"].median_ms if f"{e.spec.name}/int8" in t else None
+    own_ms = t[f"{e.spec.name}/own"].median_ms if f"{e.spec.name}/own" in t else None
+    forms = {k: v for k, v in (("fp32", fp32_ms), ("int8", int8_ms), ("own runtime", own_ms)) if v is not None}
+    form = min(forms, key=forms.get) if forms else None
+    ev = e.lfw.get(form) or (e.lfw.get("fp32") if form == "int8" else None)
+    rec, recorded = e.spec.recorded, []
+    path = e.int8 if form == "int8" else e.fp32
+    params = macs = None
+    if path is not None:
+        from facekd.evaluation.compare import onnx_params
+
+        params = onnx_params(path)
+        macs = count_macs(e.fp32 or path)
+    elif "params" in rec:
+        params, recorded = rec["params"], recorded + ["params"]
+    ms = forms.get(form) if form else None
+    if ms is None and "ms" in rec:
+        ms, recorded = rec["ms"], recorded + ["ms"]
+    plain, flip = (ev.get("plain"), ev.get("flip")) if ev else (None, None)
+    lfw_plain, lfw_flip, std = _acc(plain, "acc"), _acc(flip, "acc"), _acc(flip, "std")
+    tar = _acc(flip, "tar")
+    if lfw_flip is None and "lfw_flip" in rec:
+        lfw_flip, std, recorded = rec["lfw_flip"], rec.get("lfw_flip_std"), recorded + ["lfw_flip"]
+    if lfw_plain is None and "lfw_plain" in rec:
+        lfw_plain, recorded = rec["lfw_plain"], recorded + ["lfw_plain"]
+    return BoardRow(
+        name=e.spec.name, kind=e.spec.kind, form=form, params=params, macs=macs, fp32_ms=fp32_ms, int8_ms=int8_ms,
+        ms=ms, lfw_plain=lfw_plain, lfw_flip=lfw_flip, lfw_flip_std=std, tar_far_1e3=tar,
+        int8_note=e.int8_note or e.problem, recorded=tuple(recorded),
+    )
+
+
+def run_board(
+    specs: list[BoardSpec],
+    lfw: Path,
+    *,
+    work: Path,
+    calib: Path | None = None,
+    detector: str = "mtcnn",
+    rounds: int = 15,
+    say: Say = print,
+) -> Board:
+    """Measures every model of ``specs`` in one run (see the module docstring).
+
+    Args:
+        lfw: LFW with pairs.txt (raw photos, aligned into the cache with each model's
+            template; or aligned crops; or a pack).
+        work: Folder for the exported ONNX files.
+        calib: Aligned training faces (folder or pack) to calibrate INT8 on; without it
+            the ready models get no INT8 form.
+        rounds: Interleaved timing rounds.
+    """
+    from facekd.deploy.crops import sample_crops
+    from facekd.evaluation.embed import to_input
+    from facekd.hub import resolve
+    from facekd.runtime.timing import measure_latency
+
+    import facekd.teachers.sources  # noqa: F401  (registers dlib_resnet with the hub)
+
+    entries = []
+    for spec in specs:
+        e = _Entry(spec)
+        try:
+            e.resolved = resolve(spec.model, spec.weights, allow_download=False)
+        except FacekdError as exc:
+            e.problem = f"not loadable here: {exc}"
+            say(f"  {spec.name}: {e.problem}; its recorded figures are shown")
+        entries.append(e)
+    calib_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for e in entries:
+        if e.resolved is None:
+            continue
+        pre = e.resolved.pre
+        cp = None
+        if calib is not None and pre.template in ("112x96", "112x112"):
+            if pre.template not in calib_cache:
+                x = to_input(sample_crops(calib, pre.template, 256), pre)
+                calib_cache[pre.template] = (x, x[:: max(1, len(x) // 64)][:64])
+            cp = calib_cache[pre.template]
+        _onnx_forms(e, work, cp[0] if cp else None, cp[1] if cp else None, say)
+        if e.fp32 is None and e.int8 is None:
+            e.own_call = _own_call(e.resolved)
+    for e in entries:
+        if e.resolved is None:
+            continue
+        for form, path in (("fp32", e.fp32), ("int8", e.int8)):
+            if path is not None:
+                _lfw(e, form, path, lfw, detector, say)
+        if e.fp32 is None and e.int8 is None:
+            _lfw(e, "own runtime", None, lfw, detector, say)
+    targets = {}
+    for e in entries:
+        if e.fp32 is not None:
+            targets[f"{e.spec.name}/fp32"] = e.fp32
+        if e.int8 is not None:
+            targets[f"{e.spec.name}/int8"] = e.int8
+        if e.own_call is not None:
+            targets[f"{e.spec.name}/own"] = e.own_call
+    say(f"timing {len(targets)} forms, interleaved, {rounds} rounds (batch 1, one thread)")
+    timings = measure_latency(targets, rounds=rounds) if targets else {}
+    rows = [_row(e, timings) for e in entries]
+    if (ens := ensemble_row(rows)) is not None:
+        rows.append(ens)
+    front = pareto_front([(r.ms, r.lfw_flip) for r in rows])
+    rows = [replace(r, on_front=f) for r, f in zip(rows, front)]
+    protocol = (f"LFW View 2 ({lfw}), 10 folds, {detector} crops; ONNX Runtime batch 1, one thread, "
+                f"{rounds} interleaved rounds, medians")
+    return Board(rows, machine_facts(), protocol)
+
+
+def _own_call(resolved) -> Callable[[], object] | None:
+    """A batch-1 call of a model that only runs through its own library (dlib), on one
+    thread where the library allows."""
+    try:
+        emb = resolved.embedder()
+    except FacekdError:
+        return None
+    h, w = resolved.pre.input_size
+    face = np.zeros((1, h, w, 3), np.uint8)
+    return lambda: emb.embed(face)
+
+
+def board_lines(board: Board) -> list[str]:
+    """The board as aligned text; figures recorded rather than measured carry a *."""
+    w = max([16, *(len(r.name) + 2 for r in board.rows)])
+    lines = [f"{'model':<{w}}{'kind':<8}{'params':>9}{'MMAC':>8}{'FP32 ms':>9}{'INT8 ms':>9}{'form':>6}"
+             f"{'LFW plain':>11}{'LFW flip':>17}{'TAR@1e-3':>10}  front"]
+
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for r in board.rows:
+        star = {k: "*" if k in r.recorded else " " for k in ("params", "ms", "lfw_plain", "lfw_flip")}
+        flip = "-" if r.lfw_flip is None else f"{r.lfw_flip:.2f} ± {r.lfw_flip_std or 0:.2f}"
+        lines.append(
+            f"{r.name:<{w}}{r.kind:<8}{f(r.params and r.params / 1e6, '.2f'):>8}{star['params']}"
+            f"{f(r.macs and r.macs / 1e6, '.1f'):>8}{f(r.fp32_ms, '.2f'):>9}{f(r.int8_ms, '.2f'):>9}"
+            f"{(r.form or '-')[:5]:>6}{f(r.lfw_plain, '.2f'):>10}{star['lfw_plain']}{flip:>16}{star['lfw_flip']}"
+            f"{f(r.tar_far_1e3, '.2f'):>10}  {'yes' if r.on_front else ''}"
+        )
+    if any(r.recorded for r in board.rows):
+        lines.append("* recorded in weights/manifest.json, not measured in this run")
+    return lines
+
+
+def plot_board(board: Board, path: Path | str) -> Path:
+    """LFW flip against the fastest form's ms (log scale), the front joined by a line."""
+    from facekd.evaluation.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    pts = [r for r in board.rows if r.ms is not None and r.lfw_flip is not None]
+    for r in pts:
+        colour = "tab:blue" if r.kind == "ready" else "tab:red"
+        ax.scatter(r.ms, r.lfw_flip, c=colour, marker="o" if r.on_front else "x", zorder=3)
+        ax.annotate(f"{r.name} ({r.form})", (r.ms, r.lfw_flip), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((r for r in pts if r.on_front), key=lambda r: r.ms)
+    if len(front) > 1:
+        ax.plot([r.ms for r in front], [r.lfw_flip for r in front], "k--", lw=1, zorder=2, label="front")
+    ax.set_xscale("log")
+    ax.set_xlabel("ONNX Runtime ms per face (batch 1, one thread; fastest form)")
+    ax.set_ylabel("LFW View 2 accuracy, flip (%)")
+    ax.scatter([], [], c="tab:blue", label="ready models")
+    ax.scatter([], [], c="tab:red", label="facekd models")
+    ax.legend(loc="lower right", fontsize=8)
+    cpu = board.machine.get("cpu", "?")
+    ax.set_title(f"facekd board: {cpu}, {board.machine.get('cores')} cores", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

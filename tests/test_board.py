@@ -1,0 +1,112 @@
+"""The accuracy–latency board: MACs counted from ONNX graphs, the front, and one board run
+end to end on a tiny synthetic LFW."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from facekd.cli.main import main
+from facekd.deploy.export import export_onnx
+from facekd.deploy.macs import count_macs
+from facekd.errors import FacekdError
+from facekd.evaluation.board import BoardRow, ensemble_row, pareto_front
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)  # 8*16*16 outputs x 27
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # 8*16*16 outputs x 9
+        self.fc = nn.Linear(8 * 16 * 16, 10)  # 10 outputs x 2048
+
+    def forward(self, x):
+        return self.fc(self.dw(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_macs_of_a_graph_are_counted_by_hand(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.onnx"
+    export_onnx(_Tiny().eval(), path, input_size=(16, 16), optimize=False)
+    assert count_macs(path) == 2048 * 27 + 2048 * 9 + 10 * 2048
+
+
+def test_macs_of_a_registered_backbone_match_torchs_counter(tmp_path: Path) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from facekd.models.base import build_backbone
+
+    net = build_backbone("mobilefacenet").eval()
+    path = tmp_path / "mfn.onnx"
+    export_onnx(net, path, input_size=(112, 96))  # batch norm folded: the same convs
+    with FlopCounterMode(display=False) as fc:
+        net(torch.zeros(1, 3, 112, 96))
+    assert count_macs(path) == fc.get_total_flops() // 2
+
+
+def test_macs_of_a_file_that_is_not_onnx_name_it(tmp_path: Path) -> None:
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(FacekdError, match="x.onnx"):
+        count_macs(bad)
+
+
+def test_front_keeps_only_rows_nothing_beats_on_both_axes() -> None:
+    # (ms, accuracy): b is beaten by a (faster and more accurate); d ties a on ms, loses on accuracy
+    points = [(5.0, 99.0), (6.0, 98.0), (2.0, 97.0), (5.0, 98.5), (None, 99.9), (10.0, 99.5)]
+    assert pareto_front(points) == [True, False, True, False, False, True]
+
+
+def _row(name: str, ms: float, params: int) -> BoardRow:
+    return BoardRow(name, "ready", "fp32", params, None, ms, None, ms, None, 99.0, 0.1, None)
+
+
+def test_ensemble_costs_the_sum_of_its_members() -> None:
+    rows = [_row("facenet_casia", 40.0, 23), _row("mobilefacenet", 10.0, 1), _row("dlib_resnet", 20.0, 5)]
+    ens = ensemble_row(rows)
+    assert ens.ms == pytest.approx(70.0) and ens.params == 29
+    assert ensemble_row(rows[:2]) is None  # a member not measured: no row, not a guess
+
+
+def _tiny_lfw(root: Path) -> Path:
+    """10 folds of 1 same + 1 different pair over aligned 112x96 crops: two faces per
+    person that differ only by noise, so a random network still tells people apart."""
+    rng = np.random.default_rng(0)
+    lines = ["10 1"]
+    for f in range(10):
+        a, b = f"P{f}a", f"P{f}b"
+        for name in (a, b):
+            (root / name).mkdir(parents=True)
+            base = rng.integers(0, 255, (112, 96, 3))
+            for i in (1, 2):
+                img = np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / name / f"{name}_{i:04d}.jpg", quality=95)
+        lines += [f"{a} 1 2", f"{a} 1 {b} 1"]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_board_measures_a_model_end_to_end(tmp_path: Path) -> None:
+    from facekd.models.base import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("student5").eval()
+    model = tmp_path / "s5.onnx"
+    export_onnx(net, model, input_size=(112, 96), normalize=True)
+    lfw = _tiny_lfw(tmp_path / "lfw")
+    out = tmp_path / "board.json"
+    rc = main(["board", f"mine={model}", "--no-ready", "--no-shipped", "--lfw", str(lfw), "--rounds", "2",
+               "--work", str(tmp_path / "w"), "--json", str(out), "--plot", str(tmp_path / "board.png")])
+    assert rc == 0
+    board = json.loads(out.read_text())
+    (row,) = board["rows"]
+    assert row["name"] == "mine" and row["form"] == "fp32" and row["on_front"]
+    assert row["macs"] == count_macs(model) > 0
+    assert row["ms"] > 0 and row["recorded"] == []
+    assert row["lfw_flip"] is not None and 50.0 <= row["lfw_plain"] <= 100.0
+    assert (tmp_path / "board.png").stat().st_size > 0
