@@ -80,7 +80,7 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(schema, path)
     assert cfg.model.backbone in BACKBONES and cfg.model.head in HEADS
     if issubclass(schema, DistillConfig):
-        assert cfg.distill.terms and all(t["name"] in DISTILL_LOSSES for t in cfg.distill.terms)
+        assert cfg.distill.terms and all(t.name in DISTILL_LOSSES for t in cfg.distill.terms)
     assert cfg.optim.name in OPTIMIZERS and cfg.schedule.name in SCHEDULES
 
 

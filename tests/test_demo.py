@@ -102,7 +102,7 @@ def test_the_demo_config_loads_with_the_cpu_recipe():
     cfg = load_config(DistillConfig, bundled_config("distill/demo_cpu.yaml"))
     assert cfg.model.backbone == "student5" and cfg.teacher.model == "mobilefacenet"
     assert cfg.data.detector == "yunet" and cfg.eval.every == 0 and cfg.distill.adapter == "lift"
-    assert [t["name"] for t in cfg.distill.terms] == ["hard", "featurenorm"]
+    assert [t.name for t in cfg.distill.terms] == ["hard", "featurenorm"]
 
 
 def test_shipped_weights_are_checked_against_the_manifest(tmp_path, monkeypatch):

@@ -72,7 +72,8 @@ def test_centred_teacher_outputs_need_the_cache(tmp_path):
 
 
 def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
-    from facekd.distill.objective import CachedTeacher, make_distill_objective
+    from facekd.distill.objective import make_distill_objective
+    from facekd.distill.teacher_sources import CachedTeacher
     from facekd.train.data import build_train_set
 
     _synthetic_pack(tmp_path / "p.fkpack")
@@ -81,7 +82,7 @@ def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
     data = build_train_set(cfg.data, "112x96")
     said: list[str] = []
     obj = make_distill_objective(cfg, data, torch.device("cpu"), said.append)
-    assert isinstance(obj._teacher, CachedTeacher) and obj._teacher.embeddings.shape == (12, 32)
+    assert isinstance(obj.teacher, CachedTeacher) and obj.teacher.embeddings.shape == (12, 32)
     assert any("embedding 12 crops" in s for s in said)
     assert any("fitted a softmax classifier" in s for s in said)  # the checkpoint has no head
     assert obj.adapter is not None and obj.adapter.weight.shape == (32, 512)  # 512-d student, 32-d teacher
@@ -93,7 +94,7 @@ def test_teacher_outputs_are_cached_and_reused(tmp_path, monkeypatch):
     x = torch.from_numpy(np.stack([data.image(i) for i in range(3)])).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         ref = net((x - 127.5) / 128.0)
-    assert torch.allclose(obj._teacher.embeddings[:3].float(), ref, atol=2e-2 * ref.abs().max().item())
+    assert torch.allclose(obj.teacher.embeddings[:3].float(), ref, atol=2e-2 * ref.abs().max().item())
 
     # A second run over the same teacher and crops never embeds again.
     def boom(*a, **k):
@@ -128,7 +129,7 @@ def test_teacher_head_is_reused_only_for_the_same_identities(tmp_path):
     assert set(terms) == {"hard", "soft", "featurenorm"} and all(torch.isfinite(v) for v in terms.values())
     sum(terms.values()).backward()
     assert obj.adapter.weight.grad is not None
-    assert all(p.grad is None for p in obj._teacher.head.parameters())  # the teacher never learns
+    assert all(p.grad is None for p in obj.teacher.head.parameters())  # the teacher never learns
 
     _, said = _objective(tmp_path, ["x", "y", "z"])  # a teacher trained on other identities
     assert any("fitted" in s for s in said)
@@ -140,11 +141,11 @@ def test_teacher_weighting_scales_the_soft_term_per_sample(tmp_path):
     obj, _ = _objective(tmp_path, ["id0", "id1", "id2"], teacher_weighting=True, adapter="learned")
     obj.eval()
     with torch.no_grad():  # a confidently wrong teacher: large H(X_T, y), so μ < 1
-        obj._teacher.head.fc.weight.mul_(-200.0)
+        obj.teacher.head.fc.weight.mul_(-200.0)
     x, y, idx = torch.randn(4, 3, 112, 96), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3])
     terms = obj(x, y, idx)
     with torch.no_grad():
-        t = obj._teacher(x, idx)
+        t = obj.teacher(x, idx)
         logits = obj.head(obj.backbone(x))
         from facekd.distill import teacher_weights
 
@@ -187,10 +188,10 @@ def test_crop_adapter_matches_adapt_crop_both_ways():
 
 
 def test_a_narrower_teacher_is_lifted_by_default_and_nothing_is_learned_for_it(tmp_path):
-    from facekd.distill.objective import LiftedTeacher
+    from facekd.distill.teacher_sources import LiftedTeacher
 
     obj, said = _objective(tmp_path, ["id0", "id1", "id2"])  # 32-d teacher, 512-d student
-    assert obj.adapter is None and isinstance(obj._teacher, LiftedTeacher)
+    assert obj.adapter is None and isinstance(obj.teacher, LiftedTeacher)
     assert any("teacher embedding 32-d lifted to 512-d (fixed orthonormal)" in s for s in said)
     terms = obj(torch.randn(4, 3, 112, 96), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3]))
     assert 0.0 < terms["featurenorm"].item() and torch.isfinite(terms["featurenorm"])

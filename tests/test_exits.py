@@ -302,7 +302,7 @@ def test_an_external_teacher_teaches_every_exit(tmp_path, adapter):
     if adapter == "learned":
         assert obj.adapters is not None and [a.weight.shape for a in obj.adapters] == [(32, 512)] * 3
     else:
-        assert obj.adapters is None and obj._teacher(None, torch.arange(4)).embedding.shape == (4, 512)
+        assert obj.adapters is None and obj.teacher(None, torch.arange(4)).embedding.shape == (4, 512)
     idx = torch.arange(4)
     x = torch.stack([torch.from_numpy(data.image(i)).permute(2, 0, 1).float() for i in range(4)])
     terms = obj((x - 127.5) / 128.0, torch.from_numpy(data.labels[:4]), idx)

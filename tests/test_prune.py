@@ -184,6 +184,7 @@ def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
     assert count_params(final) == result.steps[1].params
     assert final(torch.zeros(2, 3, 112, 96)).shape == (2, 32)
     assert read_result(run).to_dict() == result.to_dict()
+    assert sum("teacher outputs:" in s for s in said) == 1  # one teacher, built once, for both steps
     # A finished run resumes to the same table without pruning or training again; a
     # second run into the same folder is refused.
     before = (run / "step1" / "pruned.pt").stat().st_mtime_ns

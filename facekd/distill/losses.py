@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facekd.config import from_dict
+from facekd.errors import FacekdError
 from facekd.registry import Registry
 
 DISTILL_LOSSES: Registry[nn.Module] = Registry("distillation term")
@@ -30,6 +32,27 @@ NEEDS = frozenset({"labels", "student_logits", "teacher_logits", "teacher_embedd
 
 # The lowest cross-entropy Caffe reports, the source's MIN for teacher weighting.
 CAFFE_MIN_CE = -8.37665
+
+
+@dataclass(frozen=True)
+class TermCfg:
+    """One distillation term: a name in :data:`~facekd.distill.losses.DISTILL_LOSSES`,
+    its weight λ and the arguments that term takes (``{name: soft, weight: 1.0, tau: 4}``).
+    An argument left out (None) takes the term's default; one the term does not take is
+    an error naming it (:func:`facekd.distill.losses.build_terms`)."""
+
+    name: str
+    weight: float = 1.0
+    tau: float | None = None  # soft, hinton, noisy_teacher, manual_teacher, exit_kl
+    alpha: float | None = None  # hinton
+    sigma: float | None = None  # noisy_teacher
+    p: float | None = None  # noisy_teacher
+    a: float | None = None  # manual_teacher
+    epsilon: float | None = None  # label_smoothing
+
+    def args(self) -> dict:
+        """The term's keyword arguments: the weight and every argument given."""
+        return {k: v for k, v in vars(self).items() if k != "name" and v is not None}
 
 
 @dataclass
@@ -288,18 +311,18 @@ def uses(terms: list[nn.Module], what: str) -> bool:
     return any(f"teacher_{what}" in t.needs for t in terms)
 
 
-def build_terms(specs: list[dict]) -> list[nn.Module]:
-    """Terms from config entries ``{name: soft, weight: 1.0, tau: 4}``."""
-    from facekd.errors import FacekdError
-
+def build_terms(specs: list) -> list[nn.Module]:
+    """Terms from config entries: :class:`~facekd.distill.config.TermCfg` records, or
+    their mappings ``{name: soft, weight: 1.0, tau: 4}`` (read as such, unknown keys
+    refused)."""
     out = []
-    for spec in specs:
-        spec = dict(spec)
-        if "name" not in spec:
-            raise FacekdError(f"distill.terms entry {spec} has no name (one of {', '.join(DISTILL_LOSSES.names())})")
-        name = spec.pop("name")
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, TermCfg):
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise FacekdError(f"distill.terms entry {spec} has no name (one of {', '.join(DISTILL_LOSSES.names())})")
+            spec = from_dict(TermCfg, spec, f"distill.terms[{i}] ({spec['name']})")
         try:
-            out.append(DISTILL_LOSSES.build(name, **spec))
+            out.append(DISTILL_LOSSES.build(spec.name, **spec.args()))
         except TypeError as exc:
-            raise FacekdError(f"distill.terms {name}: {exc}") from None
+            raise FacekdError(f"distill.terms {spec.name}: {exc}") from None
     return out

@@ -1,5 +1,8 @@
-"""Teachers: loading one, its outputs on the training crops (computed once, cached on
-disk), and a classifier over the student's identities when the teacher has none."""
+"""Teacher models: loading one, its outputs on the training crops (computed once, cached
+on disk), the file of exported outputs (:func:`write_exported` / :func:`read_exported`,
+for a machine without the teacher), and a classifier over the student's identities when
+the teacher has none. What the objective holds is built from these by
+:mod:`facekd.distill.teacher_sources`."""
 
 from __future__ import annotations
 
@@ -20,15 +23,15 @@ from facekd.errors import FacekdError
 from facekd.models.heads import build_head
 from facekd.hub import resolve
 from facekd.paths import cache_dir
-from facekd.train.checkpoint import save_checkpoint
+from facekd.train.checkpoint import load_checkpoint, save_checkpoint
 
 Progress = Callable[[int, int], None]
 CACHE_VERSION = 1
 
 
 @dataclass
-class Teacher:
-    """A frozen teacher.
+class TeacherModel:
+    """A frozen teacher network (or embedder), as loaded.
 
     Attributes:
         name: What to call it in logs.
@@ -58,7 +61,7 @@ def _freeze(m: nn.Module) -> nn.Module:
     return m
 
 
-def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
+def load_teacher(cfg, identities: list[str], device: torch.device) -> TeacherModel:
     """Loads ``cfg`` (a :class:`~facekd.distill.config.TeacherCfg`), frozen, on ``device``.
 
     Anything the model hub resolves can teach. A facekd checkpoint trained on the same
@@ -71,13 +74,15 @@ def load_teacher(cfg, identities: list[str], device: torch.device) -> Teacher:
     pre = ref.pre
     center = pre.center_targets if cfg.center is None else bool(cfg.center)
     if ref.backbone is None:  # ONNX or an external embedder: cached outputs only
-        return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, None, ref.embedder(str(device)), center=center)
+        return TeacherModel(name=ref.name, key=ref.key, template=pre.template, mean=pre.mean, std=pre.std,
+                            backbone=None, embedder=ref.embedder(str(device)), center=center)
     net = _freeze(ref.backbone).to(device)
     head = ref.head_for(identities)
     if head is not None:
         head = _freeze(head).to(device)
     embedder = TorchEmbedder(net, pre, name=ref.name, device=str(device), optimize=False)
-    return Teacher(ref.name, ref.key, pre.template, pre.mean, pre.std, net, embedder, head, center)
+    return TeacherModel(name=ref.name, key=ref.key, template=pre.template, mean=pre.mean, std=pre.std,
+                        backbone=net, embedder=embedder, head=head, center=center)
 
 
 def center_outputs(emb: torch.Tensor, name: str, say: Callable = print) -> torch.Tensor:
@@ -112,18 +117,18 @@ def crop_adapter(have: str, want: str, pad_value: float = 0.0) -> Callable[[torc
 
 
 def data_fingerprint(data) -> str:
-    """Identifies a training set's crops and labels (sources, sizes, order)."""
+    """Identifies a training set's crops and labels (its :class:`~facekd.train.data.TrainSetId`,
+    sizes, order)."""
     h = hashlib.sha256()
-    for src in data.info["sources"]:
-        p = Path(src)
-        h.update(f"{p}:{p.stat().st_size if p.is_file() else 'dir'}".encode())
+    for part in data.identity.cache_parts():
+        h.update(part.encode())
     h.update(data.labels.tobytes())
     for i in range(len(data)):
         h.update(data.describe(i).encode())
     return h.hexdigest()
 
 
-def teacher_embeddings(teacher: Teacher, data, progress: Progress | None = None, say: Callable = print) -> torch.Tensor:
+def teacher_embeddings(teacher: TeacherModel, data, progress: Progress | None = None, say: Callable = print) -> torch.Tensor:
     """The teacher's embeddings of every un-augmented training crop, (N, D) float16 on CPU.
 
     Computed once per (teacher weights, training crops, preprocessing) and kept under
@@ -187,3 +192,55 @@ def fit_classifier(
     with torch.no_grad():
         acc = (head(x).argmax(1) == y).float().mean().item() * 100
     return _freeze(head), acc
+
+
+# --- exported outputs: a teacher's cached outputs in one file that travels --------------
+
+
+@dataclass(frozen=True)
+class ExportedOutputs:
+    """A teacher's embeddings of every training crop, in training-set order, with what
+    identifies them (``eval/export_teacher_outputs.py`` writes it where the teacher runs).
+
+    Attributes:
+        embeddings: (N, D) float16, as the teacher-output cache holds them (not centred).
+        teacher, key: The teacher's name and weights key.
+        template, mean, std: Its input geometry and normalisation.
+        labels, identities: The training set's labels (N,) and identity names.
+        center: Whether the teacher's outputs are centred before a student learns them.
+    """
+
+    embeddings: torch.Tensor
+    teacher: str
+    key: str
+    template: str
+    mean: float
+    std: float
+    labels: torch.Tensor
+    identities: list[str]
+    center: bool = False
+
+
+def write_exported(path: Path | str, out: ExportedOutputs) -> None:
+    """Writes ``out`` to ``path`` atomically (a kill leaves no half-written file)."""
+    blob = {"embeddings": out.embeddings, "teacher": out.teacher, "key": out.key, "template": out.template,
+            "mean": out.mean, "std": out.std, "n": len(out.labels), "labels": out.labels,
+            "identities": list(out.identities), "center": out.center}
+    save_checkpoint(path, blob)
+
+
+def read_exported(path: Path | str) -> ExportedOutputs:
+    """The outputs :func:`write_exported` wrote (files written before ``center`` was
+    recorded read as not centred).
+
+    Raises:
+        FacekdError: the file is missing, damaged or not exported outputs, naming it.
+    """
+    blob = load_checkpoint(path)
+    try:
+        return ExportedOutputs(
+            embeddings=blob["embeddings"], teacher=blob["teacher"], key=blob["key"], template=blob["template"],
+            mean=float(blob["mean"]), std=float(blob["std"]), labels=blob["labels"],
+            identities=list(blob.get("identities", [])), center=bool(blob.get("center", False)))
+    except (KeyError, TypeError) as exc:
+        raise FacekdError(f"{path}: not a file of exported teacher outputs (missing {exc})") from None

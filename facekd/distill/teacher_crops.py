@@ -12,26 +12,17 @@ cached outputs (its crops cannot follow the student's augmentation).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from facekd.data.identity import photo_key
+from facekd.data.image_io import read_rgb
+from facekd.data.pack import SUFFIX, Pack
 from facekd.errors import FacekdError
-
-
-def _relative_name(data, i: int) -> str:
-    """The relative name (``identity/file``) of training crop ``i``, from its description
-    (``PACK:rel`` for a pack, ``ROOT/rel`` for a folder)."""
-    desc = data.describe(i)
-    for src in data.info.get("sources", []):
-        for prefix in (f"{src}:", f"{src}/"):
-            if desc.startswith(prefix):
-                return desc[len(prefix):]
-    # a folder aligned into the cache: describe() names the aligned copy; keep identity/file
-    parts = Path(desc).parts
-    return "/".join(parts[-2:])
+from facekd.train.data import resolve_path
 
 
 class TeacherCrops:
@@ -43,8 +34,6 @@ class TeacherCrops:
     """
 
     def __init__(self, path: Path | str, template: str) -> None:
-        from facekd.data.pack import SUFFIX, Pack
-
         self.path = Path(path).expanduser()
         self.template = template
         if self.path.is_file() and self.path.suffix == SUFFIX:
@@ -71,8 +60,6 @@ class TeacherCrops:
 
     def image(self, k: int) -> np.ndarray:
         """Crop ``k`` (in the pack's or folder's order)."""
-        from facekd.data.image_io import read_rgb
-
         return self._pack.image(k) if self._pack is not None else read_rgb(self.path / self._files[k])
 
     def loader(self, data) -> Callable[[int], np.ndarray]:
@@ -83,7 +70,7 @@ class TeacherCrops:
         teacher crop of it, which is the same photo when the teacher pack was packed from
         the same folders in the same order as the student's.
         """
-        names = [photo_key(_relative_name(data, i)) for i in range(len(data))]
+        names = [photo_key(data.name(i)) for i in range(len(data))]
         seen: dict[str, int] = {}
         keys, missing = [], []
         for n in names:
@@ -100,3 +87,34 @@ class TeacherCrops:
                 f"e.g. {', '.join(missing[:3])} (cut the same photos the student trains on)"
             )
         return lambda i: self.image(keys[i])
+
+
+class TeacherView:
+    """The training set as a teacher with its own crops sees it: the same samples,
+    labels and order, each image read from the teacher's crops of the same photo."""
+
+    def __init__(self, data, crops: TeacherCrops) -> None:
+        self._data = data
+        self._load = crops.loader(data)
+        self.labels, self.identities, self.template = data.labels, data.identities, crops.template
+        self.identity = replace(data.identity, template=crops.template, teacher_crops=crops.fingerprint())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def describe(self, i: int) -> str:
+        return self._data.describe(i)
+
+    def name(self, i: int) -> str:
+        return self._data.name(i)
+
+    def image(self, i: int) -> np.ndarray:
+        return self._load(i)
+
+
+def teacher_inputs(crops: str | None, template: str, data):
+    """What a teacher embeds: the student's crops, or its own (``teacher.crops``, a pack
+    or folder of crops aligned to ``template``)."""
+    if not crops:
+        return data
+    return TeacherView(data, TeacherCrops(resolve_path(crops, None), template))

@@ -96,11 +96,11 @@ class MultiExit(nn.Module):
         exits: :class:`ExitCfg` mappings, earliest first.
     """
 
-    def __init__(self, net: nn.Module, exits: list[dict]) -> None:
+    def __init__(self, net: nn.Module, exits: list[ExitCfg | dict]) -> None:
         super().__init__()
         if not exits:
             raise FacekdError("a multi-exit model needs at least one early exit (exits: [{at: NODE}])")
-        specs = [from_dict(ExitCfg, dict(e), f"exits[{i}]") for i, e in enumerate(exits)]
+        specs = [e if isinstance(e, ExitCfg) else from_dict(ExitCfg, dict(e), f"exits[{i}]") for i, e in enumerate(exits)]
         self.net = net
         self.cfg = net.cfg
         self.points = [s.at for s in specs]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from facekd.distill.config import DistillCfg, DistillConfig
+from facekd.distill.config import DistillCfg, DistillConfig, TermCfg
+from facekd.models.exits import ExitCfg
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,14 @@ class ExitsCfg:
             run's steps (the teachers' soft outputs are kept from growing confident).
     """
 
-    points: list[dict] = field(default_factory=list)
+    points: list[ExitCfg] = field(default_factory=list)
     kl_weight: float = 1.0
     tau_start: float = 1.0
     tau_end: float = 4.0
 
 
 def _hard_only() -> DistillCfg:
-    return DistillCfg(terms=[{"name": "hard", "weight": 1.0}])
+    return DistillCfg(terms=[TermCfg(name="hard", weight=1.0)])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from facekd.distill.losses import DISTILL_LOSSES, Outputs, build_terms, needs_teacher
-from facekd.distill.objective import make_distill_objective
+from facekd.distill.objective import match_width
+from facekd.distill.teacher_sources import Teacher, teacher_for
 from facekd.errors import FacekdError
 from facekd.models.heads import SoftmaxHead, build_head
 from facekd.models import build_backbone
@@ -33,12 +34,13 @@ class MultiExitObjective(nn.Module):
         terms: Distillation terms applied at every exit (``hard``, and teacher terms).
         inter: The ``exit_kl`` term, or None to train the exits independently.
         tau: (start, end) temperature of ``inter``, over ``total_steps`` steps.
-        teacher: ``(images, indices) -> Outputs`` of an external teacher, or None.
-        teacher_dim: The teacher's embedding width when it differs from the exits'.
+        teacher: The external teacher (built once, :mod:`facekd.distill.teacher_sources`), or None.
+        teacher_dim: The teacher's embedding width when each exit needs a learned layer to it.
     """
 
     def __init__(self, backbone: MultiExit, heads: list[nn.Module], terms: list[nn.Module], inter: nn.Module | None,
-                 tau: tuple[float, float], total_steps: int, teacher=None, teacher_dim: int | None = None) -> None:
+                 tau: tuple[float, float], total_steps: int, teacher: Teacher | None = None,
+                 teacher_dim: int | None = None) -> None:
         super().__init__()
         if len(heads) != backbone.num_exits:
             raise FacekdError(f"{len(heads)} heads for {backbone.num_exits} exits")
@@ -51,7 +53,7 @@ class MultiExitObjective(nn.Module):
         if teacher is not None and teacher_dim and teacher_dim != dim:
             self.adapters = nn.ModuleList(nn.Linear(dim, teacher_dim, bias=False) for _ in heads)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # saved: τ resumes where it was
-        object.__setattr__(self, "_teacher", teacher)
+        object.__setattr__(self, "teacher", teacher)  # outside the module tree
 
     def temperature(self) -> float:
         """τ at the current step: linear from start to end over the run."""
@@ -81,7 +83,7 @@ class MultiExitObjective(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         embeddings = self.backbone.forward_all(x)
-        teacher = self._teacher(x, index) if self._teacher is not None else Outputs(x.new_zeros(0))
+        teacher = self.teacher(x, index) if self.teacher is not None else Outputs(x.new_zeros(0))
         with full_precision(x):
             outs = self.exit_outputs(embeddings, y)
             terms: dict[str, torch.Tensor] = {}
@@ -99,7 +101,8 @@ class MultiExitObjective(nn.Module):
 
 
 def make_multiexit_objective(cfg, data, device: torch.device, say: Callable[[str], None] = print) -> MultiExitObjective:
-    """``fit``'s ``make_objective`` for a :class:`~facekd.multiexit.config.MultiExitConfig`."""
+    """``fit``'s ``make_objective`` for a :class:`~facekd.multiexit.config.MultiExitConfig`:
+    the exits and their heads, then the teacher (built once, if a term follows one)."""
     e = cfg.exits
     terms = build_terms(cfg.distill.terms)
     if cfg.distill.teacher_weighting:
@@ -109,9 +112,9 @@ def make_multiexit_objective(cfg, data, device: torch.device, say: Callable[[str
     heads = [build_head(cfg.model.head, dim, len(data.identities), **cfg.model.head_args) for _ in range(model.num_exits)]
     teacher, teacher_dim = None, None
     if needs_teacher(terms):
-        base = make_distill_objective(cfg, data, device, say)  # loads the teacher and its cached outputs
-        teacher = base._teacher
-        teacher_dim = base.adapter.out_features if base.adapter is not None else None
+        teacher, teacher_dim = match_width(teacher_for(cfg, data, device, say), dim, terms, cfg.distill.adapter)
+        say(f"multiexit: teacher {teacher.name} ({teacher.mode}, {teacher.embedding_dim}-d"
+            + (f", a learned {dim}->{teacher_dim} adapter per exit)" if teacher_dim else ")"))
     inter = DISTILL_LOSSES.build("exit_kl", weight=e.kl_weight, tau=e.tau_start) if e.kl_weight > 0 else None
     total = steps_per_epoch(len(data), cfg.train.batch_size, Shard()) * cfg.train.epochs
     say(f"multiexit: {model.num_exits} exits on {cfg.model.backbone} at " + ", ".join(model.points)

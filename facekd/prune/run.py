@@ -24,13 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekd.config import from_dict, to_dict
-from facekd.distill.objective import make_distill_objective
+from facekd.distill.objective import build_objective
+from facekd.distill.teacher_sources import Teacher, teacher_for
 from facekd.distill.teacher import fit_classifier, load_teacher, teacher_embeddings
 from facekd.evaluation.embed import to_input
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_json
 from facekd.preprocessing import Preprocessing
 from facekd.hub import resolve
+from facekd.models.heads import build_head
 from facekd.models.profile import count_macs, count_params
 from facekd.prune.config import PruneConfig
 from facekd.prune.core import StepPlan, check_supported, prune_once, step_ratio
@@ -167,15 +169,17 @@ def _label_loss(head: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Ten
     return loss
 
 
-def _recovery(pruned: Path, head: nn.Module | None):
-    """``fit``'s ``make_objective``: facekd distill's objective with the pruned student."""
+def _recovery(pruned: Path, head: nn.Module | None, teacher: Teacher | None):
+    """``fit``'s ``make_objective``: facekd distill's objective with the pruned model as
+    the student and the teacher built once for the whole run."""
 
     def make(cfg, data, device, say):
-        obj = make_distill_objective(cfg, data, device, say)
-        obj.backbone = backbone_from_checkpoint(load_checkpoint(pruned), pruned)
+        backbone = backbone_from_checkpoint(load_checkpoint(pruned), pruned)
+        student_head = build_head(cfg.model.head, backbone.cfg.embedding_dim, len(data.identities),
+                                  **cfg.model.head_args)
         if head is not None:  # the source's classifier, for label terms
-            obj.head.load_state_dict(head.state_dict())
-        return obj
+            student_head.load_state_dict(head.state_dict())
+        return build_objective(backbone, student_head, teacher, cfg.distill, say)
 
     return make
 
@@ -197,6 +201,7 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
     size = tuple(source.cfg.input_size)
     data = build_train_set(cfg.data, source.cfg.pre.template)
     head = _source_head(cfg, src_ckpt, data, source.cfg.embedding_dim, device, say)
+    teacher = teacher_for(cfg, data, device, say) if cfg.train.epochs > 0 else None  # once, for every step
     if resume and (run_dir / RESULT).is_file():
         result = read_result(run_dir)
     else:
@@ -232,7 +237,7 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
         if cfg.train.epochs > 0:
             finished = last.is_file() and load_checkpoint(last).get("epoch", 0) >= cfg.train.epochs
             if not finished:
-                metrics = fit(cfg, step_dir, resume=last.is_file(), say=say, make_objective=_recovery(pruned_path, head))
+                metrics = fit(cfg, step_dir, resume=last.is_file(), say=say, make_objective=_recovery(pruned_path, head, teacher))
             else:
                 metrics = load_checkpoint(last).get("metrics", {})
             row.lfw_after = metrics.get("lfw_acc")

@@ -26,8 +26,11 @@ class _PackSource:
     def raw(self, key: int) -> bytes:
         return self.pack.raw(int(key))
 
+    def name(self, key: int) -> str:
+        return self.pack.files[int(key)]
+
     def describe(self, key: int) -> str:
-        return f"{self.pack.path}:{self.pack.files[int(key)]}"
+        return f"{self.pack.path}:{self.name(key)}"
 
 
 class _FolderSource:
@@ -37,8 +40,11 @@ class _FolderSource:
     def raw(self, key: int) -> bytes:
         return (self.root / self.files[int(key)]).read_bytes()
 
+    def name(self, key: int) -> str:
+        return self.files[int(key)]
+
     def describe(self, key: int) -> str:
-        return str(self.root / self.files[int(key)])
+        return str(self.root / self.name(key))
 
 
 @dataclass(slots=True)
@@ -49,6 +55,37 @@ class _Candidate:
     rel: str
 
 
+@dataclass(frozen=True)
+class TrainSetId:
+    """What a training set's images are: the record that logs and the teacher-output
+    cache key read (:meth:`cache_parts`).
+
+    Attributes:
+        sources: The ``data.train`` entries, resolved to paths.
+        template: The crop geometry of the images (a facekd template name).
+        detector: The detector that aligned unaligned folders.
+        teacher_crops: When a teacher reads its own crops of the same photos instead
+            (:class:`facekd.distill.teacher_crops.TeacherCrops`), their fingerprint.
+    """
+
+    sources: tuple[str, ...]
+    template: str
+    detector: str = "mtcnn"
+    teacher_crops: str = ""
+
+    def cache_parts(self) -> list[str]:
+        """One string per source (path and size) and per teacher crop set, as the
+        teacher-output cache hashes them; the bytes are those of earlier facekd
+        versions, so caches written by them stay valid."""
+        parts = []
+        for src in self.sources:
+            p = Path(src)
+            parts.append(f"{p}:{p.stat().st_size if p.is_file() else 'dir'}")
+        if self.teacher_crops:
+            parts.append(f"teacher crops {self.teacher_crops}:dir")
+        return parts
+
+
 class TrainSet:
     """Encoded aligned crops with labels, gathered from packs and folders.
 
@@ -56,13 +93,16 @@ class TrainSet:
         identities: Identity names; label ``i`` is ``identities[i]``.
         labels: (N,) int64 label per crop.
         template: The crops' alignment template.
-        info: What was gathered and what was left out, for the run's log.
+        identity: What the crops are (sources, template, detector).
+        fallbacks_dropped: Central-box fallback crops left out.
     """
 
     def __init__(self, sources: list, src: np.ndarray, keys: np.ndarray, labels: np.ndarray,
-                 identities: list[str], template: str, info: dict) -> None:
+                 identities: list[str], identity: TrainSetId, fallbacks_dropped: int = 0) -> None:
         self._sources, self._src, self._keys = sources, src, keys
-        self.labels, self.identities, self.template, self.info = labels, identities, template, info
+        self.labels, self.identities = labels, identities
+        self.identity, self.fallbacks_dropped = identity, fallbacks_dropped
+        self.template = identity.template
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -72,7 +112,12 @@ class TrainSet:
         return self._sources[self._src[i]].raw(self._keys[i])
 
     def describe(self, i: int) -> str:
+        """Where crop ``i`` is read from (``PACK:rel`` or a file path), for messages."""
         return self._sources[self._src[i]].describe(self._keys[i])
+
+    def name(self, i: int) -> str:
+        """The relative name (``identity/file``) of crop ``i`` in its pack or folder."""
+        return self._sources[self._src[i]].name(self._keys[i])
 
     def image(self, i: int) -> np.ndarray:
         """Crop ``i`` decoded to HxWx3 uint8 RGB."""
@@ -218,21 +263,16 @@ def build_train_set(cfg, template: str, align_progress: Progress | None = None) 
     if not identities:
         raise FacekdError(f"no identity keeps {cfg.min_images}+ crops in {', '.join(cfg.train)}")
     chosen = [(label, c) for label, k in enumerate(identities) for c in by_id[k]]
-    info = {
-        "sources": [str(resolve_path(e, cfg.root)) for e in cfg.train],
-        "crops": len(chosen),
-        "identities": len(identities),
-        "fallbacks_dropped": dropped,
-        "template": template,
-    }
+    identity = TrainSetId(sources=tuple(str(resolve_path(e, cfg.root)) for e in cfg.train), template=template,
+                          detector=cfg.detector)
     return TrainSet(
         found.sources,
-        np.array([c.source for _, c in chosen], dtype=np.int32),
-        np.array([c.key for _, c in chosen], dtype=np.int64),
-        np.array([label for label, _ in chosen], dtype=np.int64),
-        identities,
-        template,
-        info,
+        src=np.array([c.source for _, c in chosen], dtype=np.int32),
+        keys=np.array([c.key for _, c in chosen], dtype=np.int64),
+        labels=np.array([label for label, _ in chosen], dtype=np.int64),
+        identities=identities,
+        identity=identity,
+        fallbacks_dropped=dropped,
     )
 
 

@@ -280,7 +280,7 @@ def _run_line(setup: Setup, data, choices: str) -> str:
     params = sum(p.numel() for p in setup.plain.backbone.parameters())
     return (
         f"{cfg.model.backbone} ({params / 1e6:.2f} M params) + {cfg.model.head} head on {len(data)} crops of "
-        f"{len(data.identities)} identities ({data.info['fallbacks_dropped']} fallback crops left out); "
+        f"{len(data.identities)} identities ({data.fallbacks_dropped} fallback crops left out); "
         f"{setup.steps_per_epoch} steps/epoch of {cfg.train.batch_size}; device {setup.device}"
         + (f" x{dist.world_size} processes" if dist.enabled else "")
         + f"; {choices}"

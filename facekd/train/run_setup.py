@@ -18,9 +18,10 @@ from facekd.train.run_log import RunLog
 from facekd.train.speed import SpeedPlan, plan_speed, trained_with
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Setup:
-    """Everything the epoch loop needs, built once by :func:`facekd.train.loop.fit`."""
+    """Everything the epoch loop needs, built once by :func:`facekd.train.loop.fit`
+    (by keyword only: nineteen fields are not to be told apart by position)."""
 
     cfg: TrainConfig
     dist: DistInfo
@@ -59,9 +60,10 @@ def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.de
     feed = None
     if loader:
         feed = LOADERS.get(loader)(LoaderCtx(data, cfg.data.augment, bcfg.pre.mean, bcfg.pre.std, device, workers, 0))
-    return Setup(cfg, DistInfo(), device, module, module, optimizer, schedule,
-                 torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16"), feed, len(data), 0,
-                 RunLog(Path("."), enabled=False), precision=plan.precision, channels_last=plan.channels_last)
+    return Setup(cfg=cfg, dist=DistInfo(), device=device, objective=module, plain=module, optimizer=optimizer,
+                 schedule=schedule, scaler=torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16"),
+                 loader=feed, n_crops=len(data), steps_per_epoch=0, log=RunLog(Path("."), enabled=False),
+                 precision=plan.precision, channels_last=plan.channels_last)
 
 
 def apply_plan(objective: nn.Module, plan: SpeedPlan) -> nn.Module:
@@ -106,8 +108,9 @@ def build_setup(cfg: TrainConfig, run_dir: Path, dist: DistInfo, device: torch.d
     # resumed run: this machine's, which trains the epochs still to do).
     metrics = {**metrics, "trained_with": asdict(trained_with(plan, chosen.name, device))}
     setup = Setup(
-        cfg, dist, device, objective, plain, optimizer, schedule, scaler, loader, len(data), steps,
-        RunLog(run_dir, enabled=dist.is_main), metrics, identities=data.identities,
+        cfg=cfg, dist=dist, device=device, objective=objective, plain=plain, optimizer=optimizer,
+        schedule=schedule, scaler=scaler, loader=loader, n_crops=len(data), steps_per_epoch=steps,
+        log=RunLog(run_dir, enabled=dist.is_main), metrics=metrics, identities=data.identities,
         precision=plan.precision, channels_last=plan.channels_last, start_epoch=start_epoch, start_step=step,
     )
     return setup, f"loader {chosen.name} ({chosen.reason}); {plan.describe()}"
