@@ -140,7 +140,11 @@ def test_cpu_smoke_runs_one_row_per_table(data_dir, mobilefacenet_weights, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in res.read_text().splitlines()]
     assert sorted(r["table"] for r in rows) == ["A", "B", "C", "D", "teachers"]
+    # Each record says how the trainer ran it (smoke: device cpu, so fp32 or bf16 autocast).
+    assert all(r["precision"] in ("fp32", "bf16") and r["loader"] and r["device"] == "cpu" for r in rows)
     report = (tmp_path / "RESULTS.md").read_text()
+    legend = [line for line in report.split("## How the runs were trained")[1].splitlines() if line.startswith("- **")]
+    assert legend and not any("not recorded" in line for line in legend)
     for r in rows:
         if r["table"] != "teachers":
             assert f"| {r['row']} | {r['student']} | {r['lfw_acc']:.2f} ± " in report

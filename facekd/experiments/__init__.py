@@ -2,7 +2,8 @@
 
 - :mod:`.tables`: tables A-D (Wang et al., ICIP 2018, and the methods around
   it) and the protocols that scale them;
-- :mod:`.results`: the results file (one JSON line per finished run; owner of the format);
+- :mod:`.results`: the results file (one JSON line per finished run, a :class:`Result`;
+  owner of the format);
 - :mod:`.runner`: runs rows and the teachers they need, resumably, within a budget;
 - :mod:`.report`: renders docs/RESULTS.md with a verdict per finding.
 
@@ -13,7 +14,8 @@ results exist.
 """
 
 from facekd.experiments.report import write_report
+from facekd.experiments.results import Result, read_results
 from facekd.experiments.runner import Runner
 from facekd.experiments.tables import TABLES, Protocol, Row, protocols
 
-__all__ = ["TABLES", "Protocol", "Row", "Runner", "protocols", "write_report"]
+__all__ = ["TABLES", "Protocol", "Result", "Row", "Runner", "protocols", "read_results", "write_report"]

@@ -123,6 +123,10 @@ class Protocol:
     ``skip_teachers`` / ``skip_students``: rows this protocol does not run (a teacher it
     cannot train, a student too slow for it); the report marks them as another
     protocol's.
+
+    How runs compute (``train.precision``, ``channels_last``, ``compile``, ``data.loader``)
+    is ``auto`` unless the base (or ``overrides``) pins it, e.g. ``train: {precision:
+    fp32}``; either way each results record says what the trainer actually ran with.
     """
 
     name: str
