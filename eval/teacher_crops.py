@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detections", type=Path, help="reuse these stored detections instead of detecting")
     ap.add_argument("--pairs-only", action="store_true", help="only the photos LFW's pairs.txt uses")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--detector", default="mtcnn", help="face detector for the one detection (default mtcnn)")
     args = ap.parse_args(argv)
     if args.pairs_only:
         files = parse_pairs(args.src / "pairs.txt").images()
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.detections:
         detections = load_detections(args.detections)
     else:
-        detections = detect_photos(args.src, files, workers=args.workers, progress=progress_bar("detect"))
+        detections = detect_photos(args.src, files, detector=args.detector, workers=args.workers,
+                                   progress=progress_bar("detect"))
     t_detect = time.perf_counter() - t0
     if not args.detections:
         save_detections(args.dst / DETECTIONS_NAME, detections)

@@ -250,6 +250,7 @@ def embed_lfw(embedder, data: Path | str, detector: str = "yunet", cache: Path |
         cache: A ``.npy`` file: read when present (its row count must match), else
             written after embedding.
     """
+    import facekd.teachers.crops  # noqa: F401  registers the teachers' crop sizes (facenet160, dlib150) as templates
     from facekd.align.folder import AlignOptions, align_folder
     from facekd.align.template import get_template, template_for_size
     from facekd.data.image_io import UnreadableImage, read_rgb
