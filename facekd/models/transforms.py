@@ -50,3 +50,11 @@ def _replay_pruning(model: nn.Module, history: list, input_size: list[int] | Non
 def _attach_exits(model: nn.Module, exits: list[dict]) -> nn.Module:
     """Early exits attached by configuration (:class:`facekd.models.exits.MultiExit`)."""
     return MultiExit(model, exits)
+
+
+@MODEL_TRANSFORMS.register("surgery")
+def _replay_surgery(model: nn.Module, ops: list[str]) -> nn.Module:
+    """Activation surgery (:mod:`facekd.models.surgery`), replayed before the weights load."""
+    from facekd.models.surgery import apply_surgery  # surgery imports records, not this module
+
+    return apply_surgery(model, ops)

@@ -1,0 +1,148 @@
+"""Layer surgery: activation swaps that let ONNX Runtime quantise and fuse a network.
+
+ONNX Runtime has no integer PReLU: in an INT8 MobileFaceNet every PReLU runs in FP32
+between a DequantizeLinear and a QuantizeLinear, which costs more than INT8 saves
+(docs/BENCHMARKS.md, INT8). A ReLU after a Conv fuses into the quantised Conv. A surgery
+rewrites the activations of a trained model; one that changes what the model computes
+(``exact = False``) is then recovered by distillation from the unchanged model, and one
+that claims to be exact is checked layer by layer (:func:`check_exact`), failing with
+the name of the first layer whose output moved.
+
+Surgeries are model transforms (:mod:`facekd.models.transforms`): a checkpoint of the
+result records ``{"name": "surgery", "ops": [...]}`` and rebuilds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from facekd.errors import FacekdError
+from facekd.models.records import with_record
+from facekd.registry import Registry
+
+
+@dataclass(frozen=True)
+class Surgery:
+    """A rewrite of a model's modules.
+
+    Attributes:
+        name: Registry name, recorded in the model's transforms.
+        exact: Whether the rewritten model computes the same function (then checked).
+        apply: Rewrites the model in place; returns how many modules it replaced.
+        doc: What it does and why.
+    """
+
+    name: str
+    exact: bool
+    apply: Callable[[nn.Module], int]
+    doc: str = ""
+
+
+SURGERIES: Registry[Surgery] = Registry("surgery")
+
+
+def _replace(model: nn.Module, pick: Callable[[str, nn.Module], nn.Module | None]) -> int:
+    """Replaces each module for which ``pick(path, module)`` returns a new one."""
+    count = 0
+    for parent_path, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            path = f"{parent_path}.{name}" if parent_path else name
+            new = pick(path, child)
+            if new is not None:
+                setattr(parent, name, new)
+                count += 1
+    return count
+
+
+def _prelu_to_relu(model: nn.Module) -> int:
+    return _replace(model, lambda path, m: nn.ReLU(inplace=False) if isinstance(m, nn.PReLU) else None)
+
+
+# Slopes this close to 0 (ReLU) or 1 (identity) fold without changing the function more
+# than float rounding does.
+FOLD_TOL = 1e-6
+
+
+def _fold_prelu(model: nn.Module) -> int:
+    def pick(path: str, m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, nn.PReLU):
+            return None
+        w = m.weight.detach()
+        if bool((w.abs() <= FOLD_TOL).all()):
+            return nn.ReLU()
+        if bool(((w - 1).abs() <= FOLD_TOL).all()):
+            return nn.Identity()
+        raise FacekdError(
+            f"surgery fold_prelu: the PReLU at {path} has slopes in [{w.min():.4g}, {w.max():.4g}], neither all 0 "
+            f"(a ReLU) nor all 1 (an identity); use prelu_to_relu and recover by distillation"
+        )
+
+    return _replace(model, pick)
+
+
+for _s in (
+    Surgery("prelu_to_relu", exact=False, apply=_prelu_to_relu,
+            doc="every PReLU becomes a ReLU (fuses into a quantised Conv); changes the function: recover by distillation"),
+    Surgery("fold_prelu", exact=True, apply=_fold_prelu,
+            doc="PReLUs whose slopes are all 0 become ReLU, all 1 an identity; any other PReLU is refused by name"),
+):
+    SURGERIES.register(_s.name)(lambda s=_s: s)
+
+
+def _leaf_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Output of every leaf module, by path, in call order."""
+    out: dict[str, torch.Tensor] = {}
+    hooks = []
+    for path, m in model.named_modules():
+        if not list(m.children()):
+            hooks.append(m.register_forward_hook(
+                lambda mod, inp, o, path=path: out.setdefault(path, o.detach()) if torch.is_tensor(o) else None))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def check_exact(before: nn.Module, after: nn.Module, x: torch.Tensor, atol: float = 1e-4) -> None:
+    """Raises, naming the first layer (in call order) whose output differs by more than
+    ``atol`` between ``before`` and ``after`` on ``x``; layers the surgery replaced are
+    compared by their path."""
+    a, b = _leaf_outputs(before, x), _leaf_outputs(after, x)
+    for path, out in a.items():
+        if path not in b or b[path].shape != out.shape:
+            continue
+        diff = float((b[path] - out).abs().max())
+        if diff > atol:
+            raise FacekdError(f"surgery broke parity at {path}: its output moved by {diff:.3g} (> {atol:g})")
+
+
+def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | None = None) -> nn.Module:
+    """Applies the named surgeries in order, in place, and records them on ``model``.
+
+    Exact surgeries are checked against a copy of the model on ``check_input`` (default:
+    a deterministic random batch of the backbone's input size).
+
+    Raises:
+        FacekdError: An unknown surgery (listing the known ones), a surgery that replaced
+            nothing, or an exact one that broke parity (naming the layer).
+    """
+    import copy
+
+    for name in ops:
+        s = SURGERIES.build(name)
+        before = copy.deepcopy(model) if s.exact else None
+        if s.apply(model) == 0:
+            raise FacekdError(f"surgery {name}: nothing to rewrite in {type(model).__name__}")
+        if before is not None:
+            if check_input is None:
+                g = torch.Generator().manual_seed(0)
+                check_input = torch.rand((4, 3, *model.cfg.input_size), generator=g) * 2 - 1
+            check_exact(before, model, check_input)
+    return with_record(model, {"name": "surgery", "ops": list(ops)})

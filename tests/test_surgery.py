@@ -1,0 +1,70 @@
+"""Layer surgery: PReLU swaps for INT8, exact folds checked layer by layer, replay from a
+checkpoint record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from facekd.errors import FacekdError
+from facekd.models.base import build_backbone
+from facekd.models.surgery import SURGERIES, apply_surgery, check_exact
+from facekd.models.transforms import apply_transforms
+
+
+def _prelus(m: nn.Module) -> int:
+    return sum(isinstance(x, nn.PReLU) for x in m.modules())
+
+
+def test_prelu_to_relu_replaces_every_prelu_and_records_itself() -> None:
+    net = build_backbone("mobilefacenet")
+    n = _prelus(net)
+    assert n > 30  # MobileFaceNet: one per stem, expand, depthwise and head conv
+    apply_surgery(net, ["prelu_to_relu"])
+    assert _prelus(net) == 0 and sum(isinstance(x, nn.ReLU) for x in net.modules()) == n
+    assert net.transforms == [{"name": "surgery", "ops": ["prelu_to_relu"]}]
+    x = torch.randn(2, 3, 112, 96)
+    rebuilt = apply_transforms(build_backbone("mobilefacenet"), net.transforms)
+    rebuilt.load_state_dict(net.state_dict())  # the same parameters: PReLU slopes gone from both
+    assert torch.allclose(rebuilt.eval()(x), net.eval()(x))
+
+
+def test_fold_prelu_is_exact_where_slopes_are_zero_or_one() -> None:
+    torch.manual_seed(0)
+    net = build_backbone("mobilefacenet").eval()
+    for i, m in enumerate(x for x in net.modules() if isinstance(x, nn.PReLU)):
+        m.weight.data.fill_(0.0 if i % 2 else 1.0)
+    x = torch.randn(2, 3, 112, 96)
+    before = net(x)
+    apply_surgery(net, ["fold_prelu"])
+    assert _prelus(net) == 0
+    assert torch.allclose(net(x), before, atol=1e-5)
+
+
+def test_fold_prelu_refuses_a_learned_slope_naming_the_layer() -> None:
+    net = build_backbone("mobilefacenet")
+    with pytest.raises(FacekdError, match=r"PReLU at stem\.act has slopes"):
+        apply_surgery(net, ["fold_prelu"])
+
+
+def test_parity_check_names_the_first_layer_that_moved() -> None:
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(4), nn.Conv2d(4, 2, 1))
+    b = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("1.")})
+    x = torch.randn(1, 3, 8, 8)
+    check_exact(a, a, x)  # a model against itself passes
+    with pytest.raises(FacekdError, match=r"parity at 1:"):  # the activation, not the conv after it
+        check_exact(a, b, x)
+
+
+def test_unknown_surgery_lists_the_known_ones() -> None:
+    with pytest.raises(FacekdError, match="prelu_to_relu"):
+        apply_surgery(build_backbone("student5"), ["nope"])
+    assert set(SURGERIES.names()) >= {"prelu_to_relu", "fold_prelu"}
+
+
+def test_a_surgery_with_nothing_to_rewrite_says_so() -> None:
+    with pytest.raises(FacekdError, match="nothing to rewrite"):
+        apply_surgery(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), ["prelu_to_relu"])
