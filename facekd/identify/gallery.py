@@ -22,23 +22,16 @@ All public methods are thread-safe.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from facekd.deploy.metadata import (
-    MODEL_META_KEY,
-    PREPROCESSING_META_KEY,
-    THRESHOLD_META_KEY,
-    ModelInfo,
-    read_metadata,
-)
 from facekd.errors import FacekdError
 from facekd.identify.index import SearchIndex, build_index
+from facekd.identify.model import crop_sha256, file_sha256, l2_normalize, model_from_onnx
+from facekd.identify.ranking import mean_templates, rank_best, rank_mean
 from facekd.identify.records import (
     SCORINGS,
     VERIFY,
@@ -50,68 +43,11 @@ from facekd.identify.records import (
     ModelMismatch,
     NotInGallery,
     Person,
-    ident_key,
 )
 from facekd.identify.store import GalleryStore, SqliteStore
-from facekd.identify.threshold import stored_ident_thresholds
 
 Progress = Callable[[int, int], None]
 DEFAULT_DETECTORS = "yunet,mtcnn"
-
-
-def file_sha256(path: Path | str) -> str:
-    """SHA-256 of a file, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def crop_sha256(crop: np.ndarray) -> str:
-    """SHA-256 of an aligned crop's uint8 pixels (what ``FaceRecord.crop_sha256`` holds)."""
-    return hashlib.sha256(np.ascontiguousarray(crop, dtype=np.uint8).tobytes()).hexdigest()
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32); a zero row is an error."""
-    x = np.asarray(x, dtype=np.float32)
-    x = x[None, :] if x.ndim == 1 else x
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(n < 1e-12) or not np.all(np.isfinite(n)):
-        raise FacekdError("an embedding is zero or not finite")
-    return (x / n).astype(np.float32)
-
-
-def model_from_onnx(model_path: Path | str) -> GalleryModel:
-    """What a gallery records about an exported ONNX model: name, sha256, preprocessing,
-    embedding size (from ``facekd.model``, else one run of the model) and thresholds."""
-    path = Path(model_path)
-    if not path.is_file():
-        raise FacekdError(f"{path}: ONNX model not found")
-    if path.suffix.lower() != ".onnx":
-        raise FacekdError(f"{path}: a gallery needs an exported .onnx model (facekd export)")
-    try:
-        meta = read_metadata(path)
-    except Exception as exc:  # onnx raises its own DecodeError types
-        raise FacekdError(f"{path}: cannot read ONNX model ({exc})".split("\n")[0]) from None
-    if MODEL_META_KEY in meta:
-        dim = ModelInfo.from_json(meta[MODEL_META_KEY]).embedding_dim
-    else:
-        from facekd.evaluation.embed import OnnxEmbedder
-
-        emb = OnnxEmbedder(path)
-        h, w = emb.pre.input_size
-        dim = int(emb(np.zeros((1, h, w, 3), dtype=np.uint8)).shape[1])
-    pre = json.loads(meta[PREPROCESSING_META_KEY]) if PREPROCESSING_META_KEY in meta else {}
-    thresholds: dict[str, float] = {}
-    if THRESHOLD_META_KEY in meta:
-        thresholds[VERIFY] = float(json.loads(meta[THRESHOLD_META_KEY])["threshold"])
-    thresholds.update({ident_key(s): t for s, t in stored_ident_thresholds(meta).items()})
-    return GalleryModel(
-        name=path.name, sha256=file_sha256(path), preprocessing=pre, embedding_dim=dim,
-        thresholds=thresholds, path=str(path.resolve()),
-    )
 
 
 class Gallery:
@@ -379,26 +315,13 @@ class Gallery:
                 self._names.pop(int(p), None)
             self._templates = None
 
-    def _person_of(self, face_ids: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(self._face_ids, face_ids)
-        pos = np.clip(pos, 0, max(len(self._face_ids) - 1, 0))
-        return self._face_person[pos]
-
     def _mean_templates(self) -> tuple[np.ndarray, np.ndarray]:
         """(person ids, their L2-normalised mean embeddings), cached until a change."""
         if self._templates is None:
             if self._vectors is None:
                 face_ids, _, emb = self.store.all_embeddings()
                 self._vectors = dict(zip(face_ids.tolist(), l2_normalize(emb) if len(emb) else emb))
-            dim = self.model.embedding_dim
-            people = np.unique(self._face_person)
-            sums = np.zeros((len(people), dim), dtype=np.float64)
-            if len(self._face_ids):
-                rows = np.searchsorted(people, self._face_person)
-                vec = np.stack([self._vectors[i] for i in self._face_ids.tolist()])
-                np.add.at(sums, rows, vec)
-            t = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-            self._templates = (people, t.astype(np.float32))
+            self._templates = mean_templates(self._face_ids, self._face_person, self._vectors, self.model.embedding_dim)
         return self._templates
 
     # --- search ----------------------------------------------------------------------
@@ -441,7 +364,10 @@ class Gallery:
         q = l2_normalize(q)
         thr = threshold if threshold is not None else self.threshold(scoring)
         with self._lock:
-            ranked = self._rank_best(q, top_k) if scoring == "best" else self._rank_mean(q, top_k)
+            if scoring == "best":
+                ranked = rank_best(self._index, self._face_ids, self._face_person, q, top_k)
+            else:
+                ranked = rank_mean(*self._mean_templates(), q, top_k)
             names = dict(self._names)
         out = []
         for matches in ranked:
@@ -451,39 +377,6 @@ class Gallery:
             ident = top if top is not None and (thr is None or score >= thr) else None
             out.append(Identification(identity=ident, score=score, threshold=thr, scoring=scoring, matches=ms))
         return out
-
-    def _rank_best(self, q: np.ndarray, top_k: int) -> list[list[tuple[int, float, int | None]]]:
-        n = len(self._face_ids)
-        if n == 0:
-            return [[] for _ in q]
-        k = min(n, max(4 * top_k, 16))
-        while True:
-            scores, ids = self._index.search(q, k)
-            results, short = [], False
-            for s_row, i_row in zip(scores, ids):
-                ok = i_row >= 0
-                s_row, i_row = s_row[ok], i_row[ok]
-                people = self._person_of(i_row)
-                seen: dict[int, tuple[int, float, int]] = {}
-                for p, s, f in zip(people.tolist(), s_row.tolist(), i_row.tolist()):
-                    if p not in seen:
-                        seen[p] = (p, float(s), int(f))
-                        if len(seen) == top_k:
-                            break
-                results.append(list(seen.values()))
-                short |= len(seen) < top_k
-            if not short or k >= n:
-                return results
-            k = min(n, 4 * k)
-
-    def _rank_mean(self, q: np.ndarray, top_k: int) -> list[list[tuple[int, float, int | None]]]:
-        people, templates = self._mean_templates()
-        if len(people) == 0:
-            return [[] for _ in q]
-        scores = q @ templates.T
-        k = min(top_k, len(people))
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return [[(int(people[j]), float(scores[r, j]), None) for j in row] for r, row in enumerate(order)]
 
     def identify_photo(self, photo: Path | str, top_k: int = 5, scoring: str = "best",
                        threshold: float | None = None, detectors: str = DEFAULT_DETECTORS) -> Identification:
