@@ -28,19 +28,19 @@ from facekd.train.loop import full_precision
 
 class DistillObjective(nn.Module):
     """Student + terms; the teacher is held outside the module tree (never saved in the
-    student's checkpoint, never optimised, never switched to train mode)."""
+    student's checkpoint, never optimised, never switched to train mode).
+
+    Args:
+        teacher: Gives the teacher's outputs of a batch (None: no term follows one).
+        adapt_to: The teacher's embedding width when the student's embedding must be
+            mapped to it by a learned layer (FitNets; only the embedding terms see its
+            output); None: no such layer.
+        weighting: (k, MIN) of teacher weighting, or None.
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, terms: list[nn.Module], *,
                  teacher: Teacher | None = None, adapt_to: int | None = None,
                  weighting: tuple[float, float] | None = None) -> None:
-        """
-        Args:
-            teacher: Gives the teacher's outputs of a batch (None: no term follows one).
-            adapt_to: The teacher's embedding width when the student's embedding must be
-                mapped to it by a learned layer (FitNets; only the embedding terms see
-                its output); None: no such layer.
-            weighting: (k, MIN) of teacher weighting, or None.
-        """
         super().__init__()
         self.backbone, self.head = backbone, head
         self.terms = nn.ModuleList(terms)
