@@ -45,7 +45,8 @@ def _specs(args: argparse.Namespace):
 
 def _run_board(args: argparse.Namespace) -> int:
     from facekd.errors import FacekdError
-    from facekd.evaluation.board import board_lines, plot_board, run_board
+    from facekd.evaluation.board import run_board
+    from facekd.evaluation.board_view import board_lines, plot_board
     from facekd.io_utils import atomic_write_json
     from facekd.paths import data_root
 

@@ -1,0 +1,61 @@
+"""How a board (:mod:`facekd.evaluation.board`) is shown: as aligned text, and as a plot
+of LFW flip against latency with the front joined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facekd.evaluation.board import Board
+from facekd.evaluation.plots import pyplot
+
+
+def board_lines(board: Board) -> list[str]:
+    """The board as aligned text; figures recorded rather than measured carry a *."""
+    w = max([16, *(len(r.name) + 2 for r in board.rows)])
+    lines = [f"{'model':<{w}}{'kind':<8}{'params':>9}{'MMAC':>8}{'FP32 ms':>9}{'INT8 ms':>9}{'form':>6}"
+             f"{'LFW plain':>11}{'LFW flip':>17}{'TAR@1e-3':>10}  front"]
+
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for r in board.rows:
+        star = {k: "*" if k in r.recorded else " " for k in ("params", "ms", "lfw_plain", "lfw_flip")}
+        flip = "-" if r.lfw_flip is None else f"{r.lfw_flip:.2f} ± {r.lfw_flip_std or 0:.2f}"
+        lines.append(
+            f"{r.name:<{w}}{r.kind:<8}{f(r.params and r.params / 1e6, '.2f'):>8}{star['params']}"
+            f"{f(r.macs and r.macs / 1e6, '.1f'):>8}{f(r.fp32_ms, '.2f'):>9}{f(r.int8_ms, '.2f'):>9}"
+            f"{(r.form or '-')[:5]:>6}{f(r.lfw_plain, '.2f'):>10}{star['lfw_plain']}{flip:>16}{star['lfw_flip']}"
+            f"{f(r.tar_far_1e3, '.2f'):>10}  {'yes' if r.on_front else ''}"
+        )
+    if any(r.recorded for r in board.rows):
+        lines.append("* recorded in weights/manifest.json, not measured in this run")
+    return lines
+
+
+def plot_board(board: Board, path: Path | str) -> Path:
+    """LFW flip against the fastest form's ms (log scale), the front joined by a line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    pts = [r for r in board.rows if r.ms is not None and r.lfw_flip is not None]
+    for r in pts:
+        colour = "tab:blue" if r.kind == "ready" else "tab:red"
+        ax.scatter(r.ms, r.lfw_flip, c=colour, marker="o" if r.on_front else "x", zorder=3)
+        ax.annotate(f"{r.name} ({r.form})", (r.ms, r.lfw_flip), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((r for r in pts if r.on_front), key=lambda r: r.ms)
+    if len(front) > 1:
+        ax.plot([r.ms for r in front], [r.lfw_flip for r in front], "k--", lw=1, zorder=2, label="front")
+    ax.set_xscale("log")
+    ax.set_xlabel("ONNX Runtime ms per face (batch 1, one thread; fastest form)")
+    ax.set_ylabel("LFW View 2 accuracy, flip (%)")
+    ax.scatter([], [], c="tab:blue", label="ready models")
+    ax.scatter([], [], c="tab:red", label="facekd models")
+    ax.legend(loc="lower right", fontsize=8)
+    cpu = board.machine.get("cpu", "?")
+    ax.set_title(f"facekd board: {cpu}, {board.machine.get('cores')} cores", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
