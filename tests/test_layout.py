@@ -117,6 +117,31 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
+def package_graph() -> dict[str, set[str]]:
+    """facekd package (``facekd.x``; a top-level module is its own) -> the packages it imports."""
+    top = lambda name: ".".join(name.split(".")[:2])  # noqa: E731
+    graph: dict[str, set[str]] = {}
+    for mod, deps in import_graph().items():
+        graph.setdefault(top(mod), set()).update(top(d) for d in deps if top(d) != top(mod))
+    return graph
+
+
+# Package cycles not broken yet (issue 28, item 4): each needs modules moved between
+# packages that other work was changing at the time (2026-12-05). The test fails when a
+# package joins a cycle; strike a set, or a package from it, once its cycle is broken.
+KNOWN_PACKAGE_CYCLES = [
+    {"facekd.align", "facekd.data"},
+    {"facekd.deploy", "facekd.evaluation", "facekd.hub", "facekd.identify", "facekd.models", "facekd.teachers",
+     "facekd.train"},
+]
+
+
+def test_no_new_package_cycles():
+    cycles = [set(c) for c in find_cycles(package_graph())]
+    new = [sorted(c) for c in cycles if not any(c <= known for known in KNOWN_PACKAGE_CYCLES)]
+    assert not new, "package import cycles: " + "; ".join(" <-> ".join(c) for c in new)
+
+
 def test_onnx_runtime_sessions_are_created_in_one_module():
     """STYLE.md rule 19: threads, providers and options are chosen in facekd.runtime.onnx."""
     home = ROOT / "runtime" / "onnx.py"

@@ -38,11 +38,12 @@ def apply_transforms(model: nn.Module, recs: list[dict] | None) -> nn.Module:
 @MODEL_TRANSFORMS.register("prune")
 def _replay_pruning(model: nn.Module, history: list, input_size: list[int] | None = None) -> nn.Module:
     """Structured pruning recorded by Torch-Pruning (``[module, out_channels?, indices]``)."""
-    from facekd.prune import require_torch_pruning
-
-    require_torch_pruning()  # the optional extra `prune`: only pruned models need it
-    from facekd.prune.replay import replay_history  # imports torch_pruning
-
+    try:  # imports torch_pruning, the optional extra `prune`: only pruned models need it
+        from facekd.models.pruned import replay_history
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch_pruning":
+            raise
+        raise FacekdError("a pruned model needs Torch-Pruning: pip install 'facekd[prune]' (or torch-pruning)") from None
     return replay_history(model, history, input_size)
 
 

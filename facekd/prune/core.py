@@ -17,9 +17,9 @@ import torch_pruning as tp
 from torch import nn
 
 from facekd.errors import FacekdError
+from facekd.models.pruned import example_input, plain_history
 from facekd.models.records import with_record
 from facekd.prune.importance import IMPORTANCES, LossFn
-from facekd.prune.replay import example_input, plain_history
 
 # Registered backbones Torch-Pruning cannot prune correctly, and why (checked by
 # tests/test_prune.py: each still fails, every other backbone prunes and exports).

@@ -1,4 +1,9 @@
-"""Rebuilding a pruned model: Torch-Pruning's history replayed on the registered backbone."""
+"""Rebuilding a pruned model: Torch-Pruning's history replayed on the registered backbone.
+
+Here, beside the other model transforms, rather than in :mod:`facekd.prune`: loading a
+pruned checkpoint needs only this, and the models package does not import the pruning
+package that imports it. Torch-Pruning is the optional extra ``prune``.
+"""
 
 from __future__ import annotations
 
