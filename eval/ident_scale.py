@@ -18,9 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from facekd.identify.index import build_index
+
+BUILD_THREADS = SEARCH_THREADS = faiss.omp_get_max_threads()
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -38,9 +41,11 @@ def measure(n: int, dim: int, probes: int, seed: int, hnsw: dict) -> list[dict]:
     rows, top1 = [], {}
     for kind in ("exact", "hnsw"):
         opts = hnsw if kind == "hnsw" else {}
+        faiss.omp_set_num_threads(BUILD_THREADS)
         t0 = time.perf_counter()
         index = build_index(kind, dim, ids, x, **opts)
         build = time.perf_counter() - t0
+        faiss.omp_set_num_threads(SEARCH_THREADS)
         index.search(q[:5], 10)  # warm-up
         lat = []
         found = np.empty(probes, dtype=np.int64)
@@ -70,14 +75,14 @@ def main() -> int:
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
-    ap.add_argument("--threads", type=int, default=0, help="FAISS threads (0: its default)")
+    ap.add_argument("--threads", type=int, default=0, help="FAISS threads while searching (0: its default)")
+    ap.add_argument("--build-threads", type=int, default=0, help="FAISS threads while building (0: its default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, dest="json_out")
     args = ap.parse_args()
-    import faiss
-
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
+    global BUILD_THREADS, SEARCH_THREADS
+    BUILD_THREADS = args.build_threads or BUILD_THREADS
+    SEARCH_THREADS = args.threads or SEARCH_THREADS
     hnsw = {"m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     rows = [r for n in args.sizes for r in measure(n, args.dim, args.probes, args.seed, hnsw)]
     if args.json_out:
@@ -85,7 +90,7 @@ def main() -> int:
 
         atomic_write_json(args.json_out, {
             "command": "python " + " ".join(sys.argv), "faiss": faiss.__version__,
-            "faiss_threads": faiss.omp_get_max_threads(), "cpu": platform.processor() or platform.machine(),
+            "faiss_search_threads": SEARCH_THREADS, "faiss_build_threads": BUILD_THREADS, "cpu": platform.processor() or platform.machine(),
             "rows": rows,
         })
     return 0
