@@ -175,6 +175,15 @@ def test_unknown_person_route_method_and_missing_field(client):
                              422, "invalid_request")
 
 
+def test_blank_or_control_character_name_is_422_before_any_image_work(client, lfw_dir):
+    # A real face, so that only the name can be what is refused (a blank name was a 500).
+    photo = sorted((lfw_dir / "Colin_Powell").glob("*.jpg"))[0]
+    for name in ("   ", "Ada\x00", "Ada\nLovelace"):
+        r = client.post("/v1/people", data={"name": name}, files={"photos": (photo.name, photo.read_bytes(), "image/jpeg")})
+        assert "name" in _error(r, 422, "invalid_name")
+    assert all(p["name"].isprintable() for p in client.get("/v1/people").json()["people"])
+
+
 def test_decode_upload_whitelist():
     assert [sniff_format(b) for b in (b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBPVP8 ", b"BMxx")] == [
         "JPEG", "PNG", "WEBP", "BMP"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import unicodedata
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path as PathParam, Query, UploadFile, status
@@ -76,6 +77,21 @@ def _upload_name(field: str, upload: UploadFile) -> str:
 
 async def _read(field: str, upload: UploadFile) -> tuple[bytes, str]:
     return await upload.read(), _upload_name(field, upload)
+
+
+def _person_name(name: str) -> str:
+    """The name without surrounding blanks.
+
+    Raises:
+        ApiError: 422 ``invalid_name`` when it is blank or holds a control character (a
+            newline or a NUL, which PostgreSQL cannot store), before any image work.
+    """
+    clean = name.strip()
+    if not clean:
+        raise ApiError(422, "invalid_name", "name: blank; give the person's name")
+    if any(unicodedata.category(c) == "Cc" for c in clean):
+        raise ApiError(422, "invalid_name", f"name: {clean!r} holds a control character (newline, tab, NUL)")
+    return clean
 
 
 def create_app(
@@ -195,8 +211,9 @@ def create_app(
         """Enrols a new person with their photos. All or nothing: a photo without a usable
         face fails the request and nothing is stored."""
         service.check_model()
+        name = _person_name(name)
         faces, emb = await _enrol_uploads(photos)
-        enrolment = await engine.run(service.enroll_new, name.strip(), faces, emb)
+        enrolment = await engine.run(service.enroll_new, name, faces, emb)
         return _enrolment(enrolment)
 
     @api.delete("/people/{person_id}", response_model=DeletedResponse, tags=["gallery"])
