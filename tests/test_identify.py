@@ -4,6 +4,7 @@ LFW 1:N protocol's arithmetic, on hand-made embeddings whose answers are known."
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -247,3 +248,34 @@ def test_threshold_falls_back_to_verify(tmp_path):
     bare.enroll_embeddings("Ada", _e((0, 1.0)))
     r = bare.identify(_e((0, 0.1), (1, 0.995)))
     assert r.threshold is None and r.name == "Ada"  # no threshold at all: the top match
+
+
+def test_a_refresh_keeps_an_enrolment_committed_while_it_reads(tmp_path):
+    """The PostgreSQL listener refreshes after a reconnect while this process may enrol:
+    the refresh's snapshot must not replace an index holding a newer enrolment."""
+    g = Gallery(SqliteStore.create(tmp_path / "g.db", _model()))
+    snapshot = g.store.all_embeddings
+    read, release = threading.Event(), threading.Event()
+
+    def slow_snapshot():  # a large gallery's read, with an enrolment arriving meanwhile
+        out = snapshot()
+        read.set()
+        release.wait(5)
+        return out
+
+    g.store.all_embeddings = slow_snapshot
+    refresher = threading.Thread(target=g.refresh)
+    refresher.start()
+    assert read.wait(5)
+    enrol = threading.Thread(target=g.enroll_embeddings, args=("Ada", _e((0, 1.0))))
+    enrol.start()
+    enrol.join(0.5)  # unguarded, it commits and updates the index that the refresh then replaces
+    release.set()
+    refresher.join(5)
+    enrol.join(5)
+    g.store.all_embeddings = snapshot
+    try:
+        assert not refresher.is_alive() and not enrol.is_alive()
+        assert len(g) == 1 and g.identify(_e((0, 1.0))).name == "Ada"
+    finally:
+        g.close()

@@ -96,13 +96,15 @@ class Gallery:
 
     def refresh(self) -> None:
         """Rebuilds the index (and the id maps) from the store: picks up changes made by
-        other processes."""
-        face_ids, person_ids, emb = self.store.all_embeddings()
-        names = {p.id: p.name for p in self.store.people()}
-        index = build_index(self.index_kind, self.model.embedding_dim, **self._index_options)
-        if len(face_ids):
-            index.add(face_ids, l2_normalize(emb))
+        other processes. Held under the lock from the read on: an enrolment or removal
+        made meanwhile (it holds the lock from its commit to its index update) would be
+        lost or undone by swapping in an older snapshot."""
         with self._lock:
+            face_ids, person_ids, emb = self.store.all_embeddings()
+            names = {p.id: p.name for p in self.store.people()}
+            index = build_index(self.index_kind, self.model.embedding_dim, **self._index_options)
+            if len(face_ids):
+                index.add(face_ids, l2_normalize(emb))
             self._index: SearchIndex = index
             self._face_ids = face_ids.astype(np.int64)  # sorted
             self._face_person = person_ids.astype(np.int64)
