@@ -245,3 +245,40 @@ def test_random_importance_repeats_per_seed_and_differs_across_seeds(tmp_path):
     assert a.keys() == b.keys() == c.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_surgery_alone_is_recovered_and_rebuilds_from_the_checkpoint(tmp_path):
+    """prune.ratio 0 with prune.surgery: the source's PReLUs become ReLUs, one recovery
+    epoch distils it from the unchanged source, and the saved model rebuilds without them."""
+    from test_distill_run import _synthetic_pack
+
+    from facekd.config import from_dict
+    from facekd.hub import resolve
+    from facekd.prune.config import PruneConfig
+    from facekd.prune.run import run_prune
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    torch.manual_seed(0)
+    net = build_backbone("mobilefacenet")
+    src = tmp_path / "mfn.pt"
+    torch.save({"format": "facekd-train-1", "backbone": "mobilefacenet", "backbone_args": {},
+                "model": {f"backbone.{k}": v for k, v in net.state_dict().items()}, "identities": [],
+                "config": {"model": {"backbone": "mobilefacenet", "backbone_args": {}, "head": "softmax", "head_args": {}}}},
+               src)
+    prelu_params = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.PReLU))
+    raw = {
+        "prune": {"source": str(src), "importance": "l1", "ratio": 0.0, "surgery": ["prelu_to_relu"]},
+        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
+                 "workers": 1, "loader": "memory"},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
+                  "channels_last": False, "compile": False},
+        "eval": {"every": 0},
+    }
+    result = run_prune(from_dict(PruneConfig, raw), tmp_path / "run", say=lambda s: None)
+    assert result.steps[0].params == count_params(net) - prelu_params
+    final = resolve(tmp_path / "run" / "pruned.pt").backbone
+    assert not any(isinstance(m, nn.PReLU) for m in final.modules())
+    assert final.transforms == [{"name": "surgery", "ops": ["prelu_to_relu"]}]
+    bad = dict(raw, prune=dict(raw["prune"], surgery=[]))
+    with pytest.raises(FacekdError, match="0 only with prune.surgery"):
+        run_prune(from_dict(PruneConfig, bad), tmp_path / "run2")

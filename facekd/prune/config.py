@@ -31,6 +31,9 @@ class PruneCfg:
             criterion averages over; its loss is the source checkpoint's classifier
             head on the labels (a source without one gets a classifier fitted on its
             frozen embeddings, as a distillation teacher does).
+        surgery: Surgeries (``facekd.models.surgery.SURGERIES``, e.g. ``prelu_to_relu``)
+            applied to the source before the first step, then recovered with it; with
+            ``ratio: 0`` a run is surgery and recovery alone.
     """
 
     source: str = ""
@@ -43,6 +46,7 @@ class PruneCfg:
     max_layer_ratio: float = field(default=0.9, metadata=fraction(low_open=True, high_open=True))
     round_to: int | None = field(default=None, metadata=at_least(1))
     importance_batches: int = field(default=8, metadata=at_least(1))
+    surgery: list[str] = field(default_factory=list)
 
 
 def _featurenorm_only() -> DistillCfg:

@@ -34,6 +34,7 @@ from facekd.preprocessing import Preprocessing
 from facekd.hub import resolve
 from facekd.models.heads import build_head
 from facekd.models.profile import count_macs, count_params
+from facekd.models.surgery import SURGERIES, apply_surgery
 from facekd.prune.config import PruneConfig
 from facekd.prune.core import StepPlan, check_supported, prune_once, step_ratio
 from facekd.prune.importance import IMPORTANCES
@@ -112,8 +113,11 @@ def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, nn.Module, dict | Non
     if not p.source:
         raise FacekdError("prune.source: name the trained model to prune (a facekd checkpoint, or a backbone + weights)")
     IMPORTANCES.get(p.importance)
-    if not 0 < p.ratio < 1 or p.steps < 1:
-        raise FacekdError(f"prune.ratio must lie in (0, 1) and prune.steps be >= 1 (got {p.ratio}, {p.steps})")
+    if not (0 < p.ratio < 1 or (p.ratio == 0 and p.surgery)) or p.steps < 1:
+        raise FacekdError(f"prune.ratio must lie in (0, 1) (0 only with prune.surgery) and prune.steps be >= 1 "
+                          f"(got {p.ratio}, {p.steps})")
+    for name in p.surgery:
+        SURGERIES.get(name)  # an unknown name fails here, listing the known ones
     src = resolve(p.source, p.weights)
     net = src.require_backbone("pruning")
     ckpt = src.checkpoint
@@ -224,7 +228,11 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
             # The random control draws from torch's global generator: seeded per run seed and step,
             # so that a run repeats and seeds differ.
             torch.manual_seed(cfg.train.seed * 1_000 + k)
-            prune_once(model, p.importance, plan, batches, _label_loss(head) if head is not None else None)
+            if k == 1 and p.surgery:
+                apply_surgery(model, list(p.surgery))
+                say(f"surgery {', '.join(p.surgery)} on {p.source}")
+            if plan.ratio > 0:
+                prune_once(model, p.importance, plan, batches, _label_loss(head) if head is not None else None)
             row = StepRow(k, round(p.ratio * k / p.steps, 6), count_params(model), count_macs(model, size), _lfw(model, cfg, device))
             step_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(pruned_path, model_checkpoint(model, cfg.model.backbone, cfg.model.backbone_args,
