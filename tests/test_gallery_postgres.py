@@ -8,6 +8,7 @@ Debian's postgresql package these tests skip, saying so.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -191,6 +192,43 @@ def test_many_faces_in_one_enrolment_notify_in_chunks(url):
         a.enroll_embeddings("Many", _unit(rng, 1234))  # three notifications of <= 500 ids
         _wait(lambda: len(b) == 1234)
     finally:
+        a.close()
+        b.close()
+
+
+def test_a_removal_while_the_listener_applies_an_add_leaves_no_phantom(url):
+    """B's listener has read a face A enrolled; B removes the person before the listener
+    applies the read (B's own removal notification is skipped): the face must not stay."""
+    rng = np.random.default_rng(5)
+    a = Gallery(PostgresStore.create(url, MODEL))
+    b_store = PostgresStore.open(url)
+    b_store.listen()
+    b = Gallery(b_store)
+    read, release = threading.Event(), threading.Event()
+    reader = b_store.embeddings
+
+    def slow_read(face_ids):  # the listener's read of the added faces, held once
+        out = reader(face_ids)
+        if not read.is_set():
+            read.set()
+            release.wait(5)
+        return out
+
+    b_store.embeddings = slow_read
+    b_store.follow(b)
+    try:
+        pid = a.enroll_embeddings("Gone", _unit(rng, 1)).person.id
+        assert read.wait(5)
+        remover = threading.Thread(target=b.remove_person, args=(pid,))
+        remover.start()
+        remover.join(0.5)
+        release.set()
+        remover.join(5)
+        time.sleep(0.2)  # the listener applies what it read
+        _wait(lambda: len(b) == 0, timeout=2)
+        assert b.identify(_unit(rng, 1)[0]).matches == []
+    finally:
+        release.set()
         a.close()
         b.close()
 

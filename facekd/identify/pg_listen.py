@@ -3,7 +3,7 @@
 A :class:`Listener` holds its own connection, LISTENing on :data:`CHANNEL` from the
 moment it is built, and once started a thread applies each notification to a gallery:
 an ``add`` reads the named faces' embeddings back from the store and calls
-``Gallery.apply_added``; a ``remove`` calls ``Gallery.apply_removed``. A payload is
+``Gallery.apply_added`` (then drops those already gone again); a ``remove`` calls ``Gallery.apply_removed``. A payload is
 JSON: ``{"origin": store id, "op": "add"|"remove", "faces": [ids], "people": [ids]}``.
 """
 
@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 
+import numpy as np
 import psycopg
 
 from facekd.errors import FacekdError
@@ -87,6 +88,11 @@ class Listener:
         if note.get("op") == "add":
             ids, pids, emb, names = self.store.embeddings(note["faces"])
             gallery.apply_added(ids, pids, emb, names)
+            if len(ids):
+                # This process may have removed some of them between the read and the
+                # apply (finding nothing to remove, and skipping its own notification):
+                # what is gone now is dropped; a removal after this check finds them.
+                gallery.apply_removed(np.setdiff1d(ids, self.store.existing(ids)))
         elif note.get("op") == "remove":
             gallery.apply_removed(note["faces"], person_ids=note.get("people", []))
 

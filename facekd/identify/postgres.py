@@ -316,6 +316,11 @@ class PostgresStore:
         emb = np.array([r[2] for r in rows], dtype=np.float32).reshape(len(rows), dim)
         return ids, pids, emb, {int(r[1]): r[3] for r in rows}
 
+    def existing(self, face_ids: Sequence[int]) -> np.ndarray:
+        """Those of ``face_ids`` still stored."""
+        rows = self._read("SELECT id FROM faces WHERE id = ANY(%s)", ([int(i) for i in face_ids],))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ids, pids, emb, _ = self.embeddings()
         return ids, pids, emb
