@@ -233,6 +233,40 @@ def test_a_removal_while_the_listener_applies_an_add_leaves_no_phantom(url):
         b.close()
 
 
+def test_junk_notifications_and_a_failing_rebuild_do_not_stop_the_listener(url):
+    """Anyone with access to the database can NOTIFY the channel; a rebuild can fail. The
+    listener logs, rebuilds or retries, and keeps following."""
+    rng = np.random.default_rng(6)
+    a = Gallery(PostgresStore.create(url, MODEL))
+    b_store = PostgresStore.open(url)
+    b_store.listen()
+    b = Gallery(b_store)
+    b_store.follow(b)
+    rebuild = b.refresh
+    failures = []
+
+    def failing_once():  # the first rebuild after the connection drops fails
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("rebuild failed")
+        rebuild()
+
+    try:
+        with psycopg.connect(url, autocommit=True) as c:
+            for junk in ("junk", "[1]", '{"op": "add", "faces": [99999999999999999999]}', '{"op": "remove", "faces": "x"}'):
+                c.execute("SELECT pg_notify('facekd_gallery', %s)", (junk,))
+            a.enroll_embeddings("Ada", _unit(rng, 1))
+            _wait(lambda: len(b) == 1)
+            b.refresh = failing_once
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'")
+        _wait(lambda: failures == [1])
+        a.enroll_embeddings("Bo", _unit(rng, 1))
+        _wait(lambda: len(b) == 2, timeout=10)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_database_restart_is_survived(pg, url):
     """After PostgreSQL restarts, reads reconnect, the listener listens again and reloads
     the gallery (catching what was committed while it was away), and sync resumes."""

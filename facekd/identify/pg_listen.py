@@ -3,8 +3,9 @@
 A :class:`Listener` holds its own connection, LISTENing on :data:`CHANNEL` from the
 moment it is built, and once started a thread applies each notification to a gallery:
 an ``add`` reads the named faces' embeddings back from the store and calls
-``Gallery.apply_added`` (then drops those already gone again); a ``remove`` calls ``Gallery.apply_removed``. A payload is
-JSON: ``{"origin": store id, "op": "add"|"remove", "faces": [ids], "people": [ids]}``.
+``Gallery.apply_added`` (then drops those already gone again); a ``remove`` calls
+``Gallery.apply_removed``. A payload is JSON:
+``{"origin": store id, "op": "add"|"remove", "faces": [ids], "people": [ids]}``.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ class Listener:
                 self._conn = self._listen()
                 gallery.refresh()
                 return
-            except (psycopg.Error, FacekdError) as exc:
-                log.warning("%s: gallery listener: %s", self.store.location, exc)
+            except Exception as exc:  # anything: a dead thread would leave the index stale, silently
+                log.warning("%s: gallery listener: %s; trying again", self.store.location, exc)
+                with suppress(Exception):
+                    self._conn.close()
 
     def apply(self, gallery, note: dict) -> None:
         """Applies one notification (other processes' only: this store's own gallery
