@@ -240,6 +240,28 @@ def test_gallery_of_another_model_is_409(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 40_000_000
 
 
+def test_keyless_server_refuses_other_hosts_and_cross_origin_requests(tmp_path, monkeypatch):
+    """Without keys the server trusts loopback, and a browser is on loopback too: a page from
+    elsewhere must not drive it (a cross-origin form POST), nor read it (DNS rebinding)."""
+    monkeypatch.setenv("FACEKD_WEIGHTS", str(_weights_dir()))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    app = create_app(ServeSettings(model=MODEL, gallery=str(tmp_path / "g.sqlite"), detectors=("yunet",),
+                                   worker_threads=1))
+    with ThreadedServer(app) as s:
+        photo = {"photos": ("p.jpg", _no_face_jpeg(), "image/jpeg")}
+        evil = {"Origin": "http://evil.example"}
+        assert "evil.example" in _error(httpx.post(f"{s.url}/v1/people", data={"name": "x"}, files=photo,
+                                                   headers=evil), 403, "cross_origin")
+        for host in ("rebound.example", "[::1", ""):
+            _error(httpx.get(f"{s.url}/v1/people", headers={"Host": host}), 403, "host_not_loopback")
+        _error(httpx.get(f"{s.url}/v1/people", headers={"Origin": "http://[::1"}), 403, "cross_origin")
+        assert httpx.get(f"{s.url}/v1/people").status_code == 200  # no Origin: curl, a script
+        port = s.url.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}"):  # the page's own requests
+            r = httpx.get(f"{s.url}/v1/people", headers={"Host": host, "Origin": f"http://{host}"})
+            assert r.status_code == 200, r.text
+
+
 # --- real photos -----------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from facekd.serve.schemas import (
     PersonOut,
     VerifyResponse,
 )
-from facekd.serve.security import ApiKeyCheck, check_binding, read_api_keys
+from facekd.serve.security import ApiKeyCheck, LoopbackOnly, check_binding, read_api_keys
 from facekd.serve.settings import ServeSettings
 
 log = logging.getLogger("facekd.serve")
@@ -143,6 +143,8 @@ def create_app(
     app.state.gallery = service
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if not auth.enabled:  # loopback without keys: no other host, no other page
+        app.add_middleware(LoopbackOnly)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
 

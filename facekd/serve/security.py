@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from facekd.errors import FacekdError
-from facekd.serve.errors import ApiError
+from facekd.serve.errors import ApiError, error_body
 
 API_KEY_HEADER = "X-API-Key"
 MIN_KEY_LENGTH = 16
@@ -96,3 +99,53 @@ class ApiKeyCheck:
             raise ApiError(401, "missing_api_key", f"this server needs an API key: send it in the {API_KEY_HEADER} header")
         if not self.matches(offered):
             raise ApiError(401, "invalid_api_key", f"the {API_KEY_HEADER} header holds no valid API key")
+
+
+def _netloc_host(netloc: str) -> str:
+    """The host of ``host[:port]`` (brackets off an IPv6 address); '' when malformed."""
+    try:
+        return urlsplit(f"//{netloc}").hostname or ""
+    except ValueError:
+        return ""
+
+
+def _origin_netloc(origin: str) -> str | None:
+    """``host[:port]`` of an ``Origin`` header, lower case; None when malformed."""
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None
+
+
+class LoopbackOnly:
+    """ASGI middleware for a server without API keys, which trusts whoever reaches it on
+    loopback. A browser on the same machine reaches it too, driven by any page it opens:
+    a request whose ``Host`` is not a loopback address or ``localhost`` is refused (a DNS
+    rebinding page, which could otherwise read the answers), and so is one whose
+    ``Origin`` is not this server (a cross-origin form POST, which needs no preflight).
+    Requests without ``Origin`` (curl, scripts, same-origin GETs) pass.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    @staticmethod
+    def _refusal(scope: Scope) -> tuple[str, str] | None:
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+        host, origin = headers.get("host", ""), headers.get("origin")
+        if not is_loopback(_netloc_host(host)):
+            return "host_not_loopback", f"Host {host!r} is not a loopback address: this server has no API keys"
+        if origin is not None and _origin_netloc(origin) != host.lower():
+            return "cross_origin", (f"a request from the page at {origin!r} is refused: this server has no API keys, "
+                                    "so only its own page may call it from a browser")
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._refusal(scope) if scope["type"] == "http" else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(error_body(*refusal)).encode()
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
