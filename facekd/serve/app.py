@@ -67,16 +67,16 @@ PLACEHOLDER_PAGE = """<!doctype html>
 """
 
 
-def _face_info(f: PhotoFace) -> FaceInfo:
+def face_info(f: PhotoFace) -> FaceInfo:
     return FaceInfo(photo=f.photo, faces=f.faces, score=f.score, detector=f.detector)
 
 
-def _upload_name(field: str, upload: UploadFile) -> str:
+def upload_name(field: str, upload: UploadFile) -> str:
     return f"{field} ({upload.filename})" if upload.filename else field
 
 
 async def _read(field: str, upload: UploadFile) -> tuple[bytes, str]:
-    return await upload.read(), _upload_name(field, upload)
+    return await upload.read(), upload_name(field, upload)
 
 
 def _person_name(name: str) -> str:
@@ -126,6 +126,25 @@ def create_app(
         raise
     auth = ApiKeyCheck(keys)
 
+    app = _new_app(settings, engine, service, auth)
+    api = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    _face_routes(api, engine, service)
+    _gallery_routes(api, engine, service)
+    app.include_router(api)
+    if page is not None:
+        app.include_router(page)
+    else:
+        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+        async def index() -> str:
+            return PLACEHOLDER_PAGE
+
+    return app
+
+
+def _new_app(settings: ServeSettings, engine: Engine, service: GalleryService, auth: ApiKeyCheck) -> FastAPI:
+    """The application with its lifespan (closing the engine and gallery), error shape,
+    limits and the unauthenticated health route."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -146,20 +165,24 @@ def create_app(
     if not auth.enabled:  # loopback without keys: no other host, no other page
         app.add_middleware(LoopbackOnly)
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
-
     @app.get("/v1/health", response_model=HealthResponse, tags=["server"])
     async def health() -> HealthResponse:
         """Liveness: the model is loaded. Needs no API key."""
         return HealthResponse(status="ok", model=engine.model_name, embedding_dim=engine.embedding_dim,
                               api_key_required=auth.enabled)
 
+    return app
+
+
+def _face_routes(api: APIRouter, engine: Engine, service: GalleryService) -> None:
+    """``/v1/embed``, ``/v1/verify`` and ``/v1/identify`` on ``api``."""
+
     @api.post("/embed", response_model=EmbedResponse, tags=["faces"])
     async def embed(photo: UploadFile = File(description="a photo with a face (JPEG, PNG, WebP or BMP)")) -> EmbedResponse:
         """Detects and aligns the most central face and returns its embedding."""
         faces, emb = await engine.run(engine.faces_and_embeddings, [await _read("photo", photo)])
         return EmbedResponse(model=engine.model_name, dim=int(emb.shape[1]), embedding=emb[0].tolist(),
-                             face=_face_info(faces[0]))
+                             face=face_info(faces[0]))
 
     @api.post("/verify", response_model=VerifyResponse, tags=["faces"])
     async def verify(photo_a: UploadFile = File(), photo_b: UploadFile = File()) -> VerifyResponse:
@@ -171,7 +194,7 @@ def create_app(
         faces, emb = await engine.run(engine.faces_and_embeddings, uploads)
         sim = float(emb[0] @ emb[1])
         return VerifyResponse(model=engine.model_name, similarity=sim, threshold=engine.threshold,
-                              same=sim >= engine.threshold, faces=[_face_info(f) for f in faces])
+                              same=sim >= engine.threshold, faces=[face_info(f) for f in faces])
 
     @api.post("/identify", response_model=IdentifyResponse, tags=["gallery"])
     async def identify(
@@ -186,9 +209,20 @@ def create_app(
             model=engine.model_name, identity=result.name,
             person_id=result.identity.person_id if result.identity else None, score=result.score,
             threshold=result.threshold, scoring=result.scoring,
-            matches=[MatchOut(**m.to_dict()) for m in result.matches], face=_face_info(faces[0]),
+            matches=[MatchOut(**m.to_dict()) for m in result.matches], face=face_info(faces[0]),
             gallery_faces=searched,
         )
+
+
+async def _enrol_uploads(engine: Engine, photos: list[UploadFile]) -> tuple[list[PhotoFace], np.ndarray]:
+    if len(photos) > MAX_UPLOADS:
+        raise ApiError(422, "too_many_photos", f"{len(photos)} photos in one request; at most {MAX_UPLOADS}")
+    uploads = [await _read(f"photos[{i}]", p) for i, p in enumerate(photos)]
+    return await engine.run(engine.faces_and_embeddings, uploads)
+
+
+def _gallery_routes(api: APIRouter, engine: Engine, service: GalleryService) -> None:
+    """The gallery CRUD routes (``/v1/people``...) on ``api``."""
 
     @api.get("/people", response_model=PeopleResponse, tags=["gallery"])
     async def list_people(
@@ -199,12 +233,6 @@ def create_app(
         return PeopleResponse(people=[PersonOut(**p.to_dict()) for p in people[offset : offset + limit]],
                               total=len(people))
 
-    async def _enrol_uploads(photos: list[UploadFile]) -> tuple[list[PhotoFace], np.ndarray]:
-        if len(photos) > MAX_UPLOADS:
-            raise ApiError(422, "too_many_photos", f"{len(photos)} photos in one request; at most {MAX_UPLOADS}")
-        uploads = [await _read(f"photos[{i}]", p) for i, p in enumerate(photos)]
-        return await engine.run(engine.faces_and_embeddings, uploads)
-
     @api.post("/people", response_model=EnrolResponse, status_code=status.HTTP_201_CREATED, tags=["gallery"])
     async def create_person(
         name: str = Form(min_length=1, max_length=200, description="the person's name (unique in the gallery)"),
@@ -214,7 +242,7 @@ def create_app(
         face fails the request and nothing is stored."""
         service.check_model()
         name = _person_name(name)
-        faces, emb = await _enrol_uploads(photos)
+        faces, emb = await _enrol_uploads(engine, photos)
         enrolment = await engine.run(service.enroll_new, name, faces, emb)
         return _enrolment(enrolment)
 
@@ -239,19 +267,9 @@ def create_app(
         """Adds faces to an enrolled person. All or nothing, as for a new person."""
         service.check_model()
         await engine.run(service.person, person_id)  # 404 before any image work
-        faces, emb = await _enrol_uploads(photos)
+        faces, emb = await _enrol_uploads(engine, photos)
         enrolment = await engine.run(service.add_faces, person_id, faces, emb)
         return _enrolment(enrolment)
-
-    app.include_router(api)
-    if page is not None:
-        app.include_router(page)
-    else:
-        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-        async def index() -> str:
-            return PLACEHOLDER_PAGE
-
-    return app
 
 
 def _enrolment(enrolment) -> EnrolResponse:

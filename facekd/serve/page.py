@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
+from facekd.serve.app import face_info, upload_name
 from facekd.serve.errors import ApiError
 from facekd.serve.schemas import FaceInfo
 from facekd.serve.security import ApiKeyCheck, read_api_keys
@@ -70,10 +71,9 @@ def page_router(settings: ServeSettings) -> APIRouter:
     async def align(request: Request, photo: UploadFile = File(description="a photo with a face")) -> AlignResponse:
         """The aligned crop of the photo's most central face (what /v1/identify embeds), as PNG."""
         engine = request.app.state.engine
-        name = f"photo ({photo.filename})" if photo.filename else "photo"
-        face = await engine.run(engine.face, await photo.read(), name)
+        face = await engine.run(engine.face, await photo.read(), upload_name("photo", photo))
         png = await engine.run(crop_png_base64, face.crop)
         return AlignResponse(crop_png=png, width=int(face.crop.shape[1]), height=int(face.crop.shape[0]),
-                             face=FaceInfo(photo=face.photo, faces=face.faces, score=face.score, detector=face.detector))
+                             face=face_info(face))
 
     return router
