@@ -17,10 +17,11 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import UploadFile
 from PIL import Image
 
 from facekd.identify.gallery import Gallery
-from facekd.serve.app import create_app
+from facekd.serve.app import create_app, upload_name
 from facekd.serve.images import decode_upload, sniff_format
 from facekd.serve.errors import ApiError
 from facekd.serve.process import ServerProcess, free_port
@@ -182,6 +183,13 @@ def test_blank_or_control_character_name_is_422_before_any_image_work(client, lf
         r = client.post("/v1/people", data={"name": name}, files={"photos": (photo.name, photo.read_bytes(), "image/jpeg")})
         assert "name" in _error(r, 422, "invalid_name")
     assert all(p["name"].isprintable() for p in client.get("/v1/people").json()["people"])
+
+
+def test_an_upload_is_named_without_control_characters():
+    # The name is stored as the face's source: PostgreSQL refuses a NUL (a 500), a newline forges lines.
+    upload = UploadFile(io.BytesIO(b""), filename="a\x00b\n.jpg")
+    assert upload_name("photos[0]", upload) == "photos[0] (a?b?.jpg)"
+    assert upload_name("photo", UploadFile(io.BytesIO(b""))) == "photo"
 
 
 def test_decode_upload_whitelist():

@@ -72,7 +72,12 @@ def face_info(f: PhotoFace) -> FaceInfo:
 
 
 def upload_name(field: str, upload: UploadFile) -> str:
-    return f"{field} ({upload.filename})" if upload.filename else field
+    """How an upload is named in messages and stored as a face's source: the form field
+    and the client's file name, its control characters (a NUL, a newline) as ``?``."""
+    if not upload.filename:
+        return field
+    filename = "".join("?" if unicodedata.category(c) == "Cc" else c for c in upload.filename)
+    return f"{field} ({filename})"
 
 
 async def _read(field: str, upload: UploadFile) -> tuple[bytes, str]:
