@@ -150,3 +150,29 @@ def test_enrol_and_identify_through_the_page(browser, server, lfw_dir, tmp_path)
     shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "serve-page.png")
     shot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_a_name_holding_html_is_shown_as_text(browser, server, lfw_dir):
+    """Names are user input: the page must insert them as text, never as markup."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    name = '<img src=x onerror="document.title=\'xss\'"><b>Aaron</b>'
+    photos = sorted((lfw_dir / "Aaron_Peirsol").glob("*.jpg"))
+    r = httpx.post(f"{server.url}/v1/people", data={"name": name}, headers={"X-API-Key": KEY}, timeout=120,
+                   files={"photos": (photos[0].name, photos[0].read_bytes(), "image/jpeg")})
+    assert r.status_code == 201, r.text
+    browser.get(server.url + "/")
+    key = browser.find_element("id", "api-key")
+    key.clear()
+    key.send_keys(KEY)
+    browser.find_element("id", "people-refresh").click()
+    WebDriverWait(browser, 30).until(
+        lambda d: name in [td.text for td in d.find_elements("css selector", "#people tbody td.name")])
+    browser.find_element("id", "identify-photo").send_keys(str(photos[1]))
+    browser.find_element("id", "identify-submit").click()
+    WebDriverWait(browser, 120).until(
+        lambda d: d.find_element("id", "result").is_displayed()
+        or "error" in d.find_element("id", "identify-status").get_attribute("class"))
+    assert browser.find_element("id", "identity").text == name
+    assert browser.find_elements("css selector", "main img:not(#crop), main b") == []
+    assert browser.title == "facekd: who is this?"
