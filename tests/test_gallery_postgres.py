@@ -7,6 +7,7 @@ Debian's postgresql package these tests skip, saying so.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facekd.cli import main
 from facekd.errors import FacekdError
 from facekd.identify.gallery import Gallery
 from facekd.identify.location import is_postgres_url
@@ -293,10 +295,6 @@ def test_a_database_restart_is_survived(pg, url):
 
 def test_gallery_commands_take_a_url(url, lfw_dir, yunet_weights, capsys):
     """`facekd gallery enroll|list|info|remove` and `facekd identify` with a postgresql:// URL."""
-    import json
-
-    from facekd.cli import main
-
     model = REPO / "weights" / "student5_mobilefacenet_casia.onnx"
     photos = sorted((lfw_dir / "Aaron_Peirsol").glob("*.jpg"))
     assert main(["gallery", "enroll", url, *map(str, photos[:2]), "--name", "Aaron_Peirsol", "--model", str(model),
@@ -320,7 +318,7 @@ def test_two_servers_share_one_gallery(url, lfw_dir, tmp_path):
     """A person enrolled through one server is identified through the other within a
     second (the delay is printed: run with -s to see it); a removal travels back."""
     httpx = pytest.importorskip("httpx")
-    from facekd.serve.process import ServerProcess
+    from facekd.serve.process import ServerProcess  # needs httpx (the serve extra), checked just above
 
     weights = Path(os.environ.get("FACEKD_WEIGHTS") or REPO.parent / "shared" / "weights")
     if not (weights / "face_detection_yunet_2023mar.onnx").is_file():
@@ -330,8 +328,9 @@ def test_two_servers_share_one_gallery(url, lfw_dir, tmp_path):
             "--detector", "yunet"]
     # Started together: one creates the gallery, the other finds it created (or loses the race and opens it).
     a = ServerProcess(args, log=tmp_path / "a.log", env=env)
-    b = ServerProcess(args, log=tmp_path / "b.log", env=env)
+    b = None
     try:
+        b = ServerProcess(args, log=tmp_path / "b.log", env=env)
         a.wait_ready()
         b.wait_ready()
         name = "Colin_Powell"
@@ -360,5 +359,6 @@ def test_two_servers_share_one_gallery(url, lfw_dir, tmp_path):
             while ca.post("/v1/identify", files=probe).json()["gallery_faces"] != 0:
                 assert time.perf_counter() < deadline, "the removal through B did not reach A"
     finally:
-        b.stop()
+        if b is not None:
+            b.stop()
         a.stop()
