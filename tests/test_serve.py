@@ -25,7 +25,7 @@ from facekd.serve.app import create_app, upload_name
 from facekd.serve.images import decode_upload, sniff_format
 from facekd.serve.errors import ApiError
 from facekd.serve.process import ServerProcess, free_port
-from facekd.serve.security import ApiKeyCheck, check_binding, is_loopback
+from facekd.serve.security import ApiKeyCheck, check_binding, is_loopback, read_api_keys
 from facekd.serve.settings import ServeSettings
 from facekd.errors import FacekdError
 
@@ -122,6 +122,16 @@ def test_binding_rule_and_key_check():
         check_binding("::", None)
     check = ApiKeyCheck((b"a" * 16, b"b" * 16))
     assert check.matches("b" * 16) and not check.matches("b" * 15) and not check.matches("c" * 16)
+
+
+def test_a_key_that_no_header_can_carry_is_refused_at_start(tmp_path):
+    # A header arrives as Latin-1 text: a non-ASCII key could never match, so it would lock everyone out.
+    for key in ("clé-0123456789abcdef", "tab\tin-0123456789abcdef"):
+        (tmp_path / "keys").write_text(f"{key}\n", encoding="utf-8")
+        with pytest.raises(FacekdError, match="line 1: .*printable ASCII"):
+            read_api_keys(tmp_path / "keys")
+    (tmp_path / "keys").write_text(f"  {KEY}  \n")
+    assert read_api_keys(tmp_path / "keys") == (KEY.encode(),)
 
 
 # --- bad inputs ------------------------------------------------------------------------

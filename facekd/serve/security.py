@@ -39,8 +39,8 @@ def read_api_keys(path: Path) -> tuple[bytes, ...]:
     """The keys in ``path``: one a line, blank lines and ``#`` comments skipped.
 
     Raises:
-        FacekdError: The file is missing or unreadable, holds no key, or a key shorter
-            than ``MIN_KEY_LENGTH`` characters.
+        FacekdError: The file is missing or unreadable, holds no key, a key shorter
+            than ``MIN_KEY_LENGTH`` characters, or one that is not printable ASCII.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -55,6 +55,8 @@ def read_api_keys(path: Path) -> tuple[bytes, ...]:
             continue
         if len(key) < MIN_KEY_LENGTH:
             raise FacekdError(f"{path}: line {n}: API key shorter than {MIN_KEY_LENGTH} characters")
+        if not (key.isascii() and key.isprintable()):  # else no X-API-Key header could ever match it
+            raise FacekdError(f"{path}: line {n}: an API key must be printable ASCII (it is sent in a header)")
         keys.append(key.encode("utf-8"))
     if not keys:
         raise FacekdError(f"{path}: no API key in the file (one a line)")
