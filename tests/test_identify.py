@@ -279,3 +279,13 @@ def test_a_refresh_keeps_an_enrolment_committed_while_it_reads(tmp_path):
         assert len(g) == 1 and g.identify(_e((0, 1.0))).name == "Ada"
     finally:
         g.close()
+
+
+def test_create_is_all_or_nothing(tmp_path):
+    path = tmp_path / "g.db"
+    SqliteStore.create(path, _model()).close()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("g.db")) == []  # no temporary left
+    with pytest.raises(FacekdError, match="already exists"):
+        SqliteStore.create(path, _model())
+    with SqliteStore.open(path) as s:  # the loser did not touch it
+        assert s.model() == _model() and s.integrity_check() == []

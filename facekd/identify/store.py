@@ -19,6 +19,7 @@ behind a lock) and between processes (SQLite's file locks; writers wait up to
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -174,7 +175,24 @@ class SqliteStore:
         if model.embedding_dim <= 0:
             raise FacekdError(f"{path}: embedding_dim must be positive, not {model.embedding_dim}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path, cls._connect(path))._init_schema(model)
+        # Built in a temporary file and linked into place complete: a crash during
+        # creation leaves no schema-less file at ``path``, and of two processes creating
+        # the same gallery one wins, the other gets FileExistsError.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                cls(tmp, conn)._init_schema(model)
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FacekdError(f"{path}: already exists; open it, or choose another file for a new gallery") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls.open(path)
 
     def _init_schema(self, model: GalleryModel) -> SqliteStore:
         with self._write() as c:
