@@ -68,6 +68,15 @@ def _wait(cond, timeout: float = 5.0, poll: float = 0.005) -> float:
     return time.perf_counter() - t0
 
 
+def _follower(url: str) -> Gallery:
+    """Another process's gallery on ``url``: listening before its snapshot, then following."""
+    store = PostgresStore.open(url)
+    store.listen()
+    gallery = Gallery(store)
+    store.follow(gallery)
+    return gallery
+
+
 def test_url_selects_postgres():
     assert is_postgres_url("postgresql://u@h:5432/db") and is_postgres_url("postgres://h/db")
     assert not is_postgres_url("people.db") and not is_postgres_url("/tmp/postgresql/g.db")
@@ -130,10 +139,7 @@ def test_two_galleries_stay_in_step(url):
     rng = np.random.default_rng(1)
     a = Gallery(PostgresStore.create(url, MODEL))
     a.store.follow(a)
-    b_store = PostgresStore.open(url)
-    b_store.listen()
-    b = Gallery(b_store)
-    b_store.follow(b)
+    b = _follower(url)
     try:
         ada = _unit(rng, 2)
         a.enroll_embeddings("Ada", ada)
@@ -186,10 +192,7 @@ def test_changes_made_while_a_gallery_opens_are_not_lost(url):
 def test_many_faces_in_one_enrolment_notify_in_chunks(url):
     rng = np.random.default_rng(3)
     a = Gallery(PostgresStore.create(url, MODEL))
-    b_store = PostgresStore.open(url)
-    b_store.listen()
-    b = Gallery(b_store)
-    b_store.follow(b)
+    b = _follower(url)
     try:
         a.enroll_embeddings("Many", _unit(rng, 1234))  # three notifications of <= 500 ids
         _wait(lambda: len(b) == 1234)
@@ -240,10 +243,7 @@ def test_junk_notifications_and_a_failing_rebuild_do_not_stop_the_listener(url):
     listener logs, rebuilds or retries, and keeps following."""
     rng = np.random.default_rng(6)
     a = Gallery(PostgresStore.create(url, MODEL))
-    b_store = PostgresStore.open(url)
-    b_store.listen()
-    b = Gallery(b_store)
-    b_store.follow(b)
+    b = _follower(url)
     rebuild = b.refresh
     failures = []
 
@@ -274,10 +274,7 @@ def test_a_database_restart_is_survived(pg, url):
     the gallery (catching what was committed while it was away), and sync resumes."""
     rng = np.random.default_rng(4)
     a = Gallery(PostgresStore.create(url, MODEL))
-    b_store = PostgresStore.open(url)
-    b_store.listen()
-    b = Gallery(b_store)
-    b_store.follow(b)
+    b = _follower(url)
     try:
         a.enroll_embeddings("Before", _unit(rng, 1))
         _wait(lambda: len(b) == 1)
