@@ -164,6 +164,35 @@ def _replay(url: str, lfw: Path, enrolments: list[tuple[int, str, Path]], identi
             "max_score_difference": max_score_diff}
 
 
+def _report(args: argparse.Namespace, pre: list[Call], calls: list[Call], wall: float, rss_start: float,
+            rss_end: float) -> dict:
+    """The load run's figures: statuses, throughput, latency percentiles, memory."""
+    statuses: dict[str, int] = {}
+    for c in calls:
+        statuses[str(c.status)] = statuses.get(str(c.status), 0) + 1
+    ok = [c for c in calls if c.status < 400]
+    return {
+        "command": "python eval/serve_load.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in (("clients", args.clients), ("duration", args.duration),
+                                                        ("identify_share", args.identify_share),
+                                                        ("base", args.base), ("workers_threads", args.workers_threads),
+                                                        ("seed", args.seed))),
+        "model": args.model.name,
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "wall_s": wall,
+        "requests": len(calls),
+        "throughput_rps": len(calls) / wall,
+        "statuses": statuses,
+        "server_errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "latency": {"all": _latency(ok), "identify": _latency([c for c in ok if c.kind == "identify"]),
+                    "enrol": _latency([c for c in ok if c.kind == "enrol"])},
+        "rss_mib": {"start": rss_start, "end": rss_end},
+        "base_enrolled": sum(c.status == 201 for c in pre),
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=REPO / "weights" / "student5_mobilefacenet_casia.onnx")
@@ -197,30 +226,7 @@ def main() -> int:
                                       args.identify_share, args.max_requests, args.seed))
             wall = time.perf_counter() - t0
             rss_end = rss_mib(server.pid)
-        statuses: dict[str, int] = {}
-        for c in calls:
-            statuses[str(c.status)] = statuses.get(str(c.status), 0) + 1
-        ok = [c for c in calls if c.status < 400]
-        report = {
-            "command": "python eval/serve_load.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in (("clients", args.clients), ("duration", args.duration),
-                                                            ("identify_share", args.identify_share),
-                                                            ("base", args.base), ("workers_threads", args.workers_threads),
-                                                            ("seed", args.seed))),
-            "model": args.model.name,
-            "clients": args.clients,
-            "duration_s": args.duration,
-            "wall_s": wall,
-            "requests": len(calls),
-            "throughput_rps": len(calls) / wall,
-            "statuses": statuses,
-            "server_errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
-            "latency": {"all": _latency(ok), "identify": _latency([c for c in ok if c.kind == "identify"]),
-                        "enrol": _latency([c for c in ok if c.kind == "enrol"])},
-            "rss_mib": {"start": rss_start, "end": rss_end},
-            "base_enrolled": sum(c.status == 201 for c in pre),
-            "cpu_count": os.cpu_count(),
-        }
+        report = _report(args, pre, calls, wall, rss_start, rss_end)
         print(json.dumps({k: v for k, v in report.items()}, indent=1))
         if not args.no_replay:
             committed = sorted(
