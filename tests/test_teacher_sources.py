@@ -196,3 +196,28 @@ def test_the_training_set_identity_keys_the_teacher_cache(tmp_path):
             return len(data)
 
     assert data_fingerprint(View()) != data_fingerprint(data)
+
+
+def test_terms_exit_points_and_teacher_sources_are_typed_and_refuse_what_they_do_not_know(tmp_path):
+    from facekd.config import load_config
+    from facekd.distill.losses import TermCfg
+    from facekd.models.exits import ExitCfg
+    from facekd.multiexit.config import MultiExitConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("distill:\n  terms: [{name: soft, weight: 2, tau: 3}]\nexits:\n  points: [{at: features.4, width: 8}]\n")
+    cfg = load_config(MultiExitConfig, path)
+    assert cfg.distill.terms == [TermCfg(name="soft", weight=2.0, tau=3.0)]
+    assert cfg.exits.points == [ExitCfg(at="features.4", width=8)]
+    with pytest.raises(FacekdError, match=r"terms\[0\].*unknown key temperature"):
+        load_config(MultiExitConfig, path, ["distill.terms=[{name: soft, temperature: 3}]"])
+    with pytest.raises(FacekdError, match=r"points\[0\].*unknown key widht"):
+        load_config(MultiExitConfig, path, ["exits.points=[{at: features.4, widht: 8}]"])
+    with pytest.raises(FacekdError, match="distill.terms soft: .*unexpected keyword argument 'epsilon'"):
+        from facekd.distill.losses import build_terms
+
+        build_terms([TermCfg(name="soft", epsilon=0.1)])
+    cfg, data = _setup(tmp_path)
+    odd = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, source="onnxx"))
+    with pytest.raises(FacekdError, match="unknown teacher source 'onnxx'; known: ensemble, exported, model"):
+        teacher_for(odd, data, CPU, say=lambda s: None)
