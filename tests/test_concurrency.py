@@ -78,6 +78,7 @@ def photos(tmp_path_factory) -> tuple[Path, Path]:
     return src, root / "reference"
 
 
+@pytest.mark.slow  # a minute or more of CPU: separate processes importing torch
 @pytest.mark.parametrize("round_", ROUNDS)
 def test_two_aligns_into_one_crop_cache(photos, tmp_path, round_):
     src, reference = photos
@@ -112,6 +113,7 @@ def distill_setup(tmp_path_factory) -> tuple[Path, torch.Tensor, dict]:
     return dcfg, solo, ckpt_tensors(root / "solo/checkpoints/last.pt")
 
 
+@pytest.mark.slow  # a minute or more of CPU: separate processes importing torch
 @pytest.mark.parametrize("round_", ROUNDS)
 def test_two_distills_share_one_teacher_output_cache(distill_setup, tmp_path, round_):
     dcfg, solo, solo_student = distill_setup

@@ -9,6 +9,8 @@ import pytest
 
 from facekd.config import RANGE, Range, load_config
 from facekd.errors import FacekdError
+from facekd.distill.config import DistillConfig
+from facekd.multiexit.config import MultiExitConfig
 from facekd.prune.config import PruneConfig
 from facekd.train.config import TrainConfig
 
@@ -77,3 +79,14 @@ def test_range_text_and_edges():
     assert str(Range(0, 1, high_open=True)) == "[0, 1)" and str(Range(0, low_open=True)) == "(0, inf)"
     assert Range(0, 1, high_open=True).allows(0) and not Range(0, 1, high_open=True).allows(1)
     assert not Range(1).allows(0) and Range(1).allows(None) is True
+
+
+@pytest.mark.parametrize("cls, text, key", [
+    (TrainConfig, "data: {augment: {flip: 1.5}}", "data.augment.flip"),
+    (MultiExitConfig, "exits: {tau_start: 0}", "exits.tau_start"),
+    (MultiExitConfig, "exits: {points: []}", "exits.points"),
+    (DistillConfig, "teacher: {classifier_epochs: -1}", "teacher.classifier_epochs"),
+])
+def test_ranges_of_the_other_configs(tmp_path, cls, text, key):
+    with pytest.raises(FacekdError, match=key.replace(".", r"\.") + ": .* is out of range"):
+        load_config(cls, _write(tmp_path, text + "\n"))

@@ -7,19 +7,21 @@ loader (:mod:`facekd.train.loaders`) calls on its batches; normalisation is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from facekd.config import Range, fraction, in_range
 
 
 @dataclass(frozen=True)
 class AugmentCfg:
     """Augmentation for aligned face crops: mild, since alignment already fixed geometry."""
 
-    flip: float = 0.5  # probability of a horizontal flip
-    shift: float = 0.05  # max translation, fraction of the crop size
-    scale: float = 0.05  # max relative zoom
-    rotate: float = 5.0  # max degrees
-    affine_p: float = 0.5
-    color: float = 0.2  # brightness / contrast / saturation jitter
-    color_p: float = 0.3
-    blur_p: float = 0.0
-    gray_p: float = 0.05
+    flip: float = field(default=0.5, metadata=fraction())  # probability of a horizontal flip
+    shift: float = field(default=0.05, metadata=fraction())  # max translation, fraction of the crop size
+    scale: float = field(default=0.05, metadata=fraction(high_open=True))  # max relative zoom
+    rotate: float = field(default=5.0, metadata=in_range(Range(0, 180)))  # max degrees
+    affine_p: float = field(default=0.5, metadata=fraction())
+    color: float = field(default=0.2, metadata=fraction())  # brightness / contrast / saturation jitter
+    color_p: float = field(default=0.3, metadata=fraction())
+    blur_p: float = field(default=0.0, metadata=fraction())
+    gray_p: float = field(default=0.05, metadata=fraction())

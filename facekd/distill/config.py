@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from facekd.config import at_least
 from facekd.distill.losses import CAFFE_MIN_CE, TermCfg
 from facekd.train.config import TrainConfig
 
@@ -63,7 +64,7 @@ class TeacherCfg:
     outputs: str | None = None
     classifier: str = "cosface"  # head fitted on frozen embeddings when the teacher has none
     classifier_args: dict = field(default_factory=lambda: {"scale": 64.0, "margin": 0.35})
-    classifier_epochs: int = 10
+    classifier_epochs: int = field(default=10, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from facekd.config import at_least, non_empty, positive
 from facekd.distill.config import DistillCfg, DistillConfig, TermCfg
 from facekd.models.exits import ExitCfg
 
@@ -21,10 +22,10 @@ class ExitsCfg:
             run's steps (the teachers' soft outputs are kept from growing confident).
     """
 
-    points: list[ExitCfg] = field(default_factory=list)
-    kl_weight: float = 1.0
-    tau_start: float = 1.0
-    tau_end: float = 4.0
+    points: list[ExitCfg] = field(default_factory=list, metadata=non_empty())
+    kl_weight: float = field(default=1.0, metadata=at_least(0))
+    tau_start: float = field(default=1.0, metadata=positive())
+    tau_end: float = field(default=4.0, metadata=positive())
 
 
 def _hard_only() -> DistillCfg:
