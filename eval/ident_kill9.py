@@ -116,18 +116,25 @@ def run_cli(args, path: Path) -> list[dict]:
         todo = [str(d) for d in people_dirs if d.name not in done][:200]
         if not todo:
             break
-        cmd = [sys.executable, "-m", "facekd", "gallery", "enroll", str(path), *todo, "--detector", "yunet"]
+        cmd = [sys.executable, "-m", "facekd.cli", "gallery", "enroll", str(path), *todo, "--detector", "yunet"]
         if not path.exists():
             cmd += ["--model", str(args.model)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         delay = rng.uniform(args.min_delay, args.max_delay) * 4
+        first = proc.stdout.readline()  # the CLI is up (seconds of imports): kill during its enrolment
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
+        out = first + out
         for ln in out.splitlines():  # "NAME: k face(s) enrolled, n in all (person id N)"
             if " face(s) enrolled, " in ln:
                 name, rest = ln.split(": ", 1)
                 reported[name] = int(rest.split(" in all")[0].split(", ")[-1])
+        if not path.exists():  # killed before the gallery was created: nothing to lose yet
+            rows.append({"kill": k + 1, "after_s": round(delay, 3), "problems": [], "reported": 0,
+                         "reported_missing": 0, "people": 0, "faces": 0, "created": False})
+            print(f"kill {k + 1:>2} after {delay:.2f} s: before the gallery was created")
+            continue
         with SqliteStore.open(path) as s:
             problems = s.integrity_check()
             have = {p.name: p.faces for p in s.people()}

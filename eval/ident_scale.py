@@ -40,29 +40,33 @@ def measure(n: int, dim: int, probes: int, seed: int, hnsw: dict) -> list[dict]:
     ids = np.arange(n, dtype=np.int64)
     rows, top1 = [], {}
     for kind in ("exact", "hnsw"):
-        opts = hnsw if kind == "hnsw" else {}
+        opts = {k: v for k, v in hnsw.items() if k != "ef_search"} if kind == "hnsw" else {}
         faiss.omp_set_num_threads(BUILD_THREADS)
         t0 = time.perf_counter()
         index = build_index(kind, dim, ids, x, **opts)
         build = time.perf_counter() - t0
         faiss.omp_set_num_threads(SEARCH_THREADS)
-        index.search(q[:5], 10)  # warm-up
-        lat = []
-        found = np.empty(probes, dtype=np.int64)
-        for j in range(probes):
-            t = time.perf_counter()
-            _, i = index.search(q[j : j + 1], 10)
-            lat.append(1000 * (time.perf_counter() - t))
-            found[j] = i[0, 0]
-        top1[kind] = found
-        row = {"n": n, "dim": dim, "index": kind, "build_s": round(build, 2),
-               "ms_p50": round(float(np.median(lat)), 4), "ms_p99": round(float(np.percentile(lat, 99)), 4),
-               "self_recall": round(float(np.mean(found == src)), 4)}
-        if kind == "hnsw":
-            row |= hnsw
-            row["recall_at_1_vs_exact"] = round(float(np.mean(found == top1["exact"])), 4)
-        rows.append(row)
-        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        for ef in (hnsw["ef_search"] if kind == "hnsw" else [None]):
+            if ef is not None:
+                index.ef_search = ef  # the same graph searched with a wider candidate list
+            index.search(q[:5], 10)  # warm-up
+            lat = []
+            found = np.empty(probes, dtype=np.int64)
+            for j in range(probes):
+                t = time.perf_counter()
+                _, i = index.search(q[j : j + 1], 10)
+                lat.append(1000 * (time.perf_counter() - t))
+                found[j] = i[0, 0]
+            if kind == "exact":
+                top1["exact"] = found
+            row = {"n": n, "dim": dim, "index": kind, "build_s": round(build, 2),
+                   "ms_p50": round(float(np.median(lat)), 4), "ms_p99": round(float(np.percentile(lat, 99)), 4),
+                   "self_recall": round(float(np.mean(found == src)), 4)}
+            if kind == "hnsw":
+                row |= opts | {"ef_search": ef}
+                row["recall_at_1_vs_exact"] = round(float(np.mean(found == top1["exact"])), 4)
+            rows.append(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         del index
     return rows
 
@@ -72,7 +76,7 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--probes", type=int, default=200)
-    ap.add_argument("--ef-search", type=int, default=128)
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[128], help="HNSW efSearch values, each measured")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--threads", type=int, default=0, help="FAISS threads while searching (0: its default)")

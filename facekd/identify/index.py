@@ -153,7 +153,7 @@ class HnswIndex:
                  rebuild_fraction: float = 0.25) -> None:
         if faiss is None:
             raise FacekdError("the hnsw index needs FAISS: pip install faiss-cpu")
-        self.dim, self.m, self.ef_construction, self.ef_search = dim, m, ef_construction, ef_search
+        self.dim, self.m, self.ef_construction, self._ef_search = dim, m, ef_construction, ef_search
         self.rebuild_fraction = rebuild_fraction
         self._new()
         self._x = np.zeros((0, dim), dtype=np.float32)  # kept for rebuilds
@@ -164,7 +164,17 @@ class HnswIndex:
     def _new(self) -> None:
         self._index = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
         self._index.hnsw.efConstruction = self.ef_construction
-        self._index.hnsw.efSearch = self.ef_search
+        self._index.hnsw.efSearch = self._ef_search
+
+    @property
+    def ef_search(self) -> int:
+        """Candidate list size while searching; settable (recall against speed)."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef_search = int(value)
+        self._index.hnsw.efSearch = self._ef_search
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         v = _f32(vectors, self.dim)
