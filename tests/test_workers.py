@@ -95,3 +95,21 @@ def test_align_on_workers_cuts_a_box_template(tmp_path):
     assert crop.shape == (160, 160, 3)
     state = (tmp_path / "dst" / ".align_state.jsonl").read_text().splitlines()[0]
     assert get_template("facenet160").key in state  # not mixed with similarity-warp crops
+
+
+def test_facenet160_alignment_is_the_teachers_own_box_crop():
+    """What facekd align / eval cut for facenet160 is FaceNet's box crop, the same pixels
+    the teacher-crop cutter (facekd.teachers.crops) makes from the same detection, with
+    or without a face found."""
+    from facekd.align.aligner import align_detected
+    from facekd.align.detector import Detection
+    from facekd.teachers.crops import Cutter
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (250, 250, 3), dtype=np.uint8)
+    lm = np.array([[100.0, 110], [150, 110], [125, 140], [105, 165], [145, 165]])
+    face = Detection(box=np.array([80.0, 70, 170, 190]), score=0.99, landmarks=lm)
+    template = get_template("facenet160")
+    cut = Cutter("facenet160")
+    assert np.array_equal(align_detected(img, [face], template).crop, cut(img, face))
+    assert np.array_equal(align_detected(img, [], template).crop, cut(img, None))  # the central fallback
