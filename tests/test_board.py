@@ -16,7 +16,7 @@ from facekd.cli.main import main
 from facekd.deploy.export import export_onnx
 from facekd.deploy.macs import count_macs
 from facekd.errors import FacekdError
-from facekd.evaluation.board import BoardRow, ensemble_row, pareto_front
+from facekd.experiments.board import BoardRow, ensemble_row, pareto_front
 
 
 class _Tiny(nn.Module):

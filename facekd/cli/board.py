@@ -1,5 +1,5 @@
 """``facekd board``: every ready model and every facekd model on one accuracy–latency
-board, measured in one run on this CPU (:mod:`facekd.evaluation.board`)."""
+board, measured in one run on this CPU (:mod:`facekd.experiments.board`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def add_board(sub: argparse._SubParsersAction) -> None:
 
 
 def _specs(args: argparse.Namespace):
-    from facekd.evaluation.board import BoardSpec, ready_specs, shipped_specs
+    from facekd.experiments.board import BoardSpec, ready_specs, shipped_specs
 
     specs = [] if args.no_ready else ready_specs()
     specs += [] if args.no_shipped else shipped_specs()
@@ -45,8 +45,8 @@ def _specs(args: argparse.Namespace):
 
 def _run_board(args: argparse.Namespace) -> int:
     from facekd.errors import FacekdError
-    from facekd.evaluation.board import run_board
-    from facekd.evaluation.board_view import board_lines, plot_board
+    from facekd.experiments.board import run_board
+    from facekd.experiments.board_view import board_lines, plot_board
     from facekd.io_utils import atomic_write_json
     from facekd.paths import data_root
 

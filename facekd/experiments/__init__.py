@@ -5,7 +5,9 @@
 - :mod:`.results`: the results file (one JSON line per finished run, a :class:`Result`;
   owner of the format);
 - :mod:`.runner`: runs rows and the teachers they need, resumably, within a budget;
-- :mod:`.report`: renders docs/RESULTS.md with a verdict per finding.
+- :mod:`.report`: renders docs/RESULTS.md with a verdict per finding;
+- :mod:`.board`: the accuracy–latency board of ready and facekd models (``facekd board``),
+  shown by :mod:`.board_view`.
 
 Every finished run appends one JSON line to a results file, so a suite can be spread
 over several commands (each retrains the teachers it needs, since a checkpoint may not

@@ -1,11 +1,11 @@
-"""How a board (:mod:`facekd.evaluation.board`) is shown: as aligned text, and as a plot
+"""How a board (:mod:`facekd.experiments.board`) is shown: as aligned text, and as a plot
 of LFW flip against latency with the front joined."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from facekd.evaluation.board import Board
+from facekd.experiments.board import Board
 from facekd.evaluation.plots import pyplot
 
 
