@@ -119,13 +119,32 @@ _token = st.one_of(st.integers(-3, 700).map(str), st.sampled_from(["Aaron_Eckhar
 _pairs_line = st.lists(_token, min_size=0, max_size=5).map("\t".join)
 
 
+_name = st.text(st.sampled_from("abcXYZ_-'."), min_size=1, max_size=8)
+
+
+@st.composite
+def _valid_pairs(draw) -> list[str]:
+    """A well-formed pairs.txt (folds, n; n same then n different lines per fold)."""
+    folds, n = draw(st.integers(2, 3)), draw(st.integers(1, 3))
+    lines = [f"{folds}\t{n}"]
+    for _ in range(folds):
+        lines += [f"{draw(_name)}\t{draw(st.integers(1, 40))}\t{draw(st.integers(1, 40))}" for _ in range(n)]
+        lines += [f"{draw(_name)}\t{draw(st.integers(1, 40))}\t{draw(_name)}\t{draw(st.integers(1, 40))}" for _ in range(n)]
+    return lines
+
+
 @FUZZ
 @given(header=st.one_of(st.just("10\t300"), st.just("1\t1"), _pairs_line), lines=st.lists(_pairs_line, max_size=30),
-       raw=st.one_of(st.none(), st.binary(max_size=200)))
-def test_pairs_txt(tmp_path_factory, header, lines, raw):
+       raw=st.one_of(st.none(), st.binary(max_size=200)), valid=st.one_of(st.none(), _valid_pairs()),
+       damage=st.one_of(st.none(), st.tuples(st.integers(0, 40), _pairs_line)))
+def test_pairs_txt(tmp_path_factory, header, lines, raw, valid, damage):
     path = _fresh(tmp_path_factory, "pairs.txt")
     if raw is not None:
         path.write_bytes(raw)
+    elif valid is not None:
+        if damage is not None:  # one line replaced by random tokens
+            valid[damage[0] % len(valid)] = damage[1]
+        path.write_text("\n".join(valid) + "\n")
     else:
         path.write_text("\n".join([header, *lines]) + "\n")
     pairs = _outcome("pairs.txt", path, lambda: parse_pairs(path))
@@ -141,15 +160,18 @@ _bin_obj = st.recursive(
 
 
 @FUZZ
-@given(obj=_bin_obj, protocol=st.integers(0, 5), cut=st.one_of(st.none(), st.integers(0, 200)),
-       malicious=st.booleans())
+@given(obj=st.one_of(_bin_obj, st.lists(st.binary(max_size=6), min_size=2, max_size=8).flatmap(
+           lambda imgs: st.tuples(st.just(imgs), st.lists(st.booleans(), min_size=len(imgs) // 2, max_size=len(imgs) // 2)))),
+       protocol=st.integers(0, 5), cut=st.one_of(st.none(), st.integers(0, 200)), malicious=st.booleans())
 def test_insightface_bin(tmp_path_factory, obj, protocol, cut, malicious):
     path = _fresh(tmp_path_factory, "lfw.bin")
     marker = path.parent / "EXECUTED"
     data = _marker_pickle(marker, protocol) if malicious else pickle.dumps(obj, protocol=protocol)
     path.write_bytes(data if cut is None else data[:cut])
-    _outcome("insightface .bin", path, lambda: read_bin(path))
+    got = _outcome("insightface .bin", path, lambda: read_bin(path))
     assert not marker.exists(), "a .bin executed code"
+    if got is not None:
+        assert len(got.images) == 2 * len(got.issame) > 0
 
 
 # --- .fkpack --------------------------------------------------------------------------
