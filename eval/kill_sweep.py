@@ -194,17 +194,22 @@ def _run(argv: list[str], env: dict, timeout: float = 900) -> subprocess.Complet
 def sweep(case: Case, base: Path, kills: int, rng: random.Random, say: Callable[[str], None] = print) -> dict:
     """One command's row: a reference run, then ``kills`` kill-and-rerun rounds."""
     ref_dir = base / f"{case.name}-ref"
-    shutil.rmtree(ref_dir, ignore_errors=True)
-    t0 = time.monotonic()
-    done = _run(case.run(ref_dir), case.env(ref_dir))
-    duration = time.monotonic() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"{case.name}: the reference run failed: {done.stderr[-1500:]}")
+    stamp = ref_dir / "reference.json"  # a reference run kept from an earlier sweep in the same --work
+    if stamp.is_file():
+        duration = json.loads(stamp.read_text())["seconds"]
+    else:
+        shutil.rmtree(ref_dir, ignore_errors=True)
+        t0 = time.monotonic()
+        done = _run(case.run(ref_dir), case.env(ref_dir))
+        duration = time.monotonic() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"{case.name}: the reference run failed: {done.stderr[-1500:]}")
+        stamp.write_text(json.dumps({"seconds": duration}))
     reference = case.outputs(ref_dir)
     row = {"command": case.name, "kills": 0, "finished": 0, "bit_for_bit": 0, "max_diff": 0.0,
            "reference_s": round(duration, 1), "failures": []}
     for k in range(kills):
-        work = base / f"{case.name}-kill{k}"
+        work = base / f"{case.name}-kill{k}-{rng.randrange(10**6)}"
         shutil.rmtree(work, ignore_errors=True)
         when = rng.uniform(0.02, 0.98) * duration
         proc = subprocess.Popen(case.run(work), env={**os.environ, **case.env(work)}, stdout=subprocess.DEVNULL,
