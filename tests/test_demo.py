@@ -130,25 +130,27 @@ def test_shipped_weights_are_checked_against_the_manifest(tmp_path, monkeypatch)
         weights.manifest.cache_clear()
 
 
-def test_demo_distill_keeps_only_the_students_of_its_own_teacher(tmp_path, monkeypatch):
+def test_demo_distill_keeps_only_the_best_student_of_its_own_teacher(tmp_path, monkeypatch):
     import facekd.weights as weights
     from facekd.download import sha256_of
     from facekd.evaluation.compare import shipped_students
 
     entries = {}
-    for name, teacher in (("s_from_a", "teacher_a"), ("s_from_b", "teacher_b"), ("s2_from_a", "teacher_a")):
+    for name, teacher, flip in (("s_from_a", "teacher_a", 96.5), ("s_from_b", "teacher_b", 99.0),
+                                ("s2_from_a", "teacher_a", 98.7)):
         model = _matmul_model(tmp_path / f"{name}.onnx", 8, 1)
         entries[name] = {"architecture": "student5", "format": "onnx", "shipped": f"{name}.onnx",
                          "sha256": sha256_of(model), "teacher": {"model": teacher}, "licence": "test",
-                         "reproduce": "a test"}
+                         "reproduce": "a test", "lfw": {"flip": flip}}
     (tmp_path / "manifest.json").write_text(json.dumps(entries))
     monkeypatch.setattr(weights, "_manifest_path", lambda: tmp_path / "manifest.json")
     weights.manifest.cache_clear()
     try:
         said = []
         pairs = shipped_students(say=said.append, only_teacher="teacher_a")
-        assert [(s.name, t.name) for s, t in pairs] == [("s_from_a", "teacher_a"), ("s2_from_a", "teacher_a")]
-        assert any("s_from_b (from teacher_b) left out" in m for m in said)
+        assert [(s.name, t.name) for s, t in pairs] == [("s2_from_a", "teacher_a")]  # 98.7 beats 96.5
+        assert any(m.startswith("s_from_b left out") for m in said)
+        assert any(m.startswith("s_from_a left out") for m in said)
         assert len(shipped_students(say=said.append)) == 3
     finally:
         weights.manifest.cache_clear()

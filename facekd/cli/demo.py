@@ -62,7 +62,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print("    " + ev.summary(f"{ref.name} {label}"))
     if ref.lfw["plain"].fallback_images:
         print(f"    note: {ref.lfw['plain'].fallback_images} pair images had no detected face and used the central box")
-    # --distill keeps to its 15 minutes: only the shipped student of its own teacher.
+    # --distill keeps to its 15 minutes: only the best shipped student of its own teacher.
     models = [ref, *_shipped(lfw, args.detector, onnx, only_teacher="mobilefacenet" if args.distill else None)]
     if args.distill:
         from facekd.distill.quick import distill_here
@@ -86,9 +86,10 @@ def _shipped(lfw: Path, detector: str, onnx: Path, only_teacher: str | None = No
     evaluated on LFW here, after the teacher it was distilled from."""
     from facekd.evaluation.compare import evaluate_lfw, shipped_students
 
-    models = []
+    models, teachers = [], set()
     for student, teacher in shipped_students(say=lambda msg: print("    " + msg), only_teacher=only_teacher):
         print(f"    the shipped student {student.name}, distilled from {teacher.name} ...")
         student.lfw = evaluate_lfw(student, lfw, detector, onnx, progress_bar("align"), progress_bar("embed"))
-        models += [teacher, student]
+        models += [student] if teacher.name in teachers else [teacher, student]  # a teacher's row once
+        teachers.add(teacher.name)
     return models

@@ -68,20 +68,24 @@ class ComparisonRow:
 
 def shipped_students(say: Callable[[str], None] = print,
                      only_teacher: str | None = None) -> list[tuple[ComparedModel, ComparedModel]]:
-    """(student, teacher) for each ONNX student in the weights manifest (only those
-    distilled from the model ``only_teacher`` if given). The teacher is resolved when its
-    package is installed (to time it here); its LFW figure is the recorded one, measured
-    on its own crops (the entry's ``teacher.recorded``)."""
+    """(student, teacher) for each ONNX student in the weights manifest (with
+    ``only_teacher``: only the best of that model's students, by recorded LFW flip). The
+    teacher is resolved when its package is installed (to time it here); its LFW figure
+    is the recorded one, measured on its own crops (the entry's ``teacher.recorded``)."""
     from facekd.hub import resolve
     from facekd.weights import manifest, onnx_models
 
+    names = onnx_models()
+    if only_teacher is not None:
+        own = [n for n in names if manifest()[n]["teacher"]["model"] == only_teacher]
+        best = max(own, key=lambda n: manifest()[n].get("lfw", {}).get("flip", 0.0), default=None)
+        for n in names:
+            if n != best:
+                say(f"{n} left out: only the best shipped student of {only_teacher} is shown")
+        names = [best] if best else []
     out = []
-    for name in onnx_models():
-        entry = manifest()[name]
-        t = entry["teacher"]
-        if only_teacher is not None and t["model"] != only_teacher:
-            say(f"{name} (from {t['model']}) left out: only the students of {only_teacher} are shown")
-            continue
+    for name in names:
+        t = manifest()[name]["teacher"]
         try:
             teacher_model = resolve(t["model"], t.get("weights"))
         except FacekdError as exc:
