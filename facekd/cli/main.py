@@ -69,7 +69,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     evsub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     lfw = evsub.add_parser("lfw", help="LFW View 2 verification (10-fold cosine accuracy, AUC, TAR@FAR, EER)")
     _add_model_args(lfw)
-    lfw.add_argument("--data", type=Path, help="LFW folder with pairs.txt, or an insightface .bin (default: DATA/lfw)")
+    lfw.add_argument("--data", type=Path, help="LFW: a folder with pairs.txt (raw photos or aligned crops), a pack (.fkpack) or an insightface .bin (default: DATA/lfw)")
     lfw.add_argument("--flip", action="store_true", help="add the mirror image's embedding (the model's fusion rule)")
     lfw.add_argument("--aligned", action="store_true", help="treat the images as aligned crops (default: by size)")
     lfw.add_argument("--detector", default="mtcnn", choices=DETECTORS.names(),
