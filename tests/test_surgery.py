@@ -23,7 +23,9 @@ def test_prelu_to_relu_replaces_every_prelu_and_records_itself() -> None:
     assert n > 30  # MobileFaceNet: one per stem, expand, depthwise and head conv
     apply_surgery(net, ["prelu_to_relu"])
     assert _prelus(net) == 0 and sum(isinstance(x, nn.ReLU) for x in net.modules()) == n
-    assert net.transforms == [{"name": "surgery", "ops": ["prelu_to_relu"]}]
+    (rec,) = net.transforms
+    assert rec["name"] == "surgery" and rec["ops"] == ["prelu_to_relu"] and len(rec["replaced"]) == n
+    assert set(rec["replaced"].values()) == {"ReLU"}
     x = torch.randn(2, 3, 112, 96)
     rebuilt = apply_transforms(build_backbone("mobilefacenet"), net.transforms)
     rebuilt.load_state_dict(net.state_dict())  # the same parameters: PReLU slopes gone from both
@@ -68,3 +70,24 @@ def test_unknown_surgery_lists_the_known_ones() -> None:
 def test_a_surgery_with_nothing_to_rewrite_says_so() -> None:
     with pytest.raises(FacekdError, match="nothing to rewrite"):
         apply_surgery(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), ["prelu_to_relu"])
+
+
+@pytest.mark.parametrize("name", SURGERIES.names())
+def test_every_surgery_rewrites_records_and_keeps_its_exactness_claim(name):
+    """Each surgery removes the PReLUs of a MobileFaceNet whose slopes are all 0 (so that
+    fold_prelu applies); an exact one keeps the embeddings, and every one rebuilds from
+    its record."""
+    torch.manual_seed(0)
+    net = build_backbone("mobilefacenet").eval()
+    for m in net.modules():
+        if isinstance(m, nn.PReLU):
+            m.weight.data.zero_()
+    x = torch.randn(2, 3, 112, 96)
+    before = net(x)
+    apply_surgery(net, [name])
+    assert _prelus(net) == 0
+    if SURGERIES.build(name).exact:
+        assert torch.allclose(net(x), before, atol=1e-5)
+    fresh = apply_transforms(build_backbone("mobilefacenet"), net.transforms)
+    fresh.load_state_dict(net.state_dict(), strict=False)
+    assert [type(m) for m in fresh.modules()] == [type(m) for m in net.modules()]

@@ -123,8 +123,19 @@ def check_exact(before: nn.Module, after: nn.Module, x: torch.Tensor, atol: floa
             raise FacekdError(f"surgery broke parity at {path}: its output moved by {diff:.3g} (> {atol:g})")
 
 
+# What a replayed record may put in a rewritten module's place.
+_REPLACEMENTS: dict[str, Callable[[], nn.Module]] = {"ReLU": nn.ReLU, "Identity": nn.Identity}
+
+
+def _activations(model: nn.Module) -> dict[str, str]:
+    return {path: type(m).__name__ for path, m in model.named_modules() if type(m).__name__ in _REPLACEMENTS}
+
+
 def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | None = None) -> nn.Module:
-    """Applies the named surgeries in order, in place, and records them on ``model``.
+    """Applies the named surgeries in order, in place, and records them on ``model``: the
+    record names every module replaced and by what, so a checkpoint rebuilds the same
+    structure before its weights load (:func:`replay_surgery`), whatever the fresh
+    model's own parameters would make a surgery decide.
 
     Exact surgeries are checked against a copy of the model on ``check_input`` (default:
     a deterministic random batch of the backbone's input size).
@@ -135,6 +146,7 @@ def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | 
     """
     import copy
 
+    before_types = _activations(model)
     for name in ops:
         s = SURGERIES.build(name)
         before = copy.deepcopy(model) if s.exact else None
@@ -145,4 +157,17 @@ def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | 
                 g = torch.Generator().manual_seed(0)
                 check_input = torch.rand((4, 3, *model.cfg.input_size), generator=g) * 2 - 1
             check_exact(before, model, check_input)
-    return with_record(model, {"name": "surgery", "ops": list(ops)})
+    replaced = {p: t for p, t in _activations(model).items() if before_types.get(p) != t}
+    return with_record(model, {"name": "surgery", "ops": list(ops), "replaced": replaced})
+
+
+def replay_surgery(model: nn.Module, ops: list[str], replaced: dict[str, str]) -> nn.Module:
+    """Puts the recorded modules in place on a freshly built ``model`` (no checks: the
+    surgery was checked when it was made); returns it with the same record."""
+    modules = dict(model.named_modules())
+    for path, kind in replaced.items():
+        if kind not in _REPLACEMENTS or not path or path not in modules:
+            raise FacekdError(f"surgery record: cannot put a {kind} at {path!r} of {type(model).__name__}")
+        parent_path, _, leaf = path.rpartition(".")
+        setattr(modules[parent_path] if parent_path else model, leaf, _REPLACEMENTS[kind]())
+    return with_record(model, {"name": "surgery", "ops": list(ops), "replaced": dict(replaced)})

@@ -54,8 +54,9 @@ def _attach_exits(model: nn.Module, exits: list[dict]) -> nn.Module:
 
 
 @MODEL_TRANSFORMS.register("surgery")
-def _replay_surgery(model: nn.Module, ops: list[str]) -> nn.Module:
-    """Activation surgery (:mod:`facekd.models.surgery`), replayed before the weights load."""
-    from facekd.models.surgery import apply_surgery  # surgery imports records, not this module
+def _replay_surgery(model: nn.Module, ops: list[str], replaced: dict[str, str] | None = None) -> nn.Module:
+    """Activation surgery (:mod:`facekd.models.surgery`): the recorded modules put in
+    place (a record without them, written by hand, applies the surgeries anew)."""
+    from facekd.models.surgery import apply_surgery, replay_surgery  # surgery imports records, not this module
 
-    return apply_surgery(model, ops)
+    return apply_surgery(model, ops) if replaced is None else replay_surgery(model, ops, replaced)
