@@ -110,3 +110,21 @@ def test_board_measures_a_model_end_to_end(tmp_path: Path) -> None:
     assert row["ms"] > 0 and row["recorded"] == []
     assert row["lfw_flip"] is not None and 50.0 <= row["lfw_plain"] <= 100.0
     assert (tmp_path / "board.png").stat().st_size > 0
+
+
+def test_a_model_without_an_onnx_form_is_timed_through_its_own_embedder() -> None:
+    from types import SimpleNamespace
+
+    from facekd.experiments.board import _own_call
+    from facekd.preprocessing import Preprocessing
+
+    seen = []
+
+    class _Embedder:  # the Embedder protocol: called on a uint8 batch (N, H, W, 3)
+        def __call__(self, batch):
+            seen.append(batch.shape)
+            return np.zeros((len(batch), 4), np.float32)
+
+    resolved = SimpleNamespace(pre=Preprocessing(template="112x96"), embedder=lambda: _Embedder())
+    _own_call(resolved)()
+    assert seen == [(1, 112, 96, 3)]

@@ -73,6 +73,9 @@ def count_macs(path: Path | str) -> int:
             continue
         out = shapes.get(node.output[0])
         w = _weight_shape(node, shapes, producers)
+        if out is None and w is not None and node.op_type in ("Gemm", "MatMul") and len(w) == 2:
+            total += int(np.prod(w))  # one row (batch 1) times a (K, N) weight
+            continue
         if out is None or w is None:
             raise FacekdError(f"{path}: cannot infer the shapes of {node.op_type} node {node.name!r}")
         if node.op_type == "Conv":
