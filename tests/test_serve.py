@@ -24,7 +24,8 @@ from facekd.identify.gallery import Gallery
 from facekd.serve.app import create_app, upload_name
 from facekd.serve.images import decode_upload, sniff_format
 from facekd.serve.errors import ApiError
-from facekd.serve.process import ServerProcess, free_port
+from facekd.serve.process import free_port
+from serve_helpers import running_server, weights_dir
 from facekd.serve.security import ApiKeyCheck, check_binding, is_loopback, read_api_keys
 from facekd.serve.settings import ServeSettings
 from facekd.errors import FacekdError
@@ -34,13 +35,6 @@ MODEL = REPO / "weights" / "student5_mobilefacenet_casia.onnx"
 OTHER_MODEL = REPO / "weights" / "student5_facenet_casia.onnx"
 KEY = "test-key-0123456789abcdef"
 MAX_BODY_MB = 2
-
-
-def _weights_dir() -> Path:
-    d = Path(os.environ.get("FACEKD_WEIGHTS") or REPO.parent / "shared" / "weights")
-    if not (d / "face_detection_yunet_2023mar.onnx").is_file():
-        pytest.skip(f"YuNet model not found in {d} (set FACEKD_WEIGHTS)")
-    return d
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -56,19 +50,12 @@ def _no_face_jpeg() -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    weights = _weights_dir()
     tmp = tmp_path_factory.mktemp("serve")
     (tmp / "keys").write_text(f"# test keys\n{KEY}\n")
-    proc = ServerProcess(
-        ["--model", str(MODEL), "--gallery", str(tmp / "g.sqlite"), "--api-key-file", str(tmp / "keys"),
-         "--max-body-mb", str(MAX_BODY_MB), "--detector", "yunet", "--workers-threads", "2"],
-        log=tmp / "server.log", env={"FACEKD_WEIGHTS": str(weights), "FACEKD_CACHE": str(tmp / "cache")},
-    )
-    try:
-        proc.wait_ready()
+    args = ["--model", str(MODEL), "--gallery", str(tmp / "g.sqlite"), "--api-key-file", str(tmp / "keys"),
+            "--max-body-mb", str(MAX_BODY_MB), "--detector", "yunet", "--workers-threads", "2"]
+    with running_server(tmp, args) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
@@ -240,7 +227,7 @@ class ThreadedServer:
 
 
 def test_gallery_of_another_model_is_409(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACEKD_WEIGHTS", str(_weights_dir()))
+    monkeypatch.setenv("FACEKD_WEIGHTS", str(weights_dir()))
     # create_app lowers Pillow's process-wide limit; put it back for the tests after this one.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     Gallery.create(tmp_path / "other.sqlite", OTHER_MODEL).close()
@@ -261,7 +248,7 @@ def test_gallery_of_another_model_is_409(tmp_path, monkeypatch):
 def test_keyless_server_refuses_other_hosts_and_cross_origin_requests(tmp_path, monkeypatch):
     """Without keys the server trusts loopback, and a browser is on loopback too: a page from
     elsewhere must not drive it (a cross-origin form POST), nor read it (DNS rebinding)."""
-    monkeypatch.setenv("FACEKD_WEIGHTS", str(_weights_dir()))
+    monkeypatch.setenv("FACEKD_WEIGHTS", str(weights_dir()))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     app = create_app(ServeSettings(model=MODEL, gallery=str(tmp_path / "g.sqlite"), detectors=("yunet",),
                                    worker_threads=1))
@@ -333,7 +320,7 @@ def test_kill9_during_http_enrolment_loses_nothing(lfw_dir, tmp_path):
     r = subprocess.run(
         [sys.executable, str(REPO / "eval" / "serve_kill9.py"), "--kills", "3", "--lfw", str(lfw_dir),
          "--json", str(tmp_path / "kill9.json")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "FACEKD_WEIGHTS": str(_weights_dir())},
+        capture_output=True, text=True, timeout=600, env={**os.environ, "FACEKD_WEIGHTS": str(weights_dir())},
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = json.loads((tmp_path / "kill9.json").read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facekd.serve.process import ServerProcess
+from serve_helpers import running_server
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "weights" / "student5_mobilefacenet_casia.onnx"
@@ -38,13 +38,6 @@ def _chromium() -> tuple[str, str]:
     if not browser or not driver:
         pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     return browser, driver
-
-
-def _weights_dir() -> Path:
-    d = Path(os.environ.get("FACEKD_WEIGHTS") or REPO.parent / "shared" / "weights")
-    if not (d / "face_detection_yunet_2023mar.onnx").is_file():
-        pytest.skip(f"YuNet model not found in {d} (set FACEKD_WEIGHTS)")
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +62,12 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    weights = _weights_dir()
     tmp = tmp_path_factory.mktemp("page")
     (tmp / "keys").write_text(f"{KEY}\n")
-    proc = ServerProcess(
-        ["--model", str(MODEL), "--gallery", str(tmp / "g.sqlite"), "--api-key-file", str(tmp / "keys"),
-         "--detector", "yunet"],
-        log=tmp / "server.log", env={"FACEKD_WEIGHTS": str(weights), "FACEKD_CACHE": str(tmp / "cache")},
-    )
-    try:
-        proc.wait_ready()
+    args = ["--model", str(MODEL), "--gallery", str(tmp / "g.sqlite"), "--api-key-file", str(tmp / "keys"),
+            "--detector", "yunet"]
+    with running_server(tmp, args) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _wait_text(driver, element_id: str, timeout: float = 60.0) -> str:
