@@ -70,10 +70,23 @@ def server(tmp_path_factory):
         yield proc
 
 
-def _wait_text(driver, element_id: str, timeout: float = 60.0) -> str:
+def _wait(driver, timeout: float):
+    """A wait that retries when the page re-renders an element between finding and reading it."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout).until(lambda d: d.find_element("id", element_id).text.strip())
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+
+
+def _texts(driver, selector: str) -> list[str]:
+    """The rendered texts of every element matching `selector`, read in one step of the page's script
+    (reading them one by one races the page re-rendering its tables)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText)", selector)
+
+
+def _wait_text(driver, element_id: str, timeout: float = 60.0) -> str:
+    _wait(driver, timeout).until(lambda d: d.find_element("id", element_id).text.strip())
     return driver.find_element("id", element_id).text
 
 
@@ -88,8 +101,6 @@ def test_static_files_are_served_with_a_strict_policy(server):
 
 
 def test_enrol_and_identify_through_the_page(browser, server, lfw_dir, tmp_path):
-    from selenium.webdriver.support.ui import WebDriverWait
-
     browser.get(server.url + "/")
     assert "needs an API key" in _wait_text(browser, "health")
     browser.find_element("id", "api-key").send_keys(KEY)
@@ -101,28 +112,28 @@ def test_enrol_and_identify_through_the_page(browser, server, lfw_dir, tmp_path)
         browser.find_element("id", "enrol-name").send_keys(name)
         browser.find_element("id", "enrol-photos").send_keys("\n".join(str(p) for p in photos[:n]))
         browser.find_element("id", "enrol-submit").click()
-        WebDriverWait(browser, 120).until(
+        _wait(browser, 120).until(
             lambda d: "Enrolled" in d.find_element("id", "enrol-status").text
             or "error" in d.find_element("id", "enrol-status").get_attribute("class"))
         status = browser.find_element("id", "enrol-status").text
         assert status.startswith(f"Enrolled {name}") and f"{n} face(s)" in status, status
 
-    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements("css selector", "#people tbody td.name")) == 2)
-    listed = [td.text for td in browser.find_elements("css selector", "#people tbody td.name")]
+    _wait(browser, 30).until(lambda d: len(_texts(d, "#people tbody td.name")) == 2)
+    listed = _texts(browser, "#people tbody td.name")
     assert listed == list(PEOPLE)
 
     name = "Colin_Powell"
     browser.find_element("id", "identify-photo").send_keys(str(probes[name]))
     browser.find_element("id", "identify-submit").click()
-    WebDriverWait(browser, 120).until(
+    _wait(browser, 120).until(
         lambda d: d.find_element("id", "result").is_displayed()
         or "error" in d.find_element("id", "identify-status").get_attribute("class"))
     assert browser.find_element("id", "identify-status").text == ""
     assert browser.find_element("id", "identity").text == name
 
-    rows = browser.find_elements("css selector", "#matches tbody tr")
-    assert [r.find_element("css selector", "td.name").text for r in rows] == [name, "Serena_Williams"]
-    scores = [float(r.find_element("css selector", "td.score").get_attribute("data-score")) for r in rows]
+    assert _texts(browser, "#matches tbody td.name") == [name, "Serena_Williams"]
+    scores = [float(s) for s in browser.execute_script(
+        "return Array.from(document.querySelectorAll('#matches tbody td.score'), e => e.dataset.score)")]
     assert all(-1.0 <= s <= 1.0 for s in scores) and scores[0] > scores[1], scores
 
     crop = browser.find_element("id", "crop")
@@ -140,7 +151,6 @@ def test_enrol_and_identify_through_the_page(browser, server, lfw_dir, tmp_path)
 
 def test_a_name_holding_html_is_shown_as_text(browser, server, lfw_dir):
     """Names are user input: the page must insert them as text, never as markup."""
-    from selenium.webdriver.support.ui import WebDriverWait
 
     name = '<img src=x onerror="document.title=\'xss\'"><b>Aaron</b>'
     photos = sorted((lfw_dir / "Aaron_Peirsol").glob("*.jpg"))
@@ -152,11 +162,11 @@ def test_a_name_holding_html_is_shown_as_text(browser, server, lfw_dir):
     key.clear()
     key.send_keys(KEY)
     browser.find_element("id", "people-refresh").click()
-    WebDriverWait(browser, 30).until(
-        lambda d: name in [td.text for td in d.find_elements("css selector", "#people tbody td.name")])
+    _wait(browser, 30).until(
+        lambda d: name in _texts(d, "#people tbody td.name"))
     browser.find_element("id", "identify-photo").send_keys(str(photos[1]))
     browser.find_element("id", "identify-submit").click()
-    WebDriverWait(browser, 120).until(
+    _wait(browser, 120).until(
         lambda d: d.find_element("id", "result").is_displayed()
         or "error" in d.find_element("id", "identify-status").get_attribute("class"))
     assert browser.find_element("id", "identity").text == name
