@@ -52,6 +52,20 @@ def test_a_record_round_trips_through_the_results_file(tmp_path):
     assert read_results(path) == [rec, dataclasses.replace(rec, seed=2)]
 
 
+def test_regression_a_record_appended_after_a_torn_line_is_read(tmp_path):
+    """A kill that tore the last line used to take the next record with it: appended to
+    the torn line, both were one undecodable line (found reading the runner for issue 30's kill sweep)."""
+    rec = Result(protocol="p", row="Hard", lfw_acc=85.25, lfw_std=0.5, table="A", seed=0)
+    path = tmp_path / "r.jsonl"
+    append_result(path, rec)
+    with path.open("a") as f:
+        f.write('{"protocol": "p", "row": "torn by a ki')
+    append_result(path, dataclasses.replace(rec, seed=1))
+    append_result(path, dataclasses.replace(rec, seed=2))
+    assert read_results(path) == [rec, dataclasses.replace(rec, seed=1), dataclasses.replace(rec, seed=2)]
+    assert path.read_text().count("\n") == 4  # one line each, the torn one ended
+
+
 def test_an_unknown_key_or_a_wrong_type_is_an_error_naming_the_file_and_line(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(OLD) + "\n" + json.dumps({**OLD, "precisoin": "bf16"}) + "\n")

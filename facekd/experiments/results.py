@@ -93,9 +93,12 @@ def read_results(path: Path) -> list[Result]:
 
 def append_result(path: Path, rec: Result) -> None:
     """Appends one record as a line and syncs it to disk (a kill leaves at most a torn
-    last line, which :func:`read_results` skips)."""
+    last line, which :func:`read_results` skips). After a torn line the record starts a
+    line of its own, so it is not read as part of the torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(rec.to_json() + "\n")
+    with path.open("a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        torn = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
+        f.write((("\n" if torn else "") + rec.to_json() + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
