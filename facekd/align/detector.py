@@ -109,17 +109,47 @@ DETECTORS: Registry[FaceDetector] = Registry("face detector")
 REVISIONS = {"yunet": "77px"}
 
 
+def is_detector_file(name: str) -> bool:
+    """Whether ``name`` names a trained detector's ONNX file rather than a registry entry."""
+    return name.lower().endswith(".onnx")
+
+
 def detector_key(name: str) -> str:
     """The name crops of detector ``name`` are recorded and cached under (its registry
-    name, plus its revision when its landmarks changed since it was first shipped)."""
+    name, plus its revision when its landmarks changed since it was first shipped; for a
+    detector file, its file name and the start of its sha256)."""
+    if is_detector_file(name):
+        import hashlib
+
+        path = Path(name)
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        except OSError as exc:
+            raise FacekdError(f"{path}: cannot read the detector file ({exc.strerror or exc})") from None
+        return f"fkdet:{path.name}@{digest}"
     return f"{name}@{REVISIONS[name]}" if name in REVISIONS else name
 
 
+def check_detector(name: str) -> None:
+    """Fails now, with the known names, when ``name`` is neither a registered detector
+    nor an existing ``.onnx`` file."""
+    if is_detector_file(name):
+        if not Path(name).is_file():
+            raise FacekdError(f"{name}: detector ONNX file not found")
+        return
+    DETECTORS.get(name)
+
+
 def build_detector(name: str, **kwargs) -> FaceDetector:
-    """The detector registered as ``name`` ("mtcnn", "yunet"), e.g. ``device="cuda"``.
+    """The detector registered as ``name`` ("mtcnn", "yunet", "fkdet"), e.g. ``device="cuda"``,
+    or a detector trained by ``facekd distill-detector`` given as its ``.onnx`` file.
 
     Every factory accepts ``device`` and ``min_face_size`` (pixels, in the upscaled image).
     """
+    if is_detector_file(name):
+        from facekd.align.fkdet import OnnxFaceDetector
+
+        return OnnxFaceDetector(name, min_face_size=kwargs.get("min_face_size", 20))
     return DETECTORS.build(name, **kwargs)
 
 
@@ -366,3 +396,12 @@ def _yunet(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
     # OpenCV's wheel runs YuNet on the CPU (a few ms a photo); ``device`` is for MTCNN.
     del device
     return YunetDetector(min_face_size=min_face_size)
+
+
+@DETECTORS.register("fkdet")
+def _fkdet(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
+    # facekd's own distilled detector (weights/manifest.json), through ONNX Runtime on the CPU
+    del device
+    from facekd.align.fkdet import OnnxFaceDetector
+
+    return OnnxFaceDetector(min_face_size=min_face_size)

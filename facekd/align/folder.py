@@ -16,7 +16,7 @@ from typing import Callable, Iterator, TextIO
 import numpy as np
 
 from facekd.align.aligner import align_detected
-from facekd.align.detector import DETECTORS, build_detector, detector_key
+from facekd.align.detector import build_detector, check_detector, detector_key
 from facekd.align.template import Template, get_template
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes, atomic_write_json
@@ -254,7 +254,7 @@ def align_folder(
     if dst == src or src in dst.parents:
         raise FacekdError(f"{dst}: the output folder must not be the source folder or inside it")
     template = get_template(opts.template)
-    DETECTORS.get(opts.detector)  # an unknown name fails here, listing the known ones
+    check_detector(opts.detector)  # an unknown name fails here, listing the known ones
     dst.mkdir(parents=True, exist_ok=True)
     images, metadata = _photos_and_metadata(src, dst, files)
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from facekd.align.detector import (
-    DETECTORS,
     FaceDetector,
     build_detector,
+    check_detector,
     select_central_face,
 )
 from facekd.align.template import get_template, warp_to_template
@@ -79,7 +79,7 @@ class DetectorChain:
             if isinstance(d, FaceDetector):
                 self._built[d.name] = d
             else:
-                DETECTORS.get(d)  # an unknown name fails now, listing the known ones
+                check_detector(d)  # an unknown name fails now, listing the known ones
         self.names = tuple(d.name if isinstance(d, FaceDetector) else d for d in detectors)
         self.device = device
 

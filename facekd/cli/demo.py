@@ -8,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from facekd.align.detector import DETECTORS
+from facekd.cli.args import detector_arg, detector_help
 from facekd.progress import progress_bar
 
 
@@ -24,9 +24,9 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="data root holding lfw/ (default: $FACEKD_DATA, else the cache)")
     p.add_argument("--weights", help="MobileFaceNet weights file (default: manifest, $FACEKD_WEIGHTS, download)")
     p.add_argument("--out", type=Path, default=Path("facekd-demo"), help="folder for results, models and plots")
-    p.add_argument("--detector", default="yunet", choices=DETECTORS.names(),
-                   help="face detector for LFW (default yunet, about 5x faster on a CPU; mtcnn is the "
-                        "reference alignment, 0.1 points higher for MobileFaceNet)")
+    p.add_argument("--detector", default="yunet", type=detector_arg,
+                   help="for LFW; " + detector_help("yunet", "about 5x faster on a CPU than mtcnn, the reference "
+                                                    "alignment, 0.1 points higher for MobileFaceNet"))
     p.add_argument("--distill", action="store_true",
                    help="also distil student5 from MobileFaceNet here (needs celeba-10k and celeba-wild in the data root)")
     p.add_argument("--distill-epochs", type=int, default=1, help="epochs of the --distill run (default 1)")

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from facekd.align.detector import DETECTORS
 from facekd.cli import identify as cli_identify
+from facekd.cli.args import detector_arg, detector_help
 from facekd.errors import FacekdError
 from facekd.progress import progress_bar
 
@@ -24,8 +24,8 @@ def _add_align(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", type=Path, help="folder of photos (any layout, e.g. ROOT/<identity>/<image>.jpg)")
     p.add_argument("dst", type=Path, help="output folder; mirrors SRC's layout")
     p.add_argument("--template", default="112x96", choices=["112x96", "112x112"])
-    p.add_argument("--detector", default="mtcnn", choices=DETECTORS.names(),
-                   help="face detector (default mtcnn; yunet is several times faster on a CPU)")
+    p.add_argument("--detector", default="mtcnn", type=detector_arg,
+                   help=detector_help("mtcnn", "yunet is several times faster on a CPU"))
     p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
     p.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda)")
     p.add_argument("--min-face-size", type=int, default=20, help="smallest face the detector looks for, pixels")
@@ -72,8 +72,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     lfw.add_argument("--data", type=Path, help="LFW: a folder with pairs.txt (raw photos or aligned crops), a pack (.fkpack) or an insightface .bin (default: DATA/lfw)")
     lfw.add_argument("--flip", action="store_true", help="add the mirror image's embedding (the model's fusion rule)")
     lfw.add_argument("--aligned", action="store_true", help="treat the images as aligned crops (default: by size)")
-    lfw.add_argument("--detector", default="mtcnn", choices=DETECTORS.names(),
-                     help="detector that aligns raw photos into the cache first (default mtcnn)")
+    lfw.add_argument("--detector", default="mtcnn", type=detector_arg,
+                     help="detector that aligns raw photos into the cache first: " + detector_help("mtcnn"))
     lfw.add_argument("--batch-size", type=int, help="images per batch (default: what suits the device)")
     lfw.add_argument("--json", type=Path, dest="json_out", help="write the results here")
     lfw.add_argument("--plot", type=Path, help="write a ROC plot (PNG) here")
@@ -216,10 +216,10 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_align, _ad
 def _all_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Core commands here; the demo, training and deployment commands live in their own modules."""
     from facekd.cli import compress as cli_compress, demo as cli_demo, deploy as cli_deploy, train as cli_train
-    from facekd.cli import board as cli_board, serve as cli_serve
+    from facekd.cli import board as cli_board, detect as cli_detect, serve as cli_serve
 
     return [cli_demo.add_demo, *_COMMANDS, *cli_train.COMMANDS, *cli_deploy.COMMANDS, *cli_compress.COMMANDS,
-            *cli_serve.COMMANDS, *cli_identify.COMMANDS, *cli_board.COMMANDS]
+            *cli_serve.COMMANDS, *cli_identify.COMMANDS, *cli_board.COMMANDS, *cli_detect.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,86 @@
+"""facekd's own face detectors (trained by ``facekd distill-detector``) through ONNX Runtime.
+
+``OnnxFaceDetector`` runs an ONNX file written by ``facekd.detect.export``: the photo
+(upscaled when small, downscaled past ``max_side``) padded to a multiple of 32, one pass,
+the maps decoded (``facekd.align.grid.decode``). It is the registry's ``fkdet`` (the
+shipped detector) and what ``--detector PATH.onnx`` builds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facekd.align.detector import Detection, FaceDetector, _resize, upscale_factor
+from facekd.align.grid import decode, padded_size
+from facekd.errors import FacekdError
+
+KIND = "face_detector"  # the facekd.kind metadata of a detector's ONNX file
+SHIPPED = "fkdet_yunet_mtcnn"  # weights/manifest.json entry of the shipped detector
+
+
+class OnnxFaceDetector(FaceDetector):
+    """A facekd-trained detector (an ONNX file from ``export_detector``) through ONNX Runtime.
+
+    Args:
+        model: The ONNX file (default: the shipped detector, manifest entry ``SHIPPED``).
+        min_face_size: Smallest face box side kept, in pixels of the (upscaled) image.
+        max_side: Longer side photos are brought down to first.
+        threads: ONNX Runtime intra-op threads (None: 1, as align runs one worker per core).
+    """
+
+    name = "fkdet"
+    min_score = 0.6
+    uses_torch = False
+
+    def __init__(self, model: Path | str | None = None, min_face_size: int = 20, max_side: int = 960,
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if model is not None:
+            self.name = str(model)  # recorded and cached under its file (detector_key)
+        else:
+            from facekd.weights import resolve_weights
+
+            model = resolve_weights(SHIPPED)
+        model = Path(model)
+        if not model.is_file():
+            raise FacekdError(f"{model}: detector ONNX file not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 1
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise FacekdError(f"{model}: not an ONNX model ONNX Runtime can load ({type(exc).__name__})") from None
+        meta = self._sess.get_modelmeta().custom_metadata_map
+        if meta.get("facekd.kind") != KIND:
+            raise FacekdError(f"{model}: not a facekd face detector (metadata facekd.kind is "
+                              f"{meta.get('facekd.kind')!r}, expected {KIND!r}); export one with facekd distill-detector")
+        self.path = model
+        self.arch = meta.get("facekd.arch", "")
+        self.min_face_size = min_face_size
+        self.max_side = max_side
+
+    def maps(self, rgb: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """The raw maps of one padded image (H, W divisible by 32)."""
+        x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32)
+        out = self._sess.run(None, {"input": x})
+        return {k: [out[j * 3 + i][0] for i in range(3)] for j, k in enumerate(("cls", "obj", "bbox", "kps"))}
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """All faces in an HxWx3 uint8 RGB image."""
+        h, w = image.shape[:2]
+        f = float(upscale_factor(h, w))
+        if max(h, w) * f > self.max_side:
+            f = self.max_side / max(h, w)
+        img = image if f == 1.0 else _resize(image, f)
+        ih, iw = img.shape[:2]
+        ph, pw = padded_size(ih, iw)
+        pad = np.zeros((ph, pw, 3), np.uint8)
+        pad[:ih, :iw] = img
+        rows = decode(self.maps(pad), score_threshold=0.3)
+        side = np.minimum(rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1])
+        rows = rows[side >= self.min_face_size]
+        return [Detection(box=r[:4] / f, score=float(r[14]), landmarks=r[4:14].reshape(5, 2) / f) for r in rows]

@@ -1,0 +1,52 @@
+"""A trained student detector as an ONNX file: dynamic batch, height and width, facekd
+metadata (``facekd.kind = face_detector``, the architecture, the map layout), checked
+against PyTorch before it is written (atomically). ``facekd.align.fkdet`` runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from facekd.align.fkdet import KIND
+from facekd.align.grid import STRIDES
+from facekd.errors import FacekdError
+
+
+def export_detector(model, arch: str, path: Path, size: int = 256) -> Path:
+    """Exports ``model`` to ``path`` (atomically) and checks ONNX Runtime against PyTorch."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from facekd.detect.model import output_names
+    from facekd.io_utils import atomic_write_bytes
+
+    model = model.eval()
+    x = torch.rand(1, 3, size, size) * 255
+    names = output_names()
+    buf = io.BytesIO()
+    axes = {"input": {0: "N", 2: "H", 3: "W"}, **{n: {0: "N", 2: f"h{n}", 3: f"w{n}"} for n in names}}
+    torch.onnx.export(model, (x,), buf, input_names=["input"], output_names=names, dynamic_axes=axes,
+                      opset_version=17, dynamo=False)
+    m = onnx.load_from_string(buf.getvalue())
+    meta = {"facekd.kind": KIND, "facekd.arch": arch, "facekd.input": "RGB, 0-255, NCHW, H and W divisible by 32",
+            "facekd.maps": json.dumps({"strides": list(STRIDES), "outputs": names,
+                                       "score": "sqrt(sigmoid(cls) * sigmoid(obj))"})}
+    for k, v in meta.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    data = m.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x2 = torch.rand(2, 3, size + 32, size) * 255
+    got = sess.run(None, {"input": x2.numpy()})
+    with torch.no_grad():
+        want = model(x2)
+    worst = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want))
+    if worst > 1e-3:
+        raise FacekdError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} on the exported detector")
+    atomic_write_bytes(path, data)
+    return Path(path)

@@ -1,0 +1,337 @@
+"""``facekd distill-detector``: trains a student face detector from YuNet's maps and a
+teacher's final detections (SPEC 4a), resumable, and exports it to ONNX.
+
+A run directory holds ``config.yaml`` (as resolved), ``checkpoints/last.pt`` (after every
+epoch, atomically: a kill loses at most the epoch in progress; ``--resume`` continues
+from it with the same frames), ``history.jsonl`` (loss parts and validation per epoch),
+and at the end ``detector.onnx`` (with facekd metadata) and ``record.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facekd.config import at_least, fraction, non_empty, positive, to_dict
+from facekd.errors import FacekdError
+
+
+@dataclass
+class DetTermCfg:
+    """One detection loss term: a name in ``facekd.detect.losses.DET_TERMS``, its weight and
+    the arguments it takes (left out: the term's default)."""
+
+    name: str
+    weight: float = field(default=1.0, metadata=at_least(0))
+    cls_weight: float | None = None  # hard (Chen's μ)
+    box_weight: float | None = None  # hard
+    kps_weight: float | None = None  # hard
+    w_background: float | None = None  # weighted_soft_ce
+    w_face: float | None = None  # weighted_soft_ce
+    tau: float | None = field(default=None, metadata=positive())  # weighted_soft_ce
+    margin: float | None = field(default=None, metadata=at_least(0))  # bounded_reg
+    norm: str | None = None  # hint: l2 | l1
+    landmarks: bool | None = None  # objectness_scaled
+
+    def args(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in ("name", "weight") and v is not None}
+
+
+@dataclass
+class DetDataCfg:
+    """Training photos (folders under ``root``, default ``$FACEKD_DATA``) and their labels.
+
+    ``labelled`` photos are labelled by ``labeller``'s final detections (MTCNN: the
+    landmarks facekd's templates are built on); ``unlabelled`` photos (Mehta & Ozturk's
+    unlabelled data) by ``unlabelled_labeller``'s.
+    """
+
+    root: str | None = None
+    labelled: list[str] = field(default_factory=lambda: ["celeba-wild"], metadata=non_empty())
+    labeller: str = "mtcnn"
+    unlabelled: list[str] = field(default_factory=list)
+    unlabelled_labeller: str = "yunet"
+    limit: int | None = field(default=None, metadata=at_least(1))  # photos per folder (tests)
+    val_fraction: float = field(default=0.05, metadata=fraction(high_open=True))
+
+
+@dataclass
+class DetFrameCfg:
+    size: int = field(default=256, metadata=at_least(32))
+    grid_weights: list[float] = field(default_factory=lambda: [0.5, 0.35, 0.15], metadata=non_empty())
+    zoom: list[float] = field(default_factory=lambda: [0.6, 1.6])
+    flip: float = field(default=0.5, metadata=fraction())
+    grey: float = field(default=0.2, metadata=fraction())
+    jitter: float = field(default=0.25, metadata=fraction())
+
+
+@dataclass
+class DetTrainCfg:
+    epochs: int = field(default=30, metadata=at_least(1))
+    frames_per_epoch: int = field(default=4096, metadata=at_least(1))
+    batch_size: int = field(default=32, metadata=at_least(1))
+    lr: float = field(default=3e-3, metadata=positive())
+    weight_decay: float = field(default=5e-4, metadata=at_least(0))
+    warmup_epochs: float = field(default=1.0, metadata=at_least(0))
+    seed: int = 0
+    threads: int | None = field(default=None, metadata=at_least(1))
+    precision: str = "auto"  # auto: bf16 autocast where the CPU has native bf16, else fp32; or bf16, fp32
+
+
+@dataclass
+class DetectorRunCfg:
+    """A detector distillation run (``configs/detect/*.yaml``)."""
+
+    model: str = "fkdet_s"
+    teacher: str = "yunet"  # yunet: its maps and hint feed the distillation terms; none: labels only
+    fm_nms: bool = False
+    terms: list[DetTermCfg] = field(default_factory=lambda: [DetTermCfg("hard")], metadata=non_empty())
+    data: DetDataCfg = field(default_factory=DetDataCfg)
+    frames: DetFrameCfg = field(default_factory=DetFrameCfg)
+    train: DetTrainCfg = field(default_factory=DetTrainCfg)
+
+
+def _frame_options(cfg: DetFrameCfg):
+    from facekd.detect.data import FrameOptions
+
+    if len(cfg.zoom) != 2 or not 0 < cfg.zoom[0] <= cfg.zoom[1]:
+        raise FacekdError(f"frames.zoom must be [low, high] with 0 < low <= high, not {cfg.zoom}")
+    if cfg.size % 32:
+        raise FacekdError(f"frames.size must be a multiple of 32, not {cfg.size}")
+    return FrameOptions(size=cfg.size, grid_weights=tuple(cfg.grid_weights), zoom=tuple(cfg.zoom), flip=cfg.flip,
+                        grey=cfg.grey, jitter=cfg.jitter)
+
+
+def _to_torch(maps: dict[str, list[np.ndarray]]) -> dict[str, list[torch.Tensor]]:
+    return {k: [torch.from_numpy(np.ascontiguousarray(m)) for m in v] for k, v in maps.items()}
+
+
+def _batch_targets(faces, size: int):
+    from facekd.align.grid import assign
+
+    per = [assign(f, size, size) for f in faces]
+    out = {}
+    for key in ("pos", "bbox", "kps", "kps_known"):
+        out[key] = [torch.from_numpy(np.stack([p[key][i] for p in per])) for i in range(len(per[0][key]))]
+    return out
+
+
+def split_photos(photos, val_fraction: float, seed: int):
+    """Training and validation photos: every photo goes to one side only."""
+    from facekd.detect.data import LabelledPhotos
+
+    rng = np.random.default_rng(seed + 7919)
+    order = rng.permutation(len(photos))
+    n_val = int(round(len(photos) * val_fraction))
+    val, tr = set(order[:n_val].tolist()), order[n_val:]
+
+    def take(idx):
+        return LabelledPhotos([photos.images[i] for i in idx], [photos.faces[i] for i in idx],
+                              [photos.sources[i] for i in idx])
+
+    return take(sorted(tr.tolist())), take(sorted(val))
+
+
+@torch.no_grad()
+def validate(model, frames: list[np.ndarray], faces, score: float = 0.6) -> dict[str, float]:
+    """Recall, precision (IoU >= 0.5 with a label) and landmark error (mean pixel distance
+    over matched faces, divided by the label's inter-ocular distance) on fixed frames."""
+    from facekd.align.grid import decode
+
+    model.eval()
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+    outs = model(x)
+    names = ("cls", "obj", "bbox", "kps")
+    tp = n_det = n_gt = 0
+    nme = []
+    for b in range(len(frames)):
+        maps = {k: [outs[j * 3 + i][b].numpy() for i in range(3)] for j, k in enumerate(names)}
+        det = decode(maps, score_threshold=score)
+        gt = faces[b]
+        n_det += len(det)
+        n_gt += len(gt)
+        used = set()
+        for d in det:
+            best, bi = 0.5, -1
+            for g in range(len(gt)):
+                if g in used:
+                    continue
+                iou = _iou(d[:4], gt.boxes[g])
+                if iou >= best:
+                    best, bi = iou, g
+            if bi >= 0:
+                used.add(bi)
+                tp += 1
+                lm = d[4:14].reshape(5, 2)
+                io = float(np.linalg.norm(gt.landmarks[bi][0] - gt.landmarks[bi][1]))
+                nme.append(float(np.linalg.norm(lm - gt.landmarks[bi], axis=1).mean()) / max(io, 1.0))
+    model.train()
+    return {"recall": tp / max(n_gt, 1), "precision": tp / max(n_det, 1), "nme": float(np.mean(nme)) if nme else float("nan")}
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=print) -> Path:
+    """Runs ``cfg`` into ``out``; returns the exported ONNX file."""
+    from facekd.detect.data import frame_rng, load_photos, make_frame
+    from facekd.detect.losses import DET_TERMS, DetBatch, DetectionObjective
+    from facekd.detect.model import DETECTOR_NETS
+    from facekd.io_utils import atomic_write_bytes, atomic_write_json
+    from facekd.paths import cache_dir, data_root
+    from facekd.progress import progress_bar
+    from facekd.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from facekd.train.speed import cpu_info
+
+    out = Path(out)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    if ckpt_path.exists() and not resume:
+        raise FacekdError(f"{out}: a run is already there; --resume continues it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for t in cfg.terms:
+        DET_TERMS.get(t.name)
+    if cfg.teacher not in ("yunet", "none"):
+        raise FacekdError(f"teacher is 'yunet' (its maps and hint) or 'none', not {cfg.teacher!r}")
+    import yaml
+
+    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    root = data_root(cfg.data.root)
+    labels = cache_dir() / "detect-labels"
+    photos = load_photos(cfg.data.labelled, root, cfg.data.labeller, labels, cfg.data.limit,
+                         progress_bar(f"label ({cfg.data.labeller})"))
+    n_labelled = len(photos)
+    if cfg.data.unlabelled:
+        photos = photos + load_photos(cfg.data.unlabelled, root, cfg.data.unlabelled_labeller, labels, cfg.data.limit,
+                                      progress_bar(f"label ({cfg.data.unlabelled_labeller})"))
+    train_set, val_set = split_photos(photos, cfg.data.val_fraction, cfg.train.seed)
+    opts = _frame_options(cfg.frames)
+    val_frames, val_faces = [], []
+    if len(val_set):
+        for i in range(min(128, 4 * len(val_set))):
+            f, faces = make_frame(val_set, opts, frame_rng(10_000 + cfg.train.seed, 0, i))
+            val_frames.append(f)
+            val_faces.append(faces)
+
+    model = DETECTOR_NETS.build(cfg.model)
+    objective = DetectionObjective([(t.name, t.weight, t.args()) for t in cfg.terms], model.neck_channels,
+                                   use_fm_nms=cfg.fm_nms)
+    wants_teacher = objective.needs_teacher
+    if wants_teacher and cfg.teacher == "none":
+        raise FacekdError(f"terms {[t.name for t in cfg.terms]} need the teacher's maps; set teacher: yunet")
+    teacher = None
+    if wants_teacher:
+        from facekd.detect.teacher import YunetMaps
+
+        teacher = YunetMaps(threads=cfg.train.threads)
+    wants_hint = any(getattr(t, "needs_hint", False) for t in objective.terms)
+    params = list(model.parameters()) + list(objective.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = max(1, cfg.train.frames_per_epoch // cfg.train.batch_size)
+    total = steps_per_epoch * cfg.train.epochs
+    warm = int(cfg.train.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return float(0.5 * (1 + np.cos(np.pi * (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    start = 0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        objective.load_state_dict(state["objective"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = int(state["epoch"])
+        if (out / "history.jsonl").exists():  # rows of an epoch killed after its row was written go
+            rows = [r for r in _read_history(out / "history.jsonl") if r.get("epoch", 0) <= start]
+            atomic_write_bytes(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        log(f"resumed {ckpt_path} after epoch {start}")
+    cpu = cpu_info()
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise FacekdError(f"train.precision is auto, bf16 or fp32, not {cfg.train.precision!r}")
+    precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if cpu.native_bf16 else "fp32")
+    model = model.to(memory_format=torch.channels_last)
+    log(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters; {len(train_set)} training photos "
+        f"({n_labelled} labelled by {cfg.data.labeller}), {len(val_set)} validation; terms "
+        f"{', '.join(objective.names)}{' + FM-NMS' if cfg.fm_nms else ''}; {precision}; {cpu.describe()}")
+    history = out / "history.jsonl"
+    model.train()
+    for epoch in range(start, cfg.train.epochs):
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        bar = progress_bar(f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step")
+        for step in range(steps_per_epoch):
+            idx = range(step * cfg.train.batch_size, (step + 1) * cfg.train.batch_size)
+            made = [make_frame(train_set, opts, frame_rng(cfg.train.seed, epoch, i)) for i in idx]
+            frames = np.stack([m[0] for m in made])
+            tg = _batch_targets([m[1] for m in made], opts.size)
+            tmaps = hint = None
+            if teacher is not None:
+                tm, th = teacher(frames)
+                tmaps = _to_torch(tm)
+                hint = torch.from_numpy(th) if wants_hint else None
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                feats = model.features(x)
+                smaps = model.maps(feats)
+            feats = [f.float() for f in feats]
+            smaps = {k: [t.float() for t in v] for k, v in smaps.items()}
+            batch = DetBatch(student=smaps, guided=feats[0], pos=tg["pos"], box_t=tg["bbox"], kps_t=tg["kps"],
+                             kps_known=tg["kps_known"], teacher=tmaps, hint=hint)
+            loss, parts = objective(batch)
+            if not torch.isfinite(loss):
+                raise FacekdError(f"{out}: the loss is {float(loss)} at epoch {epoch + 1}, step {step + 1} "
+                                  f"(parts {parts}); lower train.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar(step + 1, steps_per_epoch)
+        rec = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 1),
+               "frames_per_s": round(steps_per_epoch * cfg.train.batch_size / (time.time() - t0), 1),
+               "loss": {k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
+        if val_frames:
+            rec["val"] = {k: round(v, 4) for k, v in validate(model, val_frames, val_faces).items()}
+        with open(history, "a") as fh:  # a torn last line (a kill) is skipped by readers
+            fh.write(json.dumps(rec) + "\n")
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "objective": objective.state_dict(),
+                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "rng": rng_state(), "epoch": epoch + 1, "arch": cfg.model})
+        log(json.dumps(rec))
+    from facekd.detect.export import export_detector
+
+    onnx_path = export_detector(model, cfg.model, out / "detector.onnx")
+    atomic_write_json(out / "record.json", {"config": to_dict(cfg), "cpu": cpu.describe(), "precision": precision,
+                                            "parameters": sum(p.numel() for p in model.parameters()),
+                                            "history": _read_history(history)})
+    return onnx_path
+
+
+def _read_history(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
