@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from facekd.cli import identify as cli_identify
+from facekd.cli import eval_detect as cli_eval_detect, identify as cli_identify
 from facekd.cli.args import detector_arg, detector_help
 from facekd.errors import FacekdError
 from facekd.progress import progress_bar
@@ -65,7 +65,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate an embedder")
+    p = sub.add_parser("eval", help="evaluate an embedder (lfw, lfw-ident) or face detectors (detect)")
     evsub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     lfw = evsub.add_parser("lfw", help="LFW View 2 verification (10-fold cosine accuracy, AUC, TAR@FAR, EER)")
     _add_model_args(lfw)
@@ -80,6 +80,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     lfw.add_argument("--exit", type=int, dest="exit_k", help="multi-exit model: answer with exit K (1 = earliest)")
     lfw.set_defaults(func=_run_eval_lfw)
     cli_identify.add_eval_lfw_ident(evsub)
+    cli_eval_detect.add_eval_detect(evsub)
 
 
 def _lfw_data(arg: Path | None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Sequence
 
 from facekd.io_utils import atomic_write_bytes
 from facekd.evaluation.metrics import VerificationResult
@@ -76,4 +77,26 @@ def plot_pruning(rows: list[dict], path: Path | str, title: str = "Structured pr
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
+def plot_precision_recall(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path | str,
+                          title: str = "Face detection, CMU+MIT") -> Path:
+    """Saves precision-recall curves as PNG: ``curves`` maps a label to ``(recall,
+    precision)`` (e.g. ``facekd.detect.cmumit.DetectionScore.curve_recall`` and
+    ``curve_precision``), drawn as steps."""
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    floor = 1.0
+    for label, (recall, precision) in curves.items():
+        ax.step(recall, precision, where="post", label=label)
+        floor = min(floor, min(precision))
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(max(0.0, floor - 0.05), 1.005)  # zoom on the part of the curves that differs
+    ax.set_xlabel("recall (of all annotated faces)")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
     return save_figure(fig, path)
