@@ -195,6 +195,43 @@ def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
         run_prune(cfg, run)
 
 
+def test_regression_prune_resumes_a_step_killed_before_its_first_checkpoint(tmp_path):
+    """A kill during a step's recovery before its first checkpoint leaves the step's pruned
+    model and its log; ``--resume`` refused the step ("already holds a run") instead of
+    recovering it (issue 30's kill sweep: 1 rerun of 12). The rerun now ends with the
+    uninterrupted run's weights."""
+    import shutil
+
+    from test_distill_run import _synthetic_pack
+
+    from facekd.config import from_dict
+    from facekd.prune.config import PruneConfig
+    from facekd.prune.run import run_prune
+    from facekd.train.checkpoint import load_checkpoint
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    raw = {
+        "prune": {"source": str(_source(tmp_path)), "importance": "l1", "ratio": 0.5, "steps": 1},
+        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
+                 "loader": "memory"},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "threads": 1, "precision": "fp32",
+                  "channels_last": False, "compile": False},
+        "eval": {"every": 0},
+    }
+    cfg = from_dict(PruneConfig, raw)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_prune(cfg, whole, say=lambda _: None)
+    # What the kill left: step 1 pruned, its recovery started (a log), no checkpoint yet.
+    shutil.copytree(whole, killed)
+    (killed / "prune.json").unlink()
+    (killed / "pruned.pt").unlink()
+    shutil.rmtree(killed / "step1" / "checkpoints")
+    (killed / "step1" / "metrics.jsonl").write_text("")
+    run_prune(cfg, killed, resume=True, say=lambda _: None)
+    a, b = load_checkpoint(whole / "pruned.pt")["model"], load_checkpoint(killed / "pruned.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_facekd_export_takes_a_pruned_checkpoint(tmp_path):
     """The CLI's export path (hub -> ONNX with metadata -> parity check) on a pruned model;
     the ONNX embedder then gives the pruned PyTorch model's embeddings."""

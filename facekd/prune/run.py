@@ -245,7 +245,10 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
         if cfg.train.epochs > 0:
             finished = last.is_file() and load_checkpoint(last).get("epoch", 0) >= cfg.train.epochs
             if not finished:
-                metrics = fit(cfg, step_dir, resume=last.is_file(), say=say, make_objective=_recovery(pruned_path, head, teacher))
+                # resume: a kill before the step's first checkpoint leaves only its log, which a
+                # fresh fit would refuse as another run's.
+                metrics = fit(cfg, step_dir, resume=resume or last.is_file(), say=say,
+                              make_objective=_recovery(pruned_path, head, teacher))
             else:
                 metrics = load_checkpoint(last).get("metrics", {})
             row.lfw_after = metrics.get("lfw_acc")
