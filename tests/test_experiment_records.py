@@ -141,6 +141,50 @@ def test_a_protocol_pin_decides_the_precision_the_trainer_runs_with(tmp_path, pi
     assert rec.device == "cpu" and rec.gpu is None and "torch CPU capability" in rec.cpu
 
 
+def _tiny_runner(tmp_path: Path) -> Runner:
+    crops = _fake_crops(tmp_path / "crops")
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "model: {head: softmax}\n"
+        f"data: {{train: ['{crops}'], workers: 1, loader: memory}}\n"
+        "train: {epochs: 1, batch_size: 8, device: cpu, threads: 1, precision: fp32, channels_last: false, "
+        "compile: false}\n"
+        "eval: {every: 0}\n")
+    proto = Protocol("tiny", str(base), str(base), shrink={"student5": {"widths": [8, 8, 8, 8, 8], "embedding_dim": 16}})
+    return Runner(tmp_path, proto, tmp_path / "runs", tmp_path / "r.jsonl", say=lambda m: None)
+
+
+def test_regression_the_runner_resumes_a_run_killed_before_its_first_checkpoint(tmp_path):
+    """A kill before a row's first checkpoint leaves its log only; the next command refused
+    the run folder ("already holds a run") instead of training it (prune's fault, found
+    by issue 30's kill sweep, looked for in the runner)."""
+    runner = _tiny_runner(tmp_path)
+    row = next(r for r in TABLES["B"] if r.name == "student5 alone")
+    run = tmp_path / "runs" / "killed"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("")
+    metrics = runner._fit(runner.row_config(row, seed=0), run, distill=False)
+    assert metrics["epoch"] == 1 and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_regression_a_prerequisite_killed_before_its_record_gets_it_from_the_next_command(tmp_path):
+    """A kill after a prerequisite teacher's last checkpoint and before its results line:
+    the next command found the run done and never wrote the line (found reading the
+    runner for issue 30's kill sweep). It now writes it from the checkpoint, once, with
+    the run's time unknown."""
+    from facekd.train.checkpoint import CHECKPOINT, save_checkpoint
+
+    runner = _tiny_runner(tmp_path)
+    last = tmp_path / "runs" / "student5_alone-seed0" / CHECKPOINT
+    save_checkpoint(last, {"epoch": 1, "metrics": {"epoch": 1, "lfw_acc": 61.5, "lfw_std": 2.0, "lfw_pairs": 20}})
+    assert runner.prerequisite("student5_alone", 0) == last
+    runner._prereq_ckpt.clear()
+    runner.prerequisite("student5_alone", 0)
+    (rec,) = read_results(tmp_path / "r.jsonl")
+    assert (rec.table, rec.row, rec.seed, rec.lfw_acc, rec.epochs, rec.seconds) == ("teachers", "student5_alone", 0,
+                                                                                    61.5, 1, None)
+
+
 # The configs the composed rows replaced, as they were (their ``extends`` made absolute).
 OLD_STUDENT = "extends: {base}\nmodel: {{backbone: {name}, head: cosface, head_args: {{scale: 64.0, margin: 0.35}}}}\n"
 OLD_DISTILL = {

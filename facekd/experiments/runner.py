@@ -112,7 +112,9 @@ class Runner:
         else:
             cfg = from_dict(TrainConfig, raw, str(run))
             maker = None
-        return fit(cfg, run, resume=(run / CHECKPOINT).is_file(), say=self.say, make_objective=maker)
+        # Always resume: a run killed before its first checkpoint leaves only its log, which a
+        # fresh fit would refuse as another run's (a run without a checkpoint starts afresh).
+        return fit(cfg, run, resume=True, say=self.say, make_objective=maker)
 
     def prerequisite(self, key: str, seed: int) -> Path:
         """The checkpoint of a teacher run, trained here unless this command already did."""
@@ -124,13 +126,15 @@ class Runner:
         run = self.runs / f"{key}-seed{seed}"
         last = run / CHECKPOINT
         done = last.is_file() and load_checkpoint(last)["epoch"] >= raw["train"].get("epochs", 40)
-        if not done:
+        if done:  # trained by an earlier command, perhaps killed before it appended the record
+            t0, metrics = None, load_checkpoint(last).get("metrics", {})
+        else:
             self.say(f"== prerequisite {key} (seed {seed}): {backbone}, {raw['train'].get('epochs')} epochs -> {run}")
             t0 = time.perf_counter()
             metrics = self._fit(raw, run, distill=False)
-            known = {r.key() for r in read_results(self.results)}
-            if (self.protocol.name, "teachers", key, seed) not in known and "lfw_acc" in metrics:
-                append_result(self.results, self._record("teachers", key, backbone, seed, raw, metrics, run, t0))
+        known = {r.key() for r in read_results(self.results)}
+        if (self.protocol.name, "teachers", key, seed) not in known and "lfw_acc" in metrics:
+            append_result(self.results, self._record("teachers", key, backbone, seed, raw, metrics, run, t0))
         self._prereq_ckpt[(key, seed)] = last
         return last
 
@@ -159,7 +163,9 @@ class Runner:
         return self._record(row.table, row.name, row.student, seed, raw, metrics, run, t0)
 
     def _record(self, table: str, name: str, student: str, seed: int, raw: dict, metrics: dict, run: Path,
-                t0: float) -> Result:
+                t0: float | None) -> Result:
+        """The record of a finished run (``t0``: when it started; None: trained by an
+        earlier command, its time not known here)."""
         if "lfw_acc" not in metrics:
             raise FacekdError(f"{run}: no LFW result (eval.every is 0?)")
         args = raw["model"].get("backbone_args", {})
@@ -171,7 +177,8 @@ class Runner:
             protocol=self.protocol.name, table=table, row=name, seed=seed, student=student,
             lfw_acc=metrics["lfw_acc"], lfw_std=metrics["lfw_std"], lfw_pairs=metrics.get("lfw_pairs"),
             flip=raw.get("eval", {}).get("flip", False), epochs=metrics.get("epoch"), params=params,
-            mb=params * 4 / 2**20, cpu_ms=cpu_ms_per_face(student, args), seconds=round(time.perf_counter() - t0, 1),
+            mb=params * 4 / 2**20, cpu_ms=cpu_ms_per_face(student, args),
+            seconds=None if t0 is None else round(time.perf_counter() - t0, 1),
             run=str(run), machine=platform.node(), cpu=how.get("cpu") or cpu_info().describe(),
             device=how.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"), gpu=how.get("gpu"),
             precision=how.get("precision"), channels_last=how.get("channels_last"), compile=how.get("compile"),
