@@ -269,7 +269,7 @@ def run_export(req: ExportRequest, log=print) -> dict:
     cfg = net.cfg
     pre = cfg.pre
     normalize = default_normalize(pre) if req.normalize == "auto" else req.normalize == "yes"
-    calib, probe, real = _calibration_and_probe(req.calib, pre, tuple(cfg.input_size))
+    calib, probe, real = calibration_and_probe(req.calib, pre, tuple(cfg.input_size))
     out = Path(req.onnx)
     fp32_path = fp32_sibling(out) if req.int8 else out
     info = ModelInfo(
@@ -305,7 +305,7 @@ def run_export(req: ExportRequest, log=print) -> dict:
     return report
 
 
-def _calibration_and_probe(
+def calibration_and_probe(
     calib_data: Path | None, pre: Preprocessing, input_size: tuple[int, int]
 ) -> tuple[np.ndarray | None, np.ndarray, bool]:
     """INT8 calibration inputs (None without ``calib_data``), the parity probe, and

@@ -15,7 +15,6 @@ The front is the set of rows no other row beats on both LFW flip and latency.
 
 from __future__ import annotations
 
-import platform
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -144,20 +143,10 @@ def machine_facts() -> dict:
     """The CPU this board ran on, its SIMD flags that matter for latency, and versions."""
     import onnxruntime as ort
 
-    model, flags = platform.processor() or "unknown", []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
-            model = m.group(1).strip()
-        if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
-            have = set(m.group(1).split())
-            flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-                     if f in have]
-    except OSError:
-        pass
-    import os
+    from facekd.train.speed import cpu_info
 
-    return {"cpu": model, "cores": os.cpu_count(), "flags": flags, "onnxruntime": ort.__version__}
+    cpu = cpu_info()
+    return {"cpu": cpu.model, "cores": cpu.cores, "flags": list(cpu.simd), "onnxruntime": ort.__version__}
 
 
 @dataclass
@@ -309,8 +298,7 @@ def run_board(
             the ready models get no INT8 form.
         rounds: Interleaved timing rounds.
     """
-    from facekd.deploy.crops import sample_crops
-    from facekd.evaluation.embed import to_input
+    from facekd.deploy.export import calibration_and_probe
     from facekd.hub import resolve
     from facekd.runtime.timing import measure_latency
 
@@ -333,8 +321,8 @@ def run_board(
         cp = None
         if calib is not None and pre.template in ("112x96", "112x112"):
             if pre.template not in calib_cache:
-                x = to_input(sample_crops(calib, pre.template, 256), pre)
-                calib_cache[pre.template] = (x, x[:: max(1, len(x) // 64)][:64])
+                x, probe, _ = calibration_and_probe(calib, pre, tuple(pre.input_size))
+                calib_cache[pre.template] = (x, probe)
             cp = calib_cache[pre.template]
         _onnx_forms(e, work, cp[0] if cp else None, cp[1] if cp else None, say)
         if e.fp32 is None and e.int8 is None:

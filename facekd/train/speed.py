@@ -28,6 +28,7 @@ from torch import nn
 from facekd.errors import FacekdError
 
 _X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class CpuInfo:
     capability: str  # torch.backends.cpu.get_cpu_capability(): DEFAULT, AVX2, AVX512, ...
     bf16_flags: tuple[str, ...]  # native bf16 flags found in /proc/cpuinfo
     cores: int
+    simd: tuple[str, ...] = ()  # the flags of SIMD_FLAGS it has (what CPU latency depends on)
 
     @property
     def native_bf16(self) -> bool:
@@ -68,7 +70,8 @@ def cpu_info(cpuinfo: str | None = None) -> CpuInfo:
     found = [f for f in _X86_BF16_FLAGS if f in flags]
     if "bf16" in flags:  # Arm: FEAT_BF16
         found.append("bf16")
-    return CpuInfo(model, torch.backends.cpu.get_cpu_capability(), tuple(found), os.cpu_count() or 1)
+    return CpuInfo(model, torch.backends.cpu.get_cpu_capability(), tuple(found), os.cpu_count() or 1,
+                   tuple(f for f in SIMD_FLAGS if f in flags))
 
 
 @dataclass(frozen=True)
