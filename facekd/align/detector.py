@@ -154,7 +154,8 @@ def build_detector(name: str, **kwargs) -> FaceDetector:
 
 
 # MTCNN's time and memory grow with the photo's pixels (its first P-net pass runs at
-# 12 / min_face_size of full size): 4 Mpx took about 5 s and 1 GB on the 2-core dev CPU.
+# 12 / min_face_size of full size): 4 Mpx took about 5 s and 1 GB on 2 cores of the Intel
+# Xeon of docs/guide/detect.md.
 MTCNN_MAX_SIDE = 2048
 
 
@@ -163,7 +164,7 @@ class MtcnnDetector(FaceDetector):
 
     Photos whose shorter side is below ``UPSCALE_BELOW`` are upscaled first; photos whose
     longer side exceeds ``max_side`` are downscaled first, which bounds time and memory
-    (an 8000x8000 photo took 30 s and 4 GB at full size on the 2-core dev CPU, and a
+    (an 8000x8000 photo took 30 s and 4 GB at full size on 2 Xeon cores, and a
     folder's chunk of them is detected as one batch); a face that is then smaller than
     ``min_face_size`` is not found.
 
