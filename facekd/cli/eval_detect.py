@@ -38,7 +38,7 @@ def _machine() -> dict:
 
     info = cpu_info()
     return {"cpu": info.model, "cores": info.cores, "torch_cpu_capability": info.capability,
-            "bf16_flags": list(info.bf16_flags), "load_average": [round(x, 2) for x in os.getloadavg()]}
+            "bf16_flags": list(info.bf16_flags), "simd": list(info.simd), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _command(args: argparse.Namespace, names: list[str]) -> str:
