@@ -130,7 +130,7 @@ def test_step_ratios_compound_to_the_total():
 
 
 def test_unknown_importance_and_missing_loss_are_errors():
-    with pytest.raises(FacekdError, match="unknown pruning importance 'fisher'; known: l1, random, taylor"):
+    with pytest.raises(FacekdError, match="unknown pruning importance 'fisher'; known: l1, l1_next, random, taylor"):
         prune_once(_Tiny(), "fisher", StepPlan(0.5))
     with pytest.raises(FacekdError, match="needs a loss"):
         prune_once(_Tiny(), "taylor", StepPlan(0.5))

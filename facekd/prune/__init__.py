@@ -1,7 +1,7 @@
 """Structured pruning with distillation recovery (``facekd prune CONFIG --out RUN``).
 
 Filters are ranked by a registered importance (:data:`facekd.prune.importance.IMPORTANCES`:
-``taylor``, ``l1``, ``random``), removed through Torch-Pruning (which resolves the
+``taylor``, ``l1``, ``l1_next``, ``random``), removed through Torch-Pruning (which resolves the
 channel dependencies of residual, concatenating and depthwise layers), and the pruned
 model recovers by distillation from the unpruned one, in iterative steps
 (:mod:`facekd.prune.run`). A pruned model is a normal facekd checkpoint: it carries the

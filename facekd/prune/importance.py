@@ -9,6 +9,13 @@
 - ``l1`` (the filter selection of Singh et al., WACV 2019; Li et al. 2017): the L1 norm
   of the weights of every layer a channel touches (Torch-Pruning's group magnitude,
   mean-normalised per group).
+- ``l1_next`` (Singh et al., WACV 2019: filters selected from the sparsity statistics of
+  two consecutive layers): ``s_k = mean|W_l[k]| + mean|W_{l+1}[:, k]|``, the mean
+  absolute weight of filter k over the layers whose outputs channel k is (the filter,
+  and the depthwise conv that follows it) plus that of the weights of the next layers
+  that read channel k. Conv and linear weights only, so that after sparsity induction
+  (:mod:`facekd.prune.sparsity`, an L1 penalty on those same weights) a filter the
+  penalty drove to zero, or whose outputs the next layer stopped reading, ranks last.
 - ``random``: the control; an importance must beat it to mean anything.
 
 A criterion builds a Torch-Pruning ``Importance`` for a model; ``needs_loss`` says
@@ -47,6 +54,52 @@ class L1(Criterion):
 
     def scorer(self, model, batches=(), loss=None):
         return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer="mean")
+
+
+def _is_depthwise(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+
+
+class OwnNextL1(tp.importance.Importance):
+    """``mean|W_l[k]| + mean|W_{l+1}[:, k]|`` per channel k of a Torch-Pruning group.
+
+    "Own" layers are those that lose output channel k (conv, linear, depthwise conv);
+    "next" layers those that lose input channel k (conv and linear, depthwise convs
+    excluded: their input channel is their own output channel). Each term is the mean
+    over its layers of the mean absolute weight of the slice; a term with no layer is 0.
+    """
+
+    OWN = (function.prune_conv_out_channels, function.prune_linear_out_channels,
+           function.prune_depthwise_conv_out_channels)
+    NEXT = (function.prune_conv_in_channels, function.prune_linear_in_channels)
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor:
+        n = len(group[0].root_idxs)
+        sums = {"own": torch.zeros(n), "next": torch.zeros(n)}
+        counts = {"own": torch.zeros(n), "next": torch.zeros(n)}
+        for i, (dep, idxs) in enumerate(group):
+            layer, fn, root_idxs = dep.target.module, dep.handler, group[i].root_idxs
+            if any(r is None for r in root_idxs):
+                continue
+            if fn in self.OWN:
+                kind, w = "own", layer.weight.detach()[torch.as_tensor(idxs)]
+            elif fn in self.NEXT and not _is_depthwise(layer) and getattr(layer, "groups", 1) == 1:
+                kind, w = "next", layer.weight.detach().transpose(0, 1)[torch.as_tensor(idxs)]
+            else:
+                continue
+            root = torch.as_tensor(root_idxs)
+            sums[kind].scatter_add_(0, root, w.abs().flatten(1).mean(1).float().cpu())
+            counts[kind].scatter_add_(0, root, torch.ones(len(root)))
+        return sum(sums[k] / counts[k].clamp(min=1) for k in sums)
+
+
+@IMPORTANCES.register("l1_next")
+class L1Next(Criterion):
+    """Singh et al. (2019): a filter's own L1 plus the next layer's weights on its output."""
+
+    def scorer(self, model, batches=(), loss=None):
+        return OwnNextL1()
 
 
 @IMPORTANCES.register("random")
