@@ -16,7 +16,7 @@ from facekd.cli.train import report_run, add_run_args
 def _add_prune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prune",
-        help="structured pruning (taylor / l1 / random) in steps, each recovered by distillation",
+        help="structured pruning (taylor / l1 / l1_next / random) in steps, each recovered by distillation",
         description="Remove filters of a trained facekd checkpoint through Torch-Pruning, in prune.steps "
         "steps, each followed by train.epochs of recovery distilled from the unpruned model. Writes "
         "RUN/stepK/pruned.pt (before recovery), RUN/stepK/checkpoints/ (after), RUN/pruned.pt (the final "
@@ -39,6 +39,10 @@ def _run_prune(args: argparse.Namespace) -> int:
     lfw = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
     print(f"{'step':>4} {'removed':>8} {'params':>9} {'MMAC':>8} {'LFW before':>11} {'LFW after':>10}")
     print(f"{'src':>4} {0:>8.2f} {result.source_params / 1e6:>8.2f}M {result.source_macs / 1e6:>8.1f} {lfw(result.source_lfw):>11}")
+    if result.sparsity is not None:
+        sp = result.sparsity
+        print(f"sparsity: {sp.epochs} epoch(s) at L1 weight {sp.weight:g}, filters' L1 {sp.l1_before:.4g} -> "
+              f"{sp.l1_after:.4g}, LFW after {lfw(sp.lfw_after)}")
     for r in result.steps:
         print(f"{r.step:>4} {r.removed:>8.2f} {r.params / 1e6:>8.2f}M {r.macs / 1e6:>8.1f} {lfw(r.lfw_before):>11} {lfw(r.lfw_after):>10}")
     print(f"pruned model: {args.out / PRUNED}; table: {args.out / RESULT}")

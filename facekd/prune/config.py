@@ -5,8 +5,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from facekd.config import at_least, fraction
+from facekd.config import at_least, fraction, positive
 from facekd.distill.config import DistillCfg, DistillConfig
+
+
+@dataclass(frozen=True)
+class SparsityCfg:
+    """Sparsity induction before the first pruning step (Singh et al., WACV 2019): the
+    source trains for ``epochs`` with the recovery objective (``distill``, against the
+    unpruned source) plus ``weight · Σ_l Σ_k ‖W_l[k]‖₁``, the L1 norms of the filters of
+    the chosen conv layers (:mod:`facekd.prune.sparsity`). Pair it with the ``l1_next``
+    importance, which ranks filters by the same weights.
+
+    Attributes:
+        weight: λ of the penalty (write ``1.0e-4``: YAML reads ``1e-4`` as text).
+        epochs: Training epochs of the phase (``optim`` and ``schedule`` as recovery).
+        layers: Module paths whose conv layers are penalised (a path names a conv or a
+            block: every conv inside it); empty: every conv but the embedding layer.
+    """
+
+    weight: float = field(default=1e-4, metadata=positive())
+    epochs: int = field(default=1, metadata=at_least(1))
+    layers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -18,7 +38,8 @@ class PruneCfg:
             arguments, head -- replaces the config's), or a registered backbone name with
             ``weights``. It teaches the recovery unless ``teacher.model`` names another.
         weights: For a registered name: a weights file or weights-manifest name.
-        importance: A name in ``facekd.prune.importance.IMPORTANCES``: taylor, l1, random.
+        importance: A name in ``facekd.prune.importance.IMPORTANCES``: taylor, l1, l1_next,
+            random.
         ratio: Fraction of the filters removed in the end (per layer, or of all layers
             together with ``global_pruning``).
         steps: Iterative steps; each removes ``ratio / steps`` of the original filters,
@@ -34,6 +55,8 @@ class PruneCfg:
         surgery: Surgeries (``facekd.models.surgery.SURGERIES``, e.g. ``prelu_to_relu``)
             applied to the source before the first step, then recovered with it; with
             ``ratio: 0`` a run is surgery and recovery alone.
+        sparsity: Sparsity induction before the first step (None: none); see
+            :class:`SparsityCfg`.
     """
 
     source: str = ""
@@ -47,6 +70,7 @@ class PruneCfg:
     round_to: int | None = field(default=None, metadata=at_least(1))
     importance_batches: int = field(default=8, metadata=at_least(1))
     surgery: list[str] = field(default_factory=list)
+    sparsity: SparsityCfg | None = None
 
 
 def _featurenorm_only() -> DistillCfg:

@@ -1,5 +1,9 @@
 """``facekd prune``: iterative structured pruning, each step recovered by distillation.
 
+With ``prune.sparsity`` the source first trains with an L1 penalty on its filters
+(:mod:`facekd.prune.sparsity`, in ``RUN/sparsity/``, resumable), and step 1 prunes
+that sparse model.
+
 Step k of N removes filters (:func:`facekd.prune.core.prune_once`) so that ``ratio·k/N``
 of the source model's filters are gone, saves the result before recovery
 (``RUN/stepK/pruned.pt``, with its LFW), then recovers it with ``facekd distill``'s
@@ -38,6 +42,7 @@ from facekd.models.surgery import SURGERIES, apply_surgery
 from facekd.prune.config import PruneConfig
 from facekd.prune.core import StepPlan, check_supported, prune_once, step_ratio
 from facekd.prune.importance import IMPORTANCES
+from facekd.prune.sparsity import SparsityRow, chosen_layers, induce_sparsity
 from facekd.train.checkpoint import (
     CHECKPOINT,
     backbone_from_checkpoint,
@@ -87,13 +92,15 @@ class PruneResult:
     source_lfw: float | None
     steps: list[StepRow] = field(default_factory=list)
     source_weights: str | None = None
+    sparsity: SparsityRow | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PruneResult":
-        return cls(**{**d, "steps": [StepRow(**s) for s in d.get("steps", [])]})
+        sparsity = SparsityRow(**d["sparsity"]) if d.get("sparsity") else None
+        return cls(**{**d, "steps": [StepRow(**s) for s in d.get("steps", [])], "sparsity": sparsity})
 
 
 def read_result(run_dir: Path | str) -> PruneResult:
@@ -123,6 +130,8 @@ def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, nn.Module, dict | Non
     ckpt = src.checkpoint
     name = ckpt["backbone"] if ckpt is not None else net.cfg.name
     check_supported(name)
+    if p.sparsity is not None:  # an unknown layer path fails before any teacher is built
+        chosen_layers(net, p.sparsity.layers, where="prune.sparsity.layers")
     if ckpt is not None:
         model = dict(ckpt.get("config", {}).get("model", {}))
         model.update(backbone=name, backbone_args=dict(ckpt.get("backbone_args", {})))
@@ -218,6 +227,13 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
         + ("global" if p.global_pruning else "per layer") + f"; recovery {cfg.train.epochs} epoch(s) per step")
     done = {r.step: r for r in result.steps}
     prev: Path | None = None
+    if p.sparsity is not None:
+        say(f"sparsity induction: {p.sparsity.epochs} epoch(s), L1 weight {p.sparsity.weight:g}, layers "
+            + (", ".join(p.sparsity.layers) or "all convs but the embedding layer"))
+        result.sparsity = induce_sparsity(cfg, source, run_dir, lambda path: _recovery(path, head, teacher), say)
+        atomic_write_json(run_dir / RESULT, result.to_dict())
+        say(f"sparsity: filters' L1 {result.sparsity.l1_before:.4g} -> {result.sparsity.l1_after:.4g}")
+        prev = Path(result.sparsity.checkpoint)
     for k in range(1, p.steps + 1):
         step_dir = run_dir / f"step{k}"
         pruned_path = step_dir / PRUNED
