@@ -7,13 +7,23 @@ At CI-friendly sizes on tiny synthetic data (noise photos and crops, a student5 
 thousand parameters wide, one thread, fp32, no compile, no augmentation): for each
 command, one uninterrupted reference run (its duration T), then ``--kills`` rounds of:
 start the command fresh, SIGKILL its process group after a uniform random 2-98% of T,
-rerun it (``--resume`` where the command has it) to the end, compare its outputs with the
-reference. Printed and written as a table: command, kills, reruns that finished, reruns
-that matched bit for bit, the largest difference seen otherwise.
+check what the kill left (a command's ``after_kill``: files that must be whole or
+absent), rerun it (``--resume`` where the command has it) to the end, compare its outputs
+with the reference. A round whose command ends before its kill is not counted as a kill
+(up to 3x ``--kills`` rounds are tried); its duration joins the reference's, and T
+becomes their median, so the kills follow a load that changes during the sweep.
+Printed and written as a table: command, kills, reruns that finished, reruns that
+matched bit for bit, the largest difference seen otherwise.
 
 The commands: ``align`` (resumes from its state file), ``pack``, ``distill`` with
-``teacher_mode: cache`` (teacher-output caching: its cache file must be whole or absent
-after a kill), ``train``, ``prune``, ``multiexit``, ``export``.
+``teacher_mode: cache``, ``train``, ``prune``, ``multiexit``, ``export``,
+``teacher-outputs`` (teacher-output caching on its own: ``eval/export_teacher_outputs.py``
+fills the teacher-output cache and writes the exported file; right after each kill every
+cache entry and the exported file must be whole or absent) and ``runner`` (the results
+runner, ``eval/reproduce_paper.py --protocol smoke`` over tables A-C: a prerequisite
+teacher run, a distillation row and two training rows, each appending one line to a
+``.jsonl``; its records are compared on every field but the timings, the time stamp and
+the run folder's location, and its runs' checkpoints bit for bit).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +46,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-COMMANDS = ("align", "pack", "train", "distill", "prune", "multiexit", "export")
+REPO = Path(__file__).resolve().parent.parent
+COMMANDS = ("align", "pack", "train", "distill", "prune", "multiexit", "export", "teacher-outputs", "runner")
 TINY_MODEL = {"backbone": "student5", "backbone_args": {"widths": [8, 16, 16, 32, 32], "embedding_dim": 64},
               "head": "softmax"}
 
@@ -66,6 +78,24 @@ def make_crops(root: Path, people: int = 6, per: int = 8, seed: int = 1) -> Path
         for i in range(per):
             img = np.clip(base + rng.normal(0, 20, (112, 96, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / f"id{p}" / f"{i}.jpg", quality=95)
+    return root
+
+
+def make_lfw(root: Path, folds: int = 10, seed: int = 2) -> Path:
+    """An aligned LFW folder of 112x96 noise crops: per fold one same and one different
+    pair (two photos of one person differ only by a little noise)."""
+    rng = np.random.default_rng(seed)
+    lines = [f"{folds} 1"]
+    for f in range(folds):
+        a, b = f"P{f}a", f"P{f}b"
+        for name in (a, b):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            base = rng.integers(0, 255, (112, 96, 3))
+            for i in (1, 2):
+                img = np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / name / f"{name}_{i:04d}.jpg", quality=95)
+        lines += [f"{a} 1 2", f"{a} 1 {b} 1"]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
@@ -118,6 +148,7 @@ class Case:
     rerun: Callable[[Path], list[str]]
     outputs: Callable[[Path], dict]
     env: Callable[[Path], dict] = lambda work: {}
+    after_kill: Callable[[Path], list[str]] = lambda work: []  # what a kill left half-written
 
 
 def build_cases(base: Path) -> dict[str, Case]:
@@ -164,8 +195,108 @@ def build_cases(base: Path) -> dict[str, Case]:
                   lambda w: {"onnx": (w / "m.onnx").read_bytes()})
     distill = train_like("distill", distill_cfg)
     distill.outputs = teacher_cache
+
+    # 1,200 crops of the same 6 identities (14 MB): reading and embedding them is about a
+    # third of the run, not only the imports.
+    many = make_crops(base / "crops-1200", per=200)
+    outputs_cfg = tiny_config(base / "teacher_outputs.yaml", many, teacher={"model": teacher_ckpt},
+                              distill={"terms": [{"name": "featurenorm", "weight": 1.0}], "teacher_mode": "cache"})
+    export_outputs = [sys.executable, str(REPO / "eval/export_teacher_outputs.py"), str(outputs_cfg)]
+    teacher_outputs = Case(
+        "teacher-outputs", lambda w: [*export_outputs, str(w / "outputs.pt")],
+        lambda w: [*export_outputs, str(w / "outputs.pt")], lambda w: exported_and_cached(w / "outputs.pt", w / "cache"),
+        env=lambda w: {"FACEKD_CACHE": str(w / "cache")},
+        after_kill=lambda w: torn_teacher_outputs(w / "outputs.pt", w / "cache", 1200))
+
+    lfw = make_lfw(base / "lfw")
+    reproduce = [sys.executable, str(REPO / "eval/reproduce_paper.py"), "--protocol", "smoke", "--tables", "A,B,C"]
+    settings = [f"data.train=[{crops}]", f"eval.lfw={lfw}", "eval.pairs_per_fold=1", "data.loader=memory",
+                "data.augment.flip=0", "data.augment.affine_p=0", "data.augment.color_p=0", "data.augment.gray_p=0",
+                "train.epochs=2", "train.batch_size=8", "train.threads=1", "train.precision=fp32",
+                "train.channels_last=false", "train.compile=false"]
+
+    def runner_argv(w: Path) -> list[str]:
+        return [*reproduce, "--runs", str(w / "runs"), "--results", str(w / "results.jsonl"),
+                "--report", str(w / "RESULTS.md"), *(a for kv in settings for a in ("--set", kv))]
+
+    runner = Case("runner", runner_argv, runner_argv, lambda w: runner_outputs(w),
+                  env=lambda w: {"FACEKD_CACHE": str(w / "cache")},
+                  after_kill=lambda w: torn_results(w / "results.jsonl"))
     return {"align": align, "pack": pack, "train": train_like("train", cfg), "distill": distill,
-            "prune": train_like("prune", prune_cfg), "multiexit": train_like("multiexit", multiexit_cfg), "export": export}
+            "prune": train_like("prune", prune_cfg), "multiexit": train_like("multiexit", multiexit_cfg), "export": export,
+            "teacher-outputs": teacher_outputs, "runner": runner}
+
+
+def exported_and_cached(exported: Path, cache: Path) -> dict:
+    """The exported teacher outputs (embeddings, labels, what identifies them) and every
+    teacher-output cache entry."""
+    from facekd.distill.teacher import read_exported
+    from facekd.train.checkpoint import load_checkpoint
+
+    out = read_exported(exported)
+    found = {"exported.embeddings": out.embeddings.float().numpy(), "exported.labels": out.labels.numpy(),
+             "exported.about": json.dumps([out.teacher, out.key, out.template, out.mean, out.std, out.identities,
+                                           out.center]).encode()}
+    for f in sorted((cache / "teacher_outputs").glob("*.pt")):
+        found[f"cache.{f.name}"] = load_checkpoint(f)["embeddings"].float().numpy()
+    return found
+
+
+def torn_teacher_outputs(exported: Path, cache: Path, crops: int) -> list[str]:
+    """Cache entries and an exported file that are there but not whole (empty when every
+    file is whole or absent)."""
+    from facekd.distill.teacher import read_exported
+    from facekd.errors import FacekdError
+    from facekd.train.checkpoint import load_checkpoint
+
+    torn = []
+    for f in sorted((cache / "teacher_outputs").glob("*.pt")):
+        try:
+            if load_checkpoint(f)["embeddings"].shape[0] != crops:
+                torn.append(f"{f.name}: not {crops} embeddings")
+        except (FacekdError, KeyError) as exc:
+            torn.append(f"{f.name}: {exc}")
+    if exported.exists():
+        try:
+            if read_exported(exported).embeddings.shape[0] != crops:
+                torn.append(f"{exported.name}: not {crops} embeddings")
+        except FacekdError as exc:
+            torn.append(str(exc))
+    return torn
+
+
+# A record's fields that differ between two runs of the same row: timings and when.
+RESULT_TIMINGS = ("cpu_ms", "seconds", "finished")
+
+
+def runner_outputs(w: Path) -> dict:
+    """The results runner's records (every field but :data:`RESULT_TIMINGS`, the run
+    folder relative to the work folder; one entry per record, so a duplicate or a lost
+    line differs) and every checkpoint of its runs."""
+    from dataclasses import asdict
+
+    from facekd.experiments.results import read_results
+
+    records = []
+    for rec in read_results(w / "results.jsonl"):
+        fields = {k: v for k, v in asdict(rec).items() if k not in RESULT_TIMINGS}
+        fields["run"] = rec.run and str(Path(rec.run).relative_to(w))
+        records.append(json.dumps(fields, sort_keys=True))
+    out: dict = {"results": "\n".join(sorted(records)).encode()}
+    out.update(run_tensors(w / "runs"))
+    return out
+
+
+def torn_results(results: Path) -> list[str]:
+    """What reading the results file after a kill refuses (a torn last line is skipped)."""
+    from facekd.errors import FacekdError
+    from facekd.experiments.results import read_results
+
+    try:
+        read_results(results)
+    except FacekdError as exc:
+        return [str(exc)]
+    return []
 
 
 def compare(a: dict, b: dict) -> tuple[bool, float]:
@@ -191,8 +322,10 @@ def _run(argv: list[str], env: dict, timeout: float = 900) -> subprocess.Complet
     return subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
 
 
-def sweep(case: Case, base: Path, kills: int, rng: random.Random, say: Callable[[str], None] = print) -> dict:
-    """One command's row: a reference run, then ``kills`` kill-and-rerun rounds."""
+def sweep(case: Case, base: Path, kills: int, rng: random.Random, say: Callable[[str], None] = print,
+          progress: Callable[[dict], None] = lambda row: None) -> dict:
+    """One command's row: a reference run, then ``kills`` kill-and-rerun rounds
+    (``progress`` gets the row after each round)."""
     ref_dir = base / f"{case.name}-ref"
     stamp = ref_dir / "reference.json"  # a reference run kept from an earlier sweep in the same --work
     if stamp.is_file():
@@ -206,39 +339,68 @@ def sweep(case: Case, base: Path, kills: int, rng: random.Random, say: Callable[
             raise RuntimeError(f"{case.name}: the reference run failed: {done.stderr[-1500:]}")
         stamp.write_text(json.dumps({"seconds": duration}))
     reference = case.outputs(ref_dir)
+    runs = [duration]  # whole runs seen: the reference, then rounds that ended before their kill
     row = {"command": case.name, "kills": 0, "finished": 0, "bit_for_bit": 0, "max_diff": 0.0,
-           "reference_s": round(duration, 1), "failures": []}
-    for k in range(kills):
+           "reference_s": round(duration, 1), "typical_s": round(duration, 1),
+           "kill_at_s": [], "torn_after_kill": 0, "ended_before_kill": 0, "failures": []}
+    for k in range(3 * kills):  # a round whose command ends before its kill is not counted
+        if row["kills"] == kills:
+            break
         work = base / f"{case.name}-kill{k}-{rng.randrange(10**6)}"
         shutil.rmtree(work, ignore_errors=True)
         when = rng.uniform(0.02, 0.98) * duration
+        t0 = time.monotonic()
         proc = subprocess.Popen(case.run(work), env={**os.environ, **case.env(work)}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             proc.wait(timeout=when)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the command and any workers it started
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the command and any workers it started
+            except ProcessLookupError:  # it ended in between
+                pass
             proc.wait()
+        if proc.returncode != -signal.SIGKILL:
+            row["ended_before_kill"] += 1
+            say(f"{case.name} round {k}: the command ended (exit {proc.returncode}) before its kill at {when:.1f}s")
+            if proc.returncode == 0:  # a whole run: T follows the machine's load
+                runs.append(time.monotonic() - t0)
+                duration = statistics.median(runs)
+                row["typical_s"] = round(duration, 1)
+            progress(row)
+            continue
         row["kills"] += 1
+        row["kill_at_s"].append(round(when, 2))
+        torn = case.after_kill(work)
+        if torn:
+            row["torn_after_kill"] += 1
+            row["failures"].append(f"kill at {when:.1f}s left half-written: {'; '.join(torn)}")
+            say(f"{case.name} kill {k} at {when:.1f}s: HALF-WRITTEN {'; '.join(torn)}")
         again = _run(case.rerun(work), case.env(work))
         if again.returncode != 0:
             row["failures"].append(f"kill at {when:.1f}s: rerun exit {again.returncode}: {again.stderr.strip()[-300:]}")
             say(f"{case.name} kill {k} at {when:.1f}s: rerun FAILED")
+            progress(row)
             continue
         row["finished"] += 1
         exact, diff = compare(reference, case.outputs(work))
         row["bit_for_bit"] += exact
         row["max_diff"] = max(row["max_diff"], diff)
+        if not exact:
+            row["failures"].append(f"kill at {when:.1f}s: the rerun differs (largest difference {diff:.3g})")
         say(f"{case.name} kill {k} at {when:.1f}s of {duration:.1f}s: {'bit for bit' if exact else f'max diff {diff:.3g}'}")
+        progress(row)
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| command | kills | reruns finished | bit for bit | largest difference otherwise | reference run (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| command | kills | half-written after a kill | reruns finished | bit for bit | "
+             "largest difference otherwise | reference run (s) | T at the end (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         diff = "—" if r["bit_for_bit"] == r["finished"] else f"{r['max_diff']:.3g}"
-        lines.append(f"| {r['command']} | {r['kills']} | {r['finished']} | {r['bit_for_bit']} | {diff} | {r['reference_s']} |")
+        lines.append(f"| {r['command']} | {r['kills']} | {r['torn_after_kill']} | {r['finished']} | {r['bit_for_bit']} "
+                     f"| {diff} | {r['reference_s']} | {r['typical_s']} |")
     return "\n".join(lines)
 
 
@@ -256,11 +418,17 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     cases = build_cases(base / "inputs")
-    rows = []
-    for name in args.commands.split(","):
-        rows.append(sweep(cases[name], base, args.kills, rng))
+    rows: list[dict] = []
+
+    def write(current: list[dict]) -> None:  # after every round: a sweep stopped early keeps its rounds
         if args.json:
-            args.json.write_text(json.dumps(rows, indent=2))
+            args.json.write_text(json.dumps(current, indent=2))
+
+    for name in args.commands.split(","):
+        row = sweep(cases[name], base, args.kills, rng, say=lambda m: print(m, flush=True),
+                    progress=lambda r: write([*rows, r]))
+        rows.append(row)
+        write(rows)
     print(table(rows))
 
 
