@@ -15,13 +15,8 @@ from PIL import Image
 
 from facekd.align.detector import Detection
 from facekd.cli import main
-from facekd.detect.cmumit import (
-    POINTS,
-    average_precision,
-    match_photo,
-    read_cmumit,
-    score_detections,
-)
+from facekd.detect.cmumit import read_cmumit
+from facekd.detect.scoring import POINTS, average_precision, match_photo, score_detections
 from facekd.errors import FacekdError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -190,7 +185,7 @@ def test_yunet_on_cmumit(cmumit, yunet_weights):
     """Measured (facekd eval detect, docs/guide/detect.md): recall 93.3%, precision 97.7%,
     AP 95.4%, NME 14.1%; the floors are well below, so the test fails only on a real loss."""
     from facekd.align.detector import build_detector
-    from facekd.detect.cmumit import evaluate_detector
+    from facekd.detect.scoring import evaluate_detector
 
     s = evaluate_detector(build_detector("yunet"), read_cmumit(cmumit))
     assert s.recall > 0.85 and s.precision > 0.90 and s.ap > 0.85

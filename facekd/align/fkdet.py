@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.align.detector import Detection, FaceDetector, _resize, upscale_factor
+from facekd.align.base import Detection, FaceDetector, resize_image, upscale_factor
 from facekd.align.grid import decode, padded_size
 from facekd.errors import FacekdError
 
@@ -36,7 +36,7 @@ class OnnxFaceDetector(FaceDetector):
 
     def __init__(self, model: Path | str | None = None, min_face_size: int = 20, max_side: int = 960,
                  threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from facekd.runtime.onnx import ort_session
 
         if model is not None:
             self.name = str(model)  # recorded and cached under its file (detector_key)
@@ -47,13 +47,7 @@ class OnnxFaceDetector(FaceDetector):
         model = Path(model)
         if not model.is_file():
             raise FacekdError(f"{model}: detector ONNX file not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or 1
-        opts.log_severity_level = 3
-        try:
-            self._sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise FacekdError(f"{model}: not an ONNX model ONNX Runtime can load ({type(exc).__name__})") from None
+        self._sess = ort_session(model, threads=threads or 1)
         meta = self._sess.get_modelmeta().custom_metadata_map
         if meta.get("facekd.kind") != KIND:
             raise FacekdError(f"{model}: not a facekd face detector (metadata facekd.kind is "
@@ -75,7 +69,7 @@ class OnnxFaceDetector(FaceDetector):
         f = float(upscale_factor(h, w))
         if max(h, w) * f > self.max_side:
             f = self.max_side / max(h, w)
-        img = image if f == 1.0 else _resize(image, f)
+        img = image if f == 1.0 else resize_image(image, f)
         ih, iw = img.shape[:2]
         ph, pw = padded_size(ih, iw)
         pad = np.zeros((ph, pw, 3), np.uint8)

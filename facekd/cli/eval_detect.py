@@ -1,5 +1,5 @@
 """``facekd eval detect``: face detectors on the CMU+MIT test set (recall, precision, AP,
-landmark error, photos/s). Parses and prints; ``facekd.detect.cmumit`` computes."""
+landmark error, photos/s). Parses and prints; ``facekd.detect.cmumit`` reads the set, ``facekd.detect.scoring`` computes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
-from facekd.detect.cmumit import MATCH_DISTANCE, POINTS, CmuMitReport, DetectionScore
+from facekd.detect.scoring import MATCH_DISTANCE, POINTS, CmuMitReport, DetectionScore
 from facekd.errors import FacekdError
 from facekd.progress import progress_bar
 
@@ -76,7 +76,8 @@ def _table(scores: list[DetectionScore]) -> str:
 
 def _run_eval_detect(args: argparse.Namespace) -> int:
     from facekd.align.detector import build_detector
-    from facekd.detect.cmumit import evaluate_detector, face_sizes, read_cmumit
+    from facekd.detect.cmumit import face_sizes, read_cmumit
+    from facekd.detect.scoring import evaluate_detector
     from facekd.paths import data_root
 
     names = [n.strip() for n in args.detectors.split(",") if n.strip()]

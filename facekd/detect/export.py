@@ -19,11 +19,11 @@ def export_detector(model, arch: str, path: Path, size: int = 256) -> Path:
     import io
 
     import onnx
-    import onnxruntime as ort
     import torch
 
     from facekd.detect.model import output_names
     from facekd.io_utils import atomic_write_bytes
+    from facekd.runtime.onnx import ort_session
 
     model = model.eval()
     x = torch.rand(1, 3, size, size) * 255
@@ -40,7 +40,7 @@ def export_detector(model, arch: str, path: Path, size: int = 256) -> Path:
         e = m.metadata_props.add()
         e.key, e.value = k, v
     data = m.SerializeToString()
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sess = ort_session(data, threads=None)
     x2 = torch.rand(2, 3, size + 32, size) * 255
     got = sess.run(None, {"input": x2.numpy()})
     with torch.no_grad():

@@ -72,7 +72,7 @@ class YunetMaps:
     """
 
     def __init__(self, model: Path | str | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from facekd.runtime.onnx import ort_session
 
         if model is None:
             from facekd.weights import resolve_weights
@@ -81,10 +81,7 @@ class YunetMaps:
         model = Path(model)
         if not model.is_file():
             raise FacekdError(f"{model}: YuNet model file not found")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self._sess = ort.InferenceSession(_cut_yunet(model), opts, providers=["CPUExecutionProvider"])
+        self._sess = ort_session(_cut_yunet(model), threads=threads)
         self._names = [o.name for o in self._sess.get_outputs()]
 
     def __call__(self, rgb: np.ndarray) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:

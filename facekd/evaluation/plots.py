@@ -83,7 +83,7 @@ def plot_pruning(rows: list[dict], path: Path | str, title: str = "Structured pr
 def plot_precision_recall(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path | str,
                           title: str = "Face detection, CMU+MIT") -> Path:
     """Saves precision-recall curves as PNG: ``curves`` maps a label to ``(recall,
-    precision)`` (e.g. ``facekd.detect.cmumit.DetectionScore.curve_recall`` and
+    precision)`` (e.g. ``facekd.detect.scoring.DetectionScore.curve_recall`` and
     ``curve_precision``), drawn as steps."""
     plt = pyplot()
 
