@@ -75,7 +75,7 @@ def check_detector(name: str) -> None:
 
 
 def build_detector(name: str, **kwargs) -> FaceDetector:
-    """The detector registered as ``name`` ("mtcnn", "yunet", "fkdet"), e.g. ``device="cuda"``,
+    """The detector registered as ``name`` ("mtcnn", "yunet"), e.g. ``device="cuda"``,
     or a detector trained by ``facekd distill-detector`` given as its ``.onnx`` file.
 
     Every factory accepts ``device`` and ``min_face_size`` (pixels, in the upscaled image).
@@ -351,12 +351,3 @@ def _yunet(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
     # OpenCV's wheel runs YuNet on the CPU (a few ms a photo); ``device`` is for MTCNN.
     del device
     return YunetDetector(min_face_size=min_face_size)
-
-
-@DETECTORS.register("fkdet")
-def _fkdet(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
-    # facekd's own distilled detector (weights/manifest.json), through ONNX Runtime on the CPU
-    del device
-    from facekd.align.fkdet import OnnxFaceDetector
-
-    return OnnxFaceDetector(min_face_size=min_face_size)

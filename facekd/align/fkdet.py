@@ -2,8 +2,8 @@
 
 ``OnnxFaceDetector`` runs an ONNX file written by ``facekd.detect.export``: the photo
 (upscaled when small, downscaled past ``max_side``) padded to a multiple of 32, one pass,
-the maps decoded (``facekd.align.grid.decode``). It is the registry's ``fkdet`` (the
-shipped detector) and what ``--detector PATH.onnx`` builds.
+the maps decoded (``facekd.align.grid.decode``). It is what ``--detector PATH.onnx``
+builds (none is shipped yet: see docs/guide/detect.md).
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from facekd.align.grid import decode, padded_size
 from facekd.errors import FacekdError
 
 KIND = "face_detector"  # the facekd.kind metadata of a detector's ONNX file
-SHIPPED = "fkdet_yunet_mtcnn"  # weights/manifest.json entry of the shipped detector
 
 
 class OnnxFaceDetector(FaceDetector):
     """A facekd-trained detector (an ONNX file from ``export_detector``) through ONNX Runtime.
 
     Args:
-        model: The ONNX file (default: the shipped detector, manifest entry ``SHIPPED``).
+        model: The ONNX file.
         min_face_size: Smallest face box side kept, in pixels of the (upscaled) image.
         max_side: Longer side photos are brought down to first.
         threads: ONNX Runtime intra-op threads (None: 1, as align runs one worker per core).
@@ -34,16 +33,11 @@ class OnnxFaceDetector(FaceDetector):
     min_score = 0.6
     uses_torch = False
 
-    def __init__(self, model: Path | str | None = None, min_face_size: int = 20, max_side: int = 960,
+    def __init__(self, model: Path | str, min_face_size: int = 20, max_side: int = 960,
                  threads: int | None = None) -> None:
         from facekd.runtime.onnx import ort_session
 
-        if model is not None:
-            self.name = str(model)  # recorded and cached under its file (detector_key)
-        else:
-            from facekd.weights import resolve_weights
-
-            model = resolve_weights(SHIPPED)
+        self.name = str(model)  # recorded and cached under its file (detector_key)
         model = Path(model)
         if not model.is_file():
             raise FacekdError(f"{model}: detector ONNX file not found")

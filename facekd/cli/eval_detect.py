@@ -21,7 +21,8 @@ def add_eval_detect(evsub: argparse._SubParsersAction) -> None:
     """``facekd eval detect``, registered under ``facekd eval`` by the core CLI."""
     p = evsub.add_parser("detect", help="face detectors on CMU+MIT: recall, precision, AP, landmark error, photos/s")
     p.add_argument("--detectors", default=DEFAULT_DETECTORS,
-                   help=f"registered detectors, comma-separated (default {DEFAULT_DETECTORS})")
+                   help=f"registered detectors or detector .onnx files from facekd distill-detector, comma-separated "
+                        f"(default {DEFAULT_DETECTORS})")
     p.add_argument("--data", type=Path, help=f"the CMU+MIT folder (default: DATA/{DATA_NAME})")
     p.add_argument("--device", default="cpu", help="device for detectors that use one (MTCNN; default cpu)")
     p.add_argument("--match-distance", type=float, default=MATCH_DISTANCE,

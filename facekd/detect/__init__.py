@@ -7,6 +7,6 @@ and hint tensor through ONNX Runtime; cached final detections as labels), ``data
 (mosaic training frames), ``losses`` (the composable terms), ``train`` (``facekd
 distill-detector``), ``export`` (ONNX), ``cmumit`` (the CMU+MIT test set). The
 per-cell parameterisation shared with YuNet is ``facekd.align.grid``; a trained
-detector runs as ``facekd.align.fkdet.OnnxFaceDetector`` (``--detector fkdet`` or
-``--detector PATH.onnx``).
+detector runs as ``facekd.align.fkdet.OnnxFaceDetector`` (``--detector
+PATH.onnx``).
 """
