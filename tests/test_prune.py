@@ -198,7 +198,7 @@ def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
 def test_regression_prune_resumes_a_step_killed_before_its_first_checkpoint(tmp_path):
     """A kill during a step's recovery before its first checkpoint leaves the step's pruned
     model and its log; ``--resume`` refused the step ("already holds a run") instead of
-    recovering it (issue 30's kill sweep: 1 rerun of 12). The rerun now ends with the
+    recovering it (issue 30's kill sweep: 1 rerun of 13). The rerun now ends with the
     uninterrupted run's weights."""
     import shutil
 
