@@ -159,6 +159,42 @@ def test_prune_with_sparsity_trains_the_penalty_prunes_the_sparse_model_and_resu
     assert (run / "sparsity" / "checkpoints" / "last.pt").stat().st_mtime_ns == before
 
 
+def test_regression_a_sparsity_phase_killed_before_its_first_checkpoint_resumes(tmp_path):
+    """A kill in the sparsity phase before its first checkpoint leaves its start model and
+    its log; ``--resume`` refused the phase's folder as another run's (the fault issue 30's
+    kill sweep found in prune's recovery steps). The rerun now ends with the uninterrupted
+    run's weights."""
+    import shutil
+
+    from test_distill_run import _synthetic_pack
+    from test_prune import _source
+
+    from facekd.prune.run import run_prune
+    from facekd.prune.sparsity import SPARSITY_DIR, START
+    from facekd.train.checkpoint import load_checkpoint
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    raw = {
+        "prune": {"source": str(_source(tmp_path)), "importance": "l1", "ratio": 0.5, "steps": 1,
+                  "sparsity": {"weight": 0.01, "epochs": 1}},
+        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
+                 "loader": "memory"},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "threads": 1, "precision": "fp32",
+                  "channels_last": False, "compile": False},
+        "eval": {"every": 0},
+    }
+    cfg = from_dict(PruneConfig, raw)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_prune(cfg, whole, say=lambda _: None)
+    # What the kill left: the phase's start model and its log, nothing trained yet.
+    (killed / SPARSITY_DIR).mkdir(parents=True)
+    shutil.copy(whole / SPARSITY_DIR / START, killed / SPARSITY_DIR / START)
+    (killed / SPARSITY_DIR / "metrics.jsonl").write_text("")
+    run_prune(cfg, killed, resume=True, say=lambda _: None)
+    a, b = load_checkpoint(whole / "pruned.pt")["model"], load_checkpoint(killed / "pruned.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_unknown_sparsity_layer_fails_before_training(tmp_path):
     from test_prune import _source
 

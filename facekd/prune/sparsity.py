@@ -168,7 +168,9 @@ def induce_sparsity(cfg: PruneConfig, source: nn.Module, run_dir: Path, objectiv
         metrics = load_checkpoint(last).get("metrics", {})
     else:
         sub = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=s.epochs))
-        metrics = fit(sub, phase, resume=last.is_file(), say=say,
+        # Always resume: a kill before the phase's first checkpoint leaves only its log,
+        # which a fresh fit would refuse as another run's (no checkpoint: it starts afresh).
+        metrics = fit(sub, phase, resume=True, say=say,
                       make_objective=with_sparsity(objective_for(start), s.layers, s.weight))
     sparse = backbone_from_checkpoint(load_checkpoint(last), last)
     row.l1_after, row.lfw_after, row.checkpoint = _penalty_of(sparse, s.layers), metrics.get("lfw_acc"), str(last)
