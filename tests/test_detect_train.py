@@ -180,7 +180,7 @@ def test_distill_detector_runs_resumes_and_exports(tmp_path):
         pytest.skip("needs ../shared/data/celeba-wild and the YuNet weights")
     from facekd.align.detector import build_detector
     from facekd.config import load_config
-    from facekd.detect.train import DetectorRunCfg, train_detector
+    from facekd.detect.train import SCORE_GRID, DetectorRunCfg, train_detector
 
     sets = ["data.limit=6", "data.labeller=yunet", "data.unlabelled=[]", "train.frames_per_epoch=16",
             "train.batch_size=8", "train.threads=1", "train.precision=fp32", "frames.size=128", "train.epochs=2"]
@@ -202,4 +202,25 @@ def test_distill_detector_runs_resumes_and_exports(tmp_path):
     assert [r["epoch"] for r in map(json.loads, (tmp_path / "b" / "history.jsonl").read_text().splitlines())] == [1, 2]
     det = build_detector(str(a))
     assert det.name == str(a)
+    record = json.loads((tmp_path / "a" / "record.json").read_text())
+    assert det.min_score == record["min_score"] and record["min_score"] in SCORE_GRID
     assert isinstance(det.detect(np.zeros((250, 250, 3), np.uint8)), list)  # untrained: may find nothing, must run
+
+
+def test_a_foreign_onnx_is_not_taken_for_a_detector(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from facekd.align.detector import build_detector
+    from facekd.errors import FacekdError
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["out"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])])
+    path = tmp_path / "embedder.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(FacekdError, match="not a facekd face detector"):
+        build_detector(str(path))
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    with pytest.raises(FacekdError, match="broken.onnx"):
+        build_detector(str(tmp_path / "broken.onnx"))

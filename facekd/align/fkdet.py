@@ -48,6 +48,12 @@ class OnnxFaceDetector(FaceDetector):
                               f"{meta.get('facekd.kind')!r}, expected {KIND!r}); export one with facekd distill-detector")
         self.path = model
         self.arch = meta.get("facekd.arch", "")
+        try:  # the operating score chosen when it was trained (facekd.detect.export)
+            self.min_score = float(meta.get("facekd.min_score", type(self).min_score))
+        except ValueError:
+            raise FacekdError(f"{model}: facekd.min_score metadata is not a number") from None
+        if not 0.0 < self.min_score < 1.0:
+            raise FacekdError(f"{model}: facekd.min_score {self.min_score} is outside (0, 1)")
         self.min_face_size = min_face_size
         self.max_side = max_side
 
@@ -68,7 +74,7 @@ class OnnxFaceDetector(FaceDetector):
         ph, pw = padded_size(ih, iw)
         pad = np.zeros((ph, pw, 3), np.uint8)
         pad[:ih, :iw] = img
-        rows = decode(self.maps(pad), score_threshold=0.3)
+        rows = decode(self.maps(pad), score_threshold=min(0.3, self.min_score))
         side = np.minimum(rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1])
         rows = rows[side >= self.min_face_size]
         return [Detection(box=r[:4] / f, score=float(r[14]), landmarks=r[4:14].reshape(5, 2) / f) for r in rows]

@@ -14,8 +14,11 @@ from facekd.align.grid import STRIDES
 from facekd.errors import FacekdError
 
 
-def export_detector(model, arch: str, path: Path, size: int = 256) -> Path:
-    """Exports ``model`` to ``path`` (atomically) and checks ONNX Runtime against PyTorch."""
+def export_detector(model, arch: str, path: Path, size: int = 256, min_score: float = 0.6) -> Path:
+    """Exports ``model`` to ``path`` (atomically) and checks ONNX Runtime against PyTorch.
+
+    ``min_score`` is stored as the detector's operating score (``facekd.min_score``): a
+    distilled detector's scores are calibrated by its training, so each gets its own."""
     import io
 
     import onnx
@@ -33,7 +36,7 @@ def export_detector(model, arch: str, path: Path, size: int = 256) -> Path:
     torch.onnx.export(model, (x,), buf, input_names=["input"], output_names=names, dynamic_axes=axes,
                       opset_version=17, dynamo=False)
     m = onnx.load_from_string(buf.getvalue())
-    meta = {"facekd.kind": KIND, "facekd.arch": arch, "facekd.input": "RGB, 0-255, NCHW, H and W divisible by 32",
+    meta = {"facekd.kind": KIND, "facekd.arch": arch, "facekd.min_score": f"{min_score:.4f}", "facekd.input": "RGB, 0-255, NCHW, H and W divisible by 32",
             "facekd.maps": json.dumps({"strides": list(STRIDES), "outputs": names,
                                        "score": "sqrt(sigmoid(cls) * sigmoid(obj))"})}
     for k, v in meta.items():

@@ -174,6 +174,21 @@ def validate(model, frames: list[np.ndarray], faces, score: float = 0.6) -> dict
     return {"recall": tp / max(n_gt, 1), "precision": tp / max(n_det, 1), "nme": float(np.mean(nme)) if nme else float("nan")}
 
 
+SCORE_GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+
+def choose_min_score(model, frames: list[np.ndarray], faces) -> float:
+    """The score (of ``SCORE_GRID``) with the best F1 of recall and precision against the
+    labels of the validation frames: the detector's operating score."""
+    best, best_f1 = 0.6, -1.0
+    for s in SCORE_GRID:
+        v = validate(model, frames, faces, score=s)
+        f1 = 2 * v["recall"] * v["precision"] / max(v["recall"] + v["precision"], 1e-9)
+        if f1 > best_f1 + 1e-9:
+            best, best_f1 = s, f1
+    return best
+
+
 def _iou(a, b) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -320,9 +335,12 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
         log(json.dumps(rec))
     from facekd.detect.export import export_detector
 
-    onnx_path = export_detector(model, cfg.model, out / "detector.onnx")
+    min_score = choose_min_score(model, val_frames, val_faces) if val_frames else 0.6
+    log(f"operating score {min_score:.2f} (best F1 on the validation frames)")
+    onnx_path = export_detector(model, cfg.model, out / "detector.onnx", min_score=min_score)
     atomic_write_json(out / "record.json", {"config": to_dict(cfg), "cpu": cpu.describe(), "precision": precision,
                                             "parameters": sum(p.numel() for p in model.parameters()),
+                                            "min_score": min_score,
                                             "history": _read_history(history)})
     return onnx_path
 
