@@ -14,13 +14,13 @@ weighting is on; terms that use labels only are never scaled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekd.config import from_dict
+from facekd.config import at_least, fraction, from_dict, positive
 from facekd.errors import FacekdError
 from facekd.registry import Registry
 
@@ -42,13 +42,13 @@ class TermCfg:
     an error naming it (:func:`facekd.distill.losses.build_terms`)."""
 
     name: str
-    weight: float = 1.0
-    tau: float | None = None  # soft, hinton, noisy_teacher, manual_teacher, exit_kl
-    alpha: float | None = None  # hinton
-    sigma: float | None = None  # noisy_teacher
-    p: float | None = None  # noisy_teacher
+    weight: float = field(default=1.0, metadata=at_least(0))
+    tau: float | None = field(default=None, metadata=positive())  # soft, hinton, noisy_teacher, manual_teacher, exit_kl
+    alpha: float | None = field(default=None, metadata=fraction())  # hinton
+    sigma: float | None = field(default=None, metadata=at_least(0))  # noisy_teacher
+    p: float | None = field(default=None, metadata=fraction())  # noisy_teacher
     a: float | None = None  # manual_teacher
-    epsilon: float | None = None  # label_smoothing
+    epsilon: float | None = field(default=None, metadata=fraction(high_open=True))  # label_smoothing
 
     def args(self) -> dict:
         """The term's keyword arguments: the weight and every argument given."""
