@@ -213,3 +213,8 @@ def test_cache_keys_name_the_detector(tmp_path):
     keys = {d: aligned_folder_for(tmp_path, "112x96", d) for d in DETECTORS.names()}
     assert len(set(keys.values())) == len(keys)
     assert str(keys["mtcnn"]).endswith("112x96-mtcnn") and str(keys["yunet"]).endswith("112x96-yunet@77px")
+
+
+def test_building_yunet_prints_no_opencv_warning(capfd, yunet_file):
+    build_detector("yunet").detect(np.zeros((250, 250, 3), np.uint8))
+    assert "setPreferableTarget" not in capfd.readouterr().err

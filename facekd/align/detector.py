@@ -261,7 +261,14 @@ class YunetDetector(FaceDetector):
             raise FacekdError(f"OpenCV {cv2.__version__} has no FaceDetectorYN; install opencv-python-headless>=4.8")
         if threads is not None:
             cv2.setNumThreads(threads)
-        self._det = cv2.FaceDetectorYN.create(str(model), "", (320, 320), self._detector_score, 0.3, 5000)
+        # OpenCV 5 warns on every creation that its new graph engine ignores the (default)
+        # target; nothing is wrong, so that one warning is kept off the user's terminal.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self._det = cv2.FaceDetectorYN.create(str(model), "", (320, 320), self._detector_score, 0.3, 5000)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         self._size: tuple[int, int] = (320, 320)
         self.min_face_size = min_face_size
         self.max_side = max_side
