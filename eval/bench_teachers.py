@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facekd.data.image_io import read_rgb
+from facekd.image_io import read_rgb
 from facekd.evaluation.embed import embed_images
 from facekd.hub import resolve
 from facekd.weights import convert_into_cache

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.align.template import get_template
-from facekd.data.image_io import read_rgb
+from facekd.image_io import read_rgb
 from facekd.data.lfw import parse_pairs
 from facekd.distill.ensemble import combine
 from facekd.evaluation.embed import crop_loader, embed_images

@@ -32,7 +32,7 @@ from facekd.align.photo import (
     detector_chain,
     find_face,
 )
-from facekd.data.image_io import UnreadableImage, read_rgb
+from facekd.image_io import UnreadableImage, read_rgb
 from facekd.deploy.photos import Verification, stored_threshold, verify_photos
 from facekd.errors import FacekdError
 from facekd.hub import resolve

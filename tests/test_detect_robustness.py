@@ -15,7 +15,7 @@ from PIL import Image
 
 from facekd.align.detector import MTCNN_MAX_SIDE, build_detector
 from facekd.cli import main
-from facekd.data.image_io import MAX_PIXELS
+from facekd.image_io import MAX_PIXELS
 
 DETECTORS = ("mtcnn", "yunet")
 HUGE = 8000

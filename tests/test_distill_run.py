@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _synthetic_pack(path: Path, n: int = 12) -> None:
-    from facekd.data.image_io import encode_jpeg
+    from facekd.image_io import encode_jpeg
     from facekd.data.pack import write_pack
 
     yy, xx = np.mgrid[0:112, 0:96]

@@ -232,7 +232,7 @@ def test_all_exits_onnx_and_the_budget_mode(tmp_path):
 
 def _synthetic_aligned_lfw(root: Path) -> Path:
     """A 2-fold aligned LFW folder of noise crops: 4 same + 4 different pairs per fold."""
-    from facekd.data.image_io import encode_jpeg
+    from facekd.image_io import encode_jpeg
     from facekd.data.lfw import lfw_image
 
     rng = np.random.default_rng(0)

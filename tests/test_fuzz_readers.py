@@ -33,7 +33,7 @@ from PIL import Image
 
 from facekd.align.folder import recorded_fallbacks
 from facekd.config import load_config
-from facekd.data.image_io import UnreadableImage, read_rgb
+from facekd.image_io import UnreadableImage, read_rgb
 from facekd.data.insightface_bin import read_bin
 from facekd.data.lfw import parse_pairs
 from facekd.data.pack import Pack, write_pack

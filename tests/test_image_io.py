@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekd.data.image_io import UnreadableImage, decode_rgb, read_rgb
+from facekd.image_io import UnreadableImage, decode_rgb, read_rgb
 
 
 def _png_bytes(img: Image.Image) -> bytes:

@@ -129,7 +129,7 @@ def test_every_registry_has_a_parametrized_test():
 
 @pytest.mark.parametrize("name", LOADERS.names())
 def test_every_loader_yields_each_batch_in_order_with_its_labels(name, tmp_path):
-    from facekd.data.image_io import encode_jpeg
+    from facekd.image_io import encode_jpeg
     from facekd.data.pack import write_pack
     from facekd.data.transforms import AugmentCfg
     from facekd.train.config import DataCfg

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from facekd.align.detector import Detection
-from facekd.data.image_io import encode_jpeg, read_rgb
+from facekd.image_io import encode_jpeg, read_rgb
 from facekd.data.pack import write_pack
 from facekd.errors import FacekdError
 from facekd.teachers.crops import Cutter

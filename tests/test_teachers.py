@@ -111,7 +111,7 @@ def test_folded_batch_norm_is_a_conv_bias():
 def _real_faces(lfw_dir: Path, n: int) -> np.ndarray:
     """``n`` real faces as FaceNet-sized crops: the centre of deep-funneled LFW photos
     (faces are centred there), resized to 160x160."""
-    from facekd.data.image_io import read_rgb
+    from facekd.image_io import read_rgb
     from facekd.data.lfw import parse_pairs
 
     names = parse_pairs(lfw_dir / "pairs.txt").images()[:: 7][:n]
@@ -230,7 +230,7 @@ def test_every_crop_geometry_is_a_template_of_its_size(name):
 @needs_dlib
 def test_dlib_same_person_is_closer_than_different(lfw_dir):
     from facekd.align.detector import Detection
-    from facekd.data.image_io import read_rgb
+    from facekd.image_io import read_rgb
     from facekd.teachers.dlib_resnet import DlibEmbedder
 
     cut, emb = Cutter("dlib150"), DlibEmbedder()
@@ -270,7 +270,7 @@ def test_facekd_eval_lfw_takes_facenet_crops(lfw_dir, tmp_path):
     import json
 
     from facekd.cli import main
-    from facekd.data.image_io import read_rgb
+    from facekd.image_io import read_rgb
     from facekd.data.lfw import lfw_image
 
     lines = (lfw_dir / "pairs.txt").read_text().splitlines()[1:]

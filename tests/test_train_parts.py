@@ -134,7 +134,7 @@ def test_checkpoint_survives_weights_only_load(tmp_path):
 
 def _toy_train_set(tmp_path: Path, count: int = 8):
     """A pack of ``count`` 112x96 JPEG crops with gradients (so warps and flips show)."""
-    from facekd.data.image_io import encode_jpeg
+    from facekd.image_io import encode_jpeg
     from facekd.data.pack import write_pack
     from facekd.train.config import DataCfg
     from facekd.train.data import build_train_set

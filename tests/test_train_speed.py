@@ -127,7 +127,7 @@ def test_time_step_leaves_the_objective_untouched():
 def test_auto_loader_caches_in_host_memory_when_it_fits(monkeypatch, tmp_path):
     import facekd.train.data as data_mod
     import facekd.train.loaders as loaders_mod
-    from facekd.data.image_io import encode_jpeg
+    from facekd.image_io import encode_jpeg
     from facekd.data.pack import write_pack
     from facekd.train.config import DataCfg
 

@@ -168,7 +168,7 @@ def _encode(crop: np.ndarray, suffix: str, quality: int) -> bytes:
 
 
 def _align_chunk(rels: list[str]) -> list[dict]:
-    from facekd.data.image_io import UnreadableImage, read_rgb
+    from facekd.image_io import UnreadableImage, read_rgb
 
     src, dst, opts = _WORKER["src"], _WORKER["dst"], _WORKER["opts"]
     template: Template = _WORKER["template"]

@@ -27,7 +27,7 @@ from facekd.align.detector import (
     select_central_face,
 )
 from facekd.align.template import get_template, warp_to_template
-from facekd.data.image_io import UnreadableImage, read_rgb
+from facekd.image_io import UnreadableImage, read_rgb
 from facekd.errors import FacekdError
 
 if TYPE_CHECKING:  # PIL is only a possible input type here

@@ -1,1 +1,1 @@
-"""Datasets, image reading, LFW pairs, insightface binaries, packs and transforms."""
+"""Datasets, LFW pairs, insightface binaries, packs and transforms."""

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from facekd.data.image_io import UnreadableImage, is_image_path, read_rgb
+from facekd.image_io import UnreadableImage, is_image_path, read_rgb
 from facekd.errors import FacekdError
 
 

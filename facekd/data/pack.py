@@ -25,7 +25,7 @@ import numpy as np
 from facekd.align.folder import recorded_fallbacks
 from facekd.align.template import template_for_size
 from facekd.data.identity import scan_identities
-from facekd.data.image_io import UnreadableImage, decode_rgb, encode_jpeg
+from facekd.image_io import UnreadableImage, decode_rgb, encode_jpeg
 from facekd.data.lfw import check_images, parse_pairs
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_open

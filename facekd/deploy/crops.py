@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.align.template import get_template
-from facekd.data.image_io import UnreadableImage, is_image_path, read_rgb
+from facekd.image_io import UnreadableImage, is_image_path, read_rgb
 from facekd.evaluation.embed import crop_loader
 from facekd.errors import FacekdError
 

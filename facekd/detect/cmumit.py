@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.data.image_io import UnreadableImage, read_rgb
+from facekd.image_io import UnreadableImage, read_rgb
 from facekd.errors import FacekdError
 
 LANDMARKS_FILE = "landmarks.txt"

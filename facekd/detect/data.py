@@ -126,7 +126,7 @@ def load_photos(folders: list[str], root, labeller: str, cache, limit: int | Non
     ``labeller``'s final detections (cached; see ``facekd.detect.teacher.load_or_label``)."""
     from pathlib import Path
 
-    from facekd.data.image_io import read_rgb
+    from facekd.image_io import read_rgb
     from facekd.detect.teacher import load_or_label
     from facekd.errors import FacekdError
 

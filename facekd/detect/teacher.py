@@ -123,7 +123,7 @@ def load_or_label(photos: list[Path], root: Path, detector_name: str, cache_dir:
     before (one JSON file per detector and photo list, written atomically)."""
     from facekd.align.detector import build_detector, detector_key
     from facekd.io_utils import atomic_write_json
-    from facekd.data.image_io import read_rgb
+    from facekd.image_io import read_rgb
 
     rel = [str(p.relative_to(root)) for p in photos]
     key = detector_key(detector_name)

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from facekd.data.identity import photo_key
-from facekd.data.image_io import read_rgb
+from facekd.image_io import read_rgb
 from facekd.data.pack import SUFFIX, Pack
 from facekd.errors import FacekdError
 from facekd.train.data import resolve_path

@@ -253,7 +253,7 @@ def embed_lfw(embedder, data: Path | str, detector: str = "yunet", cache: Path |
     import facekd.teachers.crops  # noqa: F401  registers the teachers' crop sizes (facenet160, dlib150) as templates
     from facekd.align.folder import AlignOptions, align_folder
     from facekd.align.template import get_template, template_for_size
-    from facekd.data.image_io import UnreadableImage, read_rgb
+    from facekd.image_io import UnreadableImage, read_rgb
     from facekd.evaluation.embed import crop_loader, embed_images
     from facekd.evaluation.pairs import aligned_folder_for
     from facekd.io_utils import atomic_open

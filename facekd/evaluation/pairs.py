@@ -12,7 +12,7 @@ import numpy as np
 from facekd.align.detector import detector_key
 from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder, recorded_fallbacks
 from facekd.align.template import get_template, template_for_size
-from facekd.data.image_io import UnreadableImage, decode_rgb, read_rgb
+from facekd.image_io import UnreadableImage, decode_rgb, read_rgb
 from facekd.evaluation.embed import Embedder, crop_loader, embed_images, fuse_flip
 from facekd.errors import FacekdError
 from facekd.evaluation.metrics import VerificationResult, verify

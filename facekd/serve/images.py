@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facekd.data.image_io import UnreadableImage, decode_rgb
+from facekd.image_io import UnreadableImage, decode_rgb
 from facekd.serve.errors import ApiError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")

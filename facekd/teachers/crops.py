@@ -183,7 +183,7 @@ def _init_detect(detector: str, threads: int) -> None:
 
 
 def _detect_chunk(args: tuple[str, list[str]]) -> list[tuple[str, Detection | None]]:
-    from facekd.data.image_io import read_rgb
+    from facekd.image_io import read_rgb
 
     src, rels = args
     det = _DETECT["detector"]
@@ -222,7 +222,7 @@ def cut_folder(
     Returns:
         How many photos had no detection (central fallback).
     """
-    from facekd.data.image_io import read_rgb
+    from facekd.image_io import read_rgb
     from PIL import Image
 
     cut = Cutter(geometry)

@@ -121,7 +121,7 @@ class TrainSet:
 
     def image(self, i: int) -> np.ndarray:
         """Crop ``i`` decoded to HxWx3 uint8 RGB."""
-        from facekd.data.image_io import UnreadableImage, decode_rgb
+        from facekd.image_io import UnreadableImage, decode_rgb
 
         try:
             return decode_rgb(self.raw(i))
@@ -143,7 +143,7 @@ def resolve_path(entry: str, root: str | Path | None) -> Path:
 
 def _first_crop_template(path: Path) -> str | None:
     from facekd.align.template import template_for_size
-    from facekd.data.image_io import UnreadableImage, read_rgb
+    from facekd.image_io import UnreadableImage, read_rgb
 
     try:
         t = template_for_size(*read_rgb(path).shape[:2])
