@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 from pathlib import Path
 
@@ -224,3 +225,20 @@ def test_a_foreign_onnx_is_not_taken_for_a_detector(tmp_path):
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
     with pytest.raises(FacekdError, match="broken.onnx"):
         build_detector(str(tmp_path / "broken.onnx"))
+
+
+@pytest.mark.parametrize("config, reason", [
+    ("model: fkdet_x\n", "unknown detector network 'fkdet_x'"),
+    ("teacher: none\nterms: [{name: hint}]\n", r"terms \['hint'\] need YuNet's maps"),
+    ("teacher: none\nfm_nms: true\n", "fm_nms works on YuNet's maps"),
+    ("frames: {size: 250}\n", "multiple of 32"),
+])
+def test_a_bad_detector_config_fails_before_writing(tmp_path, capsys, config, reason):
+    from facekd.cli.main import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(config)
+    assert main(["distill-detector", str(path), "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert re.search(reason, err) and str(path) in err, err
+    assert not (tmp_path / "run").exists()

@@ -24,9 +24,14 @@ def _add_distill_detector(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from facekd.config import load_config
-    from facekd.detect.train import DetectorRunCfg, train_detector
+    from facekd.detect.train import DetectorRunCfg, check_config, train_detector
+    from facekd.errors import FacekdError
 
     cfg = load_config(DetectorRunCfg, args.config, args.overrides)
+    try:
+        check_config(cfg)
+    except FacekdError as exc:
+        raise FacekdError(f"{args.config}: {exc}") from None
     onnx_path = train_detector(cfg, args.out, resume=args.resume)
     print(f"detector: {onnx_path} (facekd align SRC DST --detector {onnx_path})")
     return 0

@@ -197,10 +197,29 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def check_config(cfg: DetectorRunCfg) -> None:
+    """The config's names and combinations, checked before a run starts (its ranges are
+    checked when it is read)."""
+    from facekd.detect.losses import DET_TERMS
+    from facekd.detect.model import DETECTOR_NETS
+
+    DETECTOR_NETS.get(cfg.model)
+    if cfg.teacher not in ("yunet", "none"):
+        raise FacekdError(f"teacher is 'yunet' (its maps and hint) or 'none', not {cfg.teacher!r}")
+    needs = [t.name for t in cfg.terms if DET_TERMS.get(t.name).needs_teacher or DET_TERMS.get(t.name).needs_hint]
+    if needs and cfg.teacher == "none":
+        raise FacekdError(f"terms {needs} need YuNet's maps; set teacher: yunet")
+    if cfg.fm_nms and cfg.teacher == "none":
+        raise FacekdError("fm_nms works on YuNet's maps; set teacher: yunet")
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise FacekdError(f"train.precision is auto, bf16 or fp32, not {cfg.train.precision!r}")
+    _frame_options(cfg.frames)
+
+
 def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=print) -> Path:
     """Runs ``cfg`` into ``out``; returns the exported ONNX file."""
     from facekd.detect.data import frame_rng, load_photos, make_frame
-    from facekd.detect.losses import DET_TERMS, DetBatch, DetectionObjective
+    from facekd.detect.losses import DetBatch, DetectionObjective
     from facekd.detect.model import DETECTOR_NETS
     from facekd.io_utils import atomic_write_bytes, atomic_write_json
     from facekd.paths import cache_dir, data_root
@@ -212,11 +231,8 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
     ckpt_path = out / "checkpoints" / "last.pt"
     if ckpt_path.exists() and not resume:
         raise FacekdError(f"{out}: a run is already there; --resume continues it, or choose another --out")
+    check_config(cfg)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    for t in cfg.terms:
-        DET_TERMS.get(t.name)
-    if cfg.teacher not in ("yunet", "none"):
-        raise FacekdError(f"teacher is 'yunet' (its maps and hint) or 'none', not {cfg.teacher!r}")
     import yaml
 
     atomic_write_bytes(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
@@ -245,8 +261,6 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
     objective = DetectionObjective([(t.name, t.weight, t.args()) for t in cfg.terms], model.neck_channels,
                                    use_fm_nms=cfg.fm_nms)
     wants_teacher = objective.needs_teacher
-    if wants_teacher and cfg.teacher == "none":
-        raise FacekdError(f"terms {[t.name for t in cfg.terms]} need the teacher's maps; set teacher: yunet")
     teacher = None
     if wants_teacher:
         from facekd.detect.teacher import YunetMaps
@@ -279,8 +293,6 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
             atomic_write_bytes(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
         log(f"resumed {ckpt_path} after epoch {start}")
     cpu = cpu_info()
-    if cfg.train.precision not in ("auto", "bf16", "fp32"):
-        raise FacekdError(f"train.precision is auto, bf16 or fp32, not {cfg.train.precision!r}")
     precision = cfg.train.precision if cfg.train.precision != "auto" else ("bf16" if cpu.native_bf16 else "fp32")
     model = model.to(memory_format=torch.channels_last)
     log(f"{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters; {len(train_set)} training photos "
