@@ -41,7 +41,7 @@ def collect(runs: Path, cmumit: list[Path]) -> dict:
     scores = {}
     for path in cmumit:
         for d in json.loads(path.read_text())["detectors"]:
-            m = re.search(r"/s(\d+)/([a-z_]+)/detector\.onnx$", d["detector"])
+            m = re.search(r"(?:^|/)s(\d+)/([a-z_]+)/detector\.onnx$", d["detector"])
             if m:
                 scores[(int(m.group(1)), m.group(2))] = d
     table = {}

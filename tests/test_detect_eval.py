@@ -221,3 +221,11 @@ def test_cli_refuses_an_unknown_detector(tmp_path, capsys):
     root = _write_set(tmp_path / "set")
     assert main(["eval", "detect", "--detectors", "nosuch", "--data", str(root)]) == 1
     assert "unknown face detector 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_trained_detector_is_labelled_by_its_run():
+    from facekd.cli.eval_detect import _label
+
+    assert _label("yunet") == "yunet"
+    assert _label("/tmp/x/abl/s0/all/detector.onnx") == "s0/all/detector.onnx"
+    assert _label("det.onnx") == "det.onnx"

@@ -75,6 +75,16 @@ def _table(scores: list[DetectionScore]) -> str:
     return "\n".join(lines)
 
 
+def _label(name: str) -> str:
+    """A detector's name in the table and plot: a registered name as it is, a trained
+    detector's file by the last three parts of its path (``runs/RUN/detector.onnx``)."""
+    from facekd.align.detector import is_detector_file
+
+    if not is_detector_file(name):
+        return name
+    return "/".join(Path(name).parts[-3:])
+
+
 def _run_eval_detect(args: argparse.Namespace) -> int:
     from facekd.align.detector import build_detector
     from facekd.detect.cmumit import face_sizes, read_cmumit
@@ -95,7 +105,8 @@ def _run_eval_detect(args: argparse.Namespace) -> int:
     scores = []
     for name in names:
         detector = build_detector(name, device=args.device)  # as facekd align builds it
-        scores.append(evaluate_detector(detector, data, name, args.match_distance, progress=progress_bar(name)))
+        label = _label(name)
+        scores.append(evaluate_detector(detector, data, label, args.match_distance, progress=progress_bar(label)))
     print(_table(scores))
     print(f"a detection matches a face within {args.match_distance:g} x its inter-ocular distance (eyes and nose); "
           "NME: landmark error over the inter-ocular distance; photos/s: detection only")
