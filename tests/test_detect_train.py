@@ -15,7 +15,8 @@ import torch
 
 from facekd.align.grid import FaceBoxes, assign, decode
 from facekd.detect.data import FrameOptions, LabelledPhotos, frame_rng, make_frame
-from facekd.detect.losses import BoundedReg, DetBatch, DetectionObjective, WeightedSoftCE, fm_nms
+from facekd.detect.losses import DET_TERMS, BoundedReg, DetBatch, DetectionObjective, WeightedSoftCE, fm_nms
+from facekd.detect.model import DETECTOR_NETS
 
 SHARED = Path(os.environ.get("FACEKD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 YUNET = Path(os.environ.get("FACEKD_WEIGHTS", SHARED.parent / "weights")) / "face_detection_yunet_2023mar.onnx"
@@ -242,3 +243,36 @@ def test_a_bad_detector_config_fails_before_writing(tmp_path, capsys, config, re
     err = capsys.readouterr().err
     assert re.search(reason, err) and str(path) in err, err
     assert not (tmp_path / "run").exists()
+
+
+
+@pytest.mark.parametrize("name", DETECTOR_NETS.names())
+def test_every_detector_net_gives_yunets_maps_and_exports(name, tmp_path):
+    from facekd.align.fkdet import OnnxFaceDetector
+    from facekd.detect.export import export_detector
+    from facekd.detect.model import output_names
+
+    net = DETECTOR_NETS.build(name)
+    assert sum(p.numel() for p in net.parameters()) < 75_000  # below YuNet's, the teacher
+    out = net(torch.rand(2, 3, 64, 96) * 255)
+    want = [(2, c, 64 // s, 96 // s) for c in (1, 1, 4, 10) for s in (8, 16, 32)]
+    assert [tuple(t.shape) for t in out] == want and len(output_names()) == len(want)
+    path = export_detector(net, name, tmp_path / "d.onnx", size=64, min_score=0.4)  # checks ORT against torch
+    det = OnnxFaceDetector(path)
+    assert det.arch == name and det.min_score == 0.4
+
+
+@pytest.mark.parametrize("name", DET_TERMS.names())
+def test_every_detection_term_is_a_finite_loss_that_reaches_the_student(name):
+    b = _batch([1.0, 0.5, 0.2, 0.1], [0.5, 0, 0, 0], [0, 0, 0, 0], z_s=0.3, z_t=-0.4)
+    b.hint = torch.rand(1, 64, 4, 4)
+    for m in b.student.values():
+        for t in m:
+            t.requires_grad_(True)
+    b.guided.requires_grad_(True)
+    term = DetectionObjective([(name, 1.0, {})], student_channels=8).terms[0]
+    value = term(b)
+    assert torch.isfinite(value) and float(value) >= 0
+    value.backward()
+    grads = [t.grad for m in b.student.values() for t in m if t.grad is not None] + [b.guided.grad]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads), f"{name} does not reach the student"
