@@ -152,6 +152,21 @@ def _source(tmp_path: Path) -> Path:
     return path
 
 
+def _tiny_raw(tmp_path: Path, prune: dict, data: dict | None = None, train: dict | None = None, **sections) -> dict:
+    """A prune config over the synthetic pack at ``tmp_path / "p.fkpack"``: one fp32 epoch on
+    the CPU, batch 4, no augmentation, no evaluation; ``data``, ``train`` and further
+    sections add to (or replace) those."""
+    return {
+        "prune": prune,
+        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
+                 **(data or {})},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
+                  "channels_last": False, "compile": False, **(train or {})},
+        "eval": {"every": 0},
+        **sections,
+    }
+
+
 def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
     from test_distill_run import _synthetic_pack
 
@@ -162,14 +177,8 @@ def test_iterative_prune_recovers_saves_and_resumes(tmp_path):
 
     _synthetic_pack(tmp_path / "p.fkpack")
     src = _source(tmp_path)
-    raw = {
-        "prune": {"source": str(src), "importance": "taylor", "ratio": 0.5, "steps": 2, "importance_batches": 2},
-        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
-                 "workers": 1, "loader": "workers"},
-        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
-                  "channels_last": False, "compile": False},
-        "eval": {"every": 0},
-    }
+    raw = _tiny_raw(tmp_path, {"source": str(src), "importance": "taylor", "ratio": 0.5, "steps": 2, "importance_batches": 2},
+                    data={"workers": 1, "loader": "workers"})
     cfg = from_dict(PruneConfig, raw)
     run = tmp_path / "run"
     said: list[str] = []
@@ -210,14 +219,8 @@ def test_regression_prune_resumes_a_step_killed_before_its_first_checkpoint(tmp_
     from facekd.train.checkpoint import load_checkpoint
 
     _synthetic_pack(tmp_path / "p.fkpack")
-    raw = {
-        "prune": {"source": str(_source(tmp_path)), "importance": "l1", "ratio": 0.5, "steps": 1},
-        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
-                 "loader": "memory"},
-        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "threads": 1, "precision": "fp32",
-                  "channels_last": False, "compile": False},
-        "eval": {"every": 0},
-    }
+    raw = _tiny_raw(tmp_path, {"source": str(_source(tmp_path)), "importance": "l1", "ratio": 0.5, "steps": 1},
+                    data={"loader": "memory"}, train={"threads": 1})
     cfg = from_dict(PruneConfig, raw)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_prune(cfg, whole, say=lambda _: None)
@@ -266,14 +269,8 @@ def test_random_importance_repeats_per_seed_and_differs_across_seeds(tmp_path):
     src = _source(tmp_path)
 
     def pruned(seed: int, name: str) -> dict:
-        raw = {
-            "prune": {"source": str(src), "importance": "random", "ratio": 0.5, "steps": 1},
-            "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0,
-                                                                        "gray_p": 0.0}, "workers": 1, "loader": "workers"},
-            "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
-                      "channels_last": False, "compile": False, "seed": seed},
-            "eval": {"every": 0},
-        }
+        raw = _tiny_raw(tmp_path, {"source": str(src), "importance": "random", "ratio": 0.5, "steps": 1},
+                        data={"workers": 1, "loader": "workers"}, train={"seed": seed})
         torch.rand(int(torch.randint(1, 100, (1,))))  # disturb the global generator
         run_prune(from_dict(PruneConfig, raw), tmp_path / name, say=lambda _: None)
         return torch.load(tmp_path / name / "step1" / "pruned.pt", weights_only=True)["model"]
@@ -303,14 +300,8 @@ def test_surgery_alone_is_recovered_and_rebuilds_from_the_checkpoint(tmp_path):
                 "config": {"model": {"backbone": "mobilefacenet", "backbone_args": {}, "head": "softmax", "head_args": {}}}},
                src)
     prelu_params = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.PReLU))
-    raw = {
-        "prune": {"source": str(src), "importance": "l1", "ratio": 0.0, "surgery": ["prelu_to_relu"]},
-        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
-                 "workers": 1, "loader": "memory"},
-        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
-                  "channels_last": False, "compile": False},
-        "eval": {"every": 0},
-    }
+    raw = _tiny_raw(tmp_path, {"source": str(src), "importance": "l1", "ratio": 0.0, "surgery": ["prelu_to_relu"]},
+                    data={"workers": 1, "loader": "memory"})
     result = run_prune(from_dict(PruneConfig, raw), tmp_path / "run", say=lambda s: None)
     assert result.steps[0].params == count_params(net) - prelu_params
     final = resolve(tmp_path / "run" / "pruned.pt").backbone

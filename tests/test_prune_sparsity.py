@@ -113,24 +113,18 @@ def test_sparsity_ranges_name_the_key(key, value, allowed):
 
 def test_prune_with_sparsity_trains_the_penalty_prunes_the_sparse_model_and_resumes(tmp_path):
     from test_distill_run import _synthetic_pack
-    from test_prune import _source
+    from test_prune import _source, _tiny_raw
 
     from facekd.prune.run import read_result, run_prune
     from facekd.train.checkpoint import backbone_from_checkpoint, load_checkpoint
 
     _synthetic_pack(tmp_path / "p.fkpack")
     src = _source(tmp_path)
-    raw = {
-        "prune": {"source": str(src), "importance": "l1_next", "ratio": 0.5, "steps": 1,
-                  "sparsity": {"weight": 0.01, "epochs": 1}},
-        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
-                 "workers": 1, "loader": "memory"},
-        "optim": {"weight_decay": 0.0},  # the L1 penalty alone shrinks the weights
-        "schedule": {"warmup_epochs": 0},
-        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "precision": "fp32",
-                  "channels_last": False, "compile": False},
-        "eval": {"every": 0},
-    }
+    raw = _tiny_raw(tmp_path, {"source": str(src), "importance": "l1_next", "ratio": 0.5, "steps": 1,
+                               "sparsity": {"weight": 0.01, "epochs": 1}},
+                    data={"workers": 1, "loader": "memory"},
+                    optim={"weight_decay": 0.0},  # the L1 penalty alone shrinks the weights
+                    schedule={"warmup_epochs": 0})
     cfg = from_dict(PruneConfig, raw)
     run = tmp_path / "run"
     source = backbone_from_checkpoint(load_checkpoint(src), src)
@@ -167,22 +161,16 @@ def test_regression_a_sparsity_phase_killed_before_its_first_checkpoint_resumes(
     import shutil
 
     from test_distill_run import _synthetic_pack
-    from test_prune import _source
+    from test_prune import _source, _tiny_raw
 
     from facekd.prune.run import run_prune
     from facekd.prune.sparsity import SPARSITY_DIR, START
     from facekd.train.checkpoint import load_checkpoint
 
     _synthetic_pack(tmp_path / "p.fkpack")
-    raw = {
-        "prune": {"source": str(_source(tmp_path)), "importance": "l1", "ratio": 0.5, "steps": 1,
-                  "sparsity": {"weight": 0.01, "epochs": 1}},
-        "data": {"train": [str(tmp_path / "p.fkpack")], "augment": {"flip": 0.0, "affine_p": 0.0, "color_p": 0.0, "gray_p": 0.0},
-                 "loader": "memory"},
-        "train": {"device": "cpu", "epochs": 1, "batch_size": 4, "log_every": 1, "threads": 1, "precision": "fp32",
-                  "channels_last": False, "compile": False},
-        "eval": {"every": 0},
-    }
+    raw = _tiny_raw(tmp_path, {"source": str(_source(tmp_path)), "importance": "l1", "ratio": 0.5, "steps": 1,
+                               "sparsity": {"weight": 0.01, "epochs": 1}},
+                    data={"loader": "memory"}, train={"threads": 1})
     cfg = from_dict(PruneConfig, raw)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_prune(cfg, whole, say=lambda _: None)
