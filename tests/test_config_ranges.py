@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -90,3 +91,16 @@ def test_range_text_and_edges():
 def test_ranges_of_the_other_configs(tmp_path, cls, text, key):
     with pytest.raises(FacekdError, match=key.replace(".", r"\.") + ": .* is out of range"):
         load_config(cls, _write(tmp_path, text + "\n"))
+
+
+@pytest.mark.parametrize("term, key, allowed", [
+    ("{name: soft, tau: -1}", "tau", "(0, inf)"),
+    ("{name: soft, weight: -2}", "weight", "[0, inf)"),
+    ("{name: hinton, alpha: 1.5}", "alpha", "[0, 1]"),
+    ("{name: noisy_teacher, p: 2}", "p", "[0, 1]"),
+    ("{name: label_smoothing, epsilon: 1.0}", "epsilon", "[0, 1)"),
+])
+def test_a_distillation_term_out_of_range_is_named(tmp_path, term, key, allowed):
+    path = _write(tmp_path, f"distill:\n  terms: [{term}]\n", "c.yaml")
+    with pytest.raises(FacekdError, match=rf"c\.yaml: distill\.terms\[0\]\.{key}: .* out of range \(allowed: {re.escape(allowed)}\)"):
+        load_config(DistillConfig, path)
