@@ -4,12 +4,12 @@ end to end on a tiny synthetic LFW."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from facekd.cli.main import main
@@ -17,6 +17,9 @@ from facekd.deploy.export import export_onnx
 from facekd.deploy.macs import count_macs
 from facekd.errors import FacekdError
 from facekd.experiments.board import BoardRow, ensemble_row, pareto_front
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "eval"))
+from kill_sweep import make_lfw  # noqa: E402
 
 
 class _Tiny(nn.Module):
@@ -73,24 +76,6 @@ def test_ensemble_costs_the_sum_of_its_members() -> None:
     assert ensemble_row(rows[:2]) is None  # a member not measured: no row, not a guess
 
 
-def _tiny_lfw(root: Path) -> Path:
-    """10 folds of 1 same + 1 different pair over aligned 112x96 crops: two faces per
-    person that differ only by noise, so a random network still tells people apart."""
-    rng = np.random.default_rng(0)
-    lines = ["10 1"]
-    for f in range(10):
-        a, b = f"P{f}a", f"P{f}b"
-        for name in (a, b):
-            (root / name).mkdir(parents=True)
-            base = rng.integers(0, 255, (112, 96, 3))
-            for i in (1, 2):
-                img = np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(root / name / f"{name}_{i:04d}.jpg", quality=95)
-        lines += [f"{a} 1 2", f"{a} 1 {b} 1"]
-    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_board_measures_a_model_end_to_end(tmp_path: Path) -> None:
     from facekd.models.base import build_backbone
 
@@ -98,7 +83,7 @@ def test_board_measures_a_model_end_to_end(tmp_path: Path) -> None:
     net = build_backbone("student5").eval()
     model = tmp_path / "s5.onnx"
     export_onnx(net, model, input_size=(112, 96), normalize=True)
-    lfw = _tiny_lfw(tmp_path / "lfw")
+    lfw = make_lfw(tmp_path / "lfw", folds=10, seed=0)  # two noisy copies per person: a random net tells them apart
     out = tmp_path / "board.json"
     rc = main(["board", f"mine={model}", "--no-ready", "--no-shipped", "--lfw", str(lfw), "--rounds", "2",
                "--work", str(tmp_path / "w"), "--json", str(out), "--plot", str(tmp_path / "board.png")])
