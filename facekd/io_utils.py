@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from facekd.errors import FacekdError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -47,3 +49,14 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 def atomic_write_json(path: Path | str, obj: Any) -> None:
     """Writes ``obj`` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_text_file(path: Path | str, what: str) -> str:
+    """The UTF-8 text of ``path``; a missing or unreadable file is a ``FacekdError``
+    naming the file and ``what`` it is ("pairs file": "PATH: pairs file not found")."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FacekdError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FacekdError(f"{path}: cannot read {what} ({exc})") from None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facekd.errors import FacekdError
+from facekd.io_utils import read_text_file
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,7 @@ def parse_pairs(path: Path | str, suffix: str = ".jpg") -> LfwPairs:
         FacekdError: naming the file and line on any deviation from that format.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="strict")
-    except FileNotFoundError:
-        raise FacekdError(f"{path}: pairs file not found") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise FacekdError(f"{path}: cannot read pairs file ({exc})") from None
-    return parse_pairs_text(text, str(path), suffix)
+    return parse_pairs_text(read_text_file(path, "pairs file"), str(path), suffix)
 
 
 def parse_pairs_text(text: str, path: str = "pairs.txt", suffix: str = ".jpg") -> LfwPairs:

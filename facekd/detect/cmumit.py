@@ -29,6 +29,7 @@ import numpy as np
 
 from facekd.image_io import UnreadableImage, read_rgb
 from facekd.errors import FacekdError
+from facekd.io_utils import read_text_file
 
 LANDMARKS_FILE = "landmarks.txt"
 BOXES_FILE = "boxes.txt"
@@ -91,12 +92,7 @@ def _numbers(fields: list[str], path: Path, lineno: int) -> np.ndarray:
 def _lines(path: Path, width: int, what: str) -> list[tuple[int, str, np.ndarray]]:
     """``(line number, file, values)`` of each non-blank line of ``path``, which must hold a
     file name and ``width`` numbers (``what`` says which)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FacekdError(f"{path}: annotation file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FacekdError(f"{path}: cannot read the annotation file ({exc})") from None
+    text = read_text_file(path, "annotation file")
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         fields = line.split()

@@ -18,6 +18,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from facekd.errors import FacekdError
+from facekd.io_utils import read_text_file
 from facekd.serve.errors import ApiError, error_body
 
 API_KEY_HEADER = "X-API-Key"
@@ -42,12 +43,7 @@ def read_api_keys(path: Path) -> tuple[bytes, ...]:
         FacekdError: The file is missing or unreadable, holds no key, a key shorter
             than ``MIN_KEY_LENGTH`` characters, or one that is not printable ASCII.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FacekdError(f"{path}: API key file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FacekdError(f"{path}: cannot read API key file ({exc})") from None
+    text = read_text_file(path, "API key file")
     keys = []
     for n, line in enumerate(text.splitlines(), 1):
         key = line.strip()
