@@ -52,6 +52,22 @@ def upscale_factor(height: int, width: int) -> int:
     return min(MAX_UPSCALE, math.ceil(UPSCALE_BELOW / max(short, 1)))
 
 
+def detection_scale(height: int, width: int, max_side: int) -> float:
+    """The factor a photo is resized by before detection: :func:`upscale_factor` for a
+    small photo, less where that would take its longer side past ``max_side``."""
+    f = float(upscale_factor(height, width))
+    return max_side / max(height, width) if max(height, width) * f > max_side else f
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes (x1, y1, x2, y2)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def resize_image(image: np.ndarray, factor: float) -> np.ndarray:
     import cv2
 

@@ -29,12 +29,13 @@ from facekd.align.base import (  # noqa: F401  (the public API of facekd.align.d
     UPSCALE_BELOW,
     Detection,
     FaceDetector,
+    box_iou,
+    detection_scale,
     resize_image,
     select_central_face,
     upscale_factor,
 )
 
-_resize = resize_image
 
 
 
@@ -145,14 +146,12 @@ class MtcnnDetector(FaceDetector):
         for i, img in enumerate(images):
             groups.setdefault(img.shape[:2], []).append(i)
         for (h, w), idx in groups.items():
-            f = float(upscale_factor(h, w))
-            if max(h, w) * f > self.max_side:
-                f = self.max_side / max(h, w)
+            f = detection_scale(h, w, self.max_side)
             if min(h, w) * f < self.min_face_size:
                 continue  # no face of min_face_size fits (and MTCNN fails on an image it cannot scan)
             batch = [images[i] for i in idx]
             if f != 1.0:
-                batch = [_resize(im, f) for im in batch]
+                batch = [resize_image(im, f) for im in batch]
             boxes, probs, points = self._mtcnn.detect(np.stack(batch), landmarks=True)
             for j, i in enumerate(idx):
                 if boxes[j] is None:
@@ -195,14 +194,6 @@ REFINE_FACE_PX = (66.0, 88.0)
 REFINED_TO_MTCNN_OFFSET = np.array(
     [[1.380, 1.145], [0.197, 0.579], [1.085, 0.474], [0.728, 2.277], [0.794, 1.753]]
 )
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class YunetDetector(FaceDetector):
@@ -278,7 +269,7 @@ class YunetDetector(FaceDetector):
     def _pass(self, bgr: np.ndarray, f: float) -> np.ndarray:
         """Rows (x1, y1, x2, y2, 10 landmark coordinates, score) in ``bgr``'s coordinates,
         detected on ``bgr`` scaled by ``f``."""
-        img = bgr if f == 1.0 else _resize(bgr, f)
+        img = bgr if f == 1.0 else resize_image(bgr, f)
         size = (img.shape[1], img.shape[0])
         if size != self._size:
             self._det.setInputSize(size)
@@ -308,16 +299,14 @@ class YunetDetector(FaceDetector):
             return None
         rows[:, [0, 2, 4, 6, 8, 10, 12]] += x0
         rows[:, [1, 3, 5, 7, 9, 11, 13]] += y0
-        ious = [_iou(box, o[:4]) for o in rows]
+        ious = [box_iou(box, o[:4]) for o in rows]
         best = int(np.argmax(ious))
         return rows[best, 4:14].reshape(5, 2) if ious[best] > 0.5 else None
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an HxWx3 uint8 RGB image."""
         h, w = image.shape[:2]
-        f: float = float(upscale_factor(h, w))
-        if max(h, w) * f > self.max_side:
-            f = self.max_side / max(h, w)
+        f = detection_scale(h, w, self.max_side)
         bgr = np.ascontiguousarray(image[:, :, ::-1])
         rows = self._pass(bgr, f)
         side = np.minimum(rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1]) * f

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.align.base import Detection, FaceDetector, resize_image, upscale_factor
+from facekd.align.base import Detection, FaceDetector, detection_scale, resize_image
 from facekd.align.grid import decode, padded_size
 from facekd.errors import FacekdError
 
@@ -66,9 +66,7 @@ class OnnxFaceDetector(FaceDetector):
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an HxWx3 uint8 RGB image."""
         h, w = image.shape[:2]
-        f = float(upscale_factor(h, w))
-        if max(h, w) * f > self.max_side:
-            f = self.max_side / max(h, w)
+        f = detection_scale(h, w, self.max_side)
         img = image if f == 1.0 else resize_image(image, f)
         ih, iw = img.shape[:2]
         ph, pw = padded_size(ih, iw)
