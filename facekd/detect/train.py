@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facekd.align.base import box_iou
 from facekd.config import at_least, fraction, non_empty, positive, to_dict
 from facekd.errors import FacekdError
 
@@ -138,21 +139,29 @@ def split_photos(photos, val_fraction: float, seed: int):
 
 
 @torch.no_grad()
-def validate(model, frames: list[np.ndarray], faces, score: float = 0.6) -> dict[str, float]:
-    """Recall, precision (IoU >= 0.5 with a label) and landmark error (mean pixel distance
-    over matched faces, divided by the label's inter-ocular distance) on fixed frames."""
+def _detections(model, frames: list[np.ndarray], score: float) -> list[np.ndarray]:
+    """Each frame's decoded detections (``facekd.align.grid.decode`` rows, best first)
+    scoring at least ``score``."""
     from facekd.align.grid import decode
 
     model.eval()
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
     outs = model(x)
+    model.train()
     names = ("cls", "obj", "bbox", "kps")
+    return [decode({k: [outs[j * 3 + i][b].numpy() for i in range(3)] for j, k in enumerate(names)}, score_threshold=score)
+            for b in range(len(frames))]
+
+
+def _agreement(detections: list[np.ndarray], faces, score: float) -> dict[str, float]:
+    """Recall, precision (IoU >= 0.5 with a label) and landmark error (mean pixel distance
+    over matched faces, divided by the label's inter-ocular distance) of the detections
+    scoring at least ``score``. Greedy NMS keeps a box only for boxes scoring higher, so
+    the detections above a score are those a decode at that score gives."""
     tp = n_det = n_gt = 0
     nme = []
-    for b in range(len(frames)):
-        maps = {k: [outs[j * 3 + i][b].numpy() for i in range(3)] for j, k in enumerate(names)}
-        det = decode(maps, score_threshold=score)
-        gt = faces[b]
+    for rows, gt in zip(detections, faces):
+        det = rows[rows[:, 14] >= score]
         n_det += len(det)
         n_gt += len(gt)
         used = set()
@@ -161,7 +170,7 @@ def validate(model, frames: list[np.ndarray], faces, score: float = 0.6) -> dict
             for g in range(len(gt)):
                 if g in used:
                     continue
-                iou = _iou(d[:4], gt.boxes[g])
+                iou = box_iou(d[:4], gt.boxes[g])
                 if iou >= best:
                     best, bi = iou, g
             if bi >= 0:
@@ -170,8 +179,12 @@ def validate(model, frames: list[np.ndarray], faces, score: float = 0.6) -> dict
                 lm = d[4:14].reshape(5, 2)
                 io = float(np.linalg.norm(gt.landmarks[bi][0] - gt.landmarks[bi][1]))
                 nme.append(float(np.linalg.norm(lm - gt.landmarks[bi], axis=1).mean()) / max(io, 1.0))
-    model.train()
     return {"recall": tp / max(n_gt, 1), "precision": tp / max(n_det, 1), "nme": float(np.mean(nme)) if nme else float("nan")}
+
+
+def validate(model, frames: list[np.ndarray], faces, score: float = 0.6) -> dict[str, float]:
+    """:func:`_agreement` of the model's detections on fixed frames with their labels."""
+    return _agreement(_detections(model, frames, score), faces, score)
 
 
 SCORE_GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
@@ -179,22 +192,16 @@ SCORE_GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
 
 def choose_min_score(model, frames: list[np.ndarray], faces) -> float:
     """The score (of ``SCORE_GRID``) with the best F1 of recall and precision against the
-    labels of the validation frames: the detector's operating score."""
+    labels of the validation frames: the detector's operating score. One pass over the
+    frames; each score filters its detections."""
+    detections = _detections(model, frames, min(SCORE_GRID))
     best, best_f1 = 0.6, -1.0
     for s in SCORE_GRID:
-        v = validate(model, frames, faces, score=s)
+        v = _agreement(detections, faces, s)
         f1 = 2 * v["recall"] * v["precision"] / max(v["recall"] + v["precision"], 1e-9)
         if f1 > best_f1 + 1e-9:
             best, best_f1 = s, f1
     return best
-
-
-def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def check_config(cfg: DetectorRunCfg) -> None:
