@@ -12,7 +12,7 @@ Frames are a pure function of (seed, epoch, index): a resumed run sees the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +32,6 @@ class FrameOptions:
     flip: float = 0.5
     grey: float = 0.2
     jitter: float = 0.25
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
