@@ -310,3 +310,15 @@ def test_surgery_alone_is_recovered_and_rebuilds_from_the_checkpoint(tmp_path):
     bad = dict(raw, prune=dict(raw["prune"], surgery=[]))
     with pytest.raises(FacekdError, match="0 only with prune.surgery"):
         run_prune(from_dict(PruneConfig, bad), tmp_path / "run2")
+    # Recovery alone continues the ReLU model from the unchanged source as teacher: the
+    # structure stays (no PReLU, the surgery record kept) and the weights move toward it.
+    relu = tmp_path / "run" / "pruned.pt"
+    more = _tiny_raw(tmp_path, {"source": str(relu), "importance": "l1", "ratio": 0.0},
+                     data={"workers": 1, "loader": "memory"}, teacher={"model": str(src)})
+    run_prune(from_dict(PruneConfig, more), tmp_path / "run3", say=lambda s: None)
+    again = resolve(tmp_path / "run3" / "pruned.pt").backbone
+    assert not any(isinstance(m, nn.PReLU) for m in again.modules())
+    assert [r["name"] for r in again.transforms] == ["surgery"]
+    before, after = final.state_dict(), again.state_dict()
+    assert before.keys() == after.keys()
+    assert not all(torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())

@@ -54,7 +54,9 @@ class PruneCfg:
             frozen embeddings, as a distillation teacher does).
         surgery: Surgeries (``facekd.models.surgery.SURGERIES``, e.g. ``prelu_to_relu``)
             applied to the source before the first step, then recovered with it; with
-            ``ratio: 0`` a run is surgery and recovery alone.
+            ``ratio: 0`` a run is surgery and recovery alone. ``ratio: 0`` without a
+            surgery is recovery alone, from a teacher other than the source
+            (``teacher.model``): it continues the recovery of an earlier run's model.
         sparsity: Sparsity induction before the first step (None: none); see
             :class:`SparsityCfg`.
     """

@@ -120,9 +120,10 @@ def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, nn.Module, dict | Non
     if not p.source:
         raise FacekdError("prune.source: name the trained model to prune (a facekd checkpoint, or a backbone + weights)")
     IMPORTANCES.get(p.importance)
-    if not (0 < p.ratio < 1 or (p.ratio == 0 and p.surgery)) or p.steps < 1:
-        raise FacekdError(f"prune.ratio must lie in (0, 1) (0 only with prune.surgery) and prune.steps be >= 1 "
-                          f"(got {p.ratio}, {p.steps})")
+    own_teacher = bool(cfg.teacher.model or cfg.teacher.members)
+    if not (0 < p.ratio < 1 or (p.ratio == 0 and (p.surgery or own_teacher))) or p.steps < 1:
+        raise FacekdError(f"prune.ratio must lie in (0, 1) (0 only with prune.surgery, or with a teacher other than "
+                          f"the source: teacher.model) and prune.steps be >= 1 (got {p.ratio}, {p.steps})")
     for name in p.surgery:
         SURGERIES.get(name)  # an unknown name fails here, listing the known ones
     src = resolve(p.source, p.weights)
@@ -138,7 +139,7 @@ def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, nn.Module, dict | Non
     else:
         model = {**to_dict(cfg.model), "backbone": name, "backbone_args": {}}
     teacher = cfg.teacher
-    if not (cfg.teacher.model or cfg.teacher.members):
+    if not own_teacher:
         teacher = dataclasses.replace(cfg.teacher, model=p.source, weights=p.weights)
     cfg = dataclasses.replace(cfg, model=from_dict(ModelCfg, model, f"{p.source}: model"), teacher=teacher)
     return cfg, net.train(), ckpt
