@@ -322,3 +322,30 @@ def test_surgery_alone_is_recovered_and_rebuilds_from_the_checkpoint(tmp_path):
     before, after = final.state_dict(), again.state_dict()
     assert before.keys() == after.keys()
     assert not all(torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
+def test_quantisation_aware_recovery_rounds_while_training_and_saves_a_plain_model(tmp_path):
+    """prune.qat: every conv and linear layer of the pruned model rounds during the
+    recovery (the count said is the model's own), and the checkpoint loads as a plain
+    model whose weights moved."""
+    from test_distill_run import _synthetic_pack
+
+    from facekd.config import from_dict
+    from facekd.hub import resolve
+    from facekd.models.fakequant import FakeQuantConv2d, FakeQuantLinear
+    from facekd.prune.config import PruneConfig
+    from facekd.prune.run import run_prune
+
+    _synthetic_pack(tmp_path / "p.fkpack")
+    src = _source(tmp_path)
+    raw = _tiny_raw(tmp_path, {"source": str(src), "importance": "l1", "ratio": 0.5, "qat": {"weight_bits": 7}},
+                    data={"workers": 1, "loader": "memory"})
+    said: list[str] = []
+    run_prune(from_dict(PruneConfig, raw), tmp_path / "run", say=said.append)
+    before = resolve(tmp_path / "run" / "step1" / "pruned.pt").backbone
+    layers = sum(type(m) in (nn.Conv2d, nn.Linear) for m in before.modules())
+    assert any(f"quantisation-aware recovery: {layers} layers" in s for s in said), said
+    after = resolve(tmp_path / "run" / "pruned.pt").backbone
+    assert not any(isinstance(m, (FakeQuantConv2d, FakeQuantLinear)) for m in after.modules())
+    a, b = before.state_dict(), after.state_dict()
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())

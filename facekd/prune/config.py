@@ -30,6 +30,22 @@ class SparsityCfg:
 
 
 @dataclass(frozen=True)
+class QatCfg:
+    """Quantisation-aware recovery: the recovering model's convs and linear layers round
+    their inputs and weights as onnxruntime's static INT8 will
+    (:mod:`facekd.models.fakequant`), so that its INT8 export keeps its accuracy. The LFW
+    figures of the recovery are then those of the rounded model.
+
+    Attributes:
+        weight_bits: 7 (facekd's INT8 recipes: ``reduce_range``) or 8.
+        momentum: Weight of each new batch in the activations' moving min / max.
+    """
+
+    weight_bits: int = 7
+    momentum: float = field(default=0.01, metadata=fraction(low_open=True))
+
+
+@dataclass(frozen=True)
 class PruneCfg:
     """What to prune and how.
 
@@ -59,6 +75,7 @@ class PruneCfg:
             (``teacher.model``): it continues the recovery of an earlier run's model.
         sparsity: Sparsity induction before the first step (None: none); see
             :class:`SparsityCfg`.
+        qat: Quantisation-aware recovery (None: plain); see :class:`QatCfg`.
     """
 
     source: str = ""
@@ -73,6 +90,7 @@ class PruneCfg:
     importance_batches: int = field(default=8, metadata=at_least(1))
     surgery: list[str] = field(default_factory=list)
     sparsity: SparsityCfg | None = None
+    qat: QatCfg | None = None
 
 
 def _featurenorm_only() -> DistillCfg:

@@ -37,9 +37,10 @@ from facekd.io_utils import atomic_write_json
 from facekd.preprocessing import Preprocessing
 from facekd.hub import resolve
 from facekd.models.heads import build_head
+from facekd.models.fakequant import attach_fake_quant
 from facekd.models.profile import count_macs, count_params
 from facekd.models.surgery import SURGERIES, apply_surgery
-from facekd.prune.config import PruneConfig
+from facekd.prune.config import PruneConfig, QatCfg
 from facekd.prune.core import StepPlan, check_supported, prune_once, step_ratio
 from facekd.prune.importance import IMPORTANCES
 from facekd.prune.sparsity import SparsityRow, chosen_layers, induce_sparsity
@@ -183,12 +184,16 @@ def _label_loss(head: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Ten
     return loss
 
 
-def _recovery(pruned: Path, head: nn.Module | None, teacher: Teacher | None):
+def _recovery(pruned: Path, head: nn.Module | None, teacher: Teacher | None, qat: QatCfg | None = None):
     """``fit``'s ``make_objective``: facekd distill's objective with the pruned model as
-    the student and the teacher built once for the whole run."""
+    the student (rounding as INT8 will with ``qat``) and the teacher built once for the
+    whole run."""
 
     def make(cfg, data, device, say):
         backbone = backbone_from_checkpoint(load_checkpoint(pruned), pruned)
+        if qat is not None:
+            n = attach_fake_quant(backbone, qat.weight_bits, qat.momentum)
+            say(f"quantisation-aware recovery: {n} layers round inputs (uint8) and weights ({qat.weight_bits}-bit)")
         student_head = build_head(cfg.model.head, backbone.cfg.embedding_dim, len(data.identities),
                                   **cfg.model.head_args)
         if head is not None:  # the source's classifier, for label terms
@@ -265,7 +270,7 @@ def run_prune(cfg: PruneConfig, run_dir: Path | str, resume: bool = False, say: 
                 # resume: a kill before the step's first checkpoint leaves only its log, which a
                 # fresh fit would refuse as another run's.
                 metrics = fit(cfg, step_dir, resume=resume or last.is_file(), say=say,
-                              make_objective=_recovery(pruned_path, head, teacher))
+                              make_objective=_recovery(pruned_path, head, teacher, p.qat))
             else:
                 metrics = load_checkpoint(last).get("metrics", {})
             row.lfw_after = metrics.get("lfw_acc")
