@@ -183,6 +183,7 @@ def test_distill_detector_runs_resumes_and_exports(tmp_path):
     from facekd.align.detector import build_detector
     from facekd.config import load_config
     from facekd.detect.train import SCORE_GRID, DetectorRunCfg, train_detector
+    from facekd.errors import FacekdError
 
     sets = ["data.limit=6", "data.labeller=yunet", "data.unlabelled=[]", "train.frames_per_epoch=16",
             "train.batch_size=8", "train.threads=1", "train.precision=fp32", "frames.size=128", "train.epochs=2"]
@@ -199,6 +200,12 @@ def test_distill_detector_runs_resumes_and_exports(tmp_path):
     with pytest.raises(Stop):
         train_detector(cfg, tmp_path / "b", log=stop_after_first_epoch)
     assert not (tmp_path / "b" / "detector.onnx").exists()
+    written = (tmp_path / "b" / "config.yaml").read_bytes()
+    other = load_config(DetectorRunCfg, Path(__file__).resolve().parents[1] / "configs" / "detect" / "fkdet_s.yaml",
+                        sets + ["train.lr=0.01", "train.epochs=3"])
+    with pytest.raises(FacekdError, match=r"different config \(train.lr\)"):  # a longer run may resume, another lr not
+        train_detector(other, tmp_path / "b", resume=True, log=lambda *_: None)
+    assert (tmp_path / "b" / "config.yaml").read_bytes() == written
     b = train_detector(cfg, tmp_path / "b", resume=True, log=lambda *_: None)
     assert a.read_bytes() == b.read_bytes()
     assert [r["epoch"] for r in map(json.loads, (tmp_path / "b" / "history.jsonl").read_text().splitlines())] == [1, 2]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from facekd.align.base import box_iou
-from facekd.config import at_least, fraction, non_empty, positive, to_dict
+from facekd.config import at_least, fraction, from_dict, non_empty, positive, to_dict
 from facekd.errors import FacekdError
 
 
@@ -223,6 +223,34 @@ def check_config(cfg: DetectorRunCfg) -> None:
     _frame_options(cfg.frames)
 
 
+# What a resumed run may change: how long it runs and on how many threads.
+RESUMABLE_CHANGES = frozenset({"train.epochs", "train.threads"})
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_run(path: Path, cfg: DetectorRunCfg) -> None:
+    """Refuses to resume a run under a config that changes more than its length."""
+    import yaml
+
+    if not path.is_file():
+        return
+    try:
+        then = _flat(to_dict(from_dict(DetectorRunCfg, yaml.safe_load(path.read_text()) or {}, str(path))))
+    except (yaml.YAMLError, FacekdError):
+        raise FacekdError(f"{path}: unreadable, so the run cannot be checked before resuming; start a new --out") from None
+    now = _flat(to_dict(cfg))
+    changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise FacekdError(f"{path.parent}: resuming with a different config ({', '.join(changed)}); resume with the "
+                          f"run's own config (only {', '.join(sorted(RESUMABLE_CHANGES))} may change), or choose another --out")
+
+
 def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=print) -> Path:
     """Runs ``cfg`` into ``out``; returns the exported ONNX file."""
     from facekd.detect.data import frame_rng, load_photos, make_frame
@@ -239,6 +267,8 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
     if ckpt_path.exists() and not resume:
         raise FacekdError(f"{out}: a run is already there; --resume continues it, or choose another --out")
     check_config(cfg)  # before anything is written
+    if resume and ckpt_path.exists():
+        _check_same_run(out / "config.yaml", cfg)
     out.mkdir(parents=True, exist_ok=True)
     import yaml
 
