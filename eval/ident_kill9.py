@@ -22,7 +22,6 @@ CLI printed as enrolled).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal

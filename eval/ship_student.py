@@ -51,7 +51,7 @@ def _lfw(path: Path, lfw: Path) -> dict:
 
 def _teacher_ms(teacher: str, weights: str | None, student: Path, tmp: Path) -> tuple[float, float, int]:
     """(student ms, teacher ms, teacher params) with ONNX Runtime, interleaved."""
-    from facekd.evaluation.compare import ComparedModel, onnx_file, onnx_params, time_onnx
+    from facekd.experiments.compare import ComparedModel, onnx_file, onnx_params, time_onnx
     from facekd.hub import resolve
 
     t = ComparedModel(teacher, "teacher", resolve(teacher, weights))

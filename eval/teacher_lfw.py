@@ -39,7 +39,7 @@ def _fuse(a: np.ndarray, b: np.ndarray, how: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import facekd.teachers.sources  # noqa: F401  (registers dlib_resnet with the hub)
+    import facekd.hub.sources  # noqa: F401  (registers dlib_resnet with the hub)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--member", action="append", required=True, help="MODEL=LFW_CROP_FOLDER")

@@ -77,7 +77,7 @@ def test_every_shipped_config_loads(path):
     if path.parent.name == "detect":  # facekd distill-detector's configs
         from facekd.detect.losses import DET_TERMS
         from facekd.detect.model import DETECTOR_NETS
-        from facekd.detect.train import DetectorRunCfg
+        from facekd.detect.config import DetectorRunCfg
 
         det = load_config(DetectorRunCfg, path)
         assert det.model in DETECTOR_NETS and all(t.name in DET_TERMS for t in det.terms)

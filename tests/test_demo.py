@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from facekd.errors import FacekdError
-from facekd.evaluation.compare import ComparedModel, compare, comparison_table, onnx_params, time_onnx
+from facekd.experiments.compare import ComparedModel, compare, comparison_table, onnx_params, time_onnx
 from facekd.hub.resolved import ResolvedModel
 from facekd.preprocessing import Preprocessing
 
@@ -85,7 +85,7 @@ def test_a_registered_backbone_is_exported_for_timing(tmp_path):
 
 
 def test_distill_needs_the_dev_photos_and_names_what_is_missing(tmp_path):
-    from facekd.distill.quick import check_distill_data
+    from facekd.experiments.quick import check_distill_data
 
     (tmp_path / "celeba-10k").mkdir()
     with pytest.raises(FacekdError, match=r"celeba-wild is missing"):
@@ -133,7 +133,7 @@ def test_shipped_weights_are_checked_against_the_manifest(tmp_path, monkeypatch)
 def test_demo_distill_keeps_only_the_best_student_of_its_own_teacher(tmp_path, monkeypatch):
     import facekd.weights as weights
     from facekd.download import sha256_of
-    from facekd.evaluation.compare import shipped_students
+    from facekd.experiments.compare import shipped_students
 
     entries = {}
     for name, teacher, flip in (("s_from_a", "teacher_a", 96.5), ("s_from_b", "teacher_b", 99.0),

@@ -182,7 +182,8 @@ def test_distill_detector_runs_resumes_and_exports(tmp_path):
         pytest.skip("needs ../shared/data/celeba-wild and the YuNet weights")
     from facekd.align.detector import build_detector
     from facekd.config import load_config
-    from facekd.detect.train import SCORE_GRID, DetectorRunCfg, train_detector
+    from facekd.detect.config import DetectorRunCfg
+    from facekd.detect.train import SCORE_GRID, train_detector
     from facekd.errors import FacekdError
 
     sets = ["data.limit=6", "data.labeller=yunet", "data.unlabelled=[]", "train.frames_per_epoch=16",

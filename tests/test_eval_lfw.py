@@ -142,7 +142,7 @@ def test_onnx_embedder_matches_pytorch(capsys, tmp_path, aligned_mini, mobilefac
     import onnx
     import torch
 
-    from facekd.deploy.metadata import PREPROCESSING_META_KEY as ONNX_META_KEY
+    from facekd.onnx_metadata import PREPROCESSING_META_KEY as ONNX_META_KEY
     from facekd.models import build_backbone, load_backbone_weights
 
     model = load_backbone_weights(build_backbone("mobilefacenet"), mobilefacenet_weights).eval()

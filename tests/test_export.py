@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from facekd.deploy.export import check_parity, default_normalize, export_onnx, synthetic_inputs
-from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, read_metadata
+from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, model_metadata, read_metadata
 from facekd.evaluation.embed import OnnxEmbedder
 from facekd.errors import FacekdError
 from facekd.models import BACKBONES, build_backbone

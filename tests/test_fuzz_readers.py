@@ -338,7 +338,6 @@ def test_checkpoint_save_load_round_trip(tmp_path):
 # --- ONNX files -----------------------------------------------------------------------
 
 def _onnx_bytes(meta: dict[str, str]) -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 4, 4])

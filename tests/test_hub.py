@@ -72,7 +72,7 @@ def test_random_weights_only_when_asked():
 
 def test_onnx_resolves_to_an_embedder(tmp_path):
     from facekd.deploy.export import export_onnx
-    from facekd.deploy.metadata import PREPROCESSING_META_KEY as ONNX_META_KEY
+    from facekd.onnx_metadata import PREPROCESSING_META_KEY as ONNX_META_KEY
 
     net = build_backbone("student5").eval()
     path = tmp_path / "s5.onnx"

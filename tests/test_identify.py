@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from facekd.errors import FacekdError
-from facekd.evaluation.identification import evaluate_identification, open_set_rates, person_scores, split_trial
+from facekd.identify.evaluation import evaluate_identification, open_set_rates, person_scores, split_trial
 from facekd.identify.gallery import Gallery
 from facekd.identify.index import INDEXES, build_index
 from facekd.identify.records import FaceRecord, GalleryModel, ModelMismatch, NotInGallery

@@ -126,19 +126,10 @@ def package_graph() -> dict[str, set[str]]:
     return graph
 
 
-# Package cycles not broken yet (issue 28, item 4): each needs modules moved between
-# packages that other work was changing at the time (2026-12-05). The test fails when a
-# package joins a cycle; strike a set, or a package from it, once its cycle is broken.
-KNOWN_PACKAGE_CYCLES = [
-    {"facekd.deploy", "facekd.evaluation", "facekd.hub", "facekd.identify", "facekd.models", "facekd.teachers",
-     "facekd.train"},
-]
-
-
-def test_no_new_package_cycles():
-    cycles = [set(c) for c in find_cycles(package_graph())]
-    new = [sorted(c) for c in cycles if not any(c <= known for known in KNOWN_PACKAGE_CYCLES)]
-    assert not new, "package import cycles: " + "; ".join(" <-> ".join(c) for c in new)
+def test_no_package_cycles():
+    """Packages form layers: no package imports one that imports it back (issue 28)."""
+    cycles = [sorted(c) for c in find_cycles(package_graph())]
+    assert not cycles, "package import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
 def test_onnx_runtime_sessions_are_created_in_one_module():

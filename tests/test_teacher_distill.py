@@ -54,7 +54,7 @@ def _cfg(packs: Path, teacher: dict):
 
 
 def _objective(packs: Path, teacher: dict):
-    import facekd.teachers.sources  # noqa: F401  (dlib_resnet as a hub model source)
+    import facekd.hub.sources  # noqa: F401  (dlib_resnet as a hub model source)
     from facekd.distill.objective import make_distill_objective
     from facekd.train.data import build_train_set
 

@@ -109,7 +109,7 @@ def test_gpu_rotation_keeps_a_centred_disc_in_place():
 
 
 def test_rng_state_round_trip():
-    from facekd.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from facekd.train.checkpoint import rng_state, set_rng_state
 
     torch.manual_seed(1)
     random.seed(2)

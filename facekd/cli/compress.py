@@ -89,7 +89,7 @@ def _add_exits(sub: argparse._SubParsersAction) -> None:
 
 def _run_exits(args: argparse.Namespace) -> int:
     from facekd.deploy.export import check_parity, default_normalize, export_onnx, synthetic_inputs
-    from facekd.deploy.metadata import ModelInfo, model_metadata
+    from facekd.onnx_metadata import ModelInfo, model_metadata
     from facekd.io_utils import atomic_write_json
     from facekd.models.exits import select_exit
     from facekd.hub import resolve

@@ -35,7 +35,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from facekd.data.fetch import ensure_lfw
-    from facekd.evaluation.compare import ComparedModel, compare, evaluate_lfw, print_comparison, write_outputs
+    from facekd.experiments.compare import ComparedModel, compare, evaluate_lfw, print_comparison, write_outputs
     from facekd.hub import resolve
     from facekd.paths import data_root
 
@@ -43,7 +43,7 @@ def run_demo(args: argparse.Namespace) -> int:
     root = data_root(args.data)
     print(f"data root: {root}")
     if args.distill:
-        from facekd.distill.quick import check_distill_data
+        from facekd.experiments.quick import check_distill_data
 
         check_distill_data(root)  # before minutes of aligning, not after
     lfw = ensure_lfw(root, progress=progress_bar("download LFW"))
@@ -65,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # --distill keeps to its 15 minutes: only the best shipped student of its own teacher.
     models = [ref, *_shipped(lfw, args.detector, onnx, only_teacher="mobilefacenet" if args.distill else None)]
     if args.distill:
-        from facekd.distill.quick import distill_here
+        from facekd.experiments.quick import distill_here
 
         step(3, f"distilling student5 from MobileFaceNet on this CPU ({args.distill_epochs} epoch(s)) ...")
         student = distill_here(root, args.out, args.distill_epochs, args.detector)
@@ -84,7 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def _shipped(lfw: Path, detector: str, onnx: Path, only_teacher: str | None = None) -> list:
     """Each student facekd ships (only those distilled from ``only_teacher`` if given),
     evaluated on LFW here, after the teacher it was distilled from."""
-    from facekd.evaluation.compare import evaluate_lfw, shipped_students
+    from facekd.experiments.compare import evaluate_lfw, shipped_students
 
     models, teachers = [], set()
     for student, teacher in shipped_students(say=lambda msg: print("    " + msg), only_teacher=only_teacher):

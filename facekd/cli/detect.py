@@ -24,7 +24,8 @@ def _add_distill_detector(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from facekd.config import load_config
-    from facekd.detect.train import DetectorRunCfg, check_config, train_detector
+    from facekd.detect.config import DetectorRunCfg, check_config
+    from facekd.detect.train import train_detector
     from facekd.errors import FacekdError
 
     cfg = load_config(DetectorRunCfg, args.config, args.overrides)

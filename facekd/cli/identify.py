@@ -1,7 +1,7 @@
 """``facekd gallery ...``, ``facekd identify`` and ``facekd eval lfw-ident``: parsing and printing.
 
 The work is done by :mod:`facekd.identify` (the gallery) and
-:mod:`facekd.evaluation.identification` (the LFW 1:N protocol).
+:mod:`facekd.identify.evaluation` (the LFW 1:N protocol).
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def add_eval_lfw_ident(evsub: argparse._SubParsersAction) -> None:
 def _run_eval_lfw_ident(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from facekd.evaluation.identification import FPIRS, embed_lfw, evaluate_identification
+    from facekd.identify.evaluation import FPIRS, embed_lfw, evaluate_identification
     from facekd.hub import resolve
     from facekd.identify.threshold import IdentThresholdChoice, store_ident_threshold
     from facekd.io_utils import atomic_write_json

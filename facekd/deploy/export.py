@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
+from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
 from facekd.errors import FacekdError
 from facekd.hub import resolve
 from facekd.preprocessing import Preprocessing, cosine_rows, l2_normalize, to_input

@@ -50,7 +50,7 @@ class Verification:
 
 def stored_threshold(model_path: Path | str) -> float | None:
     """The verification threshold stored in an exported model, if any."""
-    from facekd.deploy.metadata import THRESHOLD_META_KEY, read_metadata
+    from facekd.onnx_metadata import THRESHOLD_META_KEY, read_metadata
 
     meta = read_metadata(model_path)
     if THRESHOLD_META_KEY not in meta:

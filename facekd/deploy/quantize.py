@@ -34,7 +34,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from facekd.deploy.graph import PRELU_PREFIX
-from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, read_metadata, set_metadata
+from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, read_metadata, set_metadata
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
 from facekd.preprocessing import cosine_rows

@@ -95,6 +95,6 @@ def choose_threshold(
 
 def store_threshold(model_path: Path | str, choice: ThresholdChoice) -> None:
     """Writes ``choice`` into the model's metadata (key ``facekd.threshold``), atomically."""
-    from facekd.deploy.metadata import THRESHOLD_META_KEY, update_metadata
+    from facekd.onnx_metadata import THRESHOLD_META_KEY, update_metadata
 
     update_metadata(model_path, {THRESHOLD_META_KEY: json.dumps(asdict(choice))})

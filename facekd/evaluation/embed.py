@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from facekd.align.template import Template, adapt_crop, template_for_size
-from facekd.deploy.metadata import preprocessing_from_metadata
+from facekd.onnx_metadata import preprocessing_from_metadata
 from facekd.errors import FacekdError
 from facekd.preprocessing import Preprocessing, to_input
 from facekd.runtime.onnx import accelerated, ort_session

@@ -7,7 +7,9 @@
 - :mod:`.runner`: runs rows and the teachers they need, resumably, within a budget;
 - :mod:`.report`: renders docs/RESULTS.md with a verdict per finding;
 - :mod:`.board`: the accuracy–latency board of ready and facekd models (``facekd board``),
-  shown by :mod:`.board_view`.
+  shown by :mod:`.board_view`;
+- :mod:`.compare`: a student against its teacher, the table ``facekd demo`` prints;
+- :mod:`.quick`: the short CPU distillation of ``facekd demo --distill``.
 
 Every finished run appends one JSON line to a results file, so a suite can be spread
 over several commands (each retrains the teachers it needs, since a checkpoint may not

@@ -169,7 +169,7 @@ def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.nda
     """The entry's FP32 and INT8 ONNX files: its own file, or its backbone exported and
     quantized with facekd's recipes (INT8 kept only where it is faster and faithful)."""
     from facekd.deploy.export import default_normalize, export_onnx
-    from facekd.deploy.metadata import MODEL_META_KEY, ModelInfo, read_metadata
+    from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, read_metadata
     from facekd.deploy.quantize import quantize_int8
 
     r = e.resolved
@@ -252,7 +252,7 @@ def _row(e: _Entry, t: dict) -> BoardRow:
     path = e.int8 if form == "int8" else e.fp32
     params = macs = None
     if path is not None:
-        from facekd.evaluation.compare import onnx_params
+        from facekd.experiments.compare import onnx_params
 
         params = onnx_params(path)
         try:
@@ -302,7 +302,7 @@ def run_board(
     from facekd.hub import resolve
     from facekd.runtime.timing import measure_latency
 
-    import facekd.teachers.sources  # noqa: F401  (registers dlib_resnet with the hub)
+    import facekd.hub.sources  # noqa: F401  (registers dlib_resnet with the hub)
 
     entries = []
     for spec in specs:

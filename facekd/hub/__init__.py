@@ -25,7 +25,7 @@ from pathlib import Path
 from facekd.evaluation.embed import Embedder, OnnxEmbedder
 from facekd.errors import FacekdError
 from facekd.hub.resolved import MODEL_SOURCES, ResolvedModel
-from facekd.teachers import sources as _sources  # noqa: F401  (registers the external model sources)
+from facekd.hub import sources as _sources  # noqa: F401  (registers the external model sources)
 from facekd.weights import default_weights_for, manifest, onnx_models, resolve_weights
 
 # The backbone registry and the checkpoint format (both import torch) are imported

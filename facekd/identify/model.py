@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.deploy.metadata import (
+from facekd.onnx_metadata import (
     MODEL_META_KEY,
     PREPROCESSING_META_KEY,
     THRESHOLD_META_KEY,

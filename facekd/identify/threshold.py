@@ -1,6 +1,6 @@
 """The open-set threshold: the cosine below which ``identify`` answers "unknown".
 
-Chosen on LFW (``facekd.evaluation.identification``): over the seeded 1:N trials, the
+Chosen on LFW (``facekd.identify.evaluation``): over the seeded 1:N trials, the
 score that lets through a target fraction of non-mated probes (the false-positive
 identification rate, FPIR), one threshold per scoring rule ("best" face, "mean"
 template). Stored in the ONNX model under ``facekd.ident_threshold`` beside the verify
@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from facekd.deploy.metadata import IDENT_THRESHOLD_META_KEY, read_metadata, update_metadata
+from facekd.onnx_metadata import IDENT_THRESHOLD_META_KEY, read_metadata, update_metadata
 from facekd.errors import FacekdError
 
 TARGET_FPIR = 0.01

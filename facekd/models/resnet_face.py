@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facekd.errors import FacekdError
 from facekd.models.base import BackboneCfg, check_norm, init_prelu_net, register_backbone
 from facekd.preprocessing import Preprocessing
 

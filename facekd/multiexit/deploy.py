@@ -19,12 +19,11 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from facekd.deploy.export import PARITY_MIN_COSINE, default_normalize, export_onnx, synthetic_inputs
-from facekd.deploy.metadata import ModelInfo, model_metadata, set_metadata
+from facekd.onnx_metadata import ModelInfo, model_metadata, set_metadata
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
 from facekd.models.exits import AllExits, MultiExit, select_exit

@@ -26,11 +26,11 @@ def check_distill_data(root: Path) -> None:
 
 def distill_here(root: Path, out: Path, epochs: int, detector: str = "yunet"):
     """Distils student5 into ``out/distill-run`` (resuming what an earlier demo left
-    there) and returns it as a :class:`~facekd.evaluation.compare.ComparedModel`."""
+    there) and returns it as a :class:`~facekd.experiments.compare.ComparedModel`."""
     from facekd.config import load_config
     from facekd.distill.config import DistillConfig
     from facekd.distill.objective import make_distill_objective
-    from facekd.evaluation.compare import ComparedModel
+    from facekd.experiments.compare import ComparedModel
     from facekd.hub import resolve
     from facekd.paths import bundled_config
     from facekd.train.checkpoint import CHECKPOINT
