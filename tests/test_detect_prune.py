@@ -5,6 +5,10 @@ and neck, never the heads; a pruned detector rebuilds from its record."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -116,3 +120,75 @@ def test_importances_that_need_a_loss_and_bad_ratios_are_refused():
         prune_detector(net, 0.5, importance="taylor")
     with pytest.raises(FacekdError, match=r"ratio must lie in \[0, 1\), got 1.0"):
         prune_detector(net, 1.0)
+
+
+SHARED = Path(os.environ.get("FACEKD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _run_cfg(*sets: str):
+    from facekd.config import load_config
+    from facekd.detect.config import DetectorRunCfg
+
+    base = ["data.limit=6", "data.labeller=yunet", "data.unlabelled=[]", "train.frames_per_epoch=16",
+            "train.batch_size=8", "train.threads=1", "train.precision=fp32", "frames.size=128", "train.epochs=1",
+            "terms=[{name: hard}]", "teacher=none", "fm_nms=false"]
+    return load_config(DetectorRunCfg, Path(__file__).resolve().parents[1] / "configs" / "detect" / "fkdet_s.yaml",
+                       base + list(sets))
+
+
+def _l1(net) -> float:
+    return float(sparsity_penalty(net, detector_layers(net)))
+
+
+def test_the_three_stages_sparsity_then_prune_from_init_then_retrain_and_resume(tmp_path):
+    """A run with sparsity ends with smaller filter norms than the same run without; a run
+    with init + prune starts from that detector pruned exactly as prune_detector prunes
+    it, retrains it, exports it, and a stop + --resume rebuilds the pruned widths and
+    ends bit for bit where a straight run ends."""
+    if not (SHARED / "celeba-wild").is_dir():
+        pytest.skip("needs ../shared/data/celeba-wild (teacher-labelled photos)")
+    from facekd.align.detector import build_detector
+    from facekd.detect.train import train_detector
+    from facekd.train.checkpoint import load_checkpoint
+
+    quiet = lambda *_: None  # noqa: E731
+    train_detector(_run_cfg(), tmp_path / "plain", log=quiet)
+    train_detector(_run_cfg("sparsity={weight: 0.05}"), tmp_path / "sparse", log=quiet)
+    plain = rebuild_detector("fkdet_s", None)
+    plain.load_state_dict(load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["model"])
+    sparse = rebuild_detector("fkdet_s", None)
+    sparse.load_state_dict(load_checkpoint(tmp_path / "sparse" / "checkpoints" / "last.pt")["model"])
+    assert _l1(sparse) < 0.99 * _l1(plain)  # AdamW moves each weight by at most about lr a step: 2 steps here
+
+    retrain = _run_cfg(f"init={tmp_path / 'sparse'}", "prune={ratio: 0.5}", "train.epochs=2")
+    said: list[str] = []
+    onnx_path = train_detector(retrain, tmp_path / "a", log=said.append)
+    want = _params(prune_detector(sparse, 0.5))
+    assert any(f"-> {want:,} parameters" in s for s in said), said
+    state = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    assert [r["name"] for r in state["transforms"]] == ["prune"]
+    assert _params(rebuild_detector("fkdet_s", state["transforms"])) == want
+    assert isinstance(build_detector(str(onnx_path)).detect(np.zeros((200, 200, 3), np.uint8)), list)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(line: str) -> None:
+        if line.startswith('{"epoch": 1,'):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_detector(retrain, tmp_path / "b", log=stop_after_first_epoch)
+    b = train_detector(retrain, tmp_path / "b", resume=True, log=quiet)
+    assert onnx_path.read_bytes() == b.read_bytes()
+
+
+def test_prune_without_init_and_a_missing_init_are_refused(tmp_path):
+    from facekd.detect.config import check_config
+
+    with pytest.raises(FacekdError, match="pruning needs a trained detector"):
+        check_config(_run_cfg("prune={ratio: 0.5}"))
+    with pytest.raises(FacekdError, match="not found"):
+        check_config(_run_cfg(f"init={tmp_path / 'nowhere'}"))
+    with pytest.raises(FacekdError, match="needs a labelled loss"):
+        check_config(_run_cfg(f"init={tmp_path}", "prune={ratio: 0.5, importance: taylor}"))

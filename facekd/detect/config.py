@@ -73,10 +73,42 @@ class DetTrainCfg:
 
 
 @dataclass
+class DetSparsityCfg:
+    """Sparsity induction (Singh et al.): ``weight · Σ_l Σ_k ‖W_l[k]‖₁`` over the filters
+    of the convs under ``layers`` (module paths; empty: the backbone and neck, never the
+    heads) joins the loss."""
+
+    weight: float = field(default=1e-4, metadata=positive())
+    layers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DetPruneCfg:
+    """Filter selection and removal (Singh et al.) of the ``init`` detector before this
+    run retrains it: ``ratio`` of each layer's filters (of all together with
+    ``global_pruning``) go, ranked by ``importance`` (``l1_next``, ``l1`` or ``random``),
+    through Torch-Pruning; the heads keep every channel."""
+
+    ratio: float = field(default=0.25, metadata=fraction(low_open=True, high_open=True))
+    importance: str = "l1_next"
+    global_pruning: bool = False
+    round_to: int | None = field(default=None, metadata=at_least(1))
+
+
+@dataclass
 class DetectorRunCfg:
-    """A detector distillation run (``configs/detect/*.yaml``)."""
+    """A detector distillation run (``configs/detect/*.yaml``).
+
+    ``init`` starts from a trained detector (a run folder or its ``checkpoints/last.pt``)
+    instead of random weights; ``prune`` prunes that detector first (it needs ``init``);
+    ``sparsity`` adds the L1 penalty of sparsity induction. The three stages of
+    multi-layer pruning are then: a run with ``sparsity``, a run with ``init`` (the
+    first) and ``prune``, which retrains the pruned detector."""
 
     model: str = "fkdet_s"
+    init: str | None = None
+    prune: DetPruneCfg | None = None
+    sparsity: DetSparsityCfg | None = None
     teacher: str = "yunet"  # yunet: its maps and hint feed the distillation terms; none: labels only
     fm_nms: bool = False
     terms: list[DetTermCfg] = field(default_factory=lambda: [DetTermCfg("hard")], metadata=non_empty())
@@ -113,6 +145,26 @@ def check_config(cfg: DetectorRunCfg) -> None:
     if cfg.train.precision not in ("auto", "bf16", "fp32"):
         raise FacekdError(f"train.precision is auto, bf16 or fp32, not {cfg.train.precision!r}")
     frame_options(cfg.frames)
+    if cfg.prune is not None and not cfg.init:
+        raise FacekdError("prune: pruning needs a trained detector to start from; set init to a run folder "
+                          "(or its checkpoints/last.pt)")
+    if cfg.init:
+        init_checkpoint(cfg.init)
+    if cfg.prune is not None:
+        from facekd.prune.importance import IMPORTANCES
+
+        if IMPORTANCES.build(cfg.prune.importance).needs_loss:
+            raise FacekdError(f"prune.importance {cfg.prune.importance} needs a labelled loss; the detector "
+                              "pruning takes l1_next, l1 or random")
+
+
+def init_checkpoint(init: str | Path) -> Path:
+    """The checkpoint ``init`` names: a run folder's ``checkpoints/last.pt`` or the file."""
+    path = Path(init)
+    path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise FacekdError(f"init: {path} not found (name a distill-detector run folder or its checkpoints/last.pt)")
+    return path
 
 
 # What a resumed run may change: how long it runs and on how many threads.

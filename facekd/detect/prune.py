@@ -11,10 +11,10 @@ The paper's three stages on a :class:`~facekd.detect.model.FaceDetectorNet`:
    removes the coupled channels together (a filter's depthwise conv and batch norm, the
    next layers' inputs, and the neck's lateral + upsampled additions). Every conv of
    the heads is ignored, so the 12 maps keep their 1, 1, 4, 10 channels per stride;
-   their inputs shrink with the neck. Then the pruned detector is to retrain with its
-   own loss: not wired yet (``facekd.detect.train.train_detector`` starts from a
-   registered size; it needs an initial model and checkpoints that carry
-   ``model.transforms``, rebuilt through :func:`rebuild_detector` on resume).
+   their inputs shrink with the neck. Then the pruned detector retrains with its own
+   loss: ``facekd distill-detector`` with ``init`` (the trained run) and ``prune``
+   (:class:`facekd.detect.config.DetPruneCfg`); its checkpoints carry
+   ``model.transforms``, rebuilt through :func:`rebuild_detector` on resume.
 
 A pruned detector carries its Torch-Pruning history (``model.transforms``, as pruned
 embedders do): :func:`rebuild_detector` replays it on the registered size, after which

@@ -18,7 +18,8 @@ import torch
 
 from facekd.align.base import box_iou
 from facekd.config import to_dict
-from facekd.detect.config import DetectorRunCfg, check_config, check_same_run, frame_options
+from facekd.detect.config import DetectorRunCfg, check_config, check_same_run, frame_options, init_checkpoint
+from facekd.models.records import records
 from facekd.errors import FacekdError
 
 
@@ -118,11 +119,52 @@ def choose_min_score(model, frames: list[np.ndarray], faces) -> float:
     return best
 
 
+def _rebuilt(arch: str, state: dict) -> torch.nn.Module:
+    """The detector a checkpoint holds: its registered size with its pruning replayed."""
+    from facekd.detect.model import DETECTOR_NETS
+
+    if state.get("transforms"):
+        from facekd.detect.prune import rebuild_detector  # Torch-Pruning: only for a pruned detector
+
+        model = rebuild_detector(arch, state["transforms"])
+    else:
+        model = DETECTOR_NETS.build(arch)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def _detector(cfg: DetectorRunCfg, resumed: dict | None, log) -> torch.nn.Module:
+    """The detector the run trains: the run's own when it resumes, else ``init``'s
+    (pruned by ``cfg.prune``), else a fresh one of the registered size."""
+    from facekd.detect.model import DETECTOR_NETS
+    from facekd.train.checkpoint import load_checkpoint
+
+    if resumed is not None:
+        return _rebuilt(cfg.model, resumed)
+    if not cfg.init:
+        return DETECTOR_NETS.build(cfg.model)
+    path = init_checkpoint(cfg.init)
+    state = load_checkpoint(path)
+    if state.get("arch") != cfg.model:
+        raise FacekdError(f"init: {path} holds a {state.get('arch')} detector, not this run's model {cfg.model}")
+    model = _rebuilt(cfg.model, state)
+    log(f"init: {path} (epoch {state.get('epoch')})")
+    if cfg.prune is not None:
+        from facekd.detect.prune import prune_detector
+
+        p = cfg.prune
+        before = sum(t.numel() for t in model.parameters())
+        model = prune_detector(model, p.ratio, importance=p.importance, global_pruning=p.global_pruning,
+                               round_to=p.round_to)
+        log(f"pruned {p.importance} {p.ratio:g}{' (global)' if p.global_pruning else ''}: {before:,} -> "
+            f"{sum(t.numel() for t in model.parameters()):,} parameters")
+    return model
+
+
 def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=print) -> Path:
     """Runs ``cfg`` into ``out``; returns the exported ONNX file."""
     from facekd.detect.data import frame_rng, load_photos, make_frame
     from facekd.detect.losses import DetBatch, DetectionObjective
-    from facekd.detect.model import DETECTOR_NETS
     from facekd.io_utils import atomic_write_bytes, atomic_write_json
     from facekd.paths import cache_dir, data_root
     from facekd.progress import progress_bar
@@ -161,7 +203,8 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
             val_frames.append(f)
             val_faces.append(faces)
 
-    model = DETECTOR_NETS.build(cfg.model)
+    resumed = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    model = _detector(cfg, resumed, log)
     objective = DetectionObjective([(t.name, t.weight, t.args()) for t in cfg.terms], model.neck_channels,
                                    use_fm_nms=cfg.fm_nms)
     wants_teacher = objective.needs_teacher
@@ -171,6 +214,11 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
 
         teacher = YunetMaps(threads=cfg.train.threads)
     wants_hint = any(getattr(t, "needs_hint", False) for t in objective.terms)
+    sparse_layers = None
+    if cfg.sparsity is not None:
+        from facekd.detect.prune import detector_layers, sparsity_penalty
+
+        sparse_layers = detector_layers(model, cfg.sparsity.layers)
     params = list(model.parameters()) + list(objective.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = max(1, cfg.train.frames_per_epoch // cfg.train.batch_size)
@@ -184,9 +232,8 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     start = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
+    if resumed is not None:
+        state = resumed
         objective.load_state_dict(state["objective"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -227,6 +274,9 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
             batch = DetBatch(student=smaps, guided=feats[0], pos=tg["pos"], box_t=tg["bbox"], kps_t=tg["kps"],
                              kps_known=tg["kps_known"], teacher=tmaps, hint=hint)
             loss, parts = objective(batch)
+            if sparse_layers is not None:
+                penalty = cfg.sparsity.weight * sparsity_penalty(model, sparse_layers)
+                loss, parts = loss + penalty, {**parts, "sparsity": float(penalty)}
             if not torch.isfinite(loss):
                 raise FacekdError(f"{out}: the loss is {float(loss)} at epoch {epoch + 1}, step {step + 1} "
                                   f"(parts {parts}); lower train.lr")
@@ -247,7 +297,8 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
             fh.write(json.dumps(rec) + "\n")
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "objective": objective.state_dict(),
                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "rng": rng_state(), "epoch": epoch + 1, "arch": cfg.model})
+                                    "rng": rng_state(), "epoch": epoch + 1, "arch": cfg.model,
+                                    "transforms": records(model)})
         log(json.dumps(rec))
     from facekd.detect.export import export_detector
 
