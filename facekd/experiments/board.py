@@ -22,8 +22,20 @@ from typing import Callable
 
 import numpy as np
 
+import facekd.hub.sources  # noqa: F401  (registers dlib_resnet with the hub)
+from facekd.deploy.export import calibration_and_probe, default_normalize, export_onnx
 from facekd.deploy.macs import count_macs
+from facekd.deploy.quantize import quantize_int8
 from facekd.errors import FacekdError
+from facekd.evaluation.embed import OnnxEmbedder
+from facekd.evaluation.pairs import evaluate_pairs_plain_and_flip
+from facekd.experiments.compare import onnx_params
+from facekd.hub import resolve
+from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, read_metadata
+from facekd.progress import progress_bar
+from facekd.runtime.timing import measure_latency
+from facekd.train.speed import cpu_info
+from facekd.weights import onnx_models
 
 Say = Callable[[str], None]
 
@@ -134,16 +146,12 @@ def ensemble_row(rows: list[BoardRow]) -> BoardRow | None:
 
 def shipped_specs() -> list[BoardSpec]:
     """Every ONNX model facekd ships (weights/manifest.json)."""
-    from facekd.weights import onnx_models
-
     return [BoardSpec(name, name, kind="facekd") for name in onnx_models()]
 
 
 def machine_facts() -> dict:
     """The CPU this board ran on, its SIMD flags that matter for latency, and versions."""
     import onnxruntime as ort
-
-    from facekd.train.speed import cpu_info
 
     cpu = cpu_info()
     return {"cpu": cpu.model, "cores": cpu.cores, "flags": list(cpu.simd), "onnxruntime": ort.__version__}
@@ -168,10 +176,6 @@ def _slug(name: str) -> str:
 def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.ndarray | None, say: Say) -> None:
     """The entry's FP32 and INT8 ONNX files: its own file, or its backbone exported and
     quantized with facekd's recipes (INT8 kept only where it is faster and faithful)."""
-    from facekd.deploy.export import default_normalize, export_onnx
-    from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, read_metadata
-    from facekd.deploy.quantize import quantize_int8
-
     r = e.resolved
     if r.path is not None and r.path.suffix.lower() == ".onnx":
         meta = read_metadata(r.path)
@@ -201,10 +205,6 @@ def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.nda
 
 
 def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, say: Say) -> None:
-    from facekd.evaluation.embed import OnnxEmbedder
-    from facekd.evaluation.pairs import evaluate_pairs_plain_and_flip
-    from facekd.progress import progress_bar
-
     emb = OnnxEmbedder(path, pre=e.resolved.pre) if path is not None else e.resolved.embedder()
     emb.name = f"{e.spec.name} {form}"
     try:
@@ -252,8 +252,6 @@ def _row(e: _Entry, t: dict) -> BoardRow:
     path = e.int8 if form == "int8" else e.fp32
     params = macs = None
     if path is not None:
-        from facekd.experiments.compare import onnx_params
-
         params = onnx_params(path)
         try:
             macs = count_macs(e.fp32 or path)
@@ -298,12 +296,6 @@ def run_board(
             the ready models get no INT8 form.
         rounds: Interleaved timing rounds.
     """
-    from facekd.deploy.export import calibration_and_probe
-    from facekd.hub import resolve
-    from facekd.runtime.timing import measure_latency
-
-    import facekd.hub.sources  # noqa: F401  (registers dlib_resnet with the hub)
-
     entries = []
     for spec in specs:
         e = _Entry(spec)

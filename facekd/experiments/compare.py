@@ -18,9 +18,16 @@ from typing import Callable
 
 import numpy as np
 
+from facekd.deploy.export import export_onnx
 from facekd.errors import FacekdError
+from facekd.evaluation.embed import OnnxEmbedder
+from facekd.evaluation.pairs import evaluate_pairs_plain_and_flip
+from facekd.evaluation.plots import plot_roc
+from facekd.hub import resolve
 from facekd.hub.resolved import ResolvedModel
+from facekd.io_utils import atomic_write_json
 from facekd.runtime.timing import measure_latency
+from facekd.weights import manifest, onnx_models
 
 Progress = Callable[[int, int], None]
 
@@ -72,9 +79,6 @@ def shipped_students(say: Callable[[str], None] = print,
     ``only_teacher``: only the best of that model's students, by recorded LFW flip). The
     teacher is resolved when its package is installed (to time it here); its LFW figure
     is the recorded one, measured on its own crops (the entry's ``teacher.recorded``)."""
-    from facekd.hub import resolve
-    from facekd.weights import manifest, onnx_models
-
     names = onnx_models()
     if only_teacher is not None:
         own = [n for n in names if manifest()[n]["teacher"]["model"] == only_teacher]
@@ -103,9 +107,6 @@ def evaluate_lfw(model: ComparedModel, lfw: Path, detector: str, onnx_folder: Pa
     resumably) with the model's template and ``detector``. The model runs as the ONNX
     file it is timed as (ONNX Runtime; several times faster than PyTorch eager for
     student5 on a CPU), or as its own embedder where it has no ONNX form."""
-    from facekd.evaluation.embed import OnnxEmbedder
-    from facekd.evaluation.pairs import evaluate_pairs_plain_and_flip
-
     path = ensure_onnx(model, onnx_folder)
     embedder = OnnxEmbedder(path, pre=model.resolved.pre) if path is not None else model.resolved.embedder()
     embedder.name = model.name
@@ -122,8 +123,6 @@ def ensure_onnx(model: ComparedModel, folder: Path) -> Path | None:
 
 def onnx_file(model: ComparedModel, folder: Path) -> Path | None:
     """The model as an ONNX file: its own, or its backbone exported into ``folder``."""
-    from facekd.deploy.export import export_onnx
-
     r = model.resolved
     if r is None:
         return None
@@ -212,9 +211,6 @@ def print_comparison(rows: list[ComparisonRow]) -> None:
 def write_outputs(rows: list[ComparisonRow], models: list[ComparedModel], out: Path) -> list[Path]:
     """``comparison.json`` (rows and each LFW evaluation) and ``lfw_roc.png`` (every
     model evaluated here, flip); returns the files written."""
-    from facekd.evaluation.plots import plot_roc
-    from facekd.io_utils import atomic_write_json
-
     out.mkdir(parents=True, exist_ok=True)
     data = {"rows": [asdict(r) for r in rows],
             "lfw": {m.name: {k: v.to_dict() for k, v in m.lfw.items()} for m in models if m.lfw}}

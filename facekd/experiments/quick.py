@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from facekd.config import load_config
+from facekd.distill.config import DistillConfig
+from facekd.distill.objective import make_distill_objective
 from facekd.errors import FacekdError
+from facekd.experiments.compare import ComparedModel
+from facekd.hub import resolve
+from facekd.paths import bundled_config
+from facekd.train.checkpoint import CHECKPOINT
+from facekd.train.loop import fit
 
 # The facekd-dev training photos (SPEC section 1), under the data root.
 DEV_FOLDERS = ("celeba-10k", "celeba-wild")
@@ -27,15 +35,6 @@ def check_distill_data(root: Path) -> None:
 def distill_here(root: Path, out: Path, epochs: int, detector: str = "yunet"):
     """Distils student5 into ``out/distill-run`` (resuming what an earlier demo left
     there) and returns it as a :class:`~facekd.experiments.compare.ComparedModel`."""
-    from facekd.config import load_config
-    from facekd.distill.config import DistillConfig
-    from facekd.distill.objective import make_distill_objective
-    from facekd.experiments.compare import ComparedModel
-    from facekd.hub import resolve
-    from facekd.paths import bundled_config
-    from facekd.train.checkpoint import CHECKPOINT
-    from facekd.train.loop import fit
-
     if epochs < 1:
         raise FacekdError(f"--distill-epochs must be at least 1 (got {epochs})")
     overrides = [f"data.root={root}", f"train.epochs={epochs}", f"data.detector={detector}"]

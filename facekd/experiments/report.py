@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from facekd.errors import FacekdError
+from facekd.evaluation.plots import pyplot, save_figure
 from facekd.experiments.results import Result, read_results
 from facekd.experiments.tables import TABLES, Protocol, Row
 from facekd.io_utils import atomic_write_bytes
@@ -228,7 +229,6 @@ def plot_accuracy_latency(by: dict, path: Path, title: str) -> Path | None:
     points = [(k, v) for k, v in by.items() if v.get("cpu_ms")]
     if not points:
         return None
-    from facekd.evaluation.plots import pyplot, save_figure
 
     plt = pyplot()
 
