@@ -11,7 +11,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from facekd.align.folder import AlignOptions, align_folder, output_relpath, recorded_fallbacks
+from facekd.align.template import template_for_size
+from facekd.data.identity import scan_identities
+from facekd.data.pack import SUFFIX, Pack
 from facekd.errors import FacekdError
+from facekd.evaluation.pairs import aligned_folder_for
+from facekd.image_io import UnreadableImage, decode_rgb, read_rgb
+from facekd.paths import data_root
 
 Progress = Callable[[int, int], None]
 
@@ -121,8 +128,6 @@ class TrainSet:
 
     def image(self, i: int) -> np.ndarray:
         """Crop ``i`` decoded to HxWx3 uint8 RGB."""
-        from facekd.image_io import UnreadableImage, decode_rgb
-
         try:
             return decode_rgb(self.raw(i))
         except UnreadableImage as exc:
@@ -133,8 +138,6 @@ def resolve_path(entry: str, root: str | Path | None) -> Path:
     """A config path: absolute or ``~`` as written; a relative one from the working
     directory when it exists there (``.carry/dev.fkpack``), otherwise under the data root
     (``celeba-10k`` -> ``$FACEKD_DATA/celeba-10k``)."""
-    from facekd.paths import data_root
-
     p = Path(entry).expanduser()
     if p.is_absolute() or p.exists():
         return p
@@ -142,9 +145,6 @@ def resolve_path(entry: str, root: str | Path | None) -> Path:
 
 
 def _first_crop_template(path: Path) -> str | None:
-    from facekd.align.template import template_for_size
-    from facekd.image_io import UnreadableImage, read_rgb
-
     try:
         t = template_for_size(*read_rgb(path).shape[:2])
     except UnreadableImage as exc:
@@ -162,8 +162,6 @@ class _Gathered:
     to_align: list[tuple[int, Path]] = field(default_factory=list)  # (source index, raw folder)
 
     def add_pack(self, path: Path, template: str) -> None:
-        from facekd.data.pack import Pack
-
         s = len(self.sources)
         pack = Pack(path)
         if pack.template != template:
@@ -175,9 +173,6 @@ class _Gathered:
 
     def add_folder(self, path: Path, template: str) -> None:
         """An aligned folder, or an unaligned one to align once the identities are chosen."""
-        from facekd.align.folder import recorded_fallbacks
-        from facekd.data.identity import scan_identities
-
         s = len(self.sources)
         samples, names = scan_identities([path])
         crop_t = _first_crop_template(samples[0].path)
@@ -195,9 +190,6 @@ class _Gathered:
               progress: Progress | None, detector: str = "mtcnn") -> None:
         """Aligns the chosen photos of unaligned folder ``s`` into the cache with
         ``detector``, drops those that cannot be read and reads the crops from there on."""
-        from facekd.align.folder import AlignOptions, align_folder, output_relpath
-        from facekd.evaluation.pairs import aligned_folder_for
-
         wanted = sorted(c.rel for v in by_id.values() for c in v if c.source == s)
         dst = aligned_folder_for(raw_root, template, detector)
         opts = AlignOptions(template=template, detector=detector)
@@ -241,8 +233,6 @@ def build_train_set(cfg, template: str, align_progress: Progress | None = None) 
     identity selection keeps), with ``template`` and ``cfg.detector``; packs and aligned folders must already
     use ``template``.
     """
-    from facekd.data.pack import SUFFIX
-
     if not cfg.train:
         raise FacekdError("data.train is empty: name at least one pack or folder of face crops")
     found = _Gathered()

@@ -26,6 +26,7 @@ torchvision elsewhere: a pixel may differ by a grey level or two).
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from facekd.align.template import get_template
 from facekd.data.gpu_augment import augment_batch
 from facekd.data.transforms import AugmentCfg
 from facekd.errors import FacekdError
@@ -202,8 +204,6 @@ class DeviceCacheLoader(_CacheLoader):
 
 def decoded_bytes(data: TrainSet) -> int:
     """Bytes the set takes decoded as uint8 (``memory`` / ``device-cache``)."""
-    from facekd.align.template import get_template
-
     h, w = get_template(data.template).size
     return len(data) * 3 * h * w
 
@@ -216,7 +216,6 @@ def host_available_bytes() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
 
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 

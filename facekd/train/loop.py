@@ -15,12 +15,20 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
+from facekd.config import to_dict
 from facekd.errors import FacekdError
+from facekd.evaluation.embed import TorchEmbedder
+from facekd.evaluation.pairs import evaluate_pairs
+from facekd.io_utils import atomic_write_bytes
+from facekd.models import backbone_cfg, build_backbone
+from facekd.models.heads import CenterLoss, build_head
 from facekd.progress import progress_bar
 from facekd.train.checkpoint import CHECKPOINT, check_same_model, prepare_run_dir, save_run
 from facekd.train.config import TrainConfig
+from facekd.train.data import Shard, build_train_set, epoch_batches, resolve_path
 from facekd.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from facekd.train.run_setup import Setup, build_setup
 from facekd.train.speed import autocast_dtype
@@ -53,9 +61,6 @@ def full_precision(x: torch.Tensor):
 
 def build_objective(cfg: TrainConfig, num_classes: int) -> LabelObjective:
     """The backbone, head and center loss ``cfg.model`` names, for ``num_classes`` identities."""
-    from facekd.models.heads import CenterLoss, build_head
-    from facekd.models import build_backbone
-
     backbone = build_backbone(cfg.model.backbone, **cfg.model.backbone_args)
     dim = backbone.cfg.embedding_dim
     head = build_head(cfg.model.head, dim, num_classes, **cfg.model.head_args)
@@ -128,10 +133,6 @@ def train_one_epoch(setup: Setup, epoch: int, step: int, batches: Iterator, prog
 
 def evaluate_lfw(backbone: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """LFW verification of the current backbone (a copy in eval mode)."""
-    from facekd.evaluation.embed import TorchEmbedder
-    from facekd.evaluation.pairs import evaluate_pairs
-    from facekd.train.data import resolve_path
-
     net = copy.deepcopy(backbone)
     # A compiled forward (run_setup.apply_plan) is a function bound to the original module,
     # which deepcopy shares: without this the copy would run the training model in train mode.
@@ -180,8 +181,6 @@ def fit(
             default: :class:`LabelObjective` (backbone + head from labels). Distillation
             passes its own.
     """
-    from facekd.models import backbone_cfg
-
     run_dir = Path(run_dir)
     device = _device(cfg.train.device)
     dist = init_distributed(device.type)
@@ -222,8 +221,6 @@ def _join_process(cfg: TrainConfig, dist: DistInfo, device: torch.device) -> tor
 def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
     """The checkpoint to resume from (None: a fresh run), once it is known to train the
     same model and LFW for ``eval.lfw`` is there."""
-    from facekd.train.data import resolve_path
-
     ckpt = prepare_run_dir(run_dir, resume)
     if ckpt is not None:
         check_same_model(cfg, ckpt, run_dir / CHECKPOINT)
@@ -237,8 +234,6 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
 def _gather_train_set(cfg: TrainConfig, dist: DistInfo, template: str):
     """The training set; rank 0 aligns unaligned folders first, the others then find the
     crops cached."""
-    from facekd.train.data import build_train_set
-
     data = None
     if dist.is_main:
         data = build_train_set(cfg.data, template, align_progress=progress_bar("align training photos", interactive_only=True))
@@ -266,11 +261,6 @@ def _objective_rank0_first(cfg: TrainConfig, data, device: torch.device, dist: D
 
 
 def _write_config(cfg: TrainConfig, run_dir: Path) -> None:
-    from facekd.config import to_dict
-    from facekd.io_utils import atomic_write_bytes
-
-    import yaml
-
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
 
 
@@ -293,8 +283,6 @@ def _train_epochs(setup: Setup, n_crops: int, run_dir: Path, say: Callable[[str]
     Returns:
         The metrics after the last epoch (those restored when no epoch was left).
     """
-    from facekd.train.data import Shard, epoch_batches
-
     cfg, dist = setup.cfg, setup.dist
     shard = Shard(dist.rank, dist.world_size)
     step, metrics = setup.start_step, setup.metrics

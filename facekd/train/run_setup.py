@@ -11,9 +11,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from facekd.models import backbone_cfg
 from facekd.train.checkpoint import restore_run
 from facekd.train.config import TrainConfig
+from facekd.train.data import Shard, steps_per_epoch
 from facekd.train.distributed import DistInfo
+from facekd.train.loaders import LOADERS, LoaderCtx, choose_loader
+from facekd.train.optim import build_optimizer, build_schedule
 from facekd.train.run_log import RunLog
 from facekd.train.speed import SpeedPlan, plan_speed, trained_with
 
@@ -48,10 +52,6 @@ def standalone_setup(cfg: TrainConfig, module: nn.Module, data, device: torch.de
     """A one-process :class:`Setup` for timing ``train_one_epoch`` outside ``fit``
     (the eval/ benchmarks): the same optimizer, schedule, loaders and ``plan`` (precision,
     layout, compile; default: fp32, contiguous, eager); no files written."""
-    from facekd.models import backbone_cfg
-    from facekd.train.loaders import LOADERS, LoaderCtx
-    from facekd.train.optim import build_optimizer, build_schedule
-
     plan = plan or SpeedPlan("fp32", False, False)
     module = apply_plan(module.to(device), plan)
     optimizer = build_optimizer([module], cfg.optim)
@@ -85,9 +85,6 @@ def build_setup(cfg: TrainConfig, run_dir: Path, dist: DistInfo, device: torch.d
     Returns:
         The setup, and the loader and speed choices for the run's first line.
     """
-    from facekd.train.data import Shard, steps_per_epoch
-    from facekd.train.optim import build_optimizer, build_schedule
-
     steps = steps_per_epoch(len(data), cfg.train.batch_size, Shard(dist.rank, dist.world_size))
     todo = steps * (cfg.train.epochs - (ckpt["epoch"] if ckpt is not None else 0))
     # Ranks must agree, so a distributed run does not time the choices.
@@ -119,8 +116,6 @@ def build_setup(cfg: TrainConfig, run_dir: Path, dist: DistInfo, device: torch.d
 def _make_loader(cfg: TrainConfig, data, device: torch.device, bcfg):
     """The batch loader ``data.loader`` names (``auto``: the one that suits ``device``)
     and the choice with its reason."""
-    from facekd.train.loaders import LOADERS, LoaderCtx, choose_loader
-
     workers = cfg.data.workers if cfg.data.workers is not None else max(1, (torch.multiprocessing.cpu_count() or 2) - 1)
     chosen = choose_loader(cfg.data.loader, data, device)
     ctx = LoaderCtx(data, cfg.data.augment, bcfg.pre.mean, bcfg.pre.std, device, workers, cfg.train.seed)

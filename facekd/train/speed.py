@@ -17,6 +17,7 @@ Heads, margins and losses stay in fp32 whatever the precision
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -52,8 +53,6 @@ class CpuInfo:
 
 def cpu_info(cpuinfo: str | None = None) -> CpuInfo:
     """Reads ``/proc/cpuinfo`` (or the text given) and torch's CPU capability."""
-    import os
-
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
