@@ -13,10 +13,14 @@ Frames are a pure function of (seed, epoch, index): a resumed run sees the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from facekd.align.grid import FaceBoxes
+from facekd.detect.teacher import load_or_label
+from facekd.errors import FacekdError
+from facekd.image_io import read_rgb
 
 FLIP_ORDER = [1, 0, 2, 4, 3]  # MTCNN's order mirrored: eyes and mouth corners swap
 
@@ -123,12 +127,6 @@ def frame_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 def load_photos(folders: list[str], root, labeller: str, cache, limit: int | None = None, progress=None) -> LabelledPhotos:
     """Every photo under ``root/<folder>`` for each folder, read into memory, labelled by
     ``labeller``'s final detections (cached; see ``facekd.detect.teacher.load_or_label``)."""
-    from pathlib import Path
-
-    from facekd.image_io import read_rgb
-    from facekd.detect.teacher import load_or_label
-    from facekd.errors import FacekdError
-
     root = Path(root)
     out = LabelledPhotos([], [], [])
     for folder in folders:

@@ -4,6 +4,7 @@ against PyTorch before it is written (atomically). ``facekd.align.fkdet`` runs i
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import numpy as np
 
 from facekd.align.fkdet import KIND
 from facekd.align.grid import STRIDES
+from facekd.detect.model import output_names
 from facekd.errors import FacekdError
+from facekd.io_utils import atomic_write_bytes
+from facekd.runtime.onnx import ort_session
 
 
 def export_detector(model, arch: str, path: Path, size: int = 256, min_score: float = 0.6) -> Path:
@@ -19,14 +23,8 @@ def export_detector(model, arch: str, path: Path, size: int = 256, min_score: fl
 
     ``min_score`` is stored as the detector's operating score (``facekd.min_score``): a
     distilled detector's scores are calibrated by its training, so each gets its own."""
-    import io
-
     import onnx
     import torch
-
-    from facekd.detect.model import output_names
-    from facekd.io_utils import atomic_write_bytes
-    from facekd.runtime.onnx import ort_session
 
     model = model.eval()
     x = torch.rand(1, 3, size, size) * 255

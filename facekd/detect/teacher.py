@@ -15,8 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from facekd.align.detector import build_detector, detector_key
 from facekd.align.grid import STRIDES, FaceBoxes
 from facekd.errors import FacekdError
+from facekd.image_io import read_rgb
+from facekd.io_utils import atomic_write_json
+from facekd.runtime.onnx import ort_session
+from facekd.weights import resolve_weights
 
 # The head convolutions' outputs in yunet_2023mar.onnx (before transpose and sigmoid),
 # per map and stride 8, 16, 32.
@@ -72,11 +77,7 @@ class YunetMaps:
     """
 
     def __init__(self, model: Path | str | None = None, threads: int | None = None) -> None:
-        from facekd.runtime.onnx import ort_session
-
         if model is None:
-            from facekd.weights import resolve_weights
-
             model = resolve_weights("yunet_2023mar")
         model = Path(model)
         if not model.is_file():
@@ -121,10 +122,6 @@ def label_cache_key(detector_name: str, files: list[str]) -> str:
 def load_or_label(photos: list[Path], root: Path, detector_name: str, cache_dir: Path, progress=None) -> list[FaceBoxes]:
     """The faces ``detector_name`` finds in each photo, from ``cache_dir`` when labelled
     before (one JSON file per detector and photo list, written atomically)."""
-    from facekd.align.detector import build_detector, detector_key
-    from facekd.io_utils import atomic_write_json
-    from facekd.image_io import read_rgb
-
     rel = [str(p.relative_to(root)) for p in photos]
     key = detector_key(detector_name)
     path = cache_dir / f"labels-{detector_name}-{label_cache_key(key, rel)}.json"

@@ -15,12 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from facekd.align.base import box_iou
+from facekd.align.grid import assign, decode
 from facekd.config import to_dict
 from facekd.detect.config import DetectorRunCfg, check_config, check_same_run, frame_options, init_checkpoint
+from facekd.detect.data import LabelledPhotos, frame_rng, load_photos, make_frame
+from facekd.detect.export import export_detector
+from facekd.detect.losses import DetBatch, DetectionObjective
+from facekd.detect.model import DETECTOR_NETS
+from facekd.detect.teacher import YunetMaps
+from facekd.io_utils import atomic_write_bytes, atomic_write_json
 from facekd.models.records import records
 from facekd.errors import FacekdError
+from facekd.paths import cache_dir, data_root
+from facekd.progress import progress_bar
+from facekd.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from facekd.train.speed import cpu_info
 
 
 def _to_torch(maps: dict[str, list[np.ndarray]]) -> dict[str, list[torch.Tensor]]:
@@ -28,8 +40,6 @@ def _to_torch(maps: dict[str, list[np.ndarray]]) -> dict[str, list[torch.Tensor]
 
 
 def _batch_targets(faces, size: int):
-    from facekd.align.grid import assign
-
     per = [assign(f, size, size) for f in faces]
     out = {}
     for key in ("pos", "bbox", "kps", "kps_known"):
@@ -39,8 +49,6 @@ def _batch_targets(faces, size: int):
 
 def split_photos(photos, val_fraction: float, seed: int):
     """Training and validation photos: every photo goes to one side only."""
-    from facekd.detect.data import LabelledPhotos
-
     rng = np.random.default_rng(seed + 7919)
     order = rng.permutation(len(photos))
     n_val = int(round(len(photos) * val_fraction))
@@ -57,8 +65,6 @@ def split_photos(photos, val_fraction: float, seed: int):
 def _detections(model, frames: list[np.ndarray], score: float) -> list[np.ndarray]:
     """Each frame's decoded detections (``facekd.align.grid.decode`` rows, best first)
     scoring at least ``score``."""
-    from facekd.align.grid import decode
-
     model.eval()
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
     outs = model(x)
@@ -121,8 +127,6 @@ def choose_min_score(model, frames: list[np.ndarray], faces) -> float:
 
 def _rebuilt(arch: str, state: dict) -> torch.nn.Module:
     """The detector a checkpoint holds: its registered size with its pruning replayed."""
-    from facekd.detect.model import DETECTOR_NETS
-
     if state.get("transforms"):
         from facekd.detect.prune import rebuild_detector  # Torch-Pruning: only for a pruned detector
 
@@ -136,9 +140,6 @@ def _rebuilt(arch: str, state: dict) -> torch.nn.Module:
 def _detector(cfg: DetectorRunCfg, resumed: dict | None, log) -> torch.nn.Module:
     """The detector the run trains: the run's own when it resumes, else ``init``'s
     (pruned by ``cfg.prune``), else a fresh one of the registered size."""
-    from facekd.detect.model import DETECTOR_NETS
-    from facekd.train.checkpoint import load_checkpoint
-
     if resumed is not None:
         return _rebuilt(cfg.model, resumed)
     if not cfg.init:
@@ -163,14 +164,6 @@ def _detector(cfg: DetectorRunCfg, resumed: dict | None, log) -> torch.nn.Module
 
 def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=print) -> Path:
     """Runs ``cfg`` into ``out``; returns the exported ONNX file."""
-    from facekd.detect.data import frame_rng, load_photos, make_frame
-    from facekd.detect.losses import DetBatch, DetectionObjective
-    from facekd.io_utils import atomic_write_bytes, atomic_write_json
-    from facekd.paths import cache_dir, data_root
-    from facekd.progress import progress_bar
-    from facekd.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-    from facekd.train.speed import cpu_info
-
     out = Path(out)
     ckpt_path = out / "checkpoints" / "last.pt"
     if ckpt_path.exists() and not resume:
@@ -179,7 +172,6 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
     if resume and ckpt_path.exists():
         check_same_run(out / "config.yaml", cfg)
     out.mkdir(parents=True, exist_ok=True)
-    import yaml
 
     atomic_write_bytes(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     if cfg.train.threads:
@@ -210,8 +202,6 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
     wants_teacher = objective.needs_teacher
     teacher = None
     if wants_teacher:
-        from facekd.detect.teacher import YunetMaps
-
         teacher = YunetMaps(threads=cfg.train.threads)
     wants_hint = any(getattr(t, "needs_hint", False) for t in objective.terms)
     sparse_layers = None
@@ -300,7 +290,6 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
                                     "rng": rng_state(), "epoch": epoch + 1, "arch": cfg.model,
                                     "transforms": records(model)})
         log(json.dumps(rec))
-    from facekd.detect.export import export_detector
 
     min_score = choose_min_score(model, val_frames, val_faces) if val_frames else 0.6
     log(f"operating score {min_score:.2f} (best F1 on the validation frames)")
