@@ -26,7 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+import facekd.teachers.crops  # noqa: F401  registers the teachers' crop sizes (facenet160, dlib150) as templates
+from facekd.align.folder import AlignOptions, align_folder
+from facekd.align.template import get_template, template_for_size
 from facekd.errors import FacekdError
+from facekd.evaluation.embed import crop_loader, embed_images
+from facekd.evaluation.pairs import aligned_folder_for
+from facekd.identify.index import build_index
+from facekd.image_io import UnreadableImage, read_rgb
+from facekd.io_utils import atomic_open
 
 FPIRS = (0.01, 0.1)
 CMC_RANKS = 20
@@ -147,8 +155,6 @@ def open_set_rates(mated_scores: np.ndarray, mated_col: np.ndarray, non_mated_to
 def run_trial(emb: np.ndarray, labels: np.ndarray, seed: int, enrolled: int = 1, scoring: str = "best",
               fpirs=FPIRS, ranks: int = CMC_RANKS, time_search: bool = True) -> IdentTrial:
     """One seeded trial on L2-normalised embeddings ``emb`` (N, D) with identities ``labels``."""
-    from facekd.identify.index import build_index
-
     sp = split_trial(labels, seed, enrolled)
     g = emb[sp.gallery]
     mated = person_scores(emb[sp.mated], g, sp.gallery_person, sp.people, scoring)
@@ -250,14 +256,6 @@ def embed_lfw(embedder, data: Path | str, detector: str = "yunet", cache: Path |
         cache: A ``.npy`` file: read when present (its row count must match), else
             written after embedding.
     """
-    import facekd.teachers.crops  # noqa: F401  registers the teachers' crop sizes (facenet160, dlib150) as templates
-    from facekd.align.folder import AlignOptions, align_folder
-    from facekd.align.template import get_template, template_for_size
-    from facekd.image_io import UnreadableImage, read_rgb
-    from facekd.evaluation.embed import crop_loader, embed_images
-    from facekd.evaluation.pairs import aligned_folder_for
-    from facekd.io_utils import atomic_open
-
     data = Path(data)
     paths, labels = lfw_images(data)
     want = get_template(embedder.pre.template)

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facekd.deploy.photos import DetectorChain, PhotoError, align_photo, embed_faces
 from facekd.errors import FacekdError
+from facekd.evaluation.embed import OnnxEmbedder
 from facekd.identify.index import SearchIndex, build_index
 from facekd.identify.model import crop_sha256, file_sha256, l2_normalize, model_from_onnx
 from facekd.identify.ranking import mean_templates, rank_best, rank_mean
@@ -145,8 +147,6 @@ class Gallery:
         """The gallery's ONNX embedder, loaded once (its file's sha256 checked)."""
         with self._lock:
             if self._embedder is None:
-                from facekd.evaluation.embed import OnnxEmbedder
-
                 path = self._model_path or (Path(self.model.path) if self.model.path else None)
                 if path is None or not path.is_file():
                     raise FacekdError(
@@ -165,8 +165,6 @@ class Gallery:
 
     def _chain(self, detectors: str):
         """The detector chain for ``detectors`` ("yunet,mtcnn"), built once per gallery."""
-        from facekd.deploy.photos import DetectorChain
-
         with self._lock:
             if detectors not in self._chains:
                 self._chains[detectors] = DetectorChain.parse(detectors)
@@ -181,8 +179,6 @@ class Gallery:
             (source, detector, crop hash), their (N, D) L2-normalised embeddings, and
             ``(photo, reason)`` for each photo that could not be used.
         """
-        from facekd.deploy.photos import PhotoError, align_photo, embed_faces
-
         embedder = self.embedder()
         chain = self._chain(detectors)
         records: list[FaceRecord] = []
@@ -387,8 +383,6 @@ class Gallery:
         Raises:
             PhotoError: Unreadable, or no face found.
         """
-        from facekd.deploy.photos import align_photo, embed_faces
-
         embedder = self.embedder()
         face = align_photo(photo, self._chain(detectors), embedder.pre.template)
         return self.identify(embed_faces(embedder, [face])[0], top_k, scoring, threshold)

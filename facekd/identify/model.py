@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facekd.evaluation.embed import OnnxEmbedder
 from facekd.onnx_metadata import (
     MODEL_META_KEY,
     PREPROCESSING_META_KEY,
@@ -64,8 +65,6 @@ def model_from_onnx(model_path: Path | str) -> GalleryModel:
     if MODEL_META_KEY in meta:
         dim = ModelInfo.from_json(meta[MODEL_META_KEY]).embedding_dim
     else:
-        from facekd.evaluation.embed import OnnxEmbedder
-
         emb = OnnxEmbedder(path)
         h, w = emb.pre.input_size
         dim = int(emb(np.zeros((1, h, w, 3), dtype=np.uint8)).shape[1])
