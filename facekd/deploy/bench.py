@@ -28,7 +28,7 @@ from facekd.models.profile import count_macs, count_params
 from facekd.preprocessing import Preprocessing, to_input
 from facekd.runtime.onnx import ort_session
 from facekd.runtime.timing import measure_latency, median_ratio, torch_call
-from facekd.evaluation.plots import save_figure
+from facekd.evaluation.plots import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -241,8 +241,6 @@ def read_accuracies(path: Path | str) -> dict[str, float]:
 
 def plot_accuracy_latency(rows: list[dict], accuracies: dict[str, float], path: Path | str, key: str = "ort_fp32_ms_1t") -> Path:
     """PNG: LFW accuracy against CPU latency, marker area proportional to parameters."""
-    from facekd.evaluation.plots import pyplot
-
     plt = pyplot()
 
     pts = [(r, accuracies[r["name"]]) for r in rows if r["name"] in accuracies and r.get(key)]

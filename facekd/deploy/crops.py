@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from facekd.align.template import get_template
+from facekd.data.pack import SUFFIX, Pack
 from facekd.image_io import UnreadableImage, is_image_path, read_rgb
 from facekd.evaluation.embed import crop_loader
 from facekd.errors import FacekdError
@@ -34,8 +35,6 @@ def sample_crops(source: Path | str, template: str, count: int) -> np.ndarray:
     Returns:
         (n, H, W, 3) uint8 RGB.
     """
-    from facekd.data.pack import SUFFIX, Pack
-
     source = Path(source)
     want = get_template(template)
     if source.is_file() and source.suffix == SUFFIX:

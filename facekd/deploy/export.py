@@ -12,13 +12,20 @@ and returns ``(N, D)`` embeddings; N is a dynamic axis. Its metadata holds:
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from facekd.deploy.crops import sample_crops
+from facekd.deploy.graph import optimize_graph
+from facekd.deploy.quantize import quantize_int8
+from facekd.deploy.threshold import choose_threshold, store_threshold
+from facekd.io_utils import atomic_write_bytes
 from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, model_metadata, set_metadata
 from facekd.errors import FacekdError
 from facekd.hub import resolve
@@ -87,9 +94,6 @@ def export_onnx(
     """
     import onnx
 
-    from facekd.deploy.graph import optimize_graph
-    from facekd.io_utils import atomic_write_bytes
-
     net = with_l2_norm(model) if normalize else model
     proto = onnx.load_from_string(_torchscript_export(net.cpu().eval(), input_size, dynamic_batch, opset))
     rewrites = optimize_graph(proto) if optimize else {}
@@ -104,8 +108,6 @@ def export_onnx(
 
 def _torchscript_export(net, input_size: tuple[int, int], dynamic_batch: bool, opset: int) -> bytes:
     """``net`` as serialised ONNX from the TorchScript-based exporter (see :func:`export_onnx`)."""
-    import io
-
     import torch
 
     dummy = torch.zeros(2 if dynamic_batch else 1, 3, *input_size)
@@ -312,7 +314,6 @@ def calibration_and_probe(
     whether the probe holds real faces (else deterministic random inputs)."""
     if calib_data is None:
         return None, synthetic_inputs(16, input_size), False
-    from facekd.deploy.crops import sample_crops
 
     crops = sample_crops(calib_data, pre.template, 256)
     calib = to_input(crops, pre)
@@ -324,8 +325,6 @@ def _export_checked(net, fp32_path: Path, pre: Preprocessing, info: ModelInfo, p
     """Exports ``net`` to ``fp32_path`` only once ONNX Runtime agrees with PyTorch on
     ``probe`` (a model that fails the check never lands there); returns the graph
     rewrites applied and the parity report."""
-    import os
-
     tmp = fp32_path.with_name(f".{fp32_path.name}.unchecked")
     rewrites = export_onnx(
         net, tmp, input_size=info.input_size, normalize=info.l2_normalized, optimize=optimize,
@@ -341,8 +340,6 @@ def _export_checked(net, fp32_path: Path, pre: Preprocessing, info: ModelInfo, p
 
 def _quantize(fp32_path: Path, out: Path, mode: str, calib: np.ndarray | None, probe: np.ndarray, log) -> dict:
     """INT8 ``out`` from ``fp32_path`` by the recipe that pays; its report entry."""
-    from facekd.deploy.quantize import quantize_int8
-
     log(f"quantizing ({mode}); trying each recipe and timing it against FP32 ...")
     res = quantize_int8(fp32_path, out, mode, calib=calib, probe=probe)
     for t in res.tried:
@@ -354,8 +351,6 @@ def _quantize(fp32_path: Path, out: Path, mode: str, calib: np.ndarray | None, p
 def _store_lfw_threshold(model_path: Path, lfw: Path, log) -> dict:
     """Chooses the verification threshold on ``lfw`` with the model's own scores and stores
     it in the model's metadata; its report entry."""
-    from facekd.deploy.threshold import choose_threshold, store_threshold
-
     log(f"choosing the verification threshold on {lfw} ...")
     choice = choose_threshold(model_path, lfw)
     store_threshold(model_path, choice)  # chosen on this model's own scores
