@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,14 @@ import numpy as np
 from facekd.align.detector import detector_key
 from facekd.align.folder import REPORT_NAME, AlignOptions, align_folder, recorded_fallbacks
 from facekd.align.template import get_template, template_for_size
+from facekd.data.insightface_bin import read_bin
+from facekd.data.lfw import check_images, parse_pairs, parse_pairs_text
+from facekd.data.pack import SUFFIX, Pack
 from facekd.image_io import UnreadableImage, decode_rgb, read_rgb
 from facekd.evaluation.embed import Embedder, crop_loader, embed_images, fuse_flip
 from facekd.errors import FacekdError
 from facekd.evaluation.metrics import VerificationResult, verify
+from facekd.paths import cache_dir
 
 Progress = Callable[[int, int], None]
 
@@ -93,10 +98,6 @@ def _first_image_size(paths: list[Path]) -> tuple[int, int]:
 def aligned_folder_for(root: Path, template: str, detector: str = "mtcnn") -> Path:
     """Where ``facekd eval`` keeps its own alignment of an unaligned folder; the template
     and the detector are part of the name, so crops of different detectors never mix."""
-    import hashlib
-
-    from facekd.paths import cache_dir
-
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
     return cache_dir() / "aligned" / f"{root.name}-{key}-{get_template(template).key}-{detector_key(detector)}"
 
@@ -119,8 +120,6 @@ class _Pairs:
 
 
 def _pairs_from_bin(path: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
-    from facekd.data.insightface_bin import read_bin
-
     if per_fold:
         raise FacekdError(f"{path}: a pairs subset needs LFW's pairs.txt folds; an insightface .bin has none")
     vb = read_bin(path)
@@ -165,9 +164,6 @@ def _lfw_pairs(pairs, names: list[str], read, describe, fallback_images: int | N
 
 
 def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold) -> _Pairs:
-    from facekd.data.lfw import parse_pairs_text
-    from facekd.data.pack import Pack
-
     pack = Pack(path)
     if "pairs_txt" not in pack.meta:
         raise FacekdError(f"{path}: this pack holds no pairs.txt (pack an LFW folder to evaluate on it)")
@@ -191,8 +187,6 @@ def _pairs_from_pack(path: Path, template: str, aligned: bool | None, align_prog
 def _pairs_from_folder(
     data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold, detector: str = "mtcnn"
 ) -> _Pairs:
-    from facekd.data.lfw import check_images, parse_pairs
-
     pairs = parse_pairs(data / "pairs.txt")
     if per_fold:
         pairs = pairs.subset(per_fold)
@@ -228,8 +222,6 @@ def _load_pairs(
     data: Path, template: str, aligned: bool | None, align_progress: Progress | None, per_fold: int | None,
     detector: str = "mtcnn",
 ) -> _Pairs:
-    from facekd.data.pack import SUFFIX
-
     if data.is_dir():
         return _pairs_from_folder(data, template, aligned, align_progress, per_fold, detector)
     if data.is_file():

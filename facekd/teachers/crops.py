@@ -26,6 +26,7 @@ distillation config names it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -33,10 +34,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 from facekd.align.aligner import MIN_SCORE, box_crop, fallback_detection  # noqa: F401  (box_crop: re-exported)
-from facekd.align.detector import Detection, select_central_face
+from facekd.align.detector import Detection, build_detector, select_central_face
 from facekd.align.template import TEMPLATES, Template, get_template, warp_to_template
 from facekd.errors import FacekdError
+from facekd.image_io import read_rgb
+from facekd.io_utils import atomic_write_json
 from facekd.registry import Registry
+from facekd.teachers.dlib_resnet import import_dlib, shape_predictor_path
 from facekd.workers import run_in_workers
 
 Progress = Callable[[int, int], None]
@@ -112,8 +116,6 @@ class DlibChipper:
     """dlib's 5-point shape predictor and ``get_face_chip``, run inside a given box."""
 
     def __init__(self) -> None:
-        from facekd.teachers.dlib_resnet import import_dlib, shape_predictor_path
-
         self._dlib = import_dlib()
         self._predictor = self._dlib.shape_predictor(str(shape_predictor_path()))
 
@@ -148,8 +150,6 @@ DETECTIONS_NAME = "detections.json"
 
 def save_detections(path: Path, detections: dict[str, Detection | None]) -> None:
     """Writes {relative path: chosen detection or None (fallback)} as JSON."""
-    from facekd.io_utils import atomic_write_json
-
     atomic_write_json(path, {
         rel: None if d is None else {"box": d.box.tolist(), "landmarks": d.landmarks.tolist(), "score": d.score}
         for rel, d in detections.items()
@@ -171,20 +171,14 @@ _DETECT: dict = {}
 
 
 def _init_detect(detector: str, threads: int) -> None:
-    import os
-
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")  # see facekd.align.folder
     import torch
-
-    from facekd.align.detector import build_detector
 
     torch.set_num_threads(threads)
     _DETECT["detector"] = build_detector(detector)
 
 
 def _detect_chunk(args: tuple[str, list[str]]) -> list[tuple[str, Detection | None]]:
-    from facekd.image_io import read_rgb
-
     src, rels = args
     det = _DETECT["detector"]
     out = []
@@ -200,8 +194,6 @@ def detect_photos(
     """The face facekd's aligner would choose in each photo (None: fallback), found once
     so every teacher's crop comes from the same detection; ``workers`` processes
     (0: one per core)."""
-    import os
-
     workers = workers or os.cpu_count() or 1
     chunks = [(str(src), files[i : i + 16]) for i in range(0, len(files), 16)]
     found: dict[str, Detection | None] = {}
@@ -222,7 +214,6 @@ def cut_folder(
     Returns:
         How many photos had no detection (central fallback).
     """
-    from facekd.image_io import read_rgb
     from PIL import Image
 
     cut = Cutter(geometry)
