@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+from facekd.errors import FacekdError
 
 
 def cache_dir() -> Path:
@@ -26,10 +29,6 @@ def data_root(arg: Path | str | None = None) -> Path:
 def bundled_config(rel: str) -> Path:
     """A config that comes with facekd, e.g. ``distill/demo_cpu.yaml``: from the checkout's
     ``configs/``, else from an installed wheel's ``share/facekd/configs/``."""
-    import sys
-
-    from facekd.errors import FacekdError
-
     candidates = [Path(__file__).resolve().parent.parent / "configs" / rel, Path(sys.prefix) / "share" / "facekd" / "configs" / rel]
     for p in candidates:
         if p.is_file():

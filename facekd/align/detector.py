@@ -54,7 +54,7 @@ def detector_key(name: str) -> str:
     name, plus its revision when its landmarks changed since it was first shipped; for a
     detector file, its file name and the start of its sha256)."""
     if is_detector_file(name):
-        import hashlib
+        import hashlib  # on use: the command line imports this module on every start (cli/args.py)
 
         path = Path(name)
         try:
@@ -82,7 +82,7 @@ def build_detector(name: str, **kwargs) -> FaceDetector:
     Every factory accepts ``device`` and ``min_face_size`` (pixels, in the upscaled image).
     """
     if is_detector_file(name):
-        from facekd.align.fkdet import OnnxFaceDetector
+        from facekd.align.fkdet import OnnxFaceDetector  # on use: see detector_key
 
         return OnnxFaceDetector(name, min_face_size=kwargs.get("min_face_size", 20))
     return DETECTORS.build(name, **kwargs)
@@ -242,7 +242,7 @@ class YunetDetector(FaceDetector):
         import cv2
 
         if model is None:
-            from facekd.weights import resolve_weights
+            from facekd.weights import resolve_weights  # on use: its downloader (ssl, urllib) slows every start
 
             model = resolve_weights("yunet_2023mar")
         model = Path(model)

@@ -6,6 +6,7 @@ state file.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -19,6 +20,7 @@ from facekd.align.aligner import align_detected
 from facekd.align.detector import build_detector, check_detector, detector_key
 from facekd.align.template import Template, get_template
 from facekd.errors import FacekdError
+from facekd.image_io import UnreadableImage, read_rgb
 from facekd.io_utils import atomic_write_bytes, atomic_write_json
 from facekd.workers import run_in_workers
 
@@ -156,8 +158,6 @@ def _init_worker(src: str, dst: str, opts: AlignOptions, template: Template, thr
 
 
 def _encode(crop: np.ndarray, suffix: str, quality: int) -> bytes:
-    import io
-
     from PIL import Image
 
     fmt = _WRITABLE.get(suffix.lower(), "PNG")
@@ -168,8 +168,6 @@ def _encode(crop: np.ndarray, suffix: str, quality: int) -> bytes:
 
 
 def _align_chunk(rels: list[str]) -> list[dict]:
-    from facekd.image_io import UnreadableImage, read_rgb
-
     src, dst, opts = _WORKER["src"], _WORKER["dst"], _WORKER["opts"]
     template: Template = _WORKER["template"]
     results: list[dict] = []

@@ -14,6 +14,7 @@ result records ``{"name": "surgery", "ops": [...]}`` and rebuilds it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -144,8 +145,6 @@ def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | 
         FacekdError: An unknown surgery (listing the known ones), a surgery that replaced
             nothing, or an exact one that broke parity (naming the layer).
     """
-    import copy
-
     before_types = _activations(model)
     for name in ops:
         s = SURGERIES.build(name)

@@ -18,6 +18,7 @@ from torch import nn
 from facekd.errors import FacekdError
 from facekd.models.exits import MultiExit
 from facekd.models.records import records, with_record
+from facekd.models.surgery import apply_surgery, replay_surgery
 from facekd.registry import Registry
 
 MODEL_TRANSFORMS: Registry[nn.Module] = Registry("model transform")
@@ -57,6 +58,4 @@ def _attach_exits(model: nn.Module, exits: list[dict]) -> nn.Module:
 def _replay_surgery(model: nn.Module, ops: list[str], replaced: dict[str, str] | None = None) -> nn.Module:
     """Activation surgery (:mod:`facekd.models.surgery`): the recorded modules put in
     place (a record without them, written by hand, applies the surgeries anew)."""
-    from facekd.models.surgery import apply_surgery, replay_surgery  # surgery imports records, not this module
-
     return apply_surgery(model, ops) if replaced is None else replay_surgery(model, ops, replaced)
