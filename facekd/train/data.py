@@ -16,7 +16,6 @@ from facekd.align.template import template_for_size
 from facekd.data.identity import scan_identities
 from facekd.data.pack import SUFFIX, Pack
 from facekd.errors import FacekdError
-from facekd.evaluation.pairs import aligned_folder_for
 from facekd.image_io import UnreadableImage, decode_rgb, read_rgb
 from facekd.paths import data_root
 
@@ -191,6 +190,10 @@ class _Gathered:
         """Aligns the chosen photos of unaligned folder ``s`` into the cache with
         ``detector``, drops those that cannot be read and reads the crops from there on."""
         wanted = sorted(c.rel for v in by_id.values() for c in v if c.source == s)
+        # On use: evaluation.pairs brings ONNX Runtime and scikit-learn, and every module
+        # that builds a training set (loaders, distill, prune) imports this one.
+        from facekd.evaluation.pairs import aligned_folder_for
+
         dst = aligned_folder_for(raw_root, template, detector)
         opts = AlignOptions(template=template, detector=detector)
         report = align_folder(raw_root, dst, opts, progress=progress, files=wanted)
