@@ -345,6 +345,7 @@ def test_quantisation_aware_recovery_rounds_while_training_and_saves_a_plain_mod
     before = resolve(tmp_path / "run" / "step1" / "pruned.pt").backbone
     layers = sum(type(m) in (nn.Conv2d, nn.Linear) for m in before.modules())
     assert any(f"quantisation-aware recovery: {layers} layers" in s for s in said), said
+    assert not any("eager (train.compile auto" in s for s in said)  # the tiny config pins compile: false
     after = resolve(tmp_path / "run" / "pruned.pt").backbone
     assert not any(isinstance(m, (FakeQuantConv2d, FakeQuantLinear)) for m in after.modules())
     a, b = before.state_dict(), after.state_dict()
