@@ -11,8 +11,9 @@ An exported model carries:
 - ``facekd.ident_threshold``: the open-set identification thresholds (one per scoring
   rule) chosen on LFW for a target FPIR (:mod:`facekd.identify.threshold`).
 
-Export, quantization, the threshold and the embedders import from here, and from
-nothing else in ``facekd.deploy``, so the deploy modules form no cycle.
+Export, quantization, the thresholds and the embedders of ``deploy``, ``evaluation``
+and ``identify`` all import from here; it imports none of them (only ``align``'s
+templates and ``preprocessing``), so none forms a cycle through it.
 """
 
 from __future__ import annotations
