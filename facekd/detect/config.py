@@ -148,14 +148,14 @@ def check_config(cfg: DetectorRunCfg) -> None:
     if cfg.prune is not None and not cfg.init:
         raise FacekdError("prune: pruning needs a trained detector to start from; set init to a run folder "
                           "(or its checkpoints/last.pt)")
-    if cfg.init:
-        init_checkpoint(cfg.init)
     if cfg.prune is not None:
         from facekd.prune.importance import IMPORTANCES
 
         if IMPORTANCES.build(cfg.prune.importance).needs_loss:
             raise FacekdError(f"prune.importance {cfg.prune.importance} needs a labelled loss; the detector "
                               "pruning takes l1_next, l1 or random")
+    if cfg.init:
+        init_checkpoint(cfg.init)
 
 
 def init_checkpoint(init: str | Path) -> Path:

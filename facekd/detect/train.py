@@ -266,7 +266,7 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
             loss, parts = objective(batch)
             if sparse_layers is not None:
                 penalty = cfg.sparsity.weight * sparsity_penalty(model, sparse_layers)
-                loss, parts = loss + penalty, {**parts, "sparsity": float(penalty)}
+                loss, parts = loss + penalty, {**parts, "sparsity": float(penalty.detach())}
             if not torch.isfinite(loss):
                 raise FacekdError(f"{out}: the loss is {float(loss)} at epoch {epoch + 1}, step {step + 1} "
                                   f"(parts {parts}); lower train.lr")
