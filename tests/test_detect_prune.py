@@ -137,7 +137,7 @@ def _run_cfg(*sets: str):
 
 
 def _l1(net) -> float:
-    return float(sparsity_penalty(net, detector_layers(net)))
+    return float(sparsity_penalty(net, detector_layers(net)).detach())
 
 
 def test_the_three_stages_sparsity_then_prune_from_init_then_retrain_and_resume(tmp_path):
