@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from facekd.errors import FacekdError
+from facekd.io_utils import atomic_write_bytes
 
 T = TypeVar("T")
 
@@ -247,6 +248,12 @@ def read_config_tree(path: Path | str, _seen: tuple[Path, ...] = ()) -> dict:
     if not (path.parent / parent).is_file():
         raise FacekdError(f"{path}: extends {parent!r}, which is not a file ({path.parent / parent})")
     return _merge(read_config_tree(path.parent / parent, (*_seen, path)), raw)
+
+
+def save_config(cfg: Any, path: Path | str) -> None:
+    """Writes a resolved config (any config dataclass) as YAML, atomically: the
+    ``config.yaml`` a run directory keeps, which :func:`load_config` reads back."""
+    atomic_write_bytes(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
 
 
 def load_config(cls: type[T], path: Path | str, overrides: list[str] | None = None) -> T:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facekd.config import at_least, fraction, from_dict, non_empty, positive, to_dict
+from facekd.config import at_least, fraction, load_config, non_empty, positive, to_dict
 from facekd.errors import FacekdError
 
 
@@ -180,13 +180,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def check_same_run(path: Path, cfg: DetectorRunCfg) -> None:
     """Refuses to resume a run under a config that changes more than its length."""
-    import yaml
-
     if not path.is_file():
         return
     try:
-        then = _flat(to_dict(from_dict(DetectorRunCfg, yaml.safe_load(path.read_text()) or {}, str(path))))
-    except (yaml.YAMLError, FacekdError):
+        then = _flat(to_dict(load_config(DetectorRunCfg, path)))
+    except FacekdError:
         raise FacekdError(f"{path}: unreadable, so the run cannot be checked before resuming; start a new --out") from None
     now = _flat(to_dict(cfg))
     changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from facekd.align.base import box_iou
 from facekd.align.grid import assign, decode
-from facekd.config import to_dict
+from facekd.config import save_config, to_dict
 from facekd.detect.config import DetectorRunCfg, check_config, check_same_run, frame_options, init_checkpoint
 from facekd.detect.data import LabelledPhotos, frame_rng, load_photos, make_frame
 from facekd.detect.export import export_detector
@@ -173,7 +172,7 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
         check_same_run(out / "config.yaml", cfg)
     out.mkdir(parents=True, exist_ok=True)
 
-    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    save_config(cfg, out / "config.yaml")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)

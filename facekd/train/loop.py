@@ -15,14 +15,12 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from facekd.config import to_dict
+from facekd.config import save_config
 from facekd.errors import FacekdError
 from facekd.evaluation.embed import TorchEmbedder
 from facekd.evaluation.pairs import evaluate_pairs
-from facekd.io_utils import atomic_write_bytes
 from facekd.models import backbone_cfg, build_backbone
 from facekd.models.heads import CenterLoss, build_head
 from facekd.progress import progress_bar
@@ -194,7 +192,7 @@ def fit(
         plain = _objective_rank0_first(cfg, data, device, dist, say, make_objective)
         setup, choices = build_setup(cfg, run_dir, dist, device, data, plain, ckpt, bcfg, say)
         if dist.is_main:
-            _write_config(cfg, run_dir)
+            save_config(cfg, run_dir / "config.yaml")
             if ckpt is not None:
                 dropped = setup.log.truncate_after(setup.start_step)
                 say(f"resuming {run_dir} after epoch {setup.start_epoch} (step {setup.start_step}); "
@@ -258,10 +256,6 @@ def _objective_rank0_first(cfg: TrainConfig, data, device: torch.device, dist: D
     plain = objective() if dist.is_main else None
     barrier(dist)
     return (plain if plain is not None else objective()).to(device)
-
-
-def _write_config(cfg: TrainConfig, run_dir: Path) -> None:
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
 
 
 def _run_line(setup: Setup, data, choices: str) -> str:
