@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekd.errors import FacekdError
+from facekd.models.surgery import replace_modules
 
 # Activations: uint8, asymmetric, per tensor (onnxruntime's QDQ default).
 ACT_MIN, ACT_MAX = 0, 255
@@ -104,13 +105,7 @@ def attach_fake_quant(model: nn.Module, weight_bits: int = 7, momentum: float = 
     Raises:
         FacekdError: ``model`` has no such layer, or ``weight_bits`` is out of range.
     """
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            new = _swap(child, weight_bits, momentum)
-            if new is not None:
-                setattr(parent, name, new)
-                count += 1
+    count = replace_modules(model, lambda path, m: _swap(m, weight_bits, momentum))
     if count == 0:
         raise FacekdError(f"fake quantisation: {type(model).__name__} has no Conv2d or Linear layer to round")
     return count

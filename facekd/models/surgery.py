@@ -46,7 +46,7 @@ class Surgery:
 SURGERIES: Registry[Surgery] = Registry("surgery")
 
 
-def _replace(model: nn.Module, pick: Callable[[str, nn.Module], nn.Module | None]) -> int:
+def replace_modules(model: nn.Module, pick: Callable[[str, nn.Module], nn.Module | None]) -> int:
     """Replaces each module for which ``pick(path, module)`` returns a new one."""
     count = 0
     for parent_path, parent in list(model.named_modules()):
@@ -60,7 +60,7 @@ def _replace(model: nn.Module, pick: Callable[[str, nn.Module], nn.Module | None
 
 
 def _prelu_to_relu(model: nn.Module) -> int:
-    return _replace(model, lambda path, m: nn.ReLU(inplace=False) if isinstance(m, nn.PReLU) else None)
+    return replace_modules(model, lambda path, m: nn.ReLU(inplace=False) if isinstance(m, nn.PReLU) else None)
 
 
 # Slopes this close to 0 (ReLU) or 1 (identity) fold without changing the function more
@@ -82,7 +82,7 @@ def _fold_prelu(model: nn.Module) -> int:
             f"(a ReLU) nor all 1 (an identity); use prelu_to_relu and recover by distillation"
         )
 
-    return _replace(model, pick)
+    return replace_modules(model, pick)
 
 
 for _s in (
