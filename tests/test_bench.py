@@ -135,3 +135,37 @@ def test_bench_cli_student_against_teacher(tmp_path):
     assert teacher_ratios(rows)["student5"] >= 5.0
     s5 = rows[1]
     assert s5["ort_int8_ms_1t"] is not None and s5["int8_ratio_1t"] < 1.0
+
+
+def test_mean_range_calibration_averages_batch_extremes_and_keeps_the_head_fp32(tmp_path):
+    """``qdq_all_mean_range``: the input's uint8 range is the mean of each 2-face
+    calibration batch's minimum and maximum (one outlier face no longer sets it), and
+    the last two Conv/Gemm (the head) read FP32 weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from facekd.deploy.quantize import INT8_RECIPES, apply_recipe
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(_Convs().eval(), fp32, input_size=(32, 32))
+    x = np.random.default_rng(0).uniform(-1, 1, size=(8, 3, 32, 32)).astype(np.float32)
+    x[5, 0, 0, 0] = 9.0  # one outlier value in the third batch of two faces
+    init_of = lambda path: {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}  # noqa: E731
+
+    def input_scale(path) -> float:
+        g = onnx.load(str(path)).graph
+        q = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == g.input[0].name)
+        return float(init_of(path)[q.input[1]])
+
+    plain, mean = tmp_path / "plain.onnx", tmp_path / "mean.onnx"
+    apply_recipe(fp32, plain, INT8_RECIPES.build("qdq_all"), x)
+    apply_recipe(fp32, mean, INT8_RECIPES.build("qdq_all_mean_range"), x)
+    pairs = x.reshape(4, -1)  # the calibration batches of two faces
+    lo, hi = pairs.min(axis=1).mean(), pairs.max(axis=1).mean()
+    assert input_scale(plain) == pytest.approx((9.0 - x.min()) / 255, rel=1e-5)
+    assert input_scale(mean) == pytest.approx((hi - lo) / 255, rel=1e-5)  # (1 + 1 + 9 + 1) / 4 = 3, not 9
+    g = onnx.load(str(mean)).graph
+    dq_outputs = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    heads = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert [n.input[1] in dq_outputs for n in heads] == [True, True, True, False, False]

@@ -170,3 +170,17 @@ def test_export_cli_refuses_static_int8_without_faces(tmp_path, capsys):
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "x.onnx"), "--int8", "static"]) == 1
     assert "--calib" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int8_probe_faces_are_held_out_from_calibration(tmp_path):
+    """Every fifth of up to 320 crops probes the INT8 recipes; none of them calibrates."""
+    import cv2
+
+    from facekd.deploy.export import calibration_and_probe
+
+    for i in range(30):  # crops told apart by their grey level
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((112, 96, 3), 8 * i, dtype=np.uint8))
+    calib, probe, real = calibration_and_probe(tmp_path, Preprocessing(), (112, 96))
+    level = lambda a: set(np.round(a[:, 0, 0, 0] * 128 + 127.5).astype(int).tolist())  # noqa: E731
+    assert real and level(probe) == {8 * i for i in range(0, 30, 5)}
+    assert level(calib) == {8 * i for i in range(30) if i % 5} and not level(calib) & level(probe)

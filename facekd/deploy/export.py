@@ -311,13 +311,21 @@ def calibration_and_probe(
     calib_data: Path | None, pre: Preprocessing, input_size: tuple[int, int]
 ) -> tuple[np.ndarray | None, np.ndarray, bool]:
     """INT8 calibration inputs (None without ``calib_data``), the parity probe, and
-    whether the probe holds real faces (else deterministic random inputs)."""
+    whether the probe holds real faces (else deterministic random inputs).
+
+    Up to 320 crops evenly spaced over ``calib_data``: every fifth is a probe face
+    (at most 64), the rest calibrate, so that an INT8 recipe is judged on faces its
+    ranges were not fitted to (a source of fewer than 10 crops lends all of them to both).
+    """
     if calib_data is None:
         return None, synthetic_inputs(16, input_size), False
 
-    crops = sample_crops(calib_data, pre.template, 256)
-    calib = to_input(crops, pre)
-    return calib, calib[:: max(1, len(calib) // 64)][:64], True
+    faces = to_input(sample_crops(calib_data, pre.template, 320), pre)
+    if len(faces) < 10:
+        return faces, faces, True
+    held_out = np.zeros(len(faces), dtype=bool)
+    held_out[::5] = True
+    return faces[~held_out], faces[held_out][:64], True
 
 
 def _export_checked(net, fp32_path: Path, pre: Preprocessing, info: ModelInfo, probe: np.ndarray, real: bool,
