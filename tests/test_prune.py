@@ -350,3 +350,13 @@ def test_quantisation_aware_recovery_rounds_while_training_and_saves_a_plain_mod
     assert not any(isinstance(m, (FakeQuantConv2d, FakeQuantLinear)) for m in after.modules())
     a, b = before.state_dict(), after.state_dict()
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_a_qat_weight_width_onnxruntime_has_no_grid_for_is_refused_when_the_config_loads(tmp_path):
+    from facekd.config import from_dict
+    from facekd.prune.config import PruneConfig
+
+    raw = _tiny_raw(tmp_path, {"source": "mobilefacenet", "ratio": 0.0, "qat": {"weight_bits": 6}})
+    with pytest.raises(FacekdError, match=r"prune\.qat\.weight_bits: 6 is not one of 7, 8"):
+        from_dict(PruneConfig, raw)
+    assert from_dict(PruneConfig, {**raw, "prune": {**raw["prune"], "qat": {"weight_bits": 8}}}).prune.qat.weight_bits == 8

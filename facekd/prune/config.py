@@ -4,6 +4,7 @@ recovery: the unpruned model teaches the pruned one) plus the ``prune`` section.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from facekd.config import at_least, fraction, positive
 from facekd.distill.config import DistillCfg, DistillConfig
@@ -41,7 +42,7 @@ class QatCfg:
         momentum: Weight of each new batch in the activations' moving min / max.
     """
 
-    weight_bits: int = 7
+    weight_bits: Literal[7, 8] = 7
     momentum: float = field(default=0.01, metadata=fraction(low_open=True))
 
 
