@@ -233,4 +233,8 @@ def resolve_weights(name: str, allow_download: bool = True) -> Path:
         return cached
     if not allow_download:
         raise FacekdError(f"weights {name!r} not found locally; pass --weights FILE or set FACEKD_WEIGHTS")
-    return download(remote, cached.parent)
+    try:
+        return download(remote, cached.parent)
+    except FacekdError as exc:
+        raise FacekdError(f"weights {name!r}: {exc}; without internet, put {remote.filename} in a folder and set "
+                          "FACEKD_WEIGHTS to it (or pass --weights FILE)") from None

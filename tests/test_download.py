@@ -118,3 +118,21 @@ def test_links_are_refused(tmp_path):
 def test_no_download_when_forbidden(tmp_path):
     with pytest.raises(FacekdError, match="LFW not found"):
         ensure_lfw(tmp_path, allow_download=False)
+
+
+def test_weights_that_cannot_be_downloaded_say_how_to_supply_them(monkeypatch):
+    """A manifest entry that cannot be fetched (no internet) names the file to place and
+    $FACEKD_WEIGHTS, what a machine without internet needs."""
+    import facekd.weights as weights
+
+    name = next(n for n, e in weights.manifest().items() if "url" in e and "shipped" not in e and "source" not in e)
+    filename = weights.manifest()[name]["filename"]
+    monkeypatch.delenv("FACEKD_WEIGHTS", raising=False)
+
+    def offline(remote, dest):
+        raise FacekdError(f"{remote.url}: download failed (Name or service not known)")
+
+    monkeypatch.setattr(weights, "download", offline)
+    with pytest.raises(FacekdError) as err:
+        weights.resolve_weights(name)
+    assert "download failed" in str(err.value) and f"put {filename} in a folder and set FACEKD_WEIGHTS" in str(err.value)

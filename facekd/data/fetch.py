@@ -55,8 +55,12 @@ def ensure_lfw(
     if not allow_download:
         raise FacekdError(f"{lfw}: LFW not found (no pairs.txt); pass --data or set FACEKD_DATA")
     downloads = Path(root) / "downloads"
-    archive = download(source.archive, downloads, progress)
-    pairs = download(source.pairs, downloads)
+    try:
+        archive = download(source.archive, downloads, progress)
+        pairs = download(source.pairs, downloads)
+    except FacekdError as exc:
+        raise FacekdError(f"{lfw}: LFW not found and not downloaded ({exc}); set FACEKD_DATA (or pass --data) "
+                          "to a folder holding lfw/ with its pairs.txt") from None
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         safe_extract(archive, tmp)
         top = Path(tmp) / source.top_folder

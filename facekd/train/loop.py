@@ -225,7 +225,8 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
     if cfg.eval.every and cfg.eval.lfw:
         lfw = resolve_path(cfg.eval.lfw, cfg.data.root)
         if not lfw.exists():
-            raise FacekdError(f"{lfw}: LFW for eval.lfw not found (set eval.lfw, or eval.every=0 to skip)")
+            raise FacekdError(f"{lfw}: LFW for eval.lfw not found (set eval.lfw, set FACEKD_DATA to a folder "
+                                  "holding lfw/, or eval.every=0 to skip)")
     return ckpt
 
 
