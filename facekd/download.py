@@ -15,6 +15,11 @@ from typing import Callable
 from facekd.errors import FacekdError
 
 
+class DownloadFailed(FacekdError):
+    """The address could not be reached or read (no internet, a dead link), as opposed
+    to a file that arrived with the wrong checksum."""
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """A public file: where it is and what its bytes hash to."""
@@ -58,7 +63,7 @@ def download(remote: RemoteFile, dest_dir: Path | str, progress: Callable[[int, 
                         if progress:
                             progress(done, total)
             except OSError as exc:  # URLError, timeouts, refused connections
-                raise FacekdError(f"{remote.url}: download failed ({getattr(exc, 'reason', exc)})") from None
+                raise DownloadFailed(f"{remote.url}: download failed ({getattr(exc, 'reason', exc)})") from None
         if h.hexdigest() != remote.sha256:
             raise FacekdError(
                 f"{remote.url}: checksum mismatch (expected sha256 {remote.sha256}, got {h.hexdigest()}); "

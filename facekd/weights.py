@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from facekd.download import RemoteFile, download, sha256_of
+from facekd.download import DownloadFailed, RemoteFile, download, sha256_of
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
 from facekd.paths import cache_dir
@@ -235,6 +235,6 @@ def resolve_weights(name: str, allow_download: bool = True) -> Path:
         raise FacekdError(f"weights {name!r} not found locally; pass --weights FILE or set FACEKD_WEIGHTS")
     try:
         return download(remote, cached.parent)
-    except FacekdError as exc:
+    except DownloadFailed as exc:
         raise FacekdError(f"weights {name!r}: {exc}; without internet, put {remote.filename} in a folder and set "
                           "FACEKD_WEIGHTS to it (or pass --weights FILE)") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from facekd.data.fetch import LfwSource, ensure_lfw
-from facekd.download import RemoteFile, download, safe_extract
+from facekd.download import DownloadFailed, RemoteFile, download, safe_extract
 from facekd.errors import FacekdError
 
 PAIRS = "2\t1\nAl\t1\t2\nAl\t1\tBo\t1\nAl\t2\t2\nAl\t2\tBo\t1\n"
@@ -130,9 +130,16 @@ def test_weights_that_cannot_be_downloaded_say_how_to_supply_them(monkeypatch):
     monkeypatch.delenv("FACEKD_WEIGHTS", raising=False)
 
     def offline(remote, dest):
-        raise FacekdError(f"{remote.url}: download failed (Name or service not known)")
+        raise DownloadFailed(f"{remote.url}: download failed (Name or service not known)")
 
     monkeypatch.setattr(weights, "download", offline)
     with pytest.raises(FacekdError) as err:
         weights.resolve_weights(name)
     assert "download failed" in str(err.value) and f"put {filename} in a folder and set FACEKD_WEIGHTS" in str(err.value)
+
+    def corrupt(remote, dest):  # a file that arrived but is not the one the manifest names: no internet advice
+        raise FacekdError(f"{remote.url}: checksum mismatch")
+
+    monkeypatch.setattr(weights, "download", corrupt)
+    with pytest.raises(FacekdError, match="checksum mismatch$"):
+        weights.resolve_weights(name)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from facekd.download import RemoteFile, download, move_tree, safe_extract
+from facekd.download import DownloadFailed, RemoteFile, download, move_tree, safe_extract
 from facekd.errors import FacekdError
 
 
@@ -58,7 +58,7 @@ def ensure_lfw(
     try:
         archive = download(source.archive, downloads, progress)
         pairs = download(source.pairs, downloads)
-    except FacekdError as exc:
+    except DownloadFailed as exc:
         raise FacekdError(f"{lfw}: LFW not found and not downloaded ({exc}); set FACEKD_DATA (or pass --data) "
                           "to a folder holding lfw/ with its pairs.txt") from None
     with tempfile.TemporaryDirectory(dir=root) as tmp:
