@@ -8,6 +8,7 @@ import json
 import os
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from facekd.errors import FacekdError
@@ -95,7 +96,29 @@ def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
             "minutes": statistics.median(minutes) if minutes else None,
             "notes": [f"seed {r.seed}: {r.note}" for r in recs if r.note],
             "how": ", ".join(dict.fromkeys(keys[how_trained(r)] for r in recs)),
-            "params": recs[0].params, "mb": recs[0].mb, "cpu_ms": recs[0].cpu_ms, "student": recs[0].student}
+            "params": recs[0].params, "mb": recs[0].mb, "cpu_ms": recs[0].cpu_ms, "student": recs[0].student,
+            "epochs": recs[0].epochs}
+
+
+def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tuple[str, str], dict]:
+    """(table, row) -> the row's summary over its seeds (:func:`_summary`); ``keys``: the
+    letters of :func:`_trained_with_keys` (None: computed from ``recs``)."""
+    keys = keys if keys is not None else _trained_with_keys(recs)
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in recs:
+        groups.setdefault((r.table, r.row), []).append(r)
+    by = {k: _summary(v, keys) for k, v in groups.items()}
+    # One network's latency is one figure: each run timed it once at its end (30 calls),
+    # and those figures scatter with whatever else ran (student5: 10 to 37 ms on one
+    # machine). Every row of a network shows the median over all its runs here.
+    timings: dict[tuple[str, int], list[float]] = {}
+    for r in recs:
+        if r.table != "teachers" and r.cpu_ms:
+            timings.setdefault((r.student, r.params), []).append(r.cpu_ms)
+    for (table, _), s in by.items():
+        if table != "teachers" and (s["student"], s["params"]) in timings:
+            s["cpu_ms"] = statistics.median(timings[(s["student"], s["params"])])
+    return by
 
 
 def _trained_with_keys(recs: list[Result]) -> dict[str, str]:
@@ -145,29 +168,45 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}{'¹' if s['over'] == 'folds' else ''}"
 
 
-def judge(label: str, x: dict | None, y: dict | None, names: tuple[str, str], want: str) -> str:
+@dataclass(frozen=True)
+class Finding:
+    """One finding of Wang et al. judged on one protocol's rows: ``verdict`` is
+    "confirmed", "refuted", "not distinguishable at this spread", "not measured yet" or
+    "not testable"; ``detail`` gives the figures behind it."""
+
+    label: str
+    verdict: str
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"- {self.label}: {self.verdict}" + (f": {self.detail}" if self.detail else ".")
+
+
+def judge(label: str, x: dict | None, y: dict | None, names: tuple[str, str], want: str) -> Finding:
     """``x want y`` (">" or "<") judged against the spread: confirmed, refuted, or not
     distinguishable when the difference is smaller than the larger std of the two."""
     if not x or not y:
-        return f"- {label}: not measured yet ({names[0] if not x else names[1]} missing)."
+        return Finding(label, "not measured yet", f"{names[0] if not x else names[1]} missing.")
     diff = x["mean"] - y["mean"]
     if abs(diff) < max(x["std"], y["std"]):
         verdict = "not distinguishable at this spread"
     else:
         verdict = "confirmed" if (diff > 0) == (want == ">") else "refuted"
-    return f"- {label}: {verdict}: {names[0]} {_fmt(x)} vs {names[1]} {_fmt(y)}."
+    return Finding(label, verdict, f"{names[0]} {_fmt(x)} vs {names[1]} {_fmt(y)}.")
 
 
-def findings(by: dict, deep_teacher: str = "teacher") -> list[str]:
-    """One line per finding of Wang et al. (ICIP 2018)."""
+def finding_rows(by: dict, deep_teacher: str = "teacher") -> list[Finding]:
+    """Each finding of Wang et al. (ICIP 2018) judged on ``by`` (rows summarised by
+    :func:`summaries`), in the order of SPEC 3."""
 
     def row(t: str, name: str) -> dict | None:
         return by.get((t, name))
 
-    lines = [
-        "- Feature alone generalises badly off LFW-like data: not testable with LFW as the only test set; "
-        + (f"on LFW, Feature {_fmt(by[('A', 'Feature')])} vs Hard {_fmt(by[('A', 'Hard')])}."
-           if ("A", "Feature") in by and ("A", "Hard") in by else "rows missing."),
+    feature, hard = row("A", "Feature"), row("A", "Hard")
+    out = [
+        Finding("Feature alone generalises badly off LFW-like data", "not testable",
+                "LFW is the only test set; " + (f"on LFW, Feature {_fmt(feature)} vs Hard {_fmt(hard)}."
+                                                  if feature and hard else "rows missing.")),
         judge("Hard+Soft+Feature < Hard+Soft", row("A", "Hard+Soft+Feature"), row("A", "Hard+Soft"),
               ("Hard+Soft+Feature", "Hard+Soft"), "<"),
     ]
@@ -175,22 +214,23 @@ def findings(by: dict, deep_teacher: str = "teacher") -> list[str]:
     a_rows = {k[1]: v for k, v in by.items() if k[0] == "A" and "weighting" not in k[1]}
     if best in a_rows and len(a_rows) > 1:
         top = max((k for k in a_rows if k != best), key=lambda k: a_rows[k]["mean"])
-        lines.append(judge("Hard+Soft+FeatureNorm is the best combination", a_rows[best], a_rows[top],
-                           (best, f"the best other row, {top}"), ">"))
+        out.append(judge("Hard+Soft+FeatureNorm is the best combination", a_rows[best], a_rows[top],
+                         (best, f"the best other row, {top}"), ">"))
     else:
-        lines.append("- Hard+Soft+FeatureNorm is the best combination: not measured yet.")
-    lines.append(judge("Teacher weighting helps", row("A", f"{best}, teacher weighting"), row("A", best),
-                       (f"{best}, teacher weighting", best), ">"))
+        out.append(Finding("Hard+Soft+FeatureNorm is the best combination", "not measured yet"))
+    out.append(judge("Teacher weighting helps", row("A", f"{best}, teacher weighting"), row("A", best),
+                     (f"{best}, teacher weighting", best), ">"))
     t = by.get(("teachers", deep_teacher))
     s = row("A", f"{best}, teacher weighting") or row("A", best)
+    match = "The student can match or beat the teacher at 3x speed"
     if t and s:
         speed = t["cpu_ms"] / s["cpu_ms"]
         ok = s["mean"] + max(s["std"], t["std"]) >= t["mean"] and speed >= 3
-        lines.append(f"- The student can match or beat the teacher at 3x speed: {'confirmed' if ok else 'refuted'}: "
-                     f"student5 {_fmt(s)} at {s['cpu_ms']:.1f} ms vs teacher {_fmt(t)} at {t['cpu_ms']:.1f} ms "
-                     f"({speed:.1f}x faster).")
+        out.append(Finding(match, "confirmed" if ok else "refuted",
+                           f"student5 {_fmt(s)} at {s['cpu_ms']:.1f} ms vs teacher {_fmt(t)} at {t['cpu_ms']:.1f} ms "
+                           f"({speed:.1f}x faster)."))
     else:
-        lines.append("- The student can match or beat the teacher at 3x speed: not measured yet (needs Table A and the teacher).")
+        out.append(Finding(match, "not measured yet", "needs Table A and the teacher."))
 
     def distilled(names: tuple[str, ...]) -> list[float]:
         return [v["mean"] for k, v in by.items() if k[0] == "B" and k[1].endswith("distilled") and k[1].split()[0] in names]
@@ -198,16 +238,20 @@ def findings(by: dict, deep_teacher: str = "teacher") -> list[str]:
     fast = distilled(("squeezenet1_1", "mobilenet_v2", "shufflenet_v2"))
     deep = distilled(("resnet27_c10", "resnet37_c10"))
     sota = distilled(("densenet121", "inception_resnet_v1"))
+    speed_built = "Speed-built students (SqueezeNet/MobileNet/ShuffleNet) do worse than thinner-deeper ones"
     if fast and deep:
-        ok = max(fast) < min(deep)
-        text = (f"- Speed-built students (SqueezeNet/MobileNet/ShuffleNet) do worse than thinner-deeper ones: "
-                f"{'confirmed' if ok else 'refuted'}: speed-built {statistics.mean(fast):.2f}, thinner-deeper "
-                f"{statistics.mean(deep):.2f} (means of the distilled rows)")
-        lines.append(text + (f"; DenseNet/Inception-ResNet {statistics.mean(sota):.2f}." if sota else
-                             "; DenseNet/Inception-ResNet not run (GPU protocol)."))
+        detail = (f"speed-built {statistics.mean(fast):.2f}, thinner-deeper {statistics.mean(deep):.2f} (means of the "
+                  "distilled rows)" + (f"; DenseNet/Inception-ResNet {statistics.mean(sota):.2f}." if sota else
+                                       "; DenseNet/Inception-ResNet not run (GPU protocol)."))
+        out.append(Finding(speed_built, "confirmed" if max(fast) < min(deep) else "refuted", detail))
     else:
-        lines.append("- Speed-built students do poorly, thinner-deeper ones as well as DenseNet/Inception-ResNet: not measured yet.")
-    return lines
+        out.append(Finding(speed_built, "not measured yet"))
+    return out
+
+
+def findings(by: dict, deep_teacher: str = "teacher") -> list[str]:
+    """One line per finding of Wang et al. (ICIP 2018)."""
+    return [f.line() for f in finding_rows(by, deep_teacher)]
 
 
 def close_rows(by: dict) -> list[str]:
@@ -306,22 +350,9 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
     proto = protocol if isinstance(protocol, Protocol) else None
     name = proto.name if proto else protocol
     recs = [r for r in read_results(results) if r.protocol == name]
-    groups: dict[tuple[str, str], list[Result]] = {}
-    for r in recs:
-        groups.setdefault((r.table, r.row), []).append(r)
     sweep = results.parent / proto.sweep if proto and proto.sweep else None
     keys = _trained_with_keys([*recs, *(read_results(sweep) if sweep else [])])
-    by = {k: _summary(v, keys) for k, v in groups.items()}
-    # One network's latency is one figure: each run timed it once at its end (30 calls),
-    # and those figures scatter with whatever else ran (student5: 10 to 37 ms on one
-    # machine). Every row of a network shows the median over all its runs here.
-    timings: dict[tuple[str, int], list[float]] = {}
-    for r in recs:
-        if r.table != "teachers" and r.cpu_ms:
-            timings.setdefault((r.student, r.params), []).append(r.cpu_ms)
-    for (table, _), s in by.items():
-        if table != "teachers" and (s["student"], s["params"]) in timings:
-            s["cpu_ms"] = statistics.median(timings[(s["student"], s["params"])])
+    by = summaries(recs, keys)
     ort_file = results.with_name(results.stem + "-ort.json")
     ort = read_ort_timings(ort_file)
     for s in by.values():
