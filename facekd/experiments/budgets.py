@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facekd.evaluation.plots import pyplot, save_figure
-from facekd.experiments.report import Finding, finding_rows, summaries
+from facekd.experiments.findings import Finding, finding_rows
+from facekd.experiments.report import summaries
 from facekd.experiments.results import read_results
 from facekd.experiments.tables import TABLES, Protocol
 
