@@ -13,6 +13,7 @@ without results yet). Without ``--budget`` the three columns above are used.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
         if png is not None:
-            lines += [f"![Table A by training budget]({Path('results') / png.name})", ""]
+            lines += [f"![Table A by training budget]({os.path.relpath(png.resolve(), args.out.resolve().parent)})", ""]
         atomic_write_bytes(args.out, "\n".join(lines).encode())
     except FacekdError as exc:
         print(f"findings_by_budget: error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ own).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from facekd.evaluation.plots import pyplot, save_figure
@@ -28,8 +29,10 @@ class Budget:
     protocol: Protocol
     results: Path | None = None
 
+    @cached_property
     def rows(self) -> dict:
-        """(table, row) -> summary of this protocol's records (empty when not run)."""
+        """(table, row) -> summary of this protocol's records (empty when not run); read
+        once, for the table and the plot alike."""
         if self.results is None or not self.results.is_file():
             return {}
         return summaries([r for r in read_results(self.results) if r.protocol == self.protocol.name])
@@ -42,15 +45,15 @@ def _cell(f: Finding) -> str:
 def budget_table(budgets: list[Budget]) -> list[str]:
     """A Markdown table: a line per finding, a column per budget, and a last column that
     says whether the verdicts measured in two or more columns agree."""
-    judged = [finding_rows(b.rows(), b.protocol.deep_teacher) if b.results else None for b in budgets]
+    judged = [finding_rows(b.rows, b.protocol.deep_teacher) if b.results else None for b in budgets]
     labels = [f.label for f in finding_rows({})]
     lines = ["| finding | " + " | ".join(b.label for b in budgets) + " | changes with the budget? |",
              "|---|" + "---|" * len(budgets) + "---|"]
     for i, label in enumerate(labels):
         cells = ["not run" if j is None else _cell(j[i]) for j in judged]
-        measured = {j[i].verdict for j in judged if j is not None and j[i].verdict in ("confirmed", "refuted")}
-        n = sum(1 for j in judged if j is not None and j[i].verdict in ("confirmed", "refuted"))
-        change = "yes" if len(measured) > 1 else "no" if n > 1 else "not decided (measured in fewer than two columns)"
+        decided = [j[i].verdict for j in judged if j is not None and j[i].verdict in ("confirmed", "refuted")]
+        change = ("yes" if len(set(decided)) > 1 else "no" if len(decided) > 1
+                  else "not decided (measured in fewer than two columns)")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {change} |")
     return lines
 
@@ -61,7 +64,7 @@ def plot_table_a_by_epochs(budgets: list[Budget], path: Path) -> Path | None:
     names = [r.name for r in TABLES["A"]]
     series = []
     for b in budgets:
-        rows = b.rows()
+        rows = b.rows
         pts = [(i, rows[("A", n)]) for i, n in enumerate(names) if ("A", n) in rows]
         if pts:
             series.append((b, pts))

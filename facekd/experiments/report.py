@@ -12,8 +12,7 @@ from pathlib import Path
 
 from facekd.errors import FacekdError
 from facekd.evaluation.plots import pyplot, save_figure
-from facekd.experiments.findings import close_rows, findings
-from facekd.experiments.findings import fmt_summary as _fmt
+from facekd.experiments.findings import close_rows, findings, fmt_summary
 from facekd.experiments.results import Result, read_results
 from facekd.experiments.tables import TABLES, Protocol, Row
 from facekd.io_utils import atomic_write_bytes
@@ -235,7 +234,7 @@ def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
             continue
         minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
         mark = "²" if s.get("notes") and name == row.name else ""
-        lines.append(f"| {name}{mark} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} | "
+        lines.append(f"| {name}{mark} | {s['student']} | {fmt_summary(s)} | {s['n']} | {_params(s)} | "
                      f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {_ort(s)} | {minutes} | {s['how']} |")
     notes = [f"- ² {row.name}, {n}" for row in TABLES[t] if (s := by.get((t, row.name))) for n in s.get("notes", [])]
     return [*lines, *([""] + notes if notes else []), ""]
@@ -287,7 +286,7 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
     if teachers:
         lines += ["## Teachers", "", "| run | network | LFW % | seeds | params | CPU ms/face | ORT ms/face | trained with |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
-        lines += [f"| {n}{'²' if s.get('notes') else ''} | {s['student']} | {_fmt(s)} | {s['n']} | {_params(s)} "
+        lines += [f"| {n}{'²' if s.get('notes') else ''} | {s['student']} | {fmt_summary(s)} | {s['n']} | {_params(s)} "
                   f"| {s['cpu_ms']:.2f} | {_ort(s) or ('–' if ort else '')} | {s['how']} |" for n, s in teachers]
         notes = [f"- ² {n}, {note}" for n, s in teachers for note in s.get("notes", [])]
         lines += [*([""] + notes if notes else []), ""]
