@@ -72,22 +72,58 @@ def test_a_surgery_with_nothing_to_rewrite_says_so() -> None:
         apply_surgery(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()), ["prelu_to_relu"])
 
 
+# What each surgery starts from: the ReLU MobileFaceNet for the one that puts PReLUs back.
+_BEFORE = {"prelu_at_last_stride": ["prelu_to_relu"]}
+
+
 @pytest.mark.parametrize("name", SURGERIES.names())
 def test_every_surgery_rewrites_records_and_keeps_its_exactness_claim(name):
-    """Each surgery removes the PReLUs of a MobileFaceNet whose slopes are all 0 (so that
+    """Each surgery rewrites a MobileFaceNet whose PReLU slopes are all 0 (so that
     fold_prelu applies); an exact one keeps the embeddings, and every one rebuilds from
-    its record."""
+    its records with the same modules and parameters."""
     torch.manual_seed(0)
     net = build_backbone("mobilefacenet").eval()
     for m in net.modules():
         if isinstance(m, nn.PReLU):
             m.weight.data.zero_()
+    if _BEFORE.get(name):
+        apply_surgery(net, _BEFORE[name])
     x = torch.randn(2, 3, 112, 96)
     before = net(x)
+    kinds_before = [type(m) for m in net.modules()]
     apply_surgery(net, [name])
-    assert _prelus(net) == 0
+    assert [type(m) for m in net.modules()] != kinds_before
     if SURGERIES.build(name).exact:
         assert torch.allclose(net(x), before, atol=1e-5)
     fresh = apply_transforms(build_backbone("mobilefacenet"), net.transforms)
-    fresh.load_state_dict(net.state_dict(), strict=False)
+    fresh.load_state_dict(net.state_dict())
     assert [type(m) for m in fresh.modules()] == [type(m) for m in net.modules()]
+    assert torch.allclose(fresh.eval()(x), net(x), atol=1e-6)
+
+
+def test_prelu_at_last_stride_puts_zero_slopes_on_exactly_the_smallest_maps() -> None:
+    """On the ReLU MobileFaceNet (112x96 in, strides to 7x6): every ReLU whose output is
+    7x6 (block 12's depthwise, blocks 13-14, the head: 6 layers) becomes a PReLU of as many
+    slopes as its channels, all 0; no other activation changes."""
+    net = apply_surgery(build_backbone("mobilefacenet").eval(), ["prelu_to_relu"])
+    sizes = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, p=p: sizes.__setitem__(p, (o.shape[1], *o.shape[2:])))
+             for p, m in net.named_modules() if isinstance(m, nn.ReLU)]
+    net(torch.zeros(1, 3, 112, 96))
+    for h in hooks:
+        h.remove()
+    want = {p: c for p, (c, h, w) in sizes.items() if (h, w) == (7, 6)}
+    assert sorted(want) == ["blocks.12.depthwise.act", "blocks.13.depthwise.act", "blocks.13.expand.act",
+                            "blocks.14.depthwise.act", "blocks.14.expand.act", "head.act"]
+    apply_surgery(net, ["prelu_at_last_stride"])
+    got = {p: m for p, m in net.named_modules() if isinstance(m, nn.PReLU)}
+    assert {p: m.num_parameters for p, m in got.items()} == want
+    assert all(float(m.weight.detach().abs().max()) == 0.0 for m in got.values())
+    assert net.transforms[-1]["replaced"] == {p: f"PReLU:{c}" for p, c in want.items()}
+
+
+@pytest.mark.parametrize("kind", ["PReLU", "PReLU:x", "PReLU:0", "ReLU:3", "Sigmoid"])
+def test_a_record_naming_an_unknown_or_malformed_module_is_refused(kind) -> None:
+    record = {"name": "surgery", "ops": ["prelu_to_relu"], "replaced": {"head.act": kind}}
+    with pytest.raises(FacekdError, match=f"cannot put a {kind} at 'head.act'"):
+        apply_transforms(build_backbone("mobilefacenet"), [record])

@@ -85,11 +85,66 @@ def _fold_prelu(model: nn.Module) -> int:
     return replace_modules(model, pick)
 
 
+def _output_sizes(model: nn.Module, kinds: tuple[type, ...]) -> dict[str, int]:
+    """Height x width of each output of the modules of ``kinds``, by path, on one input of
+    the backbone's size."""
+    sizes: dict[str, int] = {}
+
+    def hook(path: str):  # a forward hook returning a value would replace the output
+        return lambda mod, inp, out: sizes.__setitem__(path, out.shape[-1] * out.shape[-2])
+
+    hooks = [m.register_forward_hook(hook(path)) for path, m in model.named_modules() if isinstance(m, kinds)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *model.cfg.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return sizes
+
+
+def _channels_before(model: nn.Module) -> dict[str, int]:
+    """The channels each ReLU receives, by path (from one forward pass)."""
+    channels: dict[str, int] = {}
+
+    def hook(path: str):
+        return lambda mod, inp, out: channels.__setitem__(path, inp[0].shape[1])
+
+    hooks = [m.register_forward_hook(hook(path)) for path, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *model.cfg.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return channels
+
+
+def _prelu_at_last_stride(model: nn.Module) -> int:
+    sizes = _output_sizes(model, (nn.ReLU,))
+    if not sizes:
+        return 0
+    smallest = min(sizes.values())
+    channels = _channels_before(model)
+
+    def pick(path: str, m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, nn.ReLU) or sizes.get(path) != smallest:
+            return None
+        return nn.PReLU(channels[path], init=0.0)
+
+    return replace_modules(model, pick)
+
+
 for _s in (
     Surgery("prelu_to_relu", exact=False, apply=_prelu_to_relu,
             doc="every PReLU becomes a ReLU (fuses into a quantised Conv); changes the function: recover by distillation"),
     Surgery("fold_prelu", exact=True, apply=_fold_prelu,
             doc="PReLUs whose slopes are all 0 become ReLU, all 1 an identity; any other PReLU is refused by name"),
+    Surgery("prelu_at_last_stride", exact=True, apply=_prelu_at_last_stride,
+            doc="every ReLU whose output has the network's smallest maps becomes a PReLU with slopes 0 (the same "
+                "function); recovery then learns slopes where an unfused activation costs least"),
 ):
     SURGERIES.register(_s.name)(lambda s=_s: s)
 
@@ -124,12 +179,27 @@ def check_exact(before: nn.Module, after: nn.Module, x: torch.Tensor, atol: floa
             raise FacekdError(f"surgery broke parity at {path}: its output moved by {diff:.3g} (> {atol:g})")
 
 
-# What a replayed record may put in a rewritten module's place.
-_REPLACEMENTS: dict[str, Callable[[], nn.Module]] = {"ReLU": nn.ReLU, "Identity": nn.Identity}
+# What a replayed record may put in a rewritten module's place, by kind: the module's
+# class name, then for a PReLU ":" and its number of slopes ("PReLU:512").
+_REPLACEMENTS: dict[str, Callable[[int], nn.Module]] = {
+    "ReLU": lambda n: nn.ReLU(), "Identity": lambda n: nn.Identity(), "PReLU": lambda n: nn.PReLU(n),
+}
+
+
+def _kind(m: nn.Module) -> str:
+    return f"PReLU:{m.num_parameters}" if isinstance(m, nn.PReLU) else type(m).__name__
+
+
+def _build(kind: str) -> nn.Module | None:
+    """The module a record's kind names (None for an unknown or malformed kind)."""
+    name, _, count = kind.partition(":")
+    if name not in _REPLACEMENTS or (name == "PReLU") != count.isdigit() or (count and int(count) < 1):
+        return None
+    return _REPLACEMENTS[name](int(count or 0))
 
 
 def _activations(model: nn.Module) -> dict[str, str]:
-    return {path: type(m).__name__ for path, m in model.named_modules() if type(m).__name__ in _REPLACEMENTS}
+    return {path: _kind(m) for path, m in model.named_modules() if type(m).__name__ in _REPLACEMENTS}
 
 
 def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | None = None) -> nn.Module:
@@ -165,8 +235,9 @@ def replay_surgery(model: nn.Module, ops: list[str], replaced: dict[str, str]) -
     surgery was checked when it was made); returns it with the same record."""
     modules = dict(model.named_modules())
     for path, kind in replaced.items():
-        if kind not in _REPLACEMENTS or not path or path not in modules:
+        new = _build(kind) if isinstance(kind, str) else None
+        if new is None or not path or path not in modules:
             raise FacekdError(f"surgery record: cannot put a {kind} at {path!r} of {type(model).__name__}")
         parent_path, _, leaf = path.rpartition(".")
-        setattr(modules[parent_path] if parent_path else model, leaf, _REPLACEMENTS[kind]())
+        setattr(modules[parent_path] if parent_path else model, leaf, new)
     return with_record(model, {"name": "surgery", "ops": list(ops), "replaced": dict(replaced)})
