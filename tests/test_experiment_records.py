@@ -250,3 +250,31 @@ def test_the_multiexit_and_prune_controls_are_their_base_with_one_set(tmp_path):
                          "schedule: {warmup_epochs: 0.1}\ntrain: {epochs: 1, batch_size: 128}\n"
                          "eval: {every: 1, flip: false}\n")
     assert load_config(PruneConfig, CONFIGS / "prune/student5_cpu.yaml") == load_config(PruneConfig, old)
+
+
+def test_a_run_another_process_holds_is_skipped_and_counted_as_left(tmp_path):
+    """Several processes share one suite: a run whose lock another process holds (here a
+    child process, as a second `reproduce_paper.py` would) is skipped, not trained twice,
+    and counted among the runs left; once released, the next command trains it."""
+    import subprocess
+    import sys
+
+    runner = _tiny_runner(tmp_path)
+    row = next(r for r in TABLES["B"] if r.name == "student5 alone")
+    lock = str(runner.run_dir(row, 0)) + ".lock"
+    (tmp_path / "runs").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", lock],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert runner.run(["B"], rows=["student5 alone"]) == 1
+        assert not runner.run_dir(row, 0).exists() and read_results(tmp_path / "r.jsonl") == []
+    finally:
+        holder.communicate("")
+    # Released (its process ended): this command takes it (the tiny protocol has no LFW
+    # evaluation, so the finished run's record is refused, after training).
+    with pytest.raises(FacekdError, match="no LFW result"):
+        runner.run(["B"], rows=["student5 alone"])
+    assert (runner.run_dir(row, 0) / "checkpoints" / "last.pt").is_file()

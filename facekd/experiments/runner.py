@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from facekd.config import apply_overrides, from_dict, read_config_tree
 from facekd.distill.config import DistillConfig
@@ -125,16 +126,18 @@ class Runner:
         raw = self._raw(config, backbone, seed, scale)
         run = self.runs / f"{key}-seed{seed}"
         last = run / CHECKPOINT
-        done = last.is_file() and load_checkpoint(last)["epoch"] >= raw["train"].get("epochs", 40)
-        if done:  # trained by an earlier command, perhaps killed before it appended the record
-            t0, metrics = None, load_checkpoint(last).get("metrics", {})
-        else:
-            self.say(f"== prerequisite {key} (seed {seed}): {backbone}, {raw['train'].get('epochs')} epochs -> {run}")
-            t0 = time.perf_counter()
-            metrics = self._fit(raw, run, distill=False)
-        known = {r.key() for r in read_results(self.results)}
-        if (self.protocol.name, "teachers", key, seed) not in known and "lfw_acc" in metrics:
-            append_result(self.results, self._record("teachers", key, backbone, seed, raw, metrics, run, t0))
+        # Another process of the same suite may be training it: wait for that one.
+        with self._lock(run):
+            done = last.is_file() and load_checkpoint(last)["epoch"] >= raw["train"].get("epochs", 40)
+            if done:  # trained by an earlier command, perhaps killed before it appended the record
+                t0, metrics = None, load_checkpoint(last).get("metrics", {})
+            else:
+                self.say(f"== prerequisite {key} (seed {seed}): {backbone}, {raw['train'].get('epochs')} epochs -> {run}")
+                t0 = time.perf_counter()
+                metrics = self._fit(raw, run, distill=False)
+            known = {r.key() for r in read_results(self.results)}
+            if (self.protocol.name, "teachers", key, seed) not in known and "lfw_acc" in metrics:
+                self._append(self._record("teachers", key, backbone, seed, raw, metrics, run, t0))
         self._prereq_ckpt[(key, seed)] = last
         return last
 
@@ -153,10 +156,26 @@ class Runner:
                 {"terms": [json.loads(t) for t in row.terms], "teacher_weighting": row.weighting})
         return raw
 
+    def run_dir(self, row: Row, seed: int) -> Path:
+        slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in f"{row.table}-{row.name}")[:80]
+        return self.runs / f"{slug}-seed{seed}"
+
+    @staticmethod
+    def _lock(run: Path) -> FileLock:
+        """The lock of one run (``RUN.lock`` beside its folder): the operating system drops
+        it when its process ends, so a killed run never blocks the next command."""
+        run.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(run) + ".lock")
+
+    def _append(self, rec: Result) -> None:
+        """Appends a record, one process at a time."""
+        self.results.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.results) + ".lock"):
+            append_result(self.results, rec)
+
     def run_row(self, row: Row, seed: int) -> Result:
         raw = self.row_config(row, seed)
-        slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in f"{row.table}-{row.name}")[:80]
-        run = self.runs / f"{slug}-seed{seed}"
+        run = self.run_dir(row, seed)
         self.say(f"== table {row.table}: {row.name} (seed {seed}) -> {run}")
         t0 = time.perf_counter()
         metrics = self._fit(raw, run, distill=row.kind == "distill")
@@ -210,13 +229,31 @@ class Runner:
         return todo
 
     def run(self, tables: list[str], seeds: int | None = None, rows: list[str] | None = None) -> int:
-        """Runs every wanted row that has no result yet; returns how many remain."""
+        """Runs every wanted row that has no result yet; returns how many remain (those
+        left at the deadline and those another process was running).
+
+        Several processes may share one suite (the same ``runs`` folder and results file,
+        e.g. one per core or three on one GPU): each run is locked while it trains, a
+        process skips the runs another one holds and the runs that finished meanwhile."""
         done = read_results(self.results)
         todo = self.plan(tables, seeds, rows)
         self.say(f"{len(todo)} runs to do ({len(done)} results already in {self.results})")
+        busy = 0
         for k, (row, seed) in enumerate(todo):
             if self.deadline is not None and time.time() > self.deadline:
                 self.say(f"budget reached; {len(todo) - k} runs left: run the same command again to continue")
-                return len(todo) - k
-            append_result(self.results, self.run_row(row, seed))
-        return 0
+                return len(todo) - k + busy
+            lock = self._lock(self.run_dir(row, seed))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                self.say(f"== table {row.table}: {row.name} (seed {seed}): another process is running it; skipped")
+                busy += 1
+                continue
+            try:
+                if (self.protocol.name, row.table, row.name, seed) in {r.key() for r in read_results(self.results)}:
+                    continue  # finished by another process since the plan was made
+                self._append(self.run_row(row, seed))
+            finally:
+                lock.release()
+        return busy
