@@ -198,7 +198,7 @@ REFINED_TO_MTCNN_OFFSET = np.array(
 
 class YunetDetector(FaceDetector):
     """YuNet (Wu et al., "YuNet: A Tiny Millisecond-level Face Detector", MIR 2023) through
-    OpenCV's ``cv2.FaceDetectorYN``: 75k parameters, five landmarks, a few ms per photo.
+    OpenCV's ``cv2.FaceDetectorYN``: 53k parameters (the 2023mar file), five landmarks, a few ms per photo.
 
     Photos whose shorter side is below ``UPSCALE_BELOW`` are upscaled as for MTCNN; photos
     whose longer side exceeds ``max_side`` are downscaled first (speed; a face that fills

@@ -17,6 +17,7 @@ from facekd.align.grid import decode, padded_size
 from facekd.errors import FacekdError
 
 KIND = "face_detector"  # the facekd.kind metadata of a detector's ONNX file
+DEFAULT_MAX_SIDE = 960  # for a file without facekd.max_side (exported before it was stored)
 
 
 class OnnxFaceDetector(FaceDetector):
@@ -25,7 +26,8 @@ class OnnxFaceDetector(FaceDetector):
     Args:
         model: The ONNX file.
         min_face_size: Smallest face box side kept, in pixels of the (upscaled) image.
-        max_side: Longer side photos are brought down to first.
+        max_side: Longer side photos are brought down to first (None: the one stored in the
+            file when it was trained, ``facekd.max_side``, else 960).
         threads: ONNX Runtime intra-op threads (None: 1, as align runs one worker per core).
     """
 
@@ -33,7 +35,7 @@ class OnnxFaceDetector(FaceDetector):
     min_score = 0.6
     uses_torch = False
 
-    def __init__(self, model: Path | str, min_face_size: int = 20, max_side: int = 960,
+    def __init__(self, model: Path | str, min_face_size: int = 20, max_side: int | None = None,
                  threads: int | None = None) -> None:
         from facekd.runtime.onnx import ort_session
 
@@ -54,6 +56,11 @@ class OnnxFaceDetector(FaceDetector):
             raise FacekdError(f"{model}: facekd.min_score metadata is not a number") from None
         if not 0.0 < self.min_score < 1.0:
             raise FacekdError(f"{model}: facekd.min_score {self.min_score} is outside (0, 1)")
+        if max_side is None:
+            stored = meta.get("facekd.max_side", str(DEFAULT_MAX_SIDE))
+            if not stored.isdigit() or int(stored) < 32:
+                raise FacekdError(f"{model}: facekd.max_side metadata {stored!r} is not a whole number of at least 32")
+            max_side = int(stored)
         self.min_face_size = min_face_size
         self.max_side = max_side
 

@@ -100,7 +100,8 @@ class DetectorRunCfg:
     """A detector distillation run (``configs/detect/*.yaml``).
 
     ``init`` starts from a trained detector (a run folder or its ``checkpoints/last.pt``)
-    instead of random weights; ``prune`` prunes that detector first (it needs ``init``);
+    instead of random weights, or, as ``init: yunet`` with ``model: yunet``, from YuNet's
+    own weights (the student begins as its teacher); ``prune`` prunes that detector first (it needs ``init``);
     ``sparsity`` adds the L1 penalty of sparsity induction. The three stages of
     multi-layer pruning are then: a run with ``sparsity``, a run with ``init`` (the
     first) and ``prune``, which retrains the pruned detector."""
@@ -110,6 +111,10 @@ class DetectorRunCfg:
     prune: DetPruneCfg | None = None
     sparsity: DetSparsityCfg | None = None
     teacher: str = "yunet"  # yunet: its maps and hint feed the distillation terms; none: labels only
+    # The longer side photos are brought down to before the exported detector's one pass
+    # (stored in detector.onnx; facekd align, embed and verify use it): a smaller side is
+    # faster and suits large faces (LFW's 250x250 framing at 160: faces of about 75 px).
+    max_side: int = field(default=960, metadata=at_least(32))
     fm_nms: bool = False
     terms: list[DetTermCfg] = field(default_factory=lambda: [DetTermCfg("hard")], metadata=non_empty())
     data: DetDataCfg = field(default_factory=DetDataCfg)
@@ -154,8 +159,15 @@ def check_config(cfg: DetectorRunCfg) -> None:
         if IMPORTANCES.build(cfg.prune.importance).needs_loss:
             raise FacekdError(f"prune.importance {cfg.prune.importance} needs a labelled loss; the detector "
                               "pruning takes l1_next, l1 or random")
-    if cfg.init:
+    if cfg.init == YUNET_INIT and cfg.model != "yunet":
+        raise FacekdError(f"init: {YUNET_INIT} starts from YuNet's own weights, which only model: yunet has "
+                          f"(this run's model is {cfg.model})")
+    if cfg.init and cfg.init != YUNET_INIT:
         init_checkpoint(cfg.init)
+
+
+# ``init`` naming YuNet's own weights (the manifest's yunet_2023mar) for model: yunet.
+YUNET_INIT = "yunet"
 
 
 def init_checkpoint(init: str | Path) -> Path:
@@ -167,8 +179,9 @@ def init_checkpoint(init: str | Path) -> Path:
     return path
 
 
-# What a resumed run may change: how long it runs and on how many threads.
-RESUMABLE_CHANGES = frozenset({"train.epochs", "train.threads"})
+# What a resumed run may change: how long it runs, on how many threads, and the side its
+# export detects at (a finished run resumed with another max_side is exported again).
+RESUMABLE_CHANGES = frozenset({"train.epochs", "train.threads", "max_side"})
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -18,11 +18,13 @@ from facekd.io_utils import atomic_write_bytes
 from facekd.runtime.onnx import ort_session
 
 
-def export_detector(model, arch: str, path: Path, size: int = 256, min_score: float = 0.6) -> Path:
+def export_detector(model, arch: str, path: Path, size: int = 256, min_score: float = 0.6, max_side: int = 960) -> Path:
     """Exports ``model`` to ``path`` (atomically) and checks ONNX Runtime against PyTorch.
 
     ``min_score`` is stored as the detector's operating score (``facekd.min_score``): a
-    distilled detector's scores are calibrated by its training, so each gets its own."""
+    distilled detector's scores are calibrated by its training, so each gets its own.
+    ``max_side`` (``facekd.max_side``) is the longer side photos are brought down to
+    before its pass."""
     import onnx
     import torch
 
@@ -34,7 +36,8 @@ def export_detector(model, arch: str, path: Path, size: int = 256, min_score: fl
     torch.onnx.export(model, (x,), buf, input_names=["input"], output_names=names, dynamic_axes=axes,
                       opset_version=17, dynamo=False)
     m = onnx.load_from_string(buf.getvalue())
-    meta = {"facekd.kind": KIND, "facekd.arch": arch, "facekd.min_score": f"{min_score:.4f}", "facekd.input": "RGB, 0-255, NCHW, H and W divisible by 32",
+    meta = {"facekd.kind": KIND, "facekd.arch": arch, "facekd.min_score": f"{min_score:.4f}", "facekd.max_side": str(int(max_side)),
+            "facekd.input": "RGB, 0-255, NCHW, H and W divisible by 32",
             "facekd.maps": json.dumps({"strides": list(STRIDES), "outputs": names,
                                        "score": "sqrt(sigmoid(cls) * sigmoid(obj))"})}
     for k, v in meta.items():

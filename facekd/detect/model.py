@@ -5,8 +5,9 @@ pooling to strides 8, 16 and 32; a top-down neck that adds each coarser level, u
 to the finer one; per stride four heads (1x1 conv, depthwise 3x3) giving the maps of
 ``facekd.align.grid``. The input is RGB, 0-255, NCHW, height and width divisible by 32.
 
-``DETECTOR_NETS`` holds the sizes: ``fkdet_s`` (about 20k parameters, a third of YuNet's
-75k) and ``fkdet_m`` (about 70k).
+``DETECTOR_NETS`` holds the sizes: ``fkdet_s`` (14,168 parameters) and ``fkdet_m``
+(44,848), against the 53,104 of YuNet's 2023mar file, and ``yunet``: YuNet's own network
+(``facekd.detect.yunet_net``), which can start from YuNet's weights.
 """
 
 from __future__ import annotations
@@ -117,3 +118,12 @@ def _fkdet_s() -> FaceDetectorNet:
 @DETECTOR_NETS.register("fkdet_m")
 def _fkdet_m() -> FaceDetectorNet:
     return FaceDetectorNet(SIZES["fkdet_m"])
+
+
+@DETECTOR_NETS.register("yunet")
+def _yunet() -> torch.nn.Module:
+    """YuNet's own network (facekd.detect.yunet_net): with ``init: yunet`` a student
+    starts from YuNet's weights."""
+    from facekd.detect.yunet_net import YunetNet
+
+    return YunetNet()

@@ -19,7 +19,14 @@ import torch
 from facekd.align.base import box_iou
 from facekd.align.grid import assign, decode
 from facekd.config import save_config, to_dict
-from facekd.detect.config import DetectorRunCfg, check_config, check_same_run, frame_options, init_checkpoint
+from facekd.detect.config import (
+    YUNET_INIT,
+    DetectorRunCfg,
+    check_config,
+    check_same_run,
+    frame_options,
+    init_checkpoint,
+)
 from facekd.detect.data import LabelledPhotos, frame_rng, load_photos, make_frame
 from facekd.detect.export import export_detector
 from facekd.detect.losses import DetBatch, DetectionObjective
@@ -143,12 +150,18 @@ def _detector(cfg: DetectorRunCfg, resumed: dict | None, log) -> torch.nn.Module
         return _rebuilt(cfg.model, resumed)
     if not cfg.init:
         return DETECTOR_NETS.build(cfg.model)
-    path = init_checkpoint(cfg.init)
-    state = load_checkpoint(path)
-    if state.get("arch") != cfg.model:
-        raise FacekdError(f"init: {path} holds a {state.get('arch')} detector, not this run's model {cfg.model}")
-    model = _rebuilt(cfg.model, state)
-    log(f"init: {path} (epoch {state.get('epoch')})")
+    if cfg.init == YUNET_INIT:
+        from facekd.detect.yunet_net import load_yunet_weights
+
+        model = load_yunet_weights(DETECTOR_NETS.build(cfg.model))
+        log("init: YuNet's own weights (yunet_2023mar)")
+    else:
+        path = init_checkpoint(cfg.init)
+        state = load_checkpoint(path)
+        if state.get("arch") != cfg.model:
+            raise FacekdError(f"init: {path} holds a {state.get('arch')} detector, not this run's model {cfg.model}")
+        model = _rebuilt(cfg.model, state)
+        log(f"init: {path} (epoch {state.get('epoch')})")
     if cfg.prune is not None:
         from facekd.detect.prune import prune_detector
 
@@ -292,7 +305,7 @@ def train_detector(cfg: DetectorRunCfg, out: Path, resume: bool = False, log=pri
 
     min_score = choose_min_score(model, val_frames, val_faces) if val_frames else 0.6
     log(f"operating score {min_score:.2f} (best F1 on the validation frames)")
-    onnx_path = export_detector(model, cfg.model, out / "detector.onnx", min_score=min_score)
+    onnx_path = export_detector(model, cfg.model, out / "detector.onnx", min_score=min_score, max_side=cfg.max_side)
     atomic_write_json(out / "record.json", {"config": to_dict(cfg), "cpu": cpu.describe(), "precision": precision,
                                             "parameters": sum(p.numel() for p in model.parameters()),
                                             "min_score": min_score,
