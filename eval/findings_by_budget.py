@@ -49,7 +49,7 @@ def parse_budget(text: str, known: dict):
 def main(argv: list[str] | None = None) -> int:
     from facekd.errors import FacekdError
     from facekd.experiments import protocols
-    from facekd.experiments.budgets import budget_table, plot_table_a_by_epochs
+    from facekd.experiments.budgets import budget_table, plot_table_a_by_epochs, plot_table_a_curves
     from facekd.io_utils import atomic_write_bytes
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         known = protocols(REPO)
         budgets = [parse_budget(b, known) for b in args.budget or DEFAULT]
         png = plot_table_a_by_epochs(budgets, args.plot)
+        curves = plot_table_a_curves(budgets, args.plot.with_name(args.plot.stem + "-curves.png"))
         lines = [
             "# The findings of Wang et al. by training budget",
             "",
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if png is not None:
             lines += [f"![Table A by training budget]({os.path.relpath(png.resolve(), args.out.resolve().parent)})", ""]
+        if curves is not None:
+            lines += ["LFW against epochs during the runs (every evaluation each run logged; mean over seeds, "
+                      "a band of one std):", "",
+                      f"![Table A during training]({os.path.relpath(curves.resolve(), args.out.resolve().parent)})", ""]
         atomic_write_bytes(args.out, "\n".join(lines).encode())
     except FacekdError as exc:
         print(f"findings_by_budget: error: {exc}", file=sys.stderr)

@@ -278,3 +278,33 @@ def test_a_run_another_process_holds_is_skipped_and_counted_as_left(tmp_path):
     with pytest.raises(FacekdError, match="no LFW result"):
         runner.run(["B"], rows=["student5 alone"])
     assert (runner.run_dir(row, 0) / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_record_carries_the_lfw_curve_its_run_logged(tmp_path):
+    """The evaluations of the run's metrics.jsonl, by epoch (a torn line skipped, the
+    step lines and the epochs without LFW left out), go into the record, so that the
+    budget plot can draw LFW against epochs without the run folder."""
+    from facekd.train.run_log import lfw_curve
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        '{"kind": "train", "epoch": 1, "step": 20, "loss": 8.1}\n'
+        '{"kind": "epoch", "epoch": 1, "step": 111, "loss": 8.0}\n'
+        '{"kind": "epoch", "epoch": 2, "step": 222, "loss": 6.4, "lfw_acc": 77.61666666, "lfw_std": 2.1}\n'
+        '{"kind": "epoch", "epoch": 4, "step": 4\n'
+        '{"kind": "epoch", "epoch": 4, "step": 444, "loss": 4.0, "lfw_acc": 82.0166666, "lfw_std": 2.2}\n')
+    assert lfw_curve(run) == [[2, 77.6167], [4, 82.0167]]
+    assert lfw_curve(tmp_path / "none") == []
+    runner = _tiny_runner(tmp_path)
+    row = next(r for r in TABLES["B"] if r.name == "student5 alone")
+    rec = runner._record("B", row.name, row.student, 0, runner.row_config(row, 0),
+                         {"epoch": 4, "lfw_acc": 82.0, "lfw_std": 2.2}, run, 1.0)
+    again = read_results_line(rec)
+    assert again.lfw_curve == [[2, 77.6167], [4, 82.0167]]
+
+
+def read_results_line(rec: Result) -> Result:
+    from facekd.experiments.results import parse_result
+
+    return parse_result(json.loads(rec.to_json()))

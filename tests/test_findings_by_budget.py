@@ -55,3 +55,22 @@ def test_the_script_refuses_a_malformed_budget_and_an_unknown_protocol(tmp_path)
     with pytest.raises(FacekdError, match="results file not found"):
         parse_budget(f"x=facekd-dev:{tmp_path / 'missing.jsonl'}", known)
     assert parse_budget("x=facekd-dev:not run", known).results is None
+
+
+def test_table_a_curves_average_the_seeds_at_each_epoch_and_skip_records_without_one(tmp_path):
+    from facekd.experiments.budgets import plot_table_a_curves, table_a_curves
+
+    base = {"protocol": "p", "table": "A", "student": "student5", "lfw_std": 0.3, "epochs": 4}
+    recs = [
+        {**base, "row": "Hard", "seed": 0, "lfw_acc": 80.0, "lfw_curve": [[2, 70.0], [4, 80.0]]},
+        {**base, "row": "Hard", "seed": 1, "lfw_acc": 82.0, "lfw_curve": [[2, 72.0], [4, 82.0]]},
+        {**base, "row": "Soft", "seed": 0, "lfw_acc": 85.0},  # an older record: no curve
+        {**base, "row": "Hard", "seed": 0, "lfw_acc": 99.0, "table": "B", "lfw_curve": [[2, 99.0]]},  # not Table A
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    budget = Budget("12 epochs", Protocol("p", "", ""), path)
+    assert table_a_curves(budget) == {"Hard": [(2.0, 71.0, 1.0, 2), (4.0, 81.0, 1.0, 2)]}
+    png = plot_table_a_curves([Budget("none", Protocol("p", "", "")), budget], tmp_path / "c.png")
+    assert png is not None and png.stat().st_size > 10_000
+    assert plot_table_a_curves([Budget("none", Protocol("p", "", ""))], tmp_path / "d.png") is None

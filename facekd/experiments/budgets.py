@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from facekd.evaluation.plots import pyplot, save_figure
 from facekd.experiments.findings import Finding, finding_rows
 from facekd.experiments.report import summaries
@@ -30,12 +32,17 @@ class Budget:
     results: Path | None = None
 
     @cached_property
+    def records(self) -> list:
+        """This protocol's records in the results file (empty when not run)."""
+        if self.results is None or not self.results.is_file():
+            return []
+        return [r for r in read_results(self.results) if r.protocol == self.protocol.name]
+
+    @cached_property
     def rows(self) -> dict:
         """(table, row) -> summary of this protocol's records (empty when not run); read
         once, for the table and the plot alike."""
-        if self.results is None or not self.results.is_file():
-            return {}
-        return summaries([r for r in read_results(self.results) if r.protocol == self.protocol.name])
+        return summaries(self.records) if self.records else {}
 
 
 def _cell(f: Finding) -> str:
@@ -85,5 +92,48 @@ def plot_table_a_by_epochs(budgets: list[Budget], path: Path) -> Path | None:
     ax.set_title("Table A (student5) by training budget")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2, frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def table_a_curves(budget: Budget) -> dict[str, list[tuple[float, float, float, int]]]:
+    """Each Table A row's LFW at every evaluated epoch, over the seeds whose records carry
+    the run's curve: row -> [(epoch, mean, std, seeds)] (rows without curves left out)."""
+    by: dict[str, dict[float, list[float]]] = {}
+    names = {r.name for r in TABLES["A"]}
+    for rec in budget.records:
+        if rec.table == "A" and rec.row in names and rec.lfw_curve:
+            for epoch, acc in rec.lfw_curve:
+                by.setdefault(rec.row, {}).setdefault(float(epoch), []).append(float(acc))
+    out = {}
+    for row, points in by.items():
+        out[row] = [(e, float(np.mean(v)), float(np.std(v)) if len(v) > 1 else 0.0, len(v))
+                    for e, v in sorted(points.items())]
+    return out
+
+
+def plot_table_a_curves(budgets: list[Budget], path: Path) -> Path | None:
+    """LFW against epochs for the Table A rows, one panel per budget whose records carry
+    their runs' curves (mean over seeds, a band of one std); None when none does."""
+    panels = [(b, c) for b in budgets if (c := table_a_curves(b))]
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.2), squeeze=False)
+    order = [r.name for r in TABLES["A"]]
+    for ax, (b, curves) in zip(axes[0], panels):
+        for row in sorted(curves, key=order.index):
+            pts = curves[row]
+            e = [p[0] for p in pts]
+            m = np.array([p[1] for p in pts])
+            sd = np.array([p[2] for p in pts])
+            seeds = max(p[3] for p in pts)
+            (line,) = ax.plot(e, m, marker="o", ms=3, label=f"{row} ({seeds} seed{'s' if seeds > 1 else ''})")
+            ax.fill_between(e, m - sd, m + sd, color=line.get_color(), alpha=0.12)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("LFW View 2 accuracy, % (flip)")
+        ax.set_title(f"Table A during training: {b.label}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return save_figure(fig, path)

@@ -45,6 +45,7 @@ class Result:
     lfw_evaluated_on: str | None = None
     auc: float | None = None
     eer: float | None = None
+    lfw_curve: list[list[float]] | None = None  # [epoch, LFW %] at each evaluation during training
     note: str | None = None  # what a reader must know about this run (written by hand)
     # How it was trained (facekd.train.speed.TrainedWith; None: not recorded).
     precision: str | None = None  # the autocast dtype actually used: bf16 | fp16 | fp32

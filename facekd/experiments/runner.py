@@ -25,6 +25,7 @@ from facekd.runtime.timing import measure_latency, torch_call
 from facekd.train.checkpoint import CHECKPOINT, load_checkpoint
 from facekd.train.config import TrainConfig
 from facekd.train.loop import fit
+from facekd.train.run_log import lfw_curve
 from facekd.train.speed import cpu_info
 
 
@@ -196,6 +197,7 @@ class Runner:
             protocol=self.protocol.name, table=table, row=name, seed=seed, student=student,
             lfw_acc=metrics["lfw_acc"], lfw_std=metrics["lfw_std"], lfw_pairs=metrics.get("lfw_pairs"),
             flip=raw.get("eval", {}).get("flip", False), epochs=metrics.get("epoch"), params=params,
+            lfw_curve=lfw_curve(run) or None,
             mb=params * 4 / 2**20, cpu_ms=cpu_ms_per_face(student, args),
             seconds=None if t0 is None else round(time.perf_counter() - t0, 1),
             run=str(run), machine=platform.node(), cpu=how.get("cpu") or cpu_info().describe(),

@@ -9,6 +9,21 @@ from pathlib import Path
 from facekd.io_utils import atomic_write_bytes
 
 
+def lfw_curve(run_dir: Path) -> list[list[float]]:
+    """[epoch, LFW %] of each evaluation a run logged, in order (a resumed run's dropped
+    lines are already gone); [] without a log or evaluations."""
+    path = run_dir / "metrics.jsonl"
+    out: dict[int, float] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "epoch" and isinstance(rec.get("lfw_acc"), (int, float)):
+            out[int(rec["epoch"])] = round(float(rec["lfw_acc"]), 4)
+    return [[e, a] for e, a in sorted(out.items())]
+
+
 class RunLog:
     """Appends records to ``RUN_DIR/metrics.jsonl`` and scalars to ``RUN_DIR/tb``.
 
