@@ -13,6 +13,7 @@ file, the key and the range.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -100,6 +101,10 @@ def _check_ranges(cls: type, kwargs: dict, where: str, sep: str) -> None:
             raise FacekdError(f"{where}{sep}{f.name}: {kwargs[f.name]!r} is out of range (allowed: {rng})")
 
 
+# Numbers PyYAML leaves as strings: an exponent without a decimal point (5e-4, 1E3).
+_YAML11_MISSED_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -145,6 +150,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_MISSED_FLOAT.fullmatch(value.strip()):
+        return float(value)  # "5e-4": PyYAML (YAML 1.1) reads exponents without a dot as text
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise FacekdError(f"{where}: expected {tp.__name__}, got {value!r}")

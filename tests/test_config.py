@@ -101,3 +101,17 @@ def test_extends_merges_sections_and_refuses_cycles(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(FacekdError, match="extends itself"):
         load_config(TrainConfig, tmp_path / "a.yaml")
+
+
+def test_an_exponent_without_a_dot_is_a_float_where_a_float_is_expected(tmp_path):
+    """PyYAML reads 5e-4 as the text '5e-4' (YAML 1.1 wants 5.0e-4); `--set
+    train.lr=5e-4` used to stop with "expected float". Where a float is expected such a
+    text is the number; other text still is an error, and a text field keeps its text."""
+    raw = apply_overrides({}, ["optim.lr=5e-4", "optim.weight_decay=1E-3", "optim.momentum=+.5e0"])
+    assert raw["optim"]["lr"] == "5e-4"  # what PyYAML gives
+    cfg = from_dict(TrainConfig, raw)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (0.0005, 0.001, 0.5)
+    for bad in ("5e", "e-4", "5e-4x", "fast"):
+        with pytest.raises(FacekdError, match=r"optim\.lr: expected float"):
+            from_dict(TrainConfig, apply_overrides({}, [f"optim.lr={bad}"]))
+    assert from_dict(TrainConfig, apply_overrides({}, ["model.backbone=1e3"])).model.backbone == "1e3"
