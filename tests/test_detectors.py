@@ -107,13 +107,20 @@ def test_landmarks_land_on_the_template(lfw_dir, detector, name="112x96"):
     assert redetect.mean() < 4.0 and redetect.max() < 8.0, redetect.round(2)
 
 
-def test_yunet_crops_put_mtcnn_landmarks_on_the_template(lfw_dir, yunet_file):
-    """A photo warped by YuNet's landmarks is one MTCNN agrees with: MTCNN's landmarks in
-    it are within a few pixels of the template (the two detectors' landmark conventions
-    differ by a few pixels, docs/BENCHMARKS.md "YuNet detector")."""
+# MTCNN's landmarks in faces warped by each detector's, px from the template: the mean and
+# the largest allowed (measured: YuNet 3.6 / 10.1 with its offset, 4.4 mean without;
+# yunet_mtcnn, trained toward MTCNN's landmarks: 2.96 / 8.46).
+_MTCNN_AGREEMENT = {"yunet": (4.0, 12.0), "yunet_mtcnn": (3.2, 10.0)}
+
+
+@pytest.mark.parametrize("name", sorted(_MTCNN_AGREEMENT))
+def test_crops_put_mtcnn_landmarks_on_the_template(lfw_dir, yunet_file, name):
+    """A photo warped by YuNet's landmarks (or yunet_mtcnn's) is one MTCNN agrees with:
+    MTCNN's landmarks in it are within a few pixels of the template (the two detectors'
+    landmark conventions differ by a few pixels, docs/BENCHMARKS.md "YuNet detector")."""
     import cv2
 
-    yunet, mtcnn = _BUILT.get("yunet") or build_detector("yunet"), _BUILT.get("mtcnn") or build_detector("mtcnn")
+    yunet, mtcnn = _BUILT.get(name) or build_detector(name), _BUILT.get("mtcnn") or build_detector("mtcnn")
     template = get_template("112x96")
     margin = np.array([48.0, 56.0])
     errs = []
@@ -125,9 +132,9 @@ def test_yunet_crops_put_mtcnn_landmarks_on_the_template(lfw_dir, yunet_file):
         found = select_central_face(mtcnn.faces(wide), *wide.shape[:2]).landmarks - margin
         errs.append(np.linalg.norm(found - template.points, axis=1))
     errs = np.array(errs)
-    print("MTCNN landmarks in YuNet-aligned faces, px from the template:", errs.round(2).tolist())
-    # measured: 3.6 px mean, 10.1 px max (a mouth corner) with the offset; 4.4 px mean without
-    assert errs.mean() < 4.0 and errs.max() < 12.0, errs.round(2)
+    print(f"MTCNN landmarks in {name}-aligned faces, px from the template: mean {errs.mean():.2f}, max {errs.max():.2f}")
+    mean, most = _MTCNN_AGREEMENT[name]
+    assert errs.mean() < mean and errs.max() < most, errs.round(2)
 
 
 def test_photo_without_a_face(detector):
@@ -156,14 +163,22 @@ def test_several_faces_the_most_central_is_used(detector, lfw_dir):
     photos = [_rgb(lfw_dir / rel) for rel in FACES[:3]]
     canvas = np.concatenate(photos, axis=1)  # 250 x 750
     template = get_template("112x96")
+    if getattr(detector, "max_side", canvas.shape[1]) < canvas.shape[1]:
+        # yunet_mtcnn brings photos down to 160 px (portraits): these faces would be 30 px
+        # and one of them is then missed (measured); at the canvas's own size it sees all.
+        import copy
+
+        detector = copy.copy(detector)
+        detector.max_side = canvas.shape[1]
     together = align_image(canvas, detector, template)
     alone = align_image(photos[1], detector, template)
     assert together.faces >= 3 and not together.fallback
     shift = np.linalg.norm(together.landmarks - [250.0, 0.0] - alone.landmarks, axis=1)
     # The neighbours' faces are 250 px away. Within that, landmarks move with what
     # surrounds the face: MTCNN and YuNet's first pass under 3 px here, YuNet's refining
-    # pass (over the face's own surroundings, which now include the neighbours) ~4 px.
-    assert shift.mean() < (5.0 if detector.name == "yunet" else 3.0), shift.round(2)
+    # pass (over the face's own surroundings, which now include the neighbours) ~4 px;
+    # yunet_mtcnn, trained on faces of about 75 px and run here at 110, 3.4 px.
+    assert shift.mean() < (5.0 if detector.name in ("yunet", "yunet_mtcnn") else 3.0), shift.round(2)
 
 
 def test_correct_landmarks_is_an_offset_in_the_template_frame():

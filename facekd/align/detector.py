@@ -1,4 +1,4 @@
-"""Face detectors with five landmarks (a registry: ``mtcnn``, ``yunet``) and the choice of
+"""Face detectors with five landmarks (a registry: ``mtcnn``, ``yunet``, ``yunet_mtcnn``) and the choice of
 one face per photo.
 
 Public API for anyone who cuts crops from photos::
@@ -86,6 +86,19 @@ def build_detector(name: str, **kwargs) -> FaceDetector:
 
         return OnnxFaceDetector(name, min_face_size=kwargs.get("min_face_size", 20))
     return DETECTORS.build(name, **kwargs)
+
+
+@DETECTORS.register("yunet_mtcnn")
+def _yunet_mtcnn(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
+    """facekd's own detector, shipped in ``weights/``: YuNet's network started from YuNet's
+    weights and trained toward MTCNN's landmarks (``configs/detect/yunet_ft.yaml``), one
+    pass with photos brought down to 160 px (docs/guide/distill-detector.md)."""
+    from facekd.align.fkdet import OnnxFaceDetector  # on use: see detector_key
+    from facekd.weights import resolve_weights
+
+    det = OnnxFaceDetector(resolve_weights("yunet_mtcnn"), min_face_size=min_face_size)
+    det.name = "yunet_mtcnn"
+    return det
 
 
 # MTCNN's time and memory grow with the photo's pixels (its first P-net pass runs at
