@@ -3,7 +3,7 @@
 
     python eval/findings_by_budget.py \\
         --budget "2 CPU epochs, FaceNet-CASIA teacher=facekd-dev-cpu:docs/results/facekd-dev-cpu.jsonl" \\
-        --budget "12 CPU epochs, FaceNet-CASIA teacher=facekd-dev-cpu:not run" \\
+        --budget "12 CPU epochs, FaceNet-CASIA teacher=facekd-dev-cpu:docs/results/facekd-dev-cpu12.jsonl" \\
         --budget "40 GPU epochs, ResNet-27 trained on facekd-dev=facekd-dev:docs/results/facekd-dev.jsonl"
 
 Each ``--budget`` is ``LABEL=PROTOCOL:RESULTS`` (``RESULTS`` "not run" for a budget
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT = [
     "2 CPU epochs, FaceNet-CASIA teacher=facekd-dev-cpu:docs/results/facekd-dev-cpu.jsonl",
-    "12 CPU epochs, FaceNet-CASIA teacher=facekd-dev-cpu:not run",
+    "12 CPU epochs, FaceNet-CASIA teacher=facekd-dev-cpu:docs/results/facekd-dev-cpu12.jsonl",
     "40 GPU epochs, ResNet-27 trained on facekd-dev=facekd-dev:docs/results/facekd-dev.jsonl",
 ]
 
