@@ -97,9 +97,15 @@ def default_weights_for(architecture: str) -> str | None:
     return None
 
 
+# The manifest's architecture of a face detector facekd ships (an ONNX file, not an embedder).
+DETECTOR_ARCHITECTURE = "face_detector"
+
+
 def onnx_models() -> list[str]:
-    """Manifest names of the ONNX models facekd ships (its own trained students)."""
-    return [name for name, entry in manifest().items() if entry.get("format") == "onnx"]
+    """Manifest names of the ONNX face embedders facekd ships (its own trained students;
+    its shipped face detectors are left out)."""
+    return [name for name, entry in manifest().items()
+            if entry.get("format") == "onnx" and entry.get("architecture") != DETECTOR_ARCHITECTURE]
 
 
 def shipped_file(name: str) -> Path:

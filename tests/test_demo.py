@@ -113,13 +113,14 @@ def test_shipped_weights_are_checked_against_the_manifest(tmp_path, monkeypatch)
 
     entry = {"architecture": "student5", "format": "onnx", "shipped": "tiny.onnx", "sha256": sha256_of(model),
              "teacher": {"model": "mobilefacenet"}, "licence": "test", "reproduce": "a test"}
-    (tmp_path / "manifest.json").write_text(json.dumps({"tiny_student": entry}))
+    detector = {"architecture": "face_detector", "format": "onnx", "shipped": "det.onnx", "sha256": "0" * 64}
+    (tmp_path / "manifest.json").write_text(json.dumps({"tiny_student": entry, "a_detector": detector}))
     monkeypatch.setattr(weights, "_manifest_path", lambda: tmp_path / "manifest.json")
     weights.manifest.cache_clear()
     try:
         from facekd.hub import resolve
 
-        assert weights.onnx_models() == ["tiny_student"]
+        assert weights.onnx_models() == ["tiny_student"]  # a shipped detector is no embedder
         assert weights.default_weights_for("student5") is None  # an ONNX student is not weights to load
         r = resolve("tiny_student")
         assert r.path == tmp_path / "tiny.onnx" and r.backbone is None
@@ -172,3 +173,15 @@ def test_training_photos_are_aligned_by_the_configured_detector(data_dir, yunet_
     report = json.loads((folder / REPORT_NAME).read_text())
     assert report["detector"] == "yunet" and report["aligned"] >= len(data)
     assert not aligned_folder_for(data_dir / "celeba-wild", "112x96", "mtcnn").exists()  # nothing cut by MTCNN
+
+
+def test_every_shipped_embedder_names_its_teacher_and_no_detector_is_taken_for_one():
+    """The real manifest: the demo, the board and `facekd models` treat onnx_models() as
+    students with a teacher (shipping the yunet_mtcnn detector made `make demo` stop with
+    KeyError 'teacher' until detectors were left out of it)."""
+    from facekd.weights import DETECTOR_ARCHITECTURE, manifest, onnx_models
+
+    students = onnx_models()
+    assert students and all("model" in manifest()[n]["teacher"] for n in students)
+    detectors = [n for n, e in manifest().items() if e.get("architecture") == DETECTOR_ARCHITECTURE]
+    assert "yunet_mtcnn" in detectors and not set(detectors) & set(students)
