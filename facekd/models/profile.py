@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from facekd.models.base import BACKBONES, backbone_cfg, build_backbone
+
+
+def forward_once(model: nn.Module, watch: Iterable[tuple[nn.Module, Callable[..., object]]]) -> None:
+    """Runs one zero image at the model's input size (``model.cfg.input_size``) through
+    ``model`` in eval mode without gradients, calling ``fn(module, inputs, output)`` after
+    each watched module's forward; the training mode and the hooks are restored after.
+    What ``fn`` returns is dropped (a forward hook's value would replace the output)."""
+
+    def hook(fn):
+        def call(module, inputs, output):
+            fn(module, inputs, output)
+
+        return call
+
+    hooks = [m.register_forward_hook(hook(fn)) for m, fn in watch]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *model.cfg.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
 
 
 def count_params(model: nn.Module) -> int:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from facekd.errors import FacekdError
+from facekd.models.profile import forward_once
 from facekd.models.records import with_record
 from facekd.registry import Registry
 
@@ -85,54 +86,27 @@ def _fold_prelu(model: nn.Module) -> int:
     return replace_modules(model, pick)
 
 
-def _output_sizes(model: nn.Module, kinds: tuple[type, ...]) -> dict[str, int]:
-    """Height x width of each output of the modules of ``kinds``, by path, on one input of
-    the backbone's size."""
-    sizes: dict[str, int] = {}
+def _relus(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Each ReLU's input channels and output height x width, by path (one forward pass)."""
+    seen: dict[str, tuple[int, int]] = {}
 
-    def hook(path: str):  # a forward hook returning a value would replace the output
-        return lambda mod, inp, out: sizes.__setitem__(path, out.shape[-1] * out.shape[-2])
+    def note(path: str):
+        return lambda mod, inp, out: seen.__setitem__(path, (inp[0].shape[1], out.shape[-1] * out.shape[-2]))
 
-    hooks = [m.register_forward_hook(hook(path)) for path, m in model.named_modules() if isinstance(m, kinds)]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, *model.cfg.input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return sizes
-
-
-def _channels_before(model: nn.Module) -> dict[str, int]:
-    """The channels each ReLU receives, by path (from one forward pass)."""
-    channels: dict[str, int] = {}
-
-    def hook(path: str):
-        return lambda mod, inp, out: channels.__setitem__(path, inp[0].shape[1])
-
-    hooks = [m.register_forward_hook(hook(path)) for path, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, *model.cfg.input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return channels
+    forward_once(model, [(m, note(path)) for path, m in model.named_modules() if isinstance(m, nn.ReLU)])
+    return seen
 
 
 def _prelu_at_last_stride(model: nn.Module) -> int:
-    sizes = _output_sizes(model, (nn.ReLU,))
-    if not sizes:
+    relus = _relus(model)
+    if not relus:
         return 0
-    smallest = min(sizes.values())
-    channels = _channels_before(model)
+    smallest = min(size for _, size in relus.values())
 
     def pick(path: str, m: nn.Module) -> nn.Module | None:
-        if not isinstance(m, nn.ReLU) or sizes.get(path) != smallest:
+        if not isinstance(m, nn.ReLU) or path not in relus or relus[path][1] != smallest:
             return None
-        return nn.PReLU(channels[path], init=0.0)
+        return nn.PReLU(relus[path][0], init=0.0)
 
     return replace_modules(model, pick)
 

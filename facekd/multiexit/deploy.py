@@ -27,7 +27,7 @@ from facekd.onnx_metadata import ModelInfo, model_metadata, set_metadata
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
 from facekd.models.exits import AllExits, MultiExit, select_exit
-from facekd.models.profile import count_macs, count_params
+from facekd.models.profile import count_macs, count_params, forward_once
 from facekd.preprocessing import cosine_rows
 from facekd.runtime.onnx import ort_session
 from facekd.runtime.timing import measure_latency
@@ -112,13 +112,7 @@ def _exit_params(model: MultiExit, k: int) -> int:
     if k == model.num_exits:
         return count_params(model.net)
     seen: set[int] = set()
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.add(id(m))) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, *model.cfg.input_size))
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_once(model, [(m, lambda mod, i, o: seen.add(id(mod))) for m in model.modules() if not list(m.children())])
     return sum(p.numel() for m in model.modules() if id(m) in seen for p in m.parameters(recurse=False))
 
 

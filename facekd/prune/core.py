@@ -17,6 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from facekd.errors import FacekdError
+from facekd.models.profile import forward_once
 from facekd.models.pruned import example_input, plain_history
 from facekd.models.records import with_record
 from facekd.prune.importance import IMPORTANCES, LossFn
@@ -41,16 +42,8 @@ def check_supported(name: str) -> None:
 def output_layer(model: nn.Module) -> nn.Module:
     """The last conv or linear layer a forward pass runs: the embedding layer."""
     seen: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m)) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_input(model))
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    forward_once(model, [(m, lambda mod, i, o: seen.append(mod)) for m in model.modules()
+                         if isinstance(m, (nn.Conv2d, nn.Linear))])
     if not seen:
         raise FacekdError(f"{model.cfg.name}: no conv or linear layer to keep as the embedding layer")
     return seen[-1]
