@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facekd.align.fkdet import DEFAULT_MAX_SIDE
 from facekd.config import at_least, fraction, load_config, non_empty, positive, to_dict
 from facekd.errors import FacekdError
 
@@ -114,7 +115,7 @@ class DetectorRunCfg:
     # The longer side photos are brought down to before the exported detector's one pass
     # (stored in detector.onnx; facekd align, embed and verify use it): a smaller side is
     # faster and suits large faces (LFW's 250x250 framing at 160: faces of about 75 px).
-    max_side: int = field(default=960, metadata=at_least(32))
+    max_side: int = field(default=DEFAULT_MAX_SIDE, metadata=at_least(32))
     fm_nms: bool = False
     terms: list[DetTermCfg] = field(default_factory=lambda: [DetTermCfg("hard")], metadata=non_empty())
     data: DetDataCfg = field(default_factory=DetDataCfg)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekd.align.fkdet import KIND
+from facekd.align.fkdet import DEFAULT_MAX_SIDE, KIND
 from facekd.align.grid import STRIDES
 from facekd.detect.model import output_names
 from facekd.errors import FacekdError
@@ -18,7 +18,8 @@ from facekd.io_utils import atomic_write_bytes
 from facekd.runtime.onnx import ort_session
 
 
-def export_detector(model, arch: str, path: Path, size: int = 256, min_score: float = 0.6, max_side: int = 960) -> Path:
+def export_detector(model, arch: str, path: Path, size: int = 256, min_score: float = 0.6,
+                    max_side: int = DEFAULT_MAX_SIDE) -> Path:
     """Exports ``model`` to ``path`` (atomically) and checks ONNX Runtime against PyTorch.
 
     ``min_score`` is stored as the detector's operating score (``facekd.min_score``): a

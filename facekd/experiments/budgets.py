@@ -107,7 +107,7 @@ def table_a_curves(budget: Budget) -> dict[str, list[tuple[float, float, float, 
                 by.setdefault(rec.row, {}).setdefault(float(epoch), []).append(float(acc))
     out = {}
     for row, points in by.items():
-        out[row] = [(e, float(np.mean(v)), float(np.std(v)) if len(v) > 1 else 0.0, len(v))
+        out[row] = [(e, float(np.mean(v)), float(np.std(v)), len(v))
                     for e, v in sorted(points.items())]
     return out
 
