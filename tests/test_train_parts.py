@@ -44,11 +44,29 @@ def test_step_schedule_drops_at_milestones():
 
 def test_no_weight_decay_on_prelu_bias_and_norms():
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.PReLU(4), torch.nn.Linear(4, 2))
-    decay, no_decay = param_groups([m], 5e-4)
+    decay, no_decay = param_groups([m], 5e-4, 0.1)
     assert {id(p) for p in decay["params"]} == {id(m[0].weight), id(m[3].weight)}
     assert len(no_decay["params"]) == 5 and no_decay["weight_decay"] == 0.0  # 2 biases, BN weight+bias, PReLU
     opt = build_optimizer([m], OptimCfg(name="adamw", lr=1e-3))
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_prelu_slopes_learn_at_their_own_rate():
+    # One SGD step (momentum's first step is the plain gradient): y = sum(PReLU(x W^T)).
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.PReLU(4, init=0.0))
+    x = -torch.rand(5, 3)  # W x mixes signs, so some outputs are negative and the slopes get a gradient
+    w0, a0 = m[0].weight.detach().clone(), m[1].weight.detach().clone()
+    opt = build_optimizer([m], OptimCfg(lr=0.01, weight_decay=0.0, prelu_lr_mult=50.0))
+    assert len(opt.param_groups) == 3
+    m(x).sum().backward()
+    pre = x @ w0.T
+    grad_a = torch.where(pre < 0, pre, torch.zeros_like(pre)).sum(0)  # d/da of sum(a * min(z, 0))
+    grad_w = (torch.where(pre > 0, 1.0, a0).T @ x)  # d/dW: slope 1 or a per unit, times x
+    opt.step()
+    assert m[1].weight.detach() == pytest.approx((a0 - 0.01 * 50 * grad_a).numpy(), abs=1e-6)
+    assert m[0].weight.detach().numpy() == pytest.approx((w0 - 0.01 * grad_w).numpy(), abs=1e-6)
+    assert len(build_optimizer([m], OptimCfg()).param_groups) == 2  # at 1: the two groups older checkpoints hold
 
 
 def test_batches_cover_the_epoch_and_split_by_rank():

@@ -60,6 +60,7 @@ class OptimCfg:
     nesterov: bool = False
     weight_decay: float = field(default=5e-4, metadata=at_least(0))  # conv/linear weights only; biases, norms and PReLU get none
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    prelu_lr_mult: float = field(default=1.0, metadata=positive())  # PReLU slopes learn at lr x this (their own group)
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,26 @@ OPTIMIZERS: Registry = Registry("optimizer")
 SCHEDULES: Registry = Registry("schedule")
 
 
-def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
+def param_groups(modules: list[nn.Module], weight_decay: float, lr: float, prelu_lr_mult: float = 1.0) -> list[dict]:
     """Weight decay on conv and linear weights only: biases, norm layers and PReLU
-    slopes (all 1-d) get none; decaying PReLU slopes pushes them to plain ReLU."""
-    decay, no_decay = [], []
+    slopes (all 1-d) get none; decaying PReLU slopes pushes them to plain ReLU.
+
+    With ``prelu_lr_mult`` other than 1 the PReLU slopes form a third group at
+    ``lr * prelu_lr_mult``: a slope gets one gradient summed over a whole map, on a
+    different scale from a conv weight's, and at a recovery's small rate barely moves.
+    (At 1 there are two groups, as older checkpoints' optimizer states hold.)"""
+    slopes = set()
+    if prelu_lr_mult != 1.0:
+        slopes = {id(p) for m in modules for sub in m.modules() if isinstance(sub, nn.PReLU) for p in sub.parameters()}
+    decay, no_decay, prelu = [], [], []
     for m in modules:
         for p in m.parameters():
             if p.requires_grad:
-                (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+                (prelu if id(p) in slopes else decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    if slopes:
+        groups.append({"params": prelu, "weight_decay": 0.0, "lr": lr * prelu_lr_mult})
+    return groups
 
 
 @OPTIMIZERS.register("sgd")
@@ -83,7 +94,7 @@ class WarmupStep(_Warmup):
 
 def build_optimizer(modules: list[nn.Module], cfg) -> torch.optim.Optimizer:
     """The optimizer ``cfg.name`` (an :class:`~facekd.train.config.OptimCfg`) over ``modules``."""
-    return OPTIMIZERS.get(cfg.name)(param_groups(modules, cfg.weight_decay), cfg)
+    return OPTIMIZERS.get(cfg.name)(param_groups(modules, cfg.weight_decay, cfg.lr, cfg.prelu_lr_mult), cfg)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int, epochs: int):
