@@ -124,6 +124,9 @@ def test_models_json_lists_every_backbone(capsys):
     assert rows["mobilefacenet"]["params"] == 999_552 and rows["mobilefacenet"]["embedding_dim"] == 128
     assert rows["resnet27"]["input_size"] == [112, 96] and rows["inception_resnet_v1"]["input_size"] == [112, 112]
     assert all(rows[n]["macs"] > 0 for n in BACKBONES.names())
+    detectors = {n for n, r in rows.items() if r.get("kind") == "face_detector"}
+    assert {"mtcnn", "yunet", "yunet_mtcnn"} <= detectors and "mobilefacenet" not in detectors
+    assert "MTCNN" in rows["yunet_mtcnn"]["doc"]  # its docstring, not an empty line
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())

@@ -178,6 +178,8 @@ class MtcnnDetector(FaceDetector):
 
 @DETECTORS.register("mtcnn")
 def _mtcnn(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
+    """MTCNN from facenet-pytorch: the reference the crops of SPEC 1 are cut with; slow
+    (its first pass runs over the whole photo at several scales)."""
     return MtcnnDetector(device=device, min_face_size=min_face_size)
 
 
@@ -357,6 +359,8 @@ def correct_landmarks(landmarks: np.ndarray, offset: np.ndarray) -> np.ndarray:
 
 @DETECTORS.register("yunet")
 def _yunet(device: str = "cpu", min_face_size: int = 20) -> FaceDetector:
+    """YuNet (OpenCV's face detector, ``yunet_2023mar.onnx``): about 5x MTCNN's speed,
+    its landmarks mapped to MTCNN's convention."""
     # OpenCV's wheel runs YuNet on the CPU (a few ms a photo); ``device`` is for MTCNN.
     del device
     return YunetDetector(min_face_size=min_face_size)

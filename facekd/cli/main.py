@@ -172,24 +172,30 @@ def _run_pack(args: argparse.Namespace) -> int:
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered backbones with their size and cost")
+    p = sub.add_parser("models", help="list the registered backbones with their size and cost, the shipped "
+                       "students and the face detectors")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_run_models)
 
 
 def _run_models(args: argparse.Namespace) -> int:
+    from facekd.align.detector import DETECTORS
     from facekd.models import BACKBONES
     from facekd.hub import MODEL_SOURCES
     from facekd.models.profile import summarize
     from facekd.weights import default_weights_for, manifest, onnx_models, provenance
 
+    def doc(obj) -> str:
+        return " ".join((obj.__doc__ or "").split())
+
     rows = [summarize(name) for name in BACKBONES.names()]
-    sources = [{"name": n, "doc": " ".join((MODEL_SOURCES.get(n).__doc__ or "").split())} for n in MODEL_SOURCES.names()]
+    sources = [{"name": n, "doc": doc(MODEL_SOURCES.get(n))} for n in MODEL_SOURCES.names()]
     for r in rows + sources:  # where published weights come from, and their licence
         w = default_weights_for(r["name"])
         r["weights"], r["provenance"] = (w, provenance(w)) if w else (None, None)
+    detectors = [{"name": n, "kind": "face_detector", "doc": doc(DETECTORS.get(n))} for n in DETECTORS.names()]
     if args.json:
-        print(json.dumps(rows + sources, indent=2))
+        print(json.dumps(rows + sources + detectors, indent=2))
         return 0
     print(f"{'name':<22}{'params':>12}{'GMAC':>8}  {'input':<9}{'emb':>5}  description")
     for r in rows:
@@ -206,6 +212,9 @@ def _run_models(args: argparse.Namespace) -> int:
         e = manifest()[name]
         print(f"  {name:<20} {e['architecture']} from {e['teacher']['model']}, LFW {e['lfw']['flip']:.2f}% flip, "
               f"{e['measured']['speedup']:.1f}x faster than the teacher: {provenance(name)}")
+    print("\nFace detectors (facekd align --detector NAME; facekd eval detect --detectors NAME,...):")
+    for r in detectors:
+        print(f"  {r['name']:<20} {r['doc']}")
     return 0
 
 
