@@ -221,3 +221,50 @@ def test_terms_exit_points_and_teacher_sources_are_typed_and_refuse_what_they_do
     odd = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, source="onnxx"))
     with pytest.raises(FacekdError, match="unknown teacher source 'onnxx'; known: ensemble, exported, model"):
         teacher_for(odd, data, CPU, say=lambda s: None)
+
+
+def test_mixup_blends_one_view_for_student_and_teacher():
+    """Function matching: the online teacher is shown exactly the blended batch the
+    student is; each blend is a convex combination of two images of the batch."""
+    from facekd.distill.config import DistillCfg, TermCfg
+    from facekd.distill.losses import Outputs
+    from facekd.distill.objective import build_objective
+    from facekd.distill.teacher_sources import Teacher
+    from facekd.models import build_backbone
+    from facekd.models.heads import build_head
+
+    seen: dict[str, torch.Tensor] = {}
+
+    class Recording(Teacher):
+        name, embedding_dim, template, mode = "recording", 512, "112x96", "online"
+
+        def outputs(self, x, index):
+            seen["teacher"] = x.detach().clone()
+            return Outputs(torch.randn(x.shape[0], 512))
+
+    backbone = build_backbone("student5", widths=[4, 8, 8, 8, 16])
+    backbone.register_forward_pre_hook(lambda m, args: seen.__setitem__("student", args[0].detach().clone()))
+    cfg = DistillCfg(terms=[TermCfg(name="featurenorm", weight=1.0)], mixup=1.0)
+    obj = build_objective(backbone, build_head("softmax", 512, 3), Recording(), cfg, say=lambda s: None)
+    levels = torch.tensor([0.0, 10.0, 20.0, 40.0, 80.0, 160.0])  # one constant image each
+    x = levels.view(6, 1, 1, 1).expand(6, 3, 112, 96).contiguous()
+    torch.manual_seed(0)
+    obj.train()(x, torch.zeros(6, dtype=torch.long))
+    assert torch.equal(seen["student"], seen["teacher"])  # one view for both
+    blend = seen["student"][:, 0, 0, 0]
+    assert torch.allclose(seen["student"], blend.view(6, 1, 1, 1).expand_as(x))  # each a whole-image blend
+    assert not torch.allclose(blend, levels)  # not the batch itself
+    # Every blend lies between two levels: lam * a + (1 - lam) * b, lam in [0, 1].
+    for v in blend.tolist():
+        assert any(min(a, b) - 1e-4 <= v <= max(a, b) + 1e-4 for a in levels.tolist() for b in levels.tolist())
+    obj.eval()(x, torch.zeros(6, dtype=torch.long))
+    assert torch.equal(seen["teacher"], x)  # no blending outside training
+
+    class Cached(Recording):
+        mode = "cache"
+
+    with pytest.raises(FacekdError, match="teacher_mode=online"):
+        build_objective(backbone, build_head("softmax", 512, 3), Cached(), cfg, say=lambda s: None)
+    labelled = dataclasses.replace(cfg, terms=[TermCfg(name="hard"), TermCfg(name="featurenorm")])
+    with pytest.raises(FacekdError, match="term\\(s\\) hard read labels"):
+        build_objective(backbone, build_head("softmax", 512, 3), Recording(), labelled, say=lambda s: None)

@@ -92,6 +92,10 @@ class DistillCfg:
     # (MobileFaceNet teaching student5 for one epoch: lift 79.03%, learned 78.65% on LFW,
     # fold std 1.2-2.0); lift is the default as it has nothing to fit.
     adapter: Literal["learned", "lift"] = "lift"
+    # Mixup for function matching (Beyer et al., CVPR 2022): each training image blended
+    # with another of its batch at a weight drawn from Beta(mixup, mixup), and the online
+    # teacher shown the same blend. 0: off. Label-free terms only (a blend has no label).
+    mixup: float = field(default=0.0, metadata=at_least(0))
 
 
 @dataclass(frozen=True)

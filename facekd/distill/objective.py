@@ -36,19 +36,24 @@ class DistillObjective(nn.Module):
             mapped to it by a learned layer (FitNets; only the embedding terms see its
             output); None: no such layer.
         weighting: (k, MIN) of teacher weighting, or None.
+        mixup: Beta concentration of the mixup blend in training (0: none); the student
+            and the (online) teacher see the same blended batch.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, terms: list[nn.Module], *,
                  teacher: Teacher | None = None, adapt_to: int | None = None,
-                 weighting: tuple[float, float] | None = None) -> None:
+                 weighting: tuple[float, float] | None = None, mixup: float = 0.0) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.terms = nn.ModuleList(terms)
         self.adapter = nn.Linear(backbone.cfg.embedding_dim, adapt_to, bias=False) if adapt_to else None
         object.__setattr__(self, "teacher", teacher)  # outside the module tree
         self.weighting = weighting
+        self.mixup = mixup
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.mixup and self.training:
+            x = mixup_batch(x, self.mixup)
         emb = self.backbone(x)
         teacher = self.teacher(x, index) if self.teacher is not None else Outputs(emb.new_zeros(0))
         with full_precision(x):
@@ -69,6 +74,36 @@ class DistillObjective(nn.Module):
         if teacher.weight is not None:
             out["info_mu"] = teacher.weight.mean().detach()  # logged, not added to the loss
         return out
+
+
+def mixup_batch(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Each image of ``x`` blended with another of the batch (a random permutation):
+    ``lam * x + (1 - lam) * x[perm]``, ``lam`` drawn per image from Beta(alpha, alpha)
+    with torch's generator (so a seeded run repeats)."""
+    n = x.shape[0]
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    lam = beta.sample((n,)).to(x.device, x.dtype).view(n, *([1] * (x.dim() - 1)))
+    perm = torch.randperm(n, device=x.device)
+    return lam * x + (1 - lam) * x.index_select(0, perm)
+
+
+def check_mixup(distill: DistillCfg, terms: list[nn.Module], teacher: Teacher | None) -> None:
+    """Mixup asks for label-free terms and a teacher that sees the blend.
+
+    Raises:
+        FacekdError: a term reads labels, teacher weighting is on (it reads them too), or
+            the teacher's outputs are cached (of the un-blended crops).
+    """
+    labelled = [t.name for t in terms if "labels" in t.needs]
+    if labelled:
+        raise FacekdError(f"distill.mixup={distill.mixup:g}: a blend of two faces has no label, and term(s) "
+                          f"{', '.join(labelled)} read labels; use label-free terms (featurenorm, feature, soft)")
+    if distill.teacher_weighting:
+        raise FacekdError(f"distill.mixup={distill.mixup:g}: teacher weighting reads labels; set "
+                          "distill.teacher_weighting=false")
+    if teacher is None or teacher.mode != "online":
+        raise FacekdError(f"distill.mixup={distill.mixup:g}: the teacher must see the blend; set "
+                          "distill.teacher_mode=online (cached outputs are of the un-blended crops)")
 
 
 def match_width(teacher: Teacher | None, student_dim: int, terms: list[nn.Module],
@@ -92,11 +127,14 @@ def build_objective(backbone: nn.Module, head: nn.Module, teacher: Teacher | Non
     """The student (``backbone`` + ``head``) against ``teacher`` with ``distill``'s terms.
 
     Raises:
-        FacekdError: no terms, or terms that follow a teacher without one.
+        FacekdError: no terms, terms that follow a teacher without one, or mixup where
+            it cannot be honoured (:func:`check_mixup`).
     """
     terms = build_terms(distill.terms)
     if not terms:
         raise FacekdError("distill.terms is empty")
+    if distill.mixup and not needs_teacher(terms):
+        check_mixup(distill, terms, None)
     if not needs_teacher(terms) and not distill.teacher_weighting:
         say("distill: no term follows a teacher; training from labels and designed targets only")
         return DistillObjective(backbone, head, terms)
@@ -108,7 +146,11 @@ def build_objective(backbone: nn.Module, head: nn.Module, teacher: Teacher | Non
     say(f"distill: teacher {teacher.name} ({teacher.mode}); terms " + ", ".join(_describe(t) for t in terms)
         + (f"; teacher weighting k={distill.k}, MIN={distill.min_ce}" if distill.teacher_weighting else "") + width)
     weighting = (distill.k, distill.min_ce) if distill.teacher_weighting else None
-    return DistillObjective(backbone, head, terms, teacher=shown, adapt_to=adapt_to, weighting=weighting)
+    if distill.mixup:
+        check_mixup(distill, terms, teacher)
+        say(f"distill: mixup, blend weights from Beta({distill.mixup:g}, {distill.mixup:g}); the teacher sees each blend")
+    return DistillObjective(backbone, head, terms, teacher=shown, adapt_to=adapt_to, weighting=weighting,
+                            mixup=distill.mixup)
 
 
 def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str], None] = print) -> DistillObjective:
