@@ -308,3 +308,18 @@ def test_an_external_teacher_teaches_every_exit(tmp_path, adapter):
     terms = obj((x - 127.5) / 128.0, torch.from_numpy(data.labels[:4]), idx)
     assert {f"exit{k}_featurenorm" for k in (1, 2, 3)} <= set(terms)
     assert all(0 <= terms[f"exit{k}_featurenorm"].item() <= 2.0 * 4 for k in (1, 2, 3))
+
+
+def test_exits_refuse_what_they_cannot_honour():
+    """Teacher weighting and mixup are per-objective choices the exits do not implement:
+    refused by name rather than silently dropped."""
+    import dataclasses
+
+    from facekd.multiexit.config import MultiExitConfig
+    from facekd.multiexit.objective import make_multiexit_objective
+
+    cfg = MultiExitConfig()
+    for change, name in ((dict(mixup=1.0), "distill.mixup"), (dict(teacher_weighting=True), "teacher_weighting")):
+        bad = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **change))
+        with pytest.raises(FacekdError, match=name):
+            make_multiexit_objective(bad, None, torch.device("cpu"))

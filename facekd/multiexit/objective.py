@@ -107,6 +107,8 @@ def make_multiexit_objective(cfg, data, device: torch.device, say: Callable[[str
     terms = build_terms(cfg.distill.terms)
     if cfg.distill.teacher_weighting:
         raise FacekdError("distill.teacher_weighting: not supported with exits (the weight μ is per exit)")
+    if cfg.distill.mixup:
+        raise FacekdError("distill.mixup: not supported with exits (set distill.mixup=0)")
     model = MultiExit(build_backbone(cfg.model.backbone, **cfg.model.backbone_args), e.points)
     dim = model.cfg.embedding_dim
     heads = [build_head(cfg.model.head, dim, len(data.identities), **cfg.model.head_args) for _ in range(model.num_exits)]
