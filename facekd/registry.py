@@ -44,6 +44,10 @@ class Registry(Generic[T]):
         """Calls the factory registered as ``name`` with ``kwargs``."""
         return self.get(name)(**kwargs)
 
+    def doc(self, name: str) -> str:
+        """The docstring of the factory registered as ``name``, on one line ("" if none)."""
+        return " ".join((self.get(name).__doc__ or "").split())
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

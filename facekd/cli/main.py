@@ -185,15 +185,12 @@ def _run_models(args: argparse.Namespace) -> int:
     from facekd.models.profile import summarize
     from facekd.weights import default_weights_for, manifest, onnx_models, provenance
 
-    def doc(obj) -> str:
-        return " ".join((obj.__doc__ or "").split())
-
     rows = [summarize(name) for name in BACKBONES.names()]
-    sources = [{"name": n, "doc": doc(MODEL_SOURCES.get(n))} for n in MODEL_SOURCES.names()]
+    sources = [{"name": n, "doc": MODEL_SOURCES.doc(n)} for n in MODEL_SOURCES.names()]
     for r in rows + sources:  # where published weights come from, and their licence
         w = default_weights_for(r["name"])
         r["weights"], r["provenance"] = (w, provenance(w)) if w else (None, None)
-    detectors = [{"name": n, "kind": "face_detector", "doc": doc(DETECTORS.get(n))} for n in DETECTORS.names()]
+    detectors = [{"name": n, "kind": "face_detector", "doc": DETECTORS.doc(n)} for n in DETECTORS.names()]
     if args.json:
         print(json.dumps(rows + sources + detectors, indent=2))
         return 0

@@ -133,13 +133,14 @@ def build_objective(backbone: nn.Module, head: nn.Module, teacher: Teacher | Non
     terms = build_terms(distill.terms)
     if not terms:
         raise FacekdError("distill.terms is empty")
-    if distill.mixup and not needs_teacher(terms):
-        check_mixup(distill, terms, None)
-    if not needs_teacher(terms) and not distill.teacher_weighting:
+    teaching = needs_teacher(terms) or distill.teacher_weighting
+    if teaching and teacher is None:
+        raise FacekdError("distill.terms follow a teacher (or teacher_weighting is on) and no teacher was given")
+    if distill.mixup:
+        check_mixup(distill, terms, teacher if teaching else None)
+    if not teaching:
         say("distill: no term follows a teacher; training from labels and designed targets only")
         return DistillObjective(backbone, head, terms)
-    if teacher is None:
-        raise FacekdError("distill.terms follow a teacher (or teacher_weighting is on) and no teacher was given")
     student_dim = backbone.cfg.embedding_dim
     shown, adapt_to = match_width(teacher, student_dim, terms, distill.adapter)
     width = _width_note(teacher.embedding_dim, student_dim, distill.adapter) if uses(terms, "embedding") else ""
@@ -147,7 +148,6 @@ def build_objective(backbone: nn.Module, head: nn.Module, teacher: Teacher | Non
         + (f"; teacher weighting k={distill.k}, MIN={distill.min_ce}" if distill.teacher_weighting else "") + width)
     weighting = (distill.k, distill.min_ce) if distill.teacher_weighting else None
     if distill.mixup:
-        check_mixup(distill, terms, teacher)
         say(f"distill: mixup, blend weights from Beta({distill.mixup:g}, {distill.mixup:g}); the teacher sees each blend")
     return DistillObjective(backbone, head, terms, teacher=shown, adapt_to=adapt_to, weighting=weighting,
                             mixup=distill.mixup)

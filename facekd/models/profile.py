@@ -61,5 +61,5 @@ def summarize(name: str) -> dict:
         "input_size": list(cfg.input_size),
         "embedding_dim": cfg.embedding_dim,
         "template": cfg.pre.template,
-        "doc": " ".join((BACKBONES.get(name).__doc__ or "").split()),
+        "doc": BACKBONES.doc(name),
     }
