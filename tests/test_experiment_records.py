@@ -308,3 +308,33 @@ def read_results_line(rec: Result) -> Result:
     from facekd.experiments.results import parse_result
 
     return parse_result(json.loads(rec.to_json()))
+
+
+def test_a_record_charges_a_resumed_run_its_epochs_not_the_gap(tmp_path):
+    """work_seconds sums each epoch's training and LFW seconds from the run's log; an
+    epoch taken again after a kill counts once (its last record), a torn line is skipped;
+    the report's min/run reads it instead of the command's wall time, which here would
+    include a 70-minute pause."""
+    from facekd.experiments.report import run_minutes
+    from facekd.train.run_log import work_seconds
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        '{"kind": "train", "epoch": 1, "step": 20, "loss": 8.1, "seconds": 999}\n'
+        '{"kind": "epoch", "epoch": 1, "step": 111, "seconds": 100.0}\n'
+        '{"kind": "epoch", "epoch": 2, "step": 222, "seconds": 50.0}\n'  # killed during its evaluation
+        '{"kind": "epoch", "epoch": 2, "step": 222, "seconds": 110.0, "eval_seconds": 30.5}\n'
+        '{"kind": "epoch", "epoch": 3, "st\n')
+    assert work_seconds(run) == 240.5  # 100 + (110 + 30.5)
+    assert work_seconds(tmp_path / "none") is None
+    runner = _tiny_runner(tmp_path)
+    row = next(r for r in TABLES["B"] if r.name == "student5 alone")
+    rec = runner._record("B", row.name, row.student, 0, runner.row_config(row, 0),
+                         {"epoch": 2, "lfw_acc": 82.0, "lfw_std": 2.2}, run, 1.0)
+    again = read_results_line(rec)
+    assert again.work_seconds == 240.5
+    assert run_minutes(dataclasses.replace(again, seconds=4440.0)) == pytest.approx(240.5 / 60)
+    # An older record (no work_seconds) falls back to the wall time; neither: not known.
+    assert run_minutes(dataclasses.replace(again, seconds=600.0, work_seconds=None)) == 10.0
+    assert run_minutes(dataclasses.replace(again, seconds=None, work_seconds=None)) is None

@@ -85,13 +85,20 @@ def how_trained(r: Result) -> str:
     return f"{', '.join(settings)}; {hardware}; torch {r.torch or 'not recorded'}"
 
 
+def run_minutes(r: Result) -> float | None:
+    """Minutes a run spent training and evaluating (its epoch log); the wall time of its
+    command for records older than that field; None when neither was recorded."""
+    sec = r.work_seconds if r.work_seconds is not None else r.seconds
+    return sec / 60 if sec else None
+
+
 def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
     accs = [r.lfw_acc for r in recs]
     if len(accs) > 1:
         spread, how = statistics.stdev(accs), "seeds"
     else:
         spread, how = recs[0].lfw_std, "folds"
-    minutes = [r.seconds / 60 for r in recs if r.seconds]
+    minutes = [m for r in recs if (m := run_minutes(r)) is not None]
     return {"mean": statistics.mean(accs), "std": spread, "over": how, "n": len(accs),
             "minutes": statistics.median(minutes) if minutes else None,
             "notes": [f"seed {r.seed}: {r.note}" for r in recs if r.note],
@@ -203,13 +210,14 @@ def sweep_section(path: Path, start: Path | None = None, keys: dict[str, str] | 
     lines = ["## Recipe sweep", "",
              f"`eval/recipe_sweep.py` ({_relative(path, start)}): student5 taught with Hard + 10·FeatureNorm, every variant "
              f"{recs[0].epochs or '?'} epoch(s) from the same seed; each changes one thing of the reference recipe "
-             "(configs/base/dev_cpu.yaml) except the first, a new user's first try. Minutes are wall times on "
-             "the machine named in the file while it also did other work, including a teacher's one pass over the "
-             "training crops where its output cache was cold: not a benchmark.", "",
+             "(configs/base/dev_cpu.yaml) except the first, a new user's first try. Minutes are training and LFW time "
+             "summed over epochs (for records older than that field, the wall time of the command, which includes a "
+             "teacher's one pass over the training crops where its output cache was cold), on the machine named in the "
+             "file while it also did other work: not a benchmark.", "",
              "| variant | LFW % | vs reference | minutes | trained with |", "|---|---:|---:|---:|---|"]
     for r in sorted(recs, key=lambda r: -r.lfw_acc):
         delta = f"{r.lfw_acc - ref.lfw_acc:+.2f}" if ref and r is not ref else ""
-        minutes = f"{r.seconds / 60:.1f}" if r.seconds else ""
+        minutes = f"{m:.1f}" if (m := run_minutes(r)) is not None else ""
         lines.append(f"| {r.row} | {r.lfw_acc:.2f} ± {r.lfw_std:.2f} | {delta} | {minutes} | {keys[how_trained(r)]} |")
     return [*lines, ""]
 
@@ -264,7 +272,9 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
         "times it once, at its end); "
         + (f"ORT ms is ONNX Runtime, FP32, batch 1, one thread, from `{_relative(ort_file, out.parent)}` (`facekd bench`, "
            "one idle run for every network; – where a network has no ONNX form); " if ort else "")
-        + "min/run is the median wall time of one run (training and LFW). "
+        + "min/run is the median time one run spent training and evaluating on LFW, summed over its epochs (so a "
+        "run paused or resumed across commands is not charged for the gap; records older than that field give the "
+        "wall time of their command). "
         "Machines and times are in the results file.",
         "",
     ]

@@ -35,7 +35,8 @@ class Result:
     params: int | None = None  # backbone parameters (0: a network run by another library)
     mb: float | None = None  # fp32 size of those parameters
     cpu_ms: float | None = None  # PyTorch eager, batch 1, one thread, on the machine that trained it
-    seconds: float | None = None  # wall time of the run (training and LFW)
+    seconds: float | None = None  # wall time of the command that finished the run (pauses and all)
+    work_seconds: float | None = None  # training + LFW time summed over its epochs (facekd.train.run_log)
     run: str | None = None  # the run folder
     recipe: str | None = None  # a ready teacher: the LFW figure taken ("<model> flip")
     overrides: list[str] | None = None  # the recipe sweep: the variant's --set overrides

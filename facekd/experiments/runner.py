@@ -25,7 +25,7 @@ from facekd.runtime.timing import measure_latency, torch_call
 from facekd.train.checkpoint import CHECKPOINT, load_checkpoint
 from facekd.train.config import TrainConfig
 from facekd.train.loop import fit
-from facekd.train.run_log import lfw_curve
+from facekd.train.run_log import lfw_curve, work_seconds
 from facekd.train.speed import cpu_info
 
 
@@ -199,7 +199,7 @@ class Runner:
             flip=raw.get("eval", {}).get("flip", False), epochs=metrics.get("epoch"), params=params,
             lfw_curve=lfw_curve(run) or None,
             mb=params * 4 / 2**20, cpu_ms=cpu_ms_per_face(student, args),
-            seconds=None if t0 is None else round(time.perf_counter() - t0, 1),
+            seconds=None if t0 is None else round(time.perf_counter() - t0, 1), work_seconds=work_seconds(run),
             run=str(run), machine=platform.node(), cpu=how.get("cpu") or cpu_info().describe(),
             device=how.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"), gpu=how.get("gpu"),
             precision=how.get("precision"), channels_last=how.get("channels_last"), compile=how.get("compile"),

@@ -24,6 +24,24 @@ def lfw_curve(run_dir: Path) -> list[list[float]]:
     return [[e, a] for e, a in sorted(out.items())]
 
 
+def work_seconds(run_dir: Path) -> float | None:
+    """Seconds a run spent training and evaluating: each epoch's ``seconds`` plus its
+    ``eval_seconds``, from the last record of each epoch (an epoch taken again after a
+    kill counts once). Time between a kill and its resume is not in it, unlike a wall
+    clock around the command. None without a log or epoch records."""
+    path = run_dir / "metrics.jsonl"
+    epochs: dict[int, float] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "epoch" and isinstance(rec.get("seconds"), (int, float)):
+            ev = rec.get("eval_seconds")
+            epochs[int(rec["epoch"])] = float(rec["seconds"]) + (float(ev) if isinstance(ev, (int, float)) else 0.0)
+    return round(sum(epochs.values()), 1) if epochs else None
+
+
 class RunLog:
     """Appends records to ``RUN_DIR/metrics.jsonl`` and scalars to ``RUN_DIR/tb``.
 
