@@ -198,7 +198,8 @@ def provenance(name: str) -> str:
     """One line: where manifest entry ``name`` comes from and under which licence."""
     entry = manifest()[name]
     if "shipped" in entry:
-        return f"weights/{entry['shipped']} (trained by facekd: {entry.get('reproduce', '?')}); licence: {entry.get('licence', '?')}"
+        return (f"weights/{entry['shipped']} (trained by facekd; the command that made it: \"reproduce\" in "
+                f"weights/manifest.json or facekd models --json); licence: {entry.get('licence', '?')}")
     if "source" in entry:
         src = entry["source"]
         how = f"converted from {src['module']}/{src['file']}" if entry.get("convert") else f"{src['module']}/{src['file']}"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -127,6 +129,26 @@ def test_models_json_lists_every_backbone(capsys):
     detectors = {n for n, r in rows.items() if r.get("kind") == "face_detector"}
     assert {"mtcnn", "yunet", "yunet_mtcnn"} <= detectors and "mobilefacenet" not in detectors
     assert "MTCNN" in rows["yunet_mtcnn"]["doc"]  # its docstring, not an empty line
+    from facekd.weights import manifest, onnx_models
+
+    students = {n: r for n, r in rows.items() if r.get("kind") == "shipped_student"}
+    assert set(students) == set(onnx_models()) and students
+    for n, r in students.items():  # the command that made each, as the manifest has it
+        assert r["reproduce"] == manifest()[n]["reproduce"] and "facekd " in r["reproduce"]
+        assert (Path(__file__).resolve().parent.parent / r["file"]).is_file()
+
+
+def test_models_table_names_each_shipped_student_on_one_short_line(capsys):
+    """The table points at the manifest for the commands (hundreds of characters each)
+    instead of printing them inline."""
+    from facekd.cli import main
+    from facekd.weights import onnx_models
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for name in onnx_models():
+        line = next(x for x in out if x.strip().startswith(name + " "))
+        assert len(line) < 160 and f"weights/{name}" in line, line
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())

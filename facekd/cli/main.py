@@ -191,8 +191,12 @@ def _run_models(args: argparse.Namespace) -> int:
         w = default_weights_for(r["name"])
         r["weights"], r["provenance"] = (w, provenance(w)) if w else (None, None)
     detectors = [{"name": n, "kind": "face_detector", "doc": DETECTORS.doc(n)} for n in DETECTORS.names()]
+    students = [{"name": n, "kind": "shipped_student", "architecture": e["architecture"], "teacher": e["teacher"]["model"],
+                 "lfw_flip": e["lfw"]["flip"], "speedup": e["measured"]["speedup"], "file": f"weights/{e['shipped']}",
+                 "reproduce": e.get("reproduce"), "licence": e.get("licence")}
+                for n in onnx_models() if (e := manifest()[n])]
     if args.json:
-        print(json.dumps(rows + sources + detectors, indent=2))
+        print(json.dumps(rows + sources + students + detectors, indent=2))
         return 0
     print(f"{'name':<22}{'params':>12}{'GMAC':>8}  {'input':<9}{'emb':>5}  description")
     for r in rows:
@@ -205,10 +209,12 @@ def _run_models(args: argparse.Namespace) -> int:
         if r["weights"]:
             print(f"  {r['name']:<20} {r['weights']}: {r['provenance']}")
     print("\nStudents facekd ships (ONNX; --model NAME):")
-    for name in onnx_models():
-        e = manifest()[name]
-        print(f"  {name:<20} {e['architecture']} from {e['teacher']['model']}, LFW {e['lfw']['flip']:.2f}% flip, "
-              f"{e['measured']['speedup']:.1f}x faster than the teacher: {provenance(name)}")
+    w = max((len(r["name"]) for r in students), default=20)
+    for r in students:
+        print(f"  {r['name']:<{w}} {r['architecture']} from {r['teacher']}, LFW {r['lfw_flip']:.2f}% flip, "
+              f"{r['speedup']:.1f}x faster than the teacher: {r['file']}")
+    if students:
+        print("  (the command that made each: \"reproduce\" in facekd models --json or weights/manifest.json)")
     print("\nFace detectors (facekd align --detector NAME; facekd eval detect --detectors NAME,...):")
     for r in detectors:
         print(f"  {r['name']:<20} {r['doc']}")
