@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packs", type=Path, help="folder with dev_train_facenet160.fkpack (eval/teacher_crops.py)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "recipe-sweep")
     p.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "recipe-sweep-cpu.jsonl")
-    p.add_argument("--budget-minutes", type=float, help="start no new variant after this long")
+    p.add_argument("--budget-minutes", type=float, help="start no new variant after this long (0 or less: start none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    deadline = time.time() + 60 * args.budget_minutes if args.budget_minutes else None
+    deadline = time.time() + 60 * args.budget_minutes if args.budget_minutes is not None else None
     proto = protocols(REPO)["facekd-dev-cpu"]
     overrides = [*args.overrides, f"train.epochs={args.epochs}", f"eval.every={args.epochs}"]
     runner = Runner(REPO, proto, args.runs, args.results, overrides, packs=args.packs)

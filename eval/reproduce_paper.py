@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                    "whose spread decides a finding, 1 for the rest)")
     p.add_argument("--row", dest="rows", action="append", metavar="TEXT",
                    help="run only the rows whose name contains TEXT, e.g. --row 'label smoothing' (repeatable)")
-    p.add_argument("--budget-minutes", type=float, help="start no new run after this long")
+    p.add_argument("--budget-minutes", type=float, help="start no new run after this long (0 or less: start none)")
     p.add_argument("--runs", type=Path, help="run folders (default runs/paper-<protocol>)")
     p.add_argument("--results", type=Path, help="results file to append to (default docs/results/<protocol>.jsonl)")
     p.add_argument("--report", type=Path, help="Markdown report (default: docs/RESULTS.md for facekd-dev-cpu, docs/RESULTS-gpu.md for "
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or (results.with_suffix(".md") if proto.smoke_only else REPO / "docs" / proto.report)
     runner = Runner(
         REPO, proto, args.runs or REPO / "runs" / f"paper-{proto.name}", results, args.overrides,
-        deadline=time.time() + 60 * args.budget_minutes if args.budget_minutes else None, packs=args.packs,
+        deadline=time.time() + 60 * args.budget_minutes if args.budget_minutes is not None else None, packs=args.packs,
     )
     if args.teacher_lfw:
         have = {(r.protocol, r.table, r.row) for r in read_results(results)}

@@ -157,6 +157,22 @@ def test_cpu_smoke_runs_one_row_per_table(data_dir, mobilefacenet_weights, tmp_p
     assert again.returncode == 0 and "0 runs to do (5 results already" in again.stdout
 
 
+def test_a_budget_of_zero_minutes_starts_no_run(tmp_path):
+    """--budget-minutes 0 used to read as "no budget" (a falsy number) and start every
+    run; found when a wrapper script computed the minutes left and reached 0."""
+    res = tmp_path / "results.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval/reproduce_paper.py"), "--protocol", "smoke", "--runs", str(tmp_path / "runs"),
+         "--results", str(res), "--report", str(tmp_path / "RESULTS.md"), "--budget-minutes", "0"],
+        env={**os.environ, "FACEKD_DATA": str(tmp_path / "no-data")}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    todo = int(proc.stdout.split(" runs to do")[0].split()[-1])
+    assert todo > 0 and f"budget reached; {todo} runs left" in proc.stdout
+    assert proc.stdout.splitlines()[-1].endswith(f"; {todo} runs left")
+    assert not res.exists() and not (tmp_path / "runs").exists()
+
+
 def test_ready_teachers_enter_the_results_with_their_lfw_size_and_latency(mobilefacenet_weights, monkeypatch):
     from facekd.experiments import Protocol
     from facekd.experiments.runner import ready_teacher_records
