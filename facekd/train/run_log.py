@@ -28,7 +28,9 @@ def work_seconds(run_dir: Path) -> float | None:
     """Seconds a run spent training and evaluating: each epoch's ``seconds`` plus its
     ``eval_seconds``, from the last record of each epoch (an epoch taken again after a
     kill counts once). Time between a kill and its resume is not in it, unlike a wall
-    clock around the command. None without a log or epoch records."""
+    clock around the command; a process stopped (SIGSTOP) during an epoch is charged
+    for the stop, as the trainer times epochs by the wall clock. None without a log or
+    epoch records."""
     path = run_dir / "metrics.jsonl"
     epochs: dict[int, float] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
