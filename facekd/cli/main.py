@@ -191,10 +191,11 @@ def _run_models(args: argparse.Namespace) -> int:
         w = default_weights_for(r["name"])
         r["weights"], r["provenance"] = (w, provenance(w)) if w else (None, None)
     detectors = [{"name": n, "kind": "face_detector", "doc": DETECTORS.doc(n)} for n in DETECTORS.names()]
+    entries = manifest()
     students = [{"name": n, "kind": "shipped_student", "architecture": e["architecture"], "teacher": e["teacher"]["model"],
                  "lfw_flip": e["lfw"]["flip"], "speedup": e["measured"]["speedup"], "file": f"weights/{e['shipped']}",
                  "reproduce": e.get("reproduce"), "licence": e.get("licence")}
-                for n in onnx_models() if (e := manifest()[n])]
+                for n, e in ((n, entries[n]) for n in onnx_models())]
     if args.json:
         print(json.dumps(rows + sources + students + detectors, indent=2))
         return 0

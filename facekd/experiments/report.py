@@ -273,7 +273,7 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
         + (f"ORT ms is ONNX Runtime, FP32, batch 1, one thread, from `{_relative(ort_file, out.parent)}` (`facekd bench`, "
            "one idle run for every network; – where a network has no ONNX form); " if ort else "")
         + "min/run is the median time one run spent training and evaluating on LFW, summed over its epochs (so a "
-        "run paused or resumed across commands is not charged for the gap; records older than that field give the "
+        "run killed and resumed later is not charged for the time between; records older than that field give the "
         "wall time of their command). "
         "Machines and times are in the results file.",
         "",
