@@ -9,18 +9,26 @@ from pathlib import Path
 from facekd.io_utils import atomic_write_bytes
 
 
-def lfw_curve(run_dir: Path) -> list[list[float]]:
-    """[epoch, LFW %] of each evaluation a run logged, in order (a resumed run's dropped
-    lines are already gone); [] without a log or evaluations."""
+def _epoch_records(run_dir: Path) -> list[dict]:
+    """The ``kind: epoch`` records of a run's ``metrics.jsonl``, in file order (a line
+    torn by a kill skipped); [] without a log."""
     path = run_dir / "metrics.jsonl"
-    out: dict[int, float] = {}
+    out = []
     for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line torn by a kill
             continue
-        if isinstance(rec, dict) and rec.get("kind") == "epoch" and isinstance(rec.get("lfw_acc"), (int, float)):
-            out[int(rec["epoch"])] = round(float(rec["lfw_acc"]), 4)
+        if isinstance(rec, dict) and rec.get("kind") == "epoch":
+            out.append(rec)
+    return out
+
+
+def lfw_curve(run_dir: Path) -> list[list[float]]:
+    """[epoch, LFW %] of each evaluation a run logged, in order (a resumed run's dropped
+    lines are already gone); [] without a log or evaluations."""
+    out = {int(r["epoch"]): round(float(r["lfw_acc"]), 4)
+           for r in _epoch_records(run_dir) if isinstance(r.get("lfw_acc"), (int, float))}
     return [[e, a] for e, a in sorted(out.items())]
 
 
@@ -31,16 +39,11 @@ def work_seconds(run_dir: Path) -> float | None:
     clock around the command; a process stopped (SIGSTOP) during an epoch is charged
     for the stop, as the trainer times epochs by the wall clock. None without a log or
     epoch records."""
-    path = run_dir / "metrics.jsonl"
     epochs: dict[int, float] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a kill
-            continue
-        if isinstance(rec, dict) and rec.get("kind") == "epoch" and isinstance(rec.get("seconds"), (int, float)):
-            ev = rec.get("eval_seconds")
-            epochs[int(rec["epoch"])] = float(rec["seconds"]) + (float(ev) if isinstance(ev, (int, float)) else 0.0)
+    for r in _epoch_records(run_dir):
+        if isinstance(r.get("seconds"), (int, float)):
+            ev = r.get("eval_seconds")
+            epochs[int(r["epoch"])] = float(r["seconds"]) + (float(ev) if isinstance(ev, (int, float)) else 0.0)
     return round(sum(epochs.values()), 1) if epochs else None
 
 
