@@ -2,7 +2,8 @@
 
 ONNX Runtime has no integer PReLU: in an INT8 MobileFaceNet every PReLU runs in FP32
 between a DequantizeLinear and a QuantizeLinear, which costs more than INT8 saves
-(docs/BENCHMARKS.md, INT8). A ReLU after a Conv fuses into the quantised Conv. A surgery
+(docs/BENCHMARKS.md, INT8). A ReLU after a Conv fuses into the quantised Conv; a ReLU or a
+LeakyReLU (one slope for the layer) fuses into an FP32 Conv as well. A surgery
 rewrites the activations of a trained model; one that changes what the model computes
 (``exact = False``) is then recovered by distillation from the unchanged model, and one
 that claims to be exact is checked layer by layer (:func:`check_exact`), failing with
@@ -15,6 +16,7 @@ result records ``{"name": "surgery", "ops": [...]}`` and rebuilds it.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,6 +64,13 @@ def replace_modules(model: nn.Module, pick: Callable[[str, nn.Module], nn.Module
 
 def _prelu_to_relu(model: nn.Module) -> int:
     return replace_modules(model, lambda path, m: nn.ReLU(inplace=False) if isinstance(m, nn.PReLU) else None)
+
+
+def _prelu_to_leaky(model: nn.Module) -> int:
+    # One slope per layer, the mean of the PReLU's: the nearest single slope in the
+    # squared-error sense over channels, so the function moves far less than to a ReLU.
+    return replace_modules(
+        model, lambda path, m: nn.LeakyReLU(float(m.weight.detach().mean())) if isinstance(m, nn.PReLU) else None)
 
 
 # Slopes this close to 0 (ReLU) or 1 (identity) fold without changing the function more
@@ -114,6 +123,9 @@ def _prelu_at_last_stride(model: nn.Module) -> int:
 for _s in (
     Surgery("prelu_to_relu", exact=False, apply=_prelu_to_relu,
             doc="every PReLU becomes a ReLU (fuses into a quantised Conv); changes the function: recover by distillation"),
+    Surgery("prelu_to_leaky", exact=False, apply=_prelu_to_leaky,
+            doc="every PReLU becomes a LeakyReLU with the mean of its slopes (ONNX Runtime fuses it into the Conv "
+                "before it, as a ReLU); closer to the original function than prelu_to_relu: recover by distillation"),
     Surgery("fold_prelu", exact=True, apply=_fold_prelu,
             doc="PReLUs whose slopes are all 0 become ReLU, all 1 an identity; any other PReLU is refused by name"),
     Surgery("prelu_at_last_stride", exact=True, apply=_prelu_at_last_stride,
@@ -154,22 +166,40 @@ def check_exact(before: nn.Module, after: nn.Module, x: torch.Tensor, atol: floa
 
 
 # What a replayed record may put in a rewritten module's place, by kind: the module's
-# class name, then for a PReLU ":" and its number of slopes ("PReLU:512").
-_REPLACEMENTS: dict[str, Callable[[int], nn.Module]] = {
-    "ReLU": lambda n: nn.ReLU(), "Identity": lambda n: nn.Identity(), "PReLU": lambda n: nn.PReLU(n),
+# class name, then for a PReLU ":" and its number of slopes ("PReLU:512"), for a LeakyReLU
+# ":" and its slope ("LeakyReLU:0.25"). Each builder returns None for a malformed argument.
+def _count(arg: str) -> int | None:
+    return int(arg) if arg.isdigit() and int(arg) >= 1 else None
+
+
+def _slope(arg: str) -> float | None:
+    try:
+        v = float(arg)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+_REPLACEMENTS: dict[str, Callable[[str], nn.Module | None]] = {
+    "ReLU": lambda a: None if a else nn.ReLU(),
+    "Identity": lambda a: None if a else nn.Identity(),
+    "PReLU": lambda a: None if (n := _count(a)) is None else nn.PReLU(n),
+    "LeakyReLU": lambda a: None if (v := _slope(a)) is None else nn.LeakyReLU(v),
 }
 
 
 def _kind(m: nn.Module) -> str:
-    return f"PReLU:{m.num_parameters}" if isinstance(m, nn.PReLU) else type(m).__name__
+    if isinstance(m, nn.PReLU):
+        return f"PReLU:{m.num_parameters}"
+    if isinstance(m, nn.LeakyReLU):
+        return f"LeakyReLU:{m.negative_slope!r}"
+    return type(m).__name__
 
 
 def _build(kind: str) -> nn.Module | None:
     """The module a record's kind names (None for an unknown or malformed kind)."""
-    name, _, count = kind.partition(":")
-    if name not in _REPLACEMENTS or (name == "PReLU") != count.isdigit() or (count and int(count) < 1):
-        return None
-    return _REPLACEMENTS[name](int(count or 0))
+    name, _, arg = kind.partition(":")
+    return _REPLACEMENTS[name](arg) if name in _REPLACEMENTS else None
 
 
 def _activations(model: nn.Module) -> dict[str, str]:
