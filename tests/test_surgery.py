@@ -32,6 +32,40 @@ def test_prelu_to_relu_replaces_every_prelu_and_records_itself() -> None:
     assert torch.allclose(rebuilt.eval()(x), net.eval()(x))
 
 
+def _uniform_slopes(net: nn.Module) -> list[tuple[str, nn.PReLU]]:
+    """Sets every PReLU's slopes to one value per layer, 0.05 x (layer index mod 5)."""
+    prelus = [(p, m) for p, m in net.named_modules() if isinstance(m, nn.PReLU)]
+    for i, (_, m) in enumerate(prelus):
+        m.weight.data.fill_(0.05 * (i % 5))
+    return prelus
+
+
+def test_prelu_to_leaky_is_exact_where_a_layers_slopes_agree() -> None:
+    torch.manual_seed(0)
+    net = build_backbone("mobilefacenet").eval()
+    _uniform_slopes(net)
+    x = torch.randn(2, 3, 112, 96)
+    before = net(x)
+    apply_surgery(net, ["prelu_to_leaky"])
+    assert _prelus(net) == 0
+    assert torch.allclose(net(x), before, atol=1e-5)
+
+
+def test_prelu_to_leaky_takes_each_layers_mean_slope_and_replays_it() -> None:
+    torch.manual_seed(0)
+    net = build_backbone("mobilefacenet").eval()
+    prelus = _uniform_slopes(net)
+    (stem_path, stem), (second_path, _) = prelus[0], prelus[1]
+    stem.weight.data = torch.linspace(0.0, 0.5, stem.num_parameters)  # mean 0.25
+    apply_surgery(net, ["prelu_to_leaky"])
+    got = {p: m.negative_slope for p, m in net.named_modules() if isinstance(m, nn.LeakyReLU)}
+    assert sorted(got) == sorted(p for p, _ in prelus)
+    assert got[stem_path] == pytest.approx(0.25) and got[second_path] == pytest.approx(0.05)
+    assert net.transforms[-1]["replaced"][stem_path] == f"LeakyReLU:{got[stem_path]!r}"
+    fresh = apply_transforms(build_backbone("mobilefacenet"), net.transforms)
+    assert {p: m.negative_slope for p, m in fresh.named_modules() if isinstance(m, nn.LeakyReLU)} == got
+
+
 def test_fold_prelu_is_exact_where_slopes_are_zero_or_one() -> None:
     torch.manual_seed(0)
     net = build_backbone("mobilefacenet").eval()
@@ -122,7 +156,7 @@ def test_prelu_at_last_stride_puts_zero_slopes_on_exactly_the_smallest_maps() ->
     assert net.transforms[-1]["replaced"] == {p: f"PReLU:{c}" for p, c in want.items()}
 
 
-@pytest.mark.parametrize("kind", ["PReLU", "PReLU:x", "PReLU:0", "ReLU:3", "Sigmoid"])
+@pytest.mark.parametrize("kind", ["PReLU", "PReLU:x", "PReLU:0", "ReLU:3", "Sigmoid", "LeakyReLU", "LeakyReLU:nan", "LeakyReLU:x"])
 def test_a_record_naming_an_unknown_or_malformed_module_is_refused(kind) -> None:
     record = {"name": "surgery", "ops": ["prelu_to_relu"], "replaced": {"head.act": kind}}
     with pytest.raises(FacekdError, match=f"cannot put a {kind} at 'head.act'"):
