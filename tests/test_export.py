@@ -97,6 +97,28 @@ def test_rewrites_remove_prelu_and_keep_the_function(tmp_path):
     assert check_parity(model, fast, x, batch_sizes=(1, 16)).worst >= 0.99999
 
 
+@pytest.mark.parametrize("surgery,fused", [("prelu_to_relu", b"Relu"), ("prelu_to_leaky", b"LeakyRelu")])
+def test_activations_the_surgeries_leave_fuse_into_the_convs(surgery, fused, tmp_path):
+    """What the PReLU surgeries are for: after ONNX Runtime's graph optimisation every one
+    of MobileFaceNet's activations is a Conv's fused activation, none a node of its own."""
+    import onnx
+    import onnxruntime as ort
+
+    from facekd.models.surgery import apply_surgery
+
+    net = _randomize_bn(build_backbone("mobilefacenet"))
+    prelus = sum(isinstance(m, nn.PReLU) for m in net.modules())
+    apply_surgery(net, [surgery])
+    export_onnx(net, tmp_path / "m.onnx", input_size=(112, 96))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "m.onnx"), so, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(tmp_path / "opt.onnx")).graph.node
+    assert not {"Relu", "LeakyRelu", "PRelu", "Min", "Mul"} & {n.op_type for n in nodes}
+    acts = [onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "activation"]
+    assert acts == [fused] * prelus
+
+
 def test_pool_is_not_moved_before_a_prelu_with_a_negative_slope(tmp_path):
     model = _Tiny(torch.tensor([0.2, -0.1, 0.5, 1.0]), torch.tensor([0.1, 0.2, 0.3, 0.4])).eval()
     path = tmp_path / "m.onnx"
