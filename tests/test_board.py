@@ -113,3 +113,32 @@ def test_a_model_without_an_onnx_form_is_timed_through_its_own_embedder() -> Non
     resolved = SimpleNamespace(pre=Preprocessing(template="112x96"), embedder=lambda: _Embedder())
     _own_call(resolved)()
     assert seen == [(1, 112, 96, 3)]
+
+
+def test_plot_labels_of_crowded_points_overlap_neither_each_other_nor_the_markers() -> None:
+    """Six models within 0.1 point and 10% of each other (the crowded top of a real board):
+    after placement no two labels' boxes overlap, none covers a point, all stay in the axes."""
+    from facekd.evaluation.plots import pyplot
+    from facekd.experiments.board_view import _declutter
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    xs, ys = [1.0, 1.05, 1.1, 1.15, 1.2, 5.0], [99.0, 99.02, 98.98, 99.05, 99.01, 95.0]
+    ax.scatter(xs, ys)
+    ax.set_xscale("log")
+    labels = [ax.annotate(f"a model with a long name {i}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+              for i, (x, y) in enumerate(zip(xs, ys))]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    before = [t.get_window_extent(r) for t in labels]
+    assert any(a.overlaps(b) for i, a in enumerate(before) for b in before[i + 1:])  # crowded as drawn
+    _declutter(fig, ax, labels)
+    fig.canvas.draw()
+    boxes = [t.get_window_extent(r) for t in labels]
+    frame = ax.get_window_extent(r)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    for (px, py) in ax.transData.transform(list(zip(xs, ys))):
+        assert not any(b.x0 <= px <= b.x1 and b.y0 <= py <= b.y1 for b in boxes)
+    assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert boxes[-1].y0 == pytest.approx(before[-1].y0)  # a label with room keeps its place
+    plt.close(fig)

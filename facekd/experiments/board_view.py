@@ -32,15 +32,43 @@ def board_lines(board: Board) -> list[str]:
     return lines
 
 
+def _declutter(fig, ax, labels, step_px: float = 2.0, marker_px: float = 4.0, reach_px: float = 300.0) -> None:
+    """Moves point labels up or down (a grey line back to the point) to the nearest place
+    inside the axes where they overlap no other label and no point's marker; from the
+    lowest point's label up. A label with no free place within ``reach_px`` stays."""
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    points_per_px = 72.0 / fig.dpi
+    frame = ax.get_window_extent(renderer)
+    placed = [Bbox.from_extents(x - marker_px, y - marker_px, x + marker_px, y + marker_px)
+              for x, y in ax.transData.transform([t.xy for t in labels])]
+    shifts = [0.0] + [sign * k * step_px for k in range(1, int(reach_px / step_px) + 1) for sign in (1, -1)]
+    for label in sorted(labels, key=lambda t: t.get_window_extent(renderer).y0):
+        box = label.get_window_extent(renderer)
+        for shift in shifts:
+            moved = box.translated(0, shift)
+            if frame.y0 <= moved.y0 and moved.y1 <= frame.y1 and not any(b.overlaps(moved) for b in placed):
+                break
+        else:
+            shift, moved = 0.0, box
+        dx, dy = label.xyann
+        label.xyann = (dx, dy + shift * points_per_px)
+        placed.append(moved)
+
+
 def plot_board(board: Board, path: Path | str) -> Path:
     """LFW flip against the fastest form's ms (log scale), the front joined by a line."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     pts = [r for r in board.rows if r.ms is not None and r.lfw_flip is not None]
+    labels = []
     for r in pts:
         colour = "tab:blue" if r.kind == "ready" else "tab:red"
         ax.scatter(r.ms, r.lfw_flip, c=colour, marker="o" if r.on_front else "x", zorder=3)
-        ax.annotate(f"{r.name} ({r.form})", (r.ms, r.lfw_flip), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        labels.append(ax.annotate(f"{r.name} ({r.form})", (r.ms, r.lfw_flip), textcoords="offset points", xytext=(5, 4),
+                                  fontsize=8, arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}))
     front = sorted((r for r in pts if r.on_front), key=lambda r: r.ms)
     if len(front) > 1:
         ax.plot([r.ms for r in front], [r.lfw_flip for r in front], "k--", lw=1, zorder=2, label="front")
@@ -54,6 +82,7 @@ def plot_board(board: Board, path: Path | str) -> Path:
     ax.set_title(f"facekd board: {cpu}, {board.machine.get('cores')} cores", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
+    _declutter(fig, ax, labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
