@@ -32,9 +32,9 @@ def test_a_verdict_that_flips_between_budgets_is_flagged_and_an_unrun_budget_say
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1].startswith("**confirmed**<br>Hard+Soft+Feature 86.00 ± 0.30¹ vs Hard+Soft 88.00 ± 0.30¹")
     assert cells[2] == "not run" and cells[3].startswith("**refuted**") and cells[4] == "yes"
-    # Measured in one column only: not decided.
+    # Confirmed or refuted in one column only: not decided.
     weighting = next(line for line in lines if line.startswith("| Teacher weighting helps |"))
-    assert weighting.endswith("| not decided (measured in fewer than two columns) |")
+    assert weighting.endswith("| not decided (confirmed or refuted in fewer than two columns) |")
     png = plot_table_a_by_epochs(budgets, tmp_path / "a.png")
     assert png is not None and png.stat().st_size > 10_000
 

@@ -60,7 +60,7 @@ def budget_table(budgets: list[Budget]) -> list[str]:
         cells = ["not run" if j is None else _cell(j[i]) for j in judged]
         decided = [j[i].verdict for j in judged if j is not None and j[i].verdict in ("confirmed", "refuted")]
         change = ("yes" if len(set(decided)) > 1 else "no" if len(decided) > 1
-                  else "not decided (measured in fewer than two columns)")
+                  else "not decided (confirmed or refuted in fewer than two columns)")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {change} |")
     return lines
 
