@@ -32,21 +32,26 @@ def test_prelu_to_relu_replaces_every_prelu_and_records_itself() -> None:
     assert torch.allclose(rebuilt.eval()(x), net.eval()(x))
 
 
-def _uniform_slopes(net: nn.Module) -> list[tuple[str, nn.PReLU]]:
-    """Sets every PReLU's slopes to one value per layer, 0.05 x (layer index mod 5)."""
+def _uniform_slopes(net: nn.Module, slope=lambda i: 0.05 * (i % 5)) -> list[tuple[str, nn.PReLU]]:
+    """Sets every PReLU's slopes to one value per layer, ``slope(layer index)`` (by default
+    0.05 x (layer index mod 5))."""
     prelus = [(p, m) for p, m in net.named_modules() if isinstance(m, nn.PReLU)]
     for i, (_, m) in enumerate(prelus):
-        m.weight.data.fill_(0.05 * (i % 5))
+        m.weight.data.fill_(slope(i))
     return prelus
 
 
-def test_prelu_to_leaky_is_exact_where_a_layers_slopes_agree() -> None:
+@pytest.mark.parametrize("name,slope", [
+    ("prelu_to_leaky", lambda i: 0.05 * (i % 5)),  # one slope per layer: a LeakyReLU computes it
+    ("fold_prelu", lambda i: 0.0 if i % 2 else 1.0),  # slopes 0 or 1: a ReLU or an identity
+])
+def test_surgery_is_exact_where_the_slopes_allow_it(name, slope) -> None:
     torch.manual_seed(0)
     net = build_backbone("mobilefacenet").eval()
-    _uniform_slopes(net)
+    _uniform_slopes(net, slope)
     x = torch.randn(2, 3, 112, 96)
     before = net(x)
-    apply_surgery(net, ["prelu_to_leaky"])
+    apply_surgery(net, [name])
     assert _prelus(net) == 0
     assert torch.allclose(net(x), before, atol=1e-5)
 
@@ -64,18 +69,6 @@ def test_prelu_to_leaky_takes_each_layers_mean_slope_and_replays_it() -> None:
     assert net.transforms[-1]["replaced"][stem_path] == f"LeakyReLU:{got[stem_path]!r}"
     fresh = apply_transforms(build_backbone("mobilefacenet"), net.transforms)
     assert {p: m.negative_slope for p, m in fresh.named_modules() if isinstance(m, nn.LeakyReLU)} == got
-
-
-def test_fold_prelu_is_exact_where_slopes_are_zero_or_one() -> None:
-    torch.manual_seed(0)
-    net = build_backbone("mobilefacenet").eval()
-    for i, m in enumerate(x for x in net.modules() if isinstance(x, nn.PReLU)):
-        m.weight.data.fill_(0.0 if i % 2 else 1.0)
-    x = torch.randn(2, 3, 112, 96)
-    before = net(x)
-    apply_surgery(net, ["fold_prelu"])
-    assert _prelus(net) == 0
-    assert torch.allclose(net(x), before, atol=1e-5)
 
 
 def test_fold_prelu_refuses_a_learned_slope_naming_the_layer() -> None:
