@@ -16,9 +16,9 @@ from facekd.experiments import TABLES, write_report
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _rec(table, row, acc, seed=0, std=0.5, ms=2.0, student="student5"):
+def _rec(table, row, acc, seed=0, std=0.5, ms=2.0, student="student5", cpu="CPU one"):
     return {"protocol": "p", "table": table, "row": row, "seed": seed, "student": student, "lfw_acc": acc,
-            "lfw_std": std, "params": 1_000_000, "mb": 3.8, "cpu_ms": ms}
+            "lfw_std": std, "params": 1_000_000, "mb": 3.8, "cpu_ms": ms, "cpu": cpu}
 
 
 def test_report_gives_mean_and_std_over_seeds_and_judges_findings(tmp_path):
@@ -46,6 +46,22 @@ def test_report_gives_mean_and_std_over_seeds_and_judges_findings(tmp_path):
     assert "student5 89.50 ± 0.50¹ at 2.0 ms vs teacher 88.00 ± 0.50¹ at 9.0 ms (4.5x faster)" in text
     assert "- The student can match or beat the teacher at 3x speed: confirmed" in text
     assert (tmp_path / "r.png").stat().st_size > 10_000 and "![LFW accuracy against CPU latency](r.png)" in text
+
+
+@pytest.mark.parametrize("student_acc, verdict", [(80.0, "refuted"), (88.0, "not measured yet")])
+def test_no_speed_ratio_between_timings_on_different_cpus(tmp_path, student_acc, verdict):
+    # The teacher timed on one CPU, every student run on another: 9.0 / 2.0 would read
+    # "4.5x faster" but compares two machines. Accuracy alone still refutes (80 + 0.5 <
+    # 88); a student level with the teacher (88 vs 88) cannot be confirmed without a ratio.
+    recs = [_rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27", cpu="CPU one"),
+            _rec("A", "Hard+Soft+FeatureNorm", student_acc, cpu="CPU two"), _rec("A", "Hard", 70.0, cpu="CPU two")]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    line = next(x for x in text.splitlines() if x.startswith("- The student can match or beat the teacher"))
+    assert line.startswith(f"- The student can match or beat the teacher at 3x speed: {verdict}: ")
+    assert "x faster" not in line
+    assert "timed on different CPUs (student on CPU two; teacher on CPU one): no speed ratio." in line
 
 
 def test_report_refutes_a_finding_the_data_contradict_and_lists_rows_it_cannot_order(tmp_path):

@@ -104,7 +104,7 @@ def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
             "notes": [f"seed {r.seed}: {r.note}" for r in recs if r.note],
             "how": ", ".join(dict.fromkeys(keys[how_trained(r)] for r in recs)),
             "params": recs[0].params, "mb": recs[0].mb, "cpu_ms": recs[0].cpu_ms, "student": recs[0].student,
-            "epochs": recs[0].epochs}
+            "epochs": recs[0].epochs, "timed_on": {r.cpu for r in recs if r.cpu_ms}}
 
 
 def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tuple[str, str], dict]:
@@ -118,13 +118,15 @@ def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tu
     # One network's latency is one figure: each run timed it once at its end (30 calls),
     # and those figures scatter with whatever else ran (student5: 10 to 37 ms on one
     # machine). Every row of a network shows the median over all its runs here.
-    timings: dict[tuple[str, int], list[float]] = {}
+    # ``timed_on``: the CPUs (as records name them; None: not recorded) behind that figure.
+    timings: dict[tuple[str, int], list[Result]] = {}
     for r in recs:
         if r.table != "teachers" and r.cpu_ms:
-            timings.setdefault((r.student, r.params), []).append(r.cpu_ms)
+            timings.setdefault((r.student, r.params), []).append(r)
     for (table, _), s in by.items():
-        if table != "teachers" and (s["student"], s["params"]) in timings:
-            s["cpu_ms"] = statistics.median(timings[(s["student"], s["params"])])
+        if table != "teachers" and (timed := timings.get((s["student"], s["params"]))):
+            s["cpu_ms"] = statistics.median(r.cpu_ms for r in timed)
+            s["timed_on"] = {r.cpu for r in timed}
     return by
 
 
