@@ -64,6 +64,20 @@ def test_no_speed_ratio_between_timings_on_different_cpus(tmp_path, student_acc,
     assert "timed on different CPUs (student on CPU two; teacher on CPU one): no speed ratio." in line
 
 
+def test_the_speed_ratio_uses_only_the_runs_timed_on_the_teachers_cpu(tmp_path):
+    # Student runs on two CPUs (3.0 ms on the teacher's, 1.0 and 1.0 on another): the
+    # median over all of them (1.0) against the teacher's 9.0 would say 9x; on the
+    # teacher's CPU it is 9.0 / 3.0 = 3x.
+    recs = [_rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27", cpu="CPU one"),
+            _rec("A", "Hard+Soft+FeatureNorm", 88.0, ms=3.0, cpu="CPU one"),
+            _rec("A", "Hard", 70.0, ms=1.0, cpu="CPU two"), _rec("A", "Soft", 70.0, ms=1.0, cpu="CPU two")]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert ("- The student can match or beat the teacher at 3x speed: confirmed: student5 88.00 ± 0.50¹ at 3.0 ms "
+            "vs teacher 88.00 ± 0.50¹ at 9.0 ms (3.0x faster, on CPU one).") in text
+
+
 def test_report_refutes_a_finding_the_data_contradict_and_lists_rows_it_cannot_order(tmp_path):
     recs = [
         _rec("A", "Hard+Soft+Feature", 90.0, std=0.3), _rec("A", "Hard+Soft", 88.0, std=0.3),

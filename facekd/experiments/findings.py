@@ -69,18 +69,21 @@ def finding_rows(by: dict, deep_teacher: str = "teacher") -> list[Finding]:
     s = row("A", f"{best}, teacher weighting") or row("A", best)
     match = "The student can match or beat the teacher at 3x speed"
     if t and s:
-        speed = t["cpu_ms"] / s["cpu_ms"]
         matches = s["mean"] + max(s["std"], t["std"]) >= t["mean"]
         # A speed ratio holds only between timings taken on one CPU; the accuracy alone can refute.
-        one_cpu = bool(t.get("timed_on", set()) & s.get("timed_on", set()) - {None})
-        detail = f"student5 {fmt_summary(s)} at {s['cpu_ms']:.1f} ms vs teacher {fmt_summary(t)} at {t['cpu_ms']:.1f} ms"
-        if one_cpu:
-            verdict, detail = ("confirmed" if matches and speed >= 3 else "refuted"), f"{detail} ({speed:.1f}x faster)."
+        t_on, s_on = t.get("ms_on", {}), s.get("ms_on", {})
+        cpu = next((c for c in t_on if c is not None and c in s_on), None)
+        if cpu is not None:
+            speed = t_on[cpu] / s_on[cpu]
+            verdict = "confirmed" if matches and speed >= 3 else "refuted"
+            detail = (f"student5 {fmt_summary(s)} at {s_on[cpu]:.1f} ms vs teacher {fmt_summary(t)} at {t_on[cpu]:.1f} ms "
+                      f"({speed:.1f}x faster" + (f", on {cpu})." if len(s_on) > 1 else ")."))
         else:
-            cpus = "; ".join(f"{who} on {', '.join(sorted(str(c) for c in x['timed_on'])) or 'a CPU not recorded'}"
+            cpus = "; ".join(f"{who} on {', '.join(sorted(str(c) for c in x.get('ms_on', {}))) or 'a CPU not recorded'}"
                              for who, x in (("student", s), ("teacher", t)))
             verdict = "refuted" if not matches else "not measured yet"
-            detail = f"{detail}, timed on different CPUs ({cpus}): no speed ratio."
+            detail = (f"student5 {fmt_summary(s)} at {s['cpu_ms']:.1f} ms vs teacher {fmt_summary(t)} at {t['cpu_ms']:.1f} "
+                      f"ms, timed on different CPUs ({cpus}): no speed ratio.")
         out.append(Finding(match, verdict, detail))
     else:
         out.append(Finding(match, "not measured yet", "needs Table A and the teacher."))

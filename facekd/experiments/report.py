@@ -104,7 +104,16 @@ def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
             "notes": [f"seed {r.seed}: {r.note}" for r in recs if r.note],
             "how": ", ".join(dict.fromkeys(keys[how_trained(r)] for r in recs)),
             "params": recs[0].params, "mb": recs[0].mb, "cpu_ms": recs[0].cpu_ms, "student": recs[0].student,
-            "epochs": recs[0].epochs, "timed_on": {r.cpu for r in recs if r.cpu_ms}}
+            "epochs": recs[0].epochs, "ms_on": _ms_on(recs)}
+
+
+def _ms_on(recs: list[Result]) -> dict[str | None, float]:
+    """The median latency of ``recs`` on each CPU that timed them."""
+    on: dict[str | None, list[float]] = {}
+    for r in recs:
+        if r.cpu_ms:
+            on.setdefault(r.cpu, []).append(r.cpu_ms)
+    return {cpu: statistics.median(ms) for cpu, ms in on.items()}
 
 
 def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tuple[str, str], dict]:
@@ -118,7 +127,7 @@ def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tu
     # One network's latency is one figure: each run timed it once at its end (30 calls),
     # and those figures scatter with whatever else ran (student5: 10 to 37 ms on one
     # machine). Every row of a network shows the median over all its runs here.
-    # ``timed_on``: the CPUs (as records name them; None: not recorded) behind that figure.
+    # ``ms_on``: the same per CPU (as records name it; None: not recorded).
     timings: dict[tuple[str, int], list[Result]] = {}
     for r in recs:
         if r.table != "teachers" and r.cpu_ms:
@@ -126,7 +135,7 @@ def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tu
     for (table, _), s in by.items():
         if table != "teachers" and (timed := timings.get((s["student"], s["params"]))):
             s["cpu_ms"] = statistics.median(r.cpu_ms for r in timed)
-            s["timed_on"] = {r.cpu for r in timed}
+            s["ms_on"] = _ms_on(timed)
     return by
 
 
