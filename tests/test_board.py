@@ -115,6 +115,17 @@ def test_a_model_without_an_onnx_form_is_timed_through_its_own_embedder() -> Non
     assert seen == [(1, 112, 96, 3)]
 
 
+def test_a_model_reading_other_crops_says_why_it_has_no_int8_form(tmp_path: Path) -> None:
+    from facekd.experiments.board import _calibration
+    from facekd.preprocessing import Preprocessing
+
+    assert _calibration(None, Preprocessing(template="112x96"), {}) == (None, "no calibration faces given (--calib)")
+    # FaceNet's 160x160 crops cannot be cut from aligned 112x96 faces: the calibration
+    # faces were given, so the note must not say they were not.
+    cp, why = _calibration(tmp_path / "calib.fkpack", Preprocessing(template="facenet160"), {})
+    assert cp is None and why.startswith("INT8 not tried: it reads facenet160 crops")
+
+
 def test_plot_labels_of_crowded_points_overlap_neither_each_other_nor_the_markers() -> None:
     """Six models within 0.1 point and 10% of each other (the crowded top of a real board):
     after placement no two labels' boxes overlap, none covers a point, all stay in the axes."""

@@ -173,9 +173,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
-def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.ndarray | None, say: Say) -> None:
+def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.ndarray | None, say: Say,
+                no_calib: str) -> None:
     """The entry's FP32 and INT8 ONNX files: its own file, or its backbone exported and
-    quantized with facekd's recipes (INT8 kept only where it is faster and faithful)."""
+    quantized with facekd's recipes (INT8 kept only where it is faster and faithful);
+    ``no_calib``: why there is no ``calib`` (the INT8 note when it is None)."""
     r = e.resolved
     if r.path is not None and r.path.suffix.lower() == ".onnx":
         meta = read_metadata(r.path)
@@ -192,7 +194,7 @@ def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.nda
     say(f"  {e.spec.name}: exporting to ONNX")
     export_onnx(r.backbone, e.fp32, input_size=tuple(r.pre.input_size), normalize=default_normalize(r.pre))
     if calib is None:
-        e.int8_note = "no calibration faces given (--calib)"
+        e.int8_note = no_calib
         return
     out = folder / f"{_slug(e.spec.name)}.int8.onnx"
     try:
@@ -202,6 +204,21 @@ def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.nda
     except FacekdError as exc:
         e.int8_note = str(exc)
         say(f"  {e.spec.name}: no INT8 form ({exc})")
+
+
+def _calibration(calib: Path | None, pre, cache: dict) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """The calibration and probe faces for a model reading ``pre``'s crops (from
+    ``cache``, one pair per template), or None and why not: no ``calib``, or a template
+    (facenet160, dlib150) that cannot be cut from aligned 112x96 / 112x112 faces."""
+    if calib is None:
+        return None, "no calibration faces given (--calib)"
+    if pre.template not in ("112x96", "112x112"):
+        return None, (f"INT8 not tried: it reads {pre.template} crops, which cannot be cut from the aligned "
+                      "faces of --calib")
+    if pre.template not in cache:
+        x, probe, _ = calibration_and_probe(calib, pre, tuple(pre.input_size))
+        cache[pre.template] = (x, probe)
+    return cache[pre.template], ""
 
 
 def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, say: Say) -> None:
@@ -309,14 +326,8 @@ def run_board(
     for e in entries:
         if e.resolved is None:
             continue
-        pre = e.resolved.pre
-        cp = None
-        if calib is not None and pre.template in ("112x96", "112x112"):
-            if pre.template not in calib_cache:
-                x, probe, _ = calibration_and_probe(calib, pre, tuple(pre.input_size))
-                calib_cache[pre.template] = (x, probe)
-            cp = calib_cache[pre.template]
-        _onnx_forms(e, work, cp[0] if cp else None, cp[1] if cp else None, say)
+        cp, no_calib = _calibration(calib, e.resolved.pre, calib_cache)
+        _onnx_forms(e, work, cp[0] if cp else None, cp[1] if cp else None, say, no_calib)
         if e.fp32 is None and e.int8 is None:
             e.own_call = _own_call(e.resolved)
     for e in entries:
