@@ -106,6 +106,19 @@ def test_each_network_shows_the_median_of_its_runs_latencies(tmp_path):
     assert "| teacher | resnet27 | 88.00 ± 0.50¹ | 1 | 1.00 M | 9.00 |" in text  # teachers: their own figure
 
 
+def test_a_network_timed_on_two_cpus_shows_a_median_per_cpu(tmp_path):
+    # student5 on CPU one: 4, 5, 6 ms (median 5); on CPU two: 8, 10 ms (median 9). One
+    # median over all five (6) would mix machines.
+    recs = [_rec("A", "Hard", 85.0, ms=4.0), _rec("A", "Soft", 84.0, ms=5.0), _rec("A", "Feature", 83.0, ms=6.0),
+            _rec("A", "Hard", 85.0, seed=1, ms=8.0, cpu="CPU two"), _rec("A", "Soft", 84.0, seed=1, ms=10.0, cpu="CPU two")]
+    res = tmp_path / "r.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    text = write_report(res, tmp_path / "R.md", "p", plot=False)
+    assert "| Hard | student5 | 85.00 ± 0.00 | 2 | 1.00 M | 3.8 | 5.00 a · 9.00 b |" in text
+    assert "| Feature | student5 | 83.00 ± 0.50¹ | 1 | 1.00 M | 3.8 | 5.00 a · 9.00 b |" in text
+    assert "- **a**: settings not recorded; CPU one;" in text and "- **b**: settings not recorded; CPU two;" in text
+
+
 def test_report_adds_onnx_runtime_ms_from_the_bench_file_beside_the_results(tmp_path):
     recs = [_rec("A", "Hard", 85.0, ms=12.0), _rec("B", "resnet27_c10 alone", 80.0, ms=20.0, student="resnet27_c10"),
             _rec("teachers", "teacher", 88.0, ms=9.0, student="resnet27"),

@@ -107,13 +107,27 @@ def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
             "epochs": recs[0].epochs, "ms_on": _ms_on(recs)}
 
 
-def _ms_on(recs: list[Result]) -> dict[str | None, float]:
-    """The median latency of ``recs`` on each CPU that timed them."""
-    on: dict[str | None, list[float]] = {}
+def _median_by(recs: list[Result], key) -> dict:
+    """The median latency of ``recs`` per ``key(record)``, in order of first appearance."""
+    on: dict = {}
     for r in recs:
         if r.cpu_ms:
-            on.setdefault(r.cpu, []).append(r.cpu_ms)
-    return {cpu: statistics.median(ms) for cpu, ms in on.items()}
+            on.setdefault(key(r), []).append(r.cpu_ms)
+    return {k: statistics.median(ms) for k, ms in on.items()}
+
+
+def _ms_on(recs: list[Result]) -> dict[str | None, float]:
+    """The median latency of ``recs`` on each CPU that timed them."""
+    return _median_by(recs, lambda r: r.cpu)
+
+
+def _cpu_ms(s: dict) -> str:
+    """A row's CPU ms: one median, or one per "trained with" letter where its network's runs
+    were timed on differently set-up machines (their figures do not compare)."""
+    by = s.get("ms_by_how", {})
+    if len(by) > 1:
+        return " · ".join(f"{ms:.2f} {k}" for k, ms in sorted(by.items()))
+    return f"{s['cpu_ms']:.2f}"
 
 
 def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tuple[str, str], dict]:
@@ -136,6 +150,7 @@ def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tu
         if table != "teachers" and (timed := timings.get((s["student"], s["params"]))):
             s["cpu_ms"] = statistics.median(r.cpu_ms for r in timed)
             s["ms_on"] = _ms_on(timed)
+            s["ms_by_how"] = _median_by(timed, lambda r: keys[how_trained(r)])
     return by
 
 
@@ -254,7 +269,7 @@ def _table(t: str, by: dict, proto: Protocol | None) -> list[str]:
         minutes = f"{s['minutes']:.1f}" if s["minutes"] is not None else ""
         mark = "²" if s.get("notes") and name == row.name else ""
         lines.append(f"| {name}{mark} | {s['student']} | {fmt_summary(s)} | {s['n']} | {_params(s)} | "
-                     f"{s['mb']:.1f} | {s['cpu_ms']:.2f} | {_ort(s)} | {minutes} | {s['how']} |")
+                     f"{s['mb']:.1f} | {_cpu_ms(s)} | {_ort(s)} | {minutes} | {s['how']} |")
     notes = [f"- ² {row.name}, {n}" for row in TABLES[t] if (s := by.get((t, row.name))) for n in s.get("notes", [])]
     return [*lines, *([""] + notes if notes else []), ""]
 
@@ -280,7 +295,8 @@ def write_report(results: Path, out: Path, protocol: str | Protocol, plot: bool 
         "the mean ± std over seeds of each seed's 10-fold accuracy (where a row has one seed, the ± is its std over the "
         "10 folds, marked ¹). Params and MB count the student's backbone in fp32; CPU ms is PyTorch eager, batch 1, one "
         "thread, on the machine that trained it, the median over every run of that network in this file (each run "
-        "times it once, at its end); "
+        "times it once, at its end; where they ran on differently set-up machines, one median per \"trained with\" "
+        "letter); "
         + (f"ORT ms is ONNX Runtime, FP32, batch 1, one thread, from `{_relative(ort_file, out.parent)}` (`facekd bench`, "
            "one idle run for every network; – where a network has no ONNX form); " if ort else "")
         + "min/run is the median time one run spent training and evaluating on LFW, summed over its epochs (so a "
