@@ -66,6 +66,10 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+class TemplateMismatch(FacekdError):
+    """A crop aligned to one template cannot be converted to another (see :func:`adapt_crop`)."""
+
+
 def get_template(name: str) -> Template:
     """The template called ``name`` ("112x96", "112x112", "facenet160", or a teacher crop
     size registered by :mod:`facekd.teachers.crops`)."""
@@ -149,7 +153,7 @@ def adapt_crop(crop: np.ndarray, have: Template, want: Template) -> np.ndarray:
     dx, dy = shift[0]
     whole_px = abs(dx - round(dx)) < 1e-6 and abs(dy) < 1e-6
     if not np.allclose(shift, shift[0], atol=1e-6) or not whole_px or have.height != want.height:
-        raise FacekdError(f"cannot convert a {have.name} crop to the {want.name} template")
+        raise TemplateMismatch(f"cannot convert a {have.name} crop to the {want.name} template")
     dx = int(round(dx))
     out = np.zeros((want.height, want.width, crop.shape[2]), dtype=crop.dtype)
     # want column c holds have column c - dx

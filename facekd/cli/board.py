@@ -20,8 +20,10 @@ def add_board(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="*", help="more models: facekd checkpoints or .onnx files (NAME=PATH to name a row)")
     p.add_argument("--lfw", type=Path, help="LFW with pairs.txt: raw photos (aligned into the cache), aligned crops "
                    "or a pack (default: DATA/lfw)")
-    p.add_argument("--calib", type=Path, help="aligned training faces (folder or .fkpack) to calibrate the ready "
-                   "models' INT8 forms on; without it they are timed in FP32 only")
+    p.add_argument("--calib", type=Path, action="append", help="aligned training faces (folder or .fkpack) to "
+                   "calibrate the INT8 forms on; repeat it for crops of other templates (e.g. a facenet160 pack for "
+                   "FaceNet-CASIA): each model uses the first whose crops convert to its own; without it the ready "
+                   "models are timed in FP32 only")
     p.add_argument("--detector", default="mtcnn", help="detector that aligns raw LFW photos (default mtcnn)")
     p.add_argument("--no-ready", action="store_true", help="leave the ready models out")
     p.add_argument("--no-shipped", action="store_true", help="leave facekd's shipped students out")

@@ -18,11 +18,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 import facekd.hub.sources  # noqa: F401  (registers dlib_resnet with the hub)
+from facekd.align.template import TemplateMismatch
 from facekd.deploy.export import calibration_and_probe, default_normalize, export_onnx
 from facekd.deploy.macs import count_macs
 from facekd.deploy.quantize import quantize_int8
@@ -130,16 +131,19 @@ def ready_specs() -> list[BoardSpec]:
 
 def ensemble_row(rows: list[BoardRow]) -> BoardRow | None:
     """The ensemble of :data:`ENSEMBLE_MEMBERS`: its recorded LFW, the sum of its
-    members' measured latency and parameters (None unless every member was measured)."""
+    members' measured latency and parameters (None unless every member was measured).
+    Its LFW was recorded with every member in full precision, so each member is costed
+    in its FP32 form (or its own runtime), not in an INT8 form that figure never saw."""
     by = {r.name: r for r in rows}
     members = [by.get(m) for m in ENSEMBLE_MEMBERS]
     if any(m is None or m.ms is None for m in members):
         return None
     rec = READY_RECORDED["ensemble"]
     params = sum(m.params for m in members) if all(m.params for m in members) else None
+    ms = sum(m.fp32_ms if m.fp32_ms is not None else m.ms for m in members)
     return BoardRow(
-        name="ensemble", kind="ready", form="members' fastest", params=params, macs=None, fp32_ms=None,
-        int8_ms=None, ms=sum(m.ms for m in members), lfw_plain=None, lfw_flip=rec["lfw_flip"],
+        name="ensemble", kind="ready", form="members' FP32", params=params, macs=None, fp32_ms=None,
+        int8_ms=None, ms=ms, lfw_plain=None, lfw_flip=rec["lfw_flip"],
         lfw_flip_std=rec["lfw_flip_std"], tar_far_1e3=rec["tar_far_1e3"], recorded=("lfw_flip", "tar_far_1e3"),
     )
 
@@ -206,19 +210,27 @@ def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.nda
         say(f"  {e.spec.name}: no INT8 form ({exc})")
 
 
-def _calibration(calib: Path | None, pre, cache: dict) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
-    """The calibration and probe faces for a model reading ``pre``'s crops (from
-    ``cache``, one pair per template), or None and why not: no ``calib``, or a template
-    (facenet160, dlib150) that cannot be cut from aligned 112x96 / 112x112 faces."""
-    if calib is None:
+def _calibration(calib: Sequence[Path], pre, cache: dict) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """The calibration and probe faces for a model reading ``pre``'s crops, from the
+    first source of ``calib`` whose crops convert to its template (``adapt_crop``'s
+    rule: 112x96 and 112x112 convert into each other, facenet160 into neither); or None
+    and why not. ``cache`` keeps one answer per template."""
+    if not calib:
         return None, "no calibration faces given (--calib)"
-    if pre.template not in ("112x96", "112x112"):
-        return None, (f"INT8 not tried: it reads {pre.template} crops, which cannot be cut from the aligned "
-                      "faces of --calib")
     if pre.template not in cache:
-        x, probe, _ = calibration_and_probe(calib, pre, tuple(pre.input_size))
-        cache[pre.template] = (x, probe)
-    return cache[pre.template], ""
+        why = []
+        for source in calib:
+            try:
+                x, probe, _ = calibration_and_probe(source, pre, tuple(pre.input_size))
+            except TemplateMismatch as exc:
+                why.append(f"{source.name}: {exc}")
+                continue
+            cache[pre.template] = (x, probe), ""
+            break
+        else:
+            cache[pre.template] = None, (f"INT8 not tried: it reads {pre.template} crops, which cannot be cut "
+                                          f"from the faces of --calib ({'; '.join(why)})")
+    return cache[pre.template]
 
 
 def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, say: Say) -> None:
@@ -298,7 +310,7 @@ def run_board(
     lfw: Path,
     *,
     work: Path,
-    calib: Path | None = None,
+    calib: Path | Sequence[Path] | None = None,
     detector: str = "mtcnn",
     rounds: int = 15,
     say: Say = print,
@@ -309,7 +321,8 @@ def run_board(
         lfw: LFW with pairs.txt (raw photos, aligned into the cache with each model's
             template; or aligned crops; or a pack).
         work: Folder for the exported ONNX files.
-        calib: Aligned training faces (folder or pack) to calibrate INT8 on; without it
+        calib: Aligned training faces (folder or pack), or several, to calibrate INT8 on;
+            each model uses the first whose crops convert to its template. Without any,
             the ready models get no INT8 form.
         rounds: Interleaved timing rounds.
     """
@@ -322,7 +335,9 @@ def run_board(
             e.problem = f"not loadable here: {exc}"
             say(f"  {spec.name}: {e.problem}; its recorded figures are shown")
         entries.append(e)
-    calib_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    calib = [calib] if isinstance(calib, (str, Path)) else list(calib or [])
+    calib = [Path(c) for c in calib]
+    calib_cache: dict[str, tuple[tuple[np.ndarray, np.ndarray] | None, str]] = {}
     for e in entries:
         if e.resolved is None:
             continue
