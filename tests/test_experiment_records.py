@@ -280,6 +280,27 @@ def test_a_run_another_process_holds_is_skipped_and_counted_as_left(tmp_path):
     assert (runner.run_dir(row, 0) / "checkpoints" / "last.pt").is_file()
 
 
+def test_runs_left_are_counted_from_the_results_file_when_the_runner_returns(tmp_path):
+    """Two processes share a suite: runs the other one finished after this one made its
+    plan are not left. (The count once came from the stale plan: "11 runs left" with 9.)"""
+    runner = _tiny_runner(tmp_path)
+    runner.deadline = 0.0  # the budget is spent before the first run
+    rows = ["student5 alone", "resnet27_c10 alone"]
+    assert runner.run(["B"], rows=rows) == 2
+
+    class _OtherFinishes(Runner):  # while this process plans, another one records resnet27_c10's run
+        def plan(self, *args, **kwargs):
+            todo = super().plan(*args, **kwargs)
+            if not read_results(self.results):
+                self._append(Result(protocol="tiny", table="B", row="resnet27_c10 alone", seed=0,
+                                    lfw_acc=80.0, lfw_std=1.0))
+            return todo
+
+    other = _OtherFinishes(tmp_path, runner.protocol, tmp_path / "runs", tmp_path / "r.jsonl", say=lambda m: None)
+    other.deadline = 0.0
+    assert other.run(["B"], rows=rows) == 1
+
+
 def test_a_record_carries_the_lfw_curve_its_run_logged(tmp_path):
     """The evaluations of the run's metrics.jsonl, by epoch (a torn line skipped, the
     step lines and the epochs without LFW left out), go into the record, so that the

@@ -232,7 +232,8 @@ class Runner:
 
     def run(self, tables: list[str], seeds: int | None = None, rows: list[str] | None = None) -> int:
         """Runs every wanted row that has no result yet; returns how many remain (those
-        left at the deadline and those another process was running).
+        left at the deadline and those another process was running), counted from the
+        results file when it returns, so runs other processes finished meanwhile are not.
 
         Several processes may share one suite (the same ``runs`` folder and results file,
         e.g. one per core or three on one GPU): each run is locked while it trains, a
@@ -240,17 +241,16 @@ class Runner:
         done = read_results(self.results)
         todo = self.plan(tables, seeds, rows)
         self.say(f"{len(todo)} runs to do ({len(done)} results already in {self.results})")
-        busy = 0
-        for k, (row, seed) in enumerate(todo):
+        for row, seed in todo:
             if self.deadline is not None and time.time() > self.deadline:
-                self.say(f"budget reached; {len(todo) - k} runs left: run the same command again to continue")
-                return len(todo) - k + busy
+                left = len(self.plan(tables, seeds, rows))
+                self.say(f"budget reached; {left} runs left: run the same command again to continue")
+                return left
             lock = self._lock(self.run_dir(row, seed))
             try:
                 lock.acquire(timeout=0)
             except Timeout:
                 self.say(f"== table {row.table}: {row.name} (seed {seed}): another process is running it; skipped")
-                busy += 1
                 continue
             try:
                 if (self.protocol.name, row.table, row.name, seed) in {r.key() for r in read_results(self.results)}:
@@ -258,4 +258,4 @@ class Runner:
                 self._append(self.run_row(row, seed))
             finally:
                 lock.release()
-        return busy
+        return len(self.plan(tables, seeds, rows))
