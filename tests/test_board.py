@@ -81,6 +81,25 @@ def test_ensemble_costs_the_sum_of_its_members() -> None:
     assert ensemble_row([fast, *rows[1:]]).ms == pytest.approx(70.0)
 
 
+def test_a_row_whose_lfw_is_recorded_shows_the_form_the_record_is_of(tmp_path: Path) -> None:
+    """FaceNet on aligned 112x96 LFW: its LFW cannot be measured, so the row takes the
+    recorded (full-precision) figure, and with it the FP32 latency, not the faster INT8's."""
+    from types import SimpleNamespace
+
+    from facekd.experiments.board import BoardSpec, _Entry, _row
+
+    fp32 = tmp_path / "t.onnx"
+    export_onnx(_Tiny().eval(), fp32, input_size=(16, 16), optimize=False)
+    e = _Entry(BoardSpec("facenet_casia", "facenet_casia", kind="ready", recorded={"lfw_flip": 99.02}))
+    e.fp32 = e.int8 = fp32
+    t = {"facenet_casia/fp32": SimpleNamespace(median_ms=28.0), "facenet_casia/int8": SimpleNamespace(median_ms=9.0)}
+    row = _row(e, t)
+    assert (row.form, row.ms, row.int8_ms, row.lfw_flip) == ("fp32", 28.0, 9.0, 99.02)
+    assert "lfw_flip" in row.recorded
+    e.spec = BoardSpec("facenet_casia", "facenet_casia", kind="ready")  # nothing recorded: its fastest form
+    assert _row(e, t).form == "int8"
+
+
 def test_board_measures_a_model_end_to_end(tmp_path: Path) -> None:
     from facekd.models.base import build_backbone
 

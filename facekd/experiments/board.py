@@ -276,6 +276,8 @@ def _row(e: _Entry, t: dict) -> BoardRow:
     own_ms = t[f"{e.spec.name}/own"].median_ms if f"{e.spec.name}/own" in t else None
     forms = {k: v for k, v in (("fp32", fp32_ms), ("int8", int8_ms), ("own runtime", own_ms)) if v is not None}
     form = min(forms, key=forms.get) if forms else None
+    if form == "int8" and "fp32" in forms and not e.lfw and "lfw_flip" in e.spec.recorded:
+        form = "fp32"  # its LFW comes from the record, which is of the full-precision model
     ev = e.lfw.get(form) or (e.lfw.get("fp32") if form == "int8" else None)
     rec, recorded = e.spec.recorded, []
     path = e.int8 if form == "int8" else e.fp32
