@@ -337,13 +337,12 @@ def run_board(
             e.problem = f"not loadable here: {exc}"
             say(f"  {spec.name}: {e.problem}; its recorded figures are shown")
         entries.append(e)
-    calib = [calib] if isinstance(calib, (str, Path)) else list(calib or [])
-    calib = [Path(c) for c in calib]
+    sources = [Path(c) for c in ([calib] if isinstance(calib, (str, Path)) else calib or [])]
     calib_cache: dict[str, tuple[tuple[np.ndarray, np.ndarray] | None, str]] = {}
     for e in entries:
         if e.resolved is None:
             continue
-        cp, no_calib = _calibration(calib, e.resolved.pre, calib_cache)
+        cp, no_calib = _calibration(sources, e.resolved.pre, calib_cache)
         _onnx_forms(e, work, cp[0] if cp else None, cp[1] if cp else None, say, no_calib)
         if e.fp32 is None and e.int8 is None:
             e.own_call = _own_call(e.resolved)
