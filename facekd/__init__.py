@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_API = ("Model", "PhotoFace", "Verification", "load")
-__all__ = ["__version__", "align", *_API]
+__all__ = ["__version__", "align", "Model", "PhotoFace", "Verification", "load"]
+_API = tuple(__all__[2:])  # from facekd.api
 
 if TYPE_CHECKING:
     from facekd import align

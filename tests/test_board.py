@@ -121,6 +121,35 @@ def test_board_measures_a_model_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "board.png").stat().st_size > 0
 
 
+def test_a_second_board_run_reuses_the_lfw_figures_of_the_same_model_bytes_only(tmp_path: Path) -> None:
+    from facekd.experiments.board import BoardSpec, run_board
+    from facekd.models.base import build_backbone
+
+    lfw = make_lfw(tmp_path / "lfw", folds=10, seed=0)
+    torch.manual_seed(0)
+    export_onnx(build_backbone("student5").eval(), tmp_path / "s5.onnx", input_size=(112, 96), normalize=True)
+    spec = [BoardSpec("mine", str(tmp_path / "s5.onnx"))]
+    measured = run_board(spec, lfw, work=tmp_path / "w", rounds=1, say=print).rows[0]
+    (kept,) = (tmp_path / "w").glob("lfw-mine-*.json")
+    d = json.loads(kept.read_text())
+    assert d["flip"]["accuracy"] == pytest.approx(measured.lfw_flip)
+    d["flip"]["accuracy"] = 12.5  # a figure no real evaluation gives: the next run must read it from here
+    kept.write_text(json.dumps(d))
+    again: list[str] = []
+    assert run_board(spec, lfw, work=tmp_path / "w", rounds=1, say=again.append).rows[0].lfw_flip == 12.5
+    assert any("kept by an earlier run" in line for line in again)
+
+    torch.manual_seed(1)  # other weights, the same file name: measured again
+    export_onnx(build_backbone("student5").eval(), tmp_path / "s5.onnx", input_size=(112, 96), normalize=True)
+    assert run_board(spec, lfw, work=tmp_path / "w", rounds=1, say=print).rows[0].lfw_flip != 12.5
+
+    kept.write_text("{not json")
+    broken: list[str] = []
+    row = run_board(spec, lfw, work=tmp_path / "w", rounds=1, say=broken.append).rows[0]
+    assert 50.0 <= row.lfw_flip <= 100.0
+    assert any(str(kept) in line and "measuring again" in line for line in broken)
+
+
 def test_a_model_without_an_onnx_form_is_timed_through_its_own_embedder() -> None:
     from types import SimpleNamespace
 

@@ -1,9 +1,11 @@
 """verify() against a case worked out by hand (see the comments for the arithmetic)."""
 
+import json
+
 import numpy as np
 import pytest
 
-from facekd.evaluation.metrics import best_threshold, verify
+from facekd.evaluation.metrics import VerificationResult, best_threshold, verify
 
 
 def _pairs_with_cosines(sims):
@@ -38,6 +40,10 @@ def test_two_folds_by_hand():
     assert r.pairs == 8
     d = r.to_dict()
     assert d["accuracy"] == pytest.approx(87.5) and d["folds"] == pytest.approx([100.0, 75.0])
+    back = VerificationResult.from_dict(json.loads(json.dumps(d)))  # as a JSON file gives it back
+    assert back.accuracy == pytest.approx(0.875) and back.fold_accuracy == pytest.approx([1.0, 0.75])
+    assert back.tar_at_far == {1e-3: pytest.approx(0.75), 1e-2: pytest.approx(0.75)}
+    assert (back.auc, back.eer, back.pairs, back.thresholds) == (r.auc, r.eer, 8, pytest.approx([0.55, 0.55]))
 
 
 def test_best_threshold_separates_and_handles_all_negative():

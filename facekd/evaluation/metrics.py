@@ -55,6 +55,15 @@ class VerificationResult:
             "pairs": self.pairs,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "VerificationResult":
+        """The inverse of :meth:`to_dict` (without the per-pair scores, which it does not keep)."""
+        return cls(
+            accuracy=d["accuracy"] / 100.0, std=d["std"] / 100.0, fold_accuracy=[a / 100.0 for a in d["folds"]],
+            thresholds=list(d["thresholds"]), auc=d["auc"], eer=d["eer"],
+            tar_at_far={float(far): tar for far, tar in d["tar_at_far"].items()}, pairs=d["pairs"],
+        )
+
 
 def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     """The threshold that maximises accuracy of ``score >= threshold`` on these pairs.

@@ -87,6 +87,17 @@ class PairsEvaluation:
         }
         return {**how, **self.result.to_dict()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PairsEvaluation":
+        """The inverse of :meth:`to_dict` (without the per-pair scores)."""
+        return cls(
+            result=VerificationResult.from_dict(d), model=d["model"], data=d["data"], protocol=d["protocol"],
+            template=d["template"], flip=d["flip"], flip_fusion=d["flip_fusion"],
+            subtract_fold_mean=d["subtract_fold_mean"], images=d["images"], embedding_dim=d["embedding_dim"],
+            embed_seconds=d["embed_seconds"], seconds=d["seconds"], fallback_images=d.get("fallback_images"),
+            aligned_copy=d.get("aligned_copy"),
+        )
+
 
 def _first_image_size(paths: list[Path]) -> tuple[int, int]:
     try:

@@ -15,6 +15,7 @@ The front is the set of rows no other row beats on both LFW flip and latency.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,11 +28,13 @@ from facekd.align.template import TemplateMismatch
 from facekd.deploy.export import calibration_and_probe, default_normalize, export_onnx
 from facekd.deploy.macs import count_macs
 from facekd.deploy.quantize import quantize_int8
+from facekd.download import sha256_of
 from facekd.errors import FacekdError
 from facekd.evaluation.embed import OnnxEmbedder
-from facekd.evaluation.pairs import evaluate_pairs_plain_and_flip
+from facekd.evaluation.pairs import PairsEvaluation, evaluate_pairs_plain_and_flip
 from facekd.experiments.compare import onnx_params
 from facekd.hub import resolve
+from facekd.io_utils import atomic_write_json
 from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, read_metadata
 from facekd.progress import progress_bar
 from facekd.runtime.timing import measure_latency
@@ -233,7 +236,17 @@ def _calibration(calib: Sequence[Path], pre, cache: dict) -> tuple[tuple[np.ndar
     return cache[pre.template]
 
 
-def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, say: Say) -> None:
+def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, work: Path, say: Say) -> None:
+    """LFW plain and flip of one form, or the figures an earlier board run in ``work`` kept for
+    the same model bytes, LFW and detector (untimed work: a board stopped before its timing
+    resumes from here, and the accuracies need no idle machine)."""
+    kept = work / f"lfw-{_slug(e.spec.name)}-{_slug(form)}.json"
+    key = {"version": 1, "model": sha256_of(path) if path is not None else e.resolved.key(),
+           "lfw": str(Path(lfw).resolve()), "detector": detector}
+    if (found := _kept_lfw(kept, key, say)) is not None:
+        e.lfw[form] = found
+        say(f"  {e.spec.name} {form}: LFW kept by an earlier run ({kept})")
+        return
     emb = OnnxEmbedder(path, pre=e.resolved.pre) if path is not None else e.resolved.embedder()
     emb.name = f"{e.spec.name} {form}"
     try:
@@ -241,6 +254,23 @@ def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, say:
                                                     embed_progress=progress_bar(f"{e.spec.name} {form}"))
     except FacekdError as exc:
         say(f"  {e.spec.name} {form}: LFW not measured here ({exc}); the recorded figure is shown")
+        return
+    atomic_write_json(kept, {"key": key, **{mode: ev.to_dict() for mode, ev in e.lfw[form].items()}})
+
+
+def _kept_lfw(kept: Path, key: dict, say: Say) -> dict[str, PairsEvaluation] | None:
+    """The evaluations in ``kept`` if it was written for ``key``; None otherwise (a file that
+    does not parse is measured again, with a note)."""
+    if not kept.is_file():
+        return None
+    try:
+        d = json.loads(kept.read_text())
+        if d.get("key") != key:
+            return None
+        return {mode: PairsEvaluation.from_dict(d[mode]) for mode in ("plain", "flip")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        say(f"  {kept}: not a board LFW file ({type(exc).__name__}: {exc}); measuring again")
+        return None
 
 
 def _acc(ev, key: str) -> float | None:
@@ -322,7 +352,8 @@ def run_board(
     Args:
         lfw: LFW with pairs.txt (raw photos, aligned into the cache with each model's
             template; or aligned crops; or a pack).
-        work: Folder for the exported ONNX files.
+        work: Folder for the exported ONNX files and each form's LFW figures (kept for
+            a later run of the same models, LFW and detector).
         calib: Aligned training faces (folder or pack), or several, to calibrate INT8 on;
             each model uses the first whose crops convert to its template. Without any,
             the ready models get no INT8 form.
@@ -351,9 +382,9 @@ def run_board(
             continue
         for form, path in (("fp32", e.fp32), ("int8", e.int8)):
             if path is not None:
-                _lfw(e, form, path, lfw, detector, say)
+                _lfw(e, form, path, lfw, detector, work, say)
         if e.fp32 is None and e.int8 is None:
-            _lfw(e, "own runtime", None, lfw, detector, say)
+            _lfw(e, "own runtime", None, lfw, detector, work, say)
     targets = {}
     for e in entries:
         if e.fp32 is not None:

@@ -92,7 +92,9 @@ def run_minutes(r: Result) -> float | None:
     return sec / 60 if sec else None
 
 
-def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
+def _summary(recs: list[Result], keys: dict[str, str], timed: list[Result] | None = None) -> dict:
+    """A row's summary over its seeds; ``timed``: the records whose latency stands for the
+    row's network (see :func:`summaries`; None: the row's own first record)."""
     accs = [r.lfw_acc for r in recs]
     if len(accs) > 1:
         spread, how = statistics.stdev(accs), "seeds"
@@ -103,8 +105,15 @@ def _summary(recs: list[Result], keys: dict[str, str]) -> dict:
             "minutes": statistics.median(minutes) if minutes else None,
             "notes": [f"seed {r.seed}: {r.note}" for r in recs if r.note],
             "how": ", ".join(dict.fromkeys(keys[how_trained(r)] for r in recs)),
-            "params": recs[0].params, "mb": recs[0].mb, "cpu_ms": recs[0].cpu_ms, "student": recs[0].student,
-            "epochs": recs[0].epochs, "ms_on": _ms_on(recs)}
+            "params": recs[0].params, "mb": recs[0].mb, "student": recs[0].student, "epochs": recs[0].epochs,
+            **_latency(recs, keys, timed)}
+
+
+def _latency(recs: list[Result], keys: dict[str, str], timed: list[Result] | None) -> dict:
+    if not timed:
+        return {"cpu_ms": recs[0].cpu_ms, "ms_on": _ms_on(recs)}
+    return {"cpu_ms": statistics.median(r.cpu_ms for r in timed), "ms_on": _ms_on(timed),
+            "ms_by_how": _median_by(timed, lambda r: keys[how_trained(r)])}
 
 
 def _median_by(recs: list[Result], key) -> dict:
@@ -137,7 +146,6 @@ def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tu
     groups: dict[tuple[str, str], list[Result]] = {}
     for r in recs:
         groups.setdefault((r.table, r.row), []).append(r)
-    by = {k: _summary(v, keys) for k, v in groups.items()}
     # One network's latency is one figure: each run timed it once at its end (30 calls),
     # and those figures scatter with whatever else ran (student5: 10 to 37 ms on one
     # machine). Every row of a network shows the median over all its runs here.
@@ -146,12 +154,8 @@ def summaries(recs: list[Result], keys: dict[str, str] | None = None) -> dict[tu
     for r in recs:
         if r.table != "teachers" and r.cpu_ms:
             timings.setdefault((r.student, r.params), []).append(r)
-    for (table, _), s in by.items():
-        if table != "teachers" and (timed := timings.get((s["student"], s["params"]))):
-            s["cpu_ms"] = statistics.median(r.cpu_ms for r in timed)
-            s["ms_on"] = _ms_on(timed)
-            s["ms_by_how"] = _median_by(timed, lambda r: keys[how_trained(r)])
-    return by
+    return {(table, row): _summary(v, keys, None if table == "teachers" else timings.get((v[0].student, v[0].params)))
+            for (table, row), v in groups.items()}
 
 
 def _trained_with_keys(recs: list[Result]) -> dict[str, str]:
