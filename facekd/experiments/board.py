@@ -242,7 +242,7 @@ def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, work
     resumes from here, and the accuracies need no idle machine)."""
     kept = work / f"lfw-{_slug(e.spec.name)}-{_slug(form)}.json"
     key = {"version": 1, "model": sha256_of(path) if path is not None else e.resolved.key(),
-           "lfw": str(Path(lfw).resolve()), "detector": detector}
+           "template": e.resolved.pre.template, "lfw": str(Path(lfw).resolve()), "detector": detector}
     if (found := _kept_lfw(kept, key, say)) is not None:
         e.lfw[form] = found
         say(f"  {e.spec.name} {form}: LFW kept by an earlier run ({kept})")
