@@ -86,11 +86,12 @@ def test_a_row_whose_lfw_is_recorded_shows_the_form_the_record_is_of(tmp_path: P
     recorded (full-precision) figure, and with it the FP32 latency, not the faster INT8's."""
     from types import SimpleNamespace
 
-    from facekd.experiments.board import BoardSpec, _Entry, _row
+    from facekd.experiments.board import BoardSpec, _row
+    from facekd.experiments.board_forms import Entry
 
     fp32 = tmp_path / "t.onnx"
     export_onnx(_Tiny().eval(), fp32, input_size=(16, 16), optimize=False)
-    e = _Entry(BoardSpec("facenet_casia", "facenet_casia", kind="ready", recorded={"lfw_flip": 99.02}))
+    e = Entry(BoardSpec("facenet_casia", "facenet_casia", kind="ready", recorded={"lfw_flip": 99.02}))
     e.fp32 = e.int8 = fp32
     t = {"facenet_casia/fp32": SimpleNamespace(median_ms=28.0), "facenet_casia/int8": SimpleNamespace(median_ms=9.0)}
     row = _row(e, t)
@@ -153,7 +154,7 @@ def test_a_second_board_run_reuses_the_lfw_figures_of_the_same_model_bytes_only(
 def test_a_model_without_an_onnx_form_is_timed_through_its_own_embedder() -> None:
     from types import SimpleNamespace
 
-    from facekd.experiments.board import _own_call
+    from facekd.experiments.board_forms import own_call
     from facekd.preprocessing import Preprocessing
 
     seen = []
@@ -164,7 +165,7 @@ def test_a_model_without_an_onnx_form_is_timed_through_its_own_embedder() -> Non
             return np.zeros((len(batch), 4), np.float32)
 
     resolved = SimpleNamespace(pre=Preprocessing(template="112x96"), embedder=lambda: _Embedder())
-    _own_call(resolved)()
+    own_call(resolved)()
     assert seen == [(1, 112, 96, 3)]
 
 
@@ -179,32 +180,32 @@ def _crop_folder(root: Path, size: tuple[int, int], value: int, n: int = 12) -> 
 
 
 def test_each_model_is_calibrated_on_the_first_calib_source_its_template_can_read(tmp_path: Path) -> None:
-    from facekd.experiments.board import _calibration
+    from facekd.experiments.board_forms import calibration
     from facekd.preprocessing import Preprocessing
 
     sphere = _crop_folder(tmp_path / "sphere", (112, 96), 51)  # (51 - 127.5) / 128 = -0.59765625
     facenet = _crop_folder(tmp_path / "facenet", (160, 160), 229)  # (229 - 127.5) / 128 = 0.79296875
     fn, mfn = Preprocessing(template="facenet160"), Preprocessing(template="112x96")
-    assert _calibration([], mfn, {}) == (None, "no calibration faces given (--calib)")
+    assert calibration([], mfn, {}) == (None, "no calibration faces given (--calib)")
 
     # FaceNet's 160x160 crops cannot be cut from aligned 112x96 faces: the faces were
     # given, so the note must say why they do not serve, not that they are missing.
-    cp, why = _calibration([sphere], fn, {})
+    cp, why = calibration([sphere], fn, {})
     assert cp is None and why.startswith("INT8 not tried: it reads facenet160 crops")
     assert "cannot convert a 112x96 crop to the facenet160 template" in why
 
     for sources in ([sphere, facenet], [facenet, sphere]):
         cache: dict = {}
-        (x, probe), why = _calibration(sources, fn, cache)
+        (x, probe), why = calibration(sources, fn, cache)
         assert why == "" and x.shape[1:] == (3, 160, 160) and probe.shape[1:] == (3, 160, 160)
         assert np.allclose(x, 0.79296875) and np.allclose(probe, 0.79296875)
-        (x, _), _ = _calibration(sources, mfn, cache)
+        (x, _), _ = calibration(sources, mfn, cache)
         assert x.shape[1:] == (3, 112, 96) and np.allclose(x, -0.59765625)
         # 12 crops: every fifth is a probe face, held out of calibration
         assert len(x) == 9
     # A source that is not there fails the board, not one model's note.
     with pytest.raises(FacekdError, match="not a folder of aligned crops"):
-        _calibration([tmp_path / "missing.fkpack"], fn, {})
+        calibration([tmp_path / "missing.fkpack"], fn, {})
 
 
 def test_plot_labels_of_crowded_points_overlap_neither_each_other_nor_the_markers() -> None:

@@ -15,53 +15,23 @@ The front is the set of rows no other row beats on both LFW flip and latency.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 import facekd.hub.sources  # noqa: F401  (registers dlib_resnet with the hub)
-from facekd.align.template import TemplateMismatch
-from facekd.deploy.export import calibration_and_probe, default_normalize, export_onnx
 from facekd.deploy.macs import count_macs
-from facekd.deploy.quantize import quantize_int8
-from facekd.download import sha256_of
 from facekd.errors import FacekdError
-from facekd.evaluation.embed import OnnxEmbedder
-from facekd.evaluation.pairs import PairsEvaluation, evaluate_pairs_plain_and_flip
+from facekd.experiments.board_forms import BoardSpec, Entry, calibration, measure_lfw, onnx_forms, own_call
 from facekd.experiments.compare import onnx_params
 from facekd.hub import resolve
-from facekd.io_utils import atomic_write_json
-from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, read_metadata
-from facekd.progress import progress_bar
 from facekd.runtime.timing import measure_latency
 from facekd.train.speed import cpu_info
 from facekd.weights import onnx_models
 
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BoardSpec:
-    """A model to put on the board.
-
-    Attributes:
-        name: The row's name.
-        model: What :func:`facekd.hub.resolve` takes (a name, checkpoint or ``.onnx``).
-        weights: Weights for a registered backbone (a file or manifest name).
-        kind: "ready" (a published model) or "facekd" (made by facekd).
-        recorded: Figures measured elsewhere, used where this run cannot measure them
-            (``lfw_plain``, ``lfw_flip``, ``lfw_flip_std``, ``ms``, ``params``, ``how``).
-    """
-
-    name: str
-    model: str
-    weights: str | None = None
-    kind: str = "facekd"
-    recorded: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,115 +134,6 @@ def machine_facts() -> dict:
     return {"cpu": cpu.model, "cores": cpu.cores, "flags": list(cpu.simd), "onnxruntime": ort.__version__}
 
 
-@dataclass
-class _Entry:
-    spec: BoardSpec
-    resolved: object | None = None
-    fp32: Path | None = None
-    int8: Path | None = None
-    int8_note: str | None = None
-    own_call: Callable[[], object] | None = None
-    lfw: dict = field(default_factory=dict)  # form -> {"plain": PairsEvaluation, "flip": ...}
-    problem: str | None = None
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
-def _onnx_forms(e: _Entry, folder: Path, calib: np.ndarray | None, probe: np.ndarray | None, say: Say,
-                no_calib: str) -> None:
-    """The entry's FP32 and INT8 ONNX files: its own file, or its backbone exported and
-    quantized with facekd's recipes (INT8 kept only where it is faster and faithful);
-    ``no_calib``: why there is no ``calib`` (the INT8 note when it is None)."""
-    r = e.resolved
-    if r.path is not None and r.path.suffix.lower() == ".onnx":
-        meta = read_metadata(r.path)
-        info = ModelInfo.from_json(meta[MODEL_META_KEY]) if MODEL_META_KEY in meta else None
-        if info is not None and info.int8:
-            e.int8 = r.path  # a shipped INT8 model: its FP32 form is not shipped
-        else:
-            e.fp32 = r.path
-        return
-    if r.backbone is None:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    e.fp32 = folder / f"{_slug(e.spec.name)}.fp32.onnx"
-    say(f"  {e.spec.name}: exporting to ONNX")
-    export_onnx(r.backbone, e.fp32, input_size=tuple(r.pre.input_size), normalize=default_normalize(r.pre))
-    if calib is None:
-        e.int8_note = no_calib
-        return
-    out = folder / f"{_slug(e.spec.name)}.int8.onnx"
-    try:
-        res = quantize_int8(e.fp32, out, "static", calib=calib, probe=probe)
-        e.int8 = out
-        say(f"  {e.spec.name}: INT8 {res.recipe}, {res.ratio:.2f}x FP32 latency in the quantizer's own timing")
-    except FacekdError as exc:
-        e.int8_note = str(exc)
-        say(f"  {e.spec.name}: no INT8 form ({exc})")
-
-
-def _calibration(calib: Sequence[Path], pre, cache: dict) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
-    """The calibration and probe faces for a model reading ``pre``'s crops, from the
-    first source of ``calib`` whose crops convert to its template (``adapt_crop``'s
-    rule: 112x96 and 112x112 convert into each other, facenet160 into neither); or None
-    and why not. ``cache`` keeps one answer per template."""
-    if not calib:
-        return None, "no calibration faces given (--calib)"
-    if pre.template not in cache:
-        why = []
-        for source in calib:
-            try:
-                x, probe, _ = calibration_and_probe(source, pre, tuple(pre.input_size))
-            except TemplateMismatch as exc:
-                why.append(f"{source.name}: {exc}")
-                continue
-            cache[pre.template] = (x, probe), ""
-            break
-        else:
-            cache[pre.template] = None, (f"INT8 not tried: it reads {pre.template} crops, which cannot be cut "
-                                          f"from the faces of --calib ({'; '.join(why)})")
-    return cache[pre.template]
-
-
-def _lfw(e: _Entry, form: str, path: Path | None, lfw: Path, detector: str, work: Path, say: Say) -> None:
-    """LFW plain and flip of one form, or the figures an earlier board run in ``work`` kept for
-    the same model bytes, LFW and detector (untimed work: a board stopped before its timing
-    resumes from here, and the accuracies need no idle machine)."""
-    kept = work / f"lfw-{_slug(e.spec.name)}-{_slug(form)}.json"
-    key = {"version": 1, "model": sha256_of(path) if path is not None else e.resolved.key(),
-           "template": e.resolved.pre.template, "lfw": str(Path(lfw).resolve()), "detector": detector}
-    if (found := _kept_lfw(kept, key, say)) is not None:
-        e.lfw[form] = found
-        say(f"  {e.spec.name} {form}: LFW kept by an earlier run ({kept})")
-        return
-    emb = OnnxEmbedder(path, pre=e.resolved.pre) if path is not None else e.resolved.embedder()
-    emb.name = f"{e.spec.name} {form}"
-    try:
-        e.lfw[form] = evaluate_pairs_plain_and_flip(emb, lfw, detector=detector,
-                                                    embed_progress=progress_bar(f"{e.spec.name} {form}"))
-    except FacekdError as exc:
-        say(f"  {e.spec.name} {form}: LFW not measured here ({exc}); the recorded figure is shown")
-        return
-    atomic_write_json(kept, {"key": key, **{mode: ev.to_dict() for mode, ev in e.lfw[form].items()}})
-
-
-def _kept_lfw(kept: Path, key: dict, say: Say) -> dict[str, PairsEvaluation] | None:
-    """The evaluations in ``kept`` if it was written for ``key``; None otherwise (a file that
-    does not parse is measured again, with a note)."""
-    if not kept.is_file():
-        return None
-    try:
-        d = json.loads(kept.read_text())
-        if d.get("key") != key:
-            return None
-        return {mode: PairsEvaluation.from_dict(d[mode]) for mode in ("plain", "flip")}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        say(f"  {kept}: not a board LFW file ({type(exc).__name__}: {exc}); measuring again")
-        return None
-
-
 def _acc(ev, key: str) -> float | None:
     if ev is None:
         return None
@@ -300,7 +161,7 @@ def pareto_front(points: list[tuple[float | None, float | None]]) -> list[bool]:
     return out
 
 
-def _row(e: _Entry, t: dict) -> BoardRow:
+def _row(e: Entry, t: dict) -> BoardRow:
     fp32_ms = t[f"{e.spec.name}/fp32"].median_ms if f"{e.spec.name}/fp32" in t else None
     int8_ms = t[f"{e.spec.name}/int8"].median_ms if f"{e.spec.name}/int8" in t else None
     own_ms = t[f"{e.spec.name}/own"].median_ms if f"{e.spec.name}/own" in t else None
@@ -361,7 +222,7 @@ def run_board(
     """
     entries = []
     for spec in specs:
-        e = _Entry(spec)
+        e = Entry(spec)
         try:
             e.resolved = resolve(spec.model, spec.weights, allow_download=False)
         except FacekdError as exc:
@@ -373,18 +234,18 @@ def run_board(
     for e in entries:
         if e.resolved is None:
             continue
-        cp, no_calib = _calibration(sources, e.resolved.pre, calib_cache)
-        _onnx_forms(e, work, cp[0] if cp else None, cp[1] if cp else None, say, no_calib)
+        cp, no_calib = calibration(sources, e.resolved.pre, calib_cache)
+        onnx_forms(e, work, cp[0] if cp else None, cp[1] if cp else None, say, no_calib)
         if e.fp32 is None and e.int8 is None:
-            e.own_call = _own_call(e.resolved)
+            e.own_call = own_call(e.resolved)
     for e in entries:
         if e.resolved is None:
             continue
         for form, path in (("fp32", e.fp32), ("int8", e.int8)):
             if path is not None:
-                _lfw(e, form, path, lfw, detector, work, say)
+                measure_lfw(e, form, path, lfw, detector, work, say)
         if e.fp32 is None and e.int8 is None:
-            _lfw(e, "own runtime", None, lfw, detector, work, say)
+            measure_lfw(e, "own runtime", None, lfw, detector, work, say)
     targets = {}
     for e in entries:
         if e.fp32 is not None:
@@ -403,15 +264,3 @@ def run_board(
     protocol = (f"LFW View 2 ({lfw}), 10 folds, {detector} crops; ONNX Runtime batch 1, one thread, "
                 f"{rounds} interleaved rounds, medians")
     return Board(rows, machine_facts(), protocol)
-
-
-def _own_call(resolved) -> Callable[[], object] | None:
-    """A batch-1 call of a model that only runs through its own library (dlib), on one
-    thread where the library allows."""
-    try:
-        emb = resolved.embedder()
-    except FacekdError:
-        return None
-    h, w = resolved.pre.input_size
-    face = np.zeros((1, h, w, 3), np.uint8)
-    return lambda: emb(face)  # an Embedder is called on a uint8 batch (N, H, W, 3)
