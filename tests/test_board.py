@@ -169,6 +169,36 @@ def test_a_model_without_an_onnx_form_is_timed_through_its_own_embedder() -> Non
     assert seen == [(1, 112, 96, 3)]
 
 
+def test_lfw_of_a_model_without_an_onnx_form_is_kept_by_its_weights_file(tmp_path: Path) -> None:
+    from facekd.evaluation.embed import TorchEmbedder
+    from facekd.experiments.board_forms import BoardSpec, Entry, measure_lfw
+    from facekd.hub.resolved import ResolvedModel
+    from facekd.models.base import build_backbone
+    from facekd.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    net, pre = build_backbone("student5").eval(), Preprocessing(template="112x96")
+    weights = tmp_path / "own.dat"  # a library's own weights file: its bytes name the model
+    weights.write_bytes(b"weights v1")
+    lfw = make_lfw(tmp_path / "lfw", folds=10, seed=0)
+
+    def measure(log: list[str]) -> Entry:
+        e = Entry(BoardSpec("own", "own"), resolved=ResolvedModel(
+            "own", pre, path=weights, embedder_factory=lambda device: TorchEmbedder(net, pre, name="own", device="cpu")))
+        measure_lfw(e, "own runtime", None, lfw, "mtcnn", tmp_path / "w", log.append)
+        return e
+
+    first, second = [], []
+    acc = measure(first).lfw["own runtime"]["flip"].result.accuracy
+    assert 0.5 <= acc <= 1.0 and not any("kept" in line for line in first)
+    assert measure(second).lfw["own runtime"]["flip"].result.accuracy == pytest.approx(acc)
+    assert any("kept by an earlier run" in line for line in second)
+    weights.write_bytes(b"weights v2")  # other weights: measured again
+    third: list[str] = []
+    measure(third)
+    assert not any("kept" in line for line in third)
+
+
 def _crop_folder(root: Path, size: tuple[int, int], value: int, n: int = 12) -> Path:
     """``n`` flat grey aligned crops of ``size`` (height, width), every pixel ``value``."""
     from PIL import Image

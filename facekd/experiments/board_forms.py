@@ -127,7 +127,7 @@ def measure_lfw(e: Entry, form: str, path: Path | None, lfw: Path, detector: str
     the same model bytes, LFW and detector (untimed work: a board stopped before its timing
     resumes from here, and the accuracies need no idle machine)."""
     kept = work / f"lfw-{slug(e.spec.name)}-{slug(form)}.json"
-    key = {"version": 1, "model": sha256_of(path) if path is not None else e.resolved.key(),
+    key = {"version": 1, "model": sha256_of(path) if path is not None else e.resolved.key,
            "template": e.resolved.pre.template, "lfw": str(Path(lfw).resolve()), "detector": detector}
     if (found := _kept_lfw(kept, key, say)) is not None:
         e.lfw[form] = found
