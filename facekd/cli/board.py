@@ -28,7 +28,9 @@ def add_board(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ready", action="store_true", help="leave the ready models out")
     p.add_argument("--no-shipped", action="store_true", help="leave facekd's shipped students out")
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
-    p.add_argument("--work", type=Path, default=Path("facekd-board"), help="folder for the exported ONNX files and each form's LFW figures, reused by a later run of the same models")
+    p.add_argument("--work", type=Path, default=Path("facekd-board"),
+                   help="folder for the exported ONNX files and each form's LFW figures, reused by a later run "
+                   "of the same models")
     p.add_argument("--json", type=Path, dest="json_out", default=Path("facekd-board/board.json"))
     p.add_argument("--plot", type=Path, default=Path("facekd-board/board.png"))
     p.set_defaults(func=_run_board)
