@@ -96,6 +96,28 @@ def test_a_photo_needs_a_name(known, model, tmp_path, capsys):
     assert main(["gallery", "enroll", str(tmp_path / "g.db"), str(photo), "--model", str(model), "--name", "A"]) == 0
 
 
+def test_a_shipped_model_is_named_like_anywhere_else(known, tmp_path, capsys):
+    """`--model NAME` of a shipped ONNX student builds the gallery on that very file; a
+    registered backbone (no ONNX form) is refused at parse time with the export command."""
+    from facekd.identify.model import file_sha256
+
+    g = tmp_path / "g.db"
+    assert main(["gallery", "enroll", str(g), str(known / PEOPLE[0]), "--model", "student5_mobilefacenet_casia"]) == 0
+    with Gallery.open(g) as gal:
+        assert gal.model.sha256 == file_sha256(STUDENT)
+    capsys.readouterr()
+    for cmd in (["gallery", "enroll", str(tmp_path / "h.db"), str(known / PEOPLE[0])],
+                ["identify", str(g), str(STUDENT)], ["serve", "--gallery", str(tmp_path / "h.db")]):
+        with pytest.raises(SystemExit) as exc:
+            main([*cmd, "--model", "mobilefacenet"])
+        assert exc.value.code == 2
+        assert "facekd export --model mobilefacenet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["gallery", "enroll", str(tmp_path / "h.db"), str(known / PEOPLE[0]), "--model", "no_such_model"])
+    assert "student5_mobilefacenet_casia" in capsys.readouterr().err  # the names that would work
+    assert not (tmp_path / "h.db").exists()
+
+
 def test_eval_lfw_ident_stores_a_threshold(lfw_dir, yunet_weights, tmp_path, capsys):
     """The whole `facekd eval lfw-ident` path on a 7-person LFW-layout folder (raw photos,
     aligned with YuNet into the cache): figures printed, JSON written, thresholds stored

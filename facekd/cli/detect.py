@@ -18,7 +18,8 @@ def _add_distill_detector(sub: argparse._SubParsersAction) -> None:
         "epoch (--resume continues), RUN/history.jsonl and RUN/detector.onnx, which "
         "`facekd align --detector RUN/detector.onnx` runs.",
     )
-    add_run_args(p, "configs/detect/", "train.epochs=5")
+    add_run_args(p, "configs/detect/", "train.epochs=5",
+                 writes="history.jsonl, checkpoints/last.pt, detector.onnx, record.json")
     p.set_defaults(func=_run)
 
 

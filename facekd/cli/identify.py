@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from facekd.cli.args import onnx_model_arg
 from facekd.errors import FacekdError
 from facekd.identify.location import is_postgres_url, location_arg, open_gallery_at, open_store
 from facekd.progress import progress_bar
@@ -67,7 +68,8 @@ def _add_gallery(sub: argparse._SubParsersAction) -> None:
     e.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO|FOLDER",
                    help="photos of --name, or a folder known/<name>/*.jpg enrolling each person")
     e.add_argument("--name", help="the person the photos show (default: from the folders)")
-    e.add_argument("--model", type=Path, help="exported .onnx; required to create a gallery, fixed afterwards")
+    e.add_argument("--model", type=onnx_model_arg,
+                   help="exported .onnx or a shipped model's name; required to create a gallery, fixed afterwards")
     e.add_argument("--detector", default="yunet,mtcnn", help="face detectors tried in order (default yunet,mtcnn)")
     e.add_argument("--json", type=Path, dest="json_out", help="write the enrolments (and errors) here")
     e.set_defaults(func=_run_enroll)
@@ -216,7 +218,7 @@ def _add_identify(sub: argparse._SubParsersAction) -> None:
                    help="a person's score: their best face (default) or their mean template")
     p.add_argument("--threshold", type=float, help="cosine below which a probe is unknown (default: the gallery's)")
     p.add_argument("--index", default="exact", help="search index: exact (default) or hnsw")
-    p.add_argument("--model", type=Path, help="the gallery's .onnx, if it moved since the gallery was created")
+    p.add_argument("--model", type=onnx_model_arg, help="the gallery's .onnx, if it moved since the gallery was created")
     p.add_argument("--detector", default="yunet,mtcnn", help="face detectors tried in order (default yunet,mtcnn)")
     p.add_argument("--json", type=Path, dest="json_out", help="write one entry per photo here")
     p.set_defaults(func=_run_identify)

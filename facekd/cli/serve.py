@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from facekd.cli.args import onnx_model_arg
 from facekd.deploy.photos import DEFAULT_DETECTORS
 
 
@@ -12,7 +13,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve embed, verify and identify over HTTP (FastAPI on uvicorn; OpenAPI page at /docs)"
     )
-    p.add_argument("--model", type=Path, required=True, help="exported .onnx model (facekd export)")
+    p.add_argument("--model", type=onnx_model_arg, required=True,
+                   help="exported .onnx model (facekd export), or a shipped one's name")
     p.add_argument("--gallery", required=True,
                    help="gallery: a SQLite file, or a postgresql://user@host:port/db URL shared by several "
                         "servers; created for --model when missing")

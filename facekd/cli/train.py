@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Callable
 
 
-def add_run_args(p: argparse.ArgumentParser, configs: str = "configs/", example: str = "optim.lr=0.05") -> None:
-    """The arguments of every command that runs a config into a run folder."""
+def add_run_args(p: argparse.ArgumentParser, configs: str = "configs/", example: str = "optim.lr=0.05",
+                 writes: str = "metrics.jsonl, checkpoints/, tb/") -> None:
+    """The arguments of every command that runs a config into a run folder (``writes``: what
+    the command puts there, for ``--out``'s help)."""
     p.add_argument("config", type=Path, help=f"YAML config (see {configs})")
-    p.add_argument("--out", type=Path, required=True, help="run folder: metrics.jsonl, checkpoints/, tb/")
+    p.add_argument("--out", type=Path, required=True, help=f"run folder: {writes}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config value, e.g. --set {example} (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
