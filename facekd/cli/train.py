@@ -65,7 +65,7 @@ def report_run(metrics: dict, out: Path) -> int:
 
     if "lfw_acc" in metrics:
         print(f"LFW (epoch {metrics.get('epoch')}): {metrics['lfw_acc']:.2f} ± {metrics['lfw_std']:.2f} %; "
-              f"best {metrics['best_lfw_acc']:.2f} %")
+              f"best epoch {metrics['best_lfw_acc']:.2f} % (picked on LFW itself: quote the last epoch's)")
     print(f"checkpoint: {out / CHECKPOINT}")
     return 0
 

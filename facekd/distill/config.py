@@ -25,7 +25,7 @@ class TeacherMember:
 class TeacherCfg:
     """Who teaches.
 
-    ``model`` is a facekd checkpoint (``RUN/checkpoints/best.pt``), a registered backbone
+    ``model`` is a facekd checkpoint (``RUN/checkpoints/last.pt``), a registered backbone
     name with ``weights``, or an ``.onnx`` embedder. A teacher without a classifier over
     the student's training identities (an embedder, or a checkpoint trained on other
     identities) gets one fitted on its frozen embeddings first (``classifier_epochs``),
