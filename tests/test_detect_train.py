@@ -124,6 +124,26 @@ def test_weighted_soft_ce_weighs_background_by_1_5():
     assert float(WeightedSoftCE(w_background=1.0)(b)) == pytest.approx(2 * cells * math.log(2), rel=1e-5)
 
 
+def test_hard_objectness_scaled_and_hint_by_hand():
+    # student box (1, 0, 0, 0), teacher (0.5, 0, 0, 0), label 0, every logit 0; 21 cells, one positive
+    b = _batch([1, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0], z_s=0.0, z_t=0.0)
+    objective = DetectionObjective([("hard", 1.0, {}), ("objectness_scaled", 1.0, {}), ("hint", 1.0, {})],
+                                   student_channels=8)
+    hard, scaled, hint = objective.terms
+    # hard: BCE at logit 0 is ln 2 on both heads of every cell; smooth-L1(1, beta .05) = 1 - .025
+    assert float(hard(b)) == pytest.approx(42 * math.log(2) + 0.975, rel=1e-6)
+    # objectness_scaled: o_T = .5 everywhere: 21 ln 2 (objectness) + .5 * 21 ln 2 (class)
+    # + .5 * smooth-L1(1 - .5) on the one cell where the boxes differ (.5 - .025)
+    assert float(scaled(b)) == pytest.approx(31.5 * math.log(2) + 0.5 * 0.475, rel=1e-6)
+    # hint: with the adaptation conv zeroed, the mean square of the teacher's neck
+    b.hint = torch.arange(64 * 16, dtype=torch.float32).reshape(1, 64, 4, 4) / 1000
+    with torch.no_grad():
+        hint.adapt.weight.zero_()
+        hint.adapt.bias.zero_()
+        got = float(hint(b))
+    assert got == pytest.approx(sum((i / 1000) ** 2 for i in range(1024)) / 1024, rel=1e-5)
+
+
 def test_fm_nms_keeps_the_peak_of_each_neighbourhood():
     obj = torch.full((1, 1, 4, 4), -10.0)
     obj[0, 0, 0, 1], obj[0, 0, 1, 1], obj[0, 0, 2, 3] = 1.0, 3.0, 2.0

@@ -165,7 +165,13 @@ def test_teacher_weights_carry_no_gradient_and_work_per_sample():
 
 def test_terms_from_config_entries():
     terms = build_terms([{"name": "hard"}, {"name": "soft", "weight": 2.0, "tau": 3.0}])
-    assert [type(t).__name__ for t in terms] == ["Hard", "Soft"] and terms[1].tau == 3.0
+    assert [type(t).__name__ for t in terms] == ["Hard", "Soft"]
+    s, t, y = _outs()  # the entry's weight and tau reach the value: 2 x the tau-3 soft term by hand
+    tau = 3.0
+    ref = sum(-sum(a * math.log(b) for a, b in zip(_softmax(zt, tau), _softmax(zs, tau))) * tau * tau
+              for zs, zt in zip(ZS, ZT)) / 2
+    assert terms[1](s, t, y)["soft"].item() == pytest.approx(2.0 * ref, rel=1e-6)
+    assert terms[0](s, t, y)["hard"].item() == pytest.approx((_ce(ZS[0], 0) + _ce(ZS[1], 2)) / 2, rel=1e-6)
     with pytest.raises(FacekdError, match="unknown distillation term 'sfot'"):
         build_terms([{"name": "sfot"}])
     with pytest.raises(FacekdError, match="unknown key temperature"):

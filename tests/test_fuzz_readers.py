@@ -330,9 +330,16 @@ def test_checkpoints(tmp_path_factory, mode, pos, other, obj, raw):
 def test_checkpoint_save_load_round_trip(tmp_path):
     from facekd.models.base import build_backbone
 
-    net = build_backbone("student5")
+    torch.manual_seed(3)
+    net = build_backbone("student5").eval()
     save_checkpoint(tmp_path / "a.ckpt", model_checkpoint(net, "student5", {}))
-    assert set(backbone_state(load_checkpoint(tmp_path / "a.ckpt"))) == set(net.state_dict())
+    got = backbone_state(load_checkpoint(tmp_path / "a.ckpt"))
+    assert set(got) == set(net.state_dict())
+    assert all(torch.equal(got[k], v) for k, v in net.state_dict().items())  # the values, not just the names
+    again = resolve(tmp_path / "a.ckpt").backbone.eval()  # a fresh network built from the file alone
+    x = torch.rand(2, 3, 112, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x), rtol=0, atol=0)
 
 
 # --- ONNX files -----------------------------------------------------------------------

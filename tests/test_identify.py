@@ -45,9 +45,21 @@ def gallery(tmp_path, request) -> Gallery:
     g.close()
 
 
-def test_store_satisfies_protocol(tmp_path):
+def test_store_keeps_what_it_is_given(tmp_path):
+    """The SQLite store under the GalleryStore contract: embeddings come back bit for bit,
+    in enrolment order, with their people; a reopened file holds the same."""
+    rng = np.random.default_rng(0)
     s = SqliteStore.create(tmp_path / "g.db", _model())
     assert isinstance(s, GalleryStore)
+    emb = rng.standard_normal((3, DIM)).astype(np.float32)
+    ada, ids = s.enroll("Ada", [FaceRecord(source=f"a{i}.jpg") for i in range(2)], emb[:2].copy())
+    bea, ids_b = s.enroll("Bea", [FaceRecord(source="b.jpg")], emb[2:].copy())
+    s.close()
+    s = SqliteStore.open(tmp_path / "g.db")
+    face_ids, person_ids, matrix = s.all_embeddings()
+    assert face_ids.tolist() == ids + ids_b and person_ids.tolist() == [ada.id, ada.id, bea.id]
+    np.testing.assert_array_equal(matrix, emb)
+    assert [(p.name, p.faces) for p in s.people()] == [("Ada", 2), ("Bea", 1)]
 
 
 @pytest.mark.parametrize("gallery", ["exact", "numpy", "hnsw"], indirect=True)

@@ -115,13 +115,15 @@ def test_kill_9_mid_epoch_then_resume_gives_the_same_losses(train_crops, tmp_pat
 
     ckpt = load_checkpoint(run / "checkpoints/last.pt")  # whole, whatever the moment of the kill
     assert 1 <= ckpt["epoch"] < 4
-    assert not list((run / "checkpoints").glob(".*.tmp")) or True  # a torn temp file may remain; last.pt is whole
+    torn = run / "checkpoints" / ".last.pt.k9x2ab.tmp"  # what a kill inside save_checkpoint leaves
+    torn.write_bytes(b"PK\x03\x04 half a checkpoint")
 
     again = subprocess.run(_facekd("train", str(cfg), "--out", str(run)), capture_output=True, text=True)
     assert again.returncode == 1 and "--resume" in again.stderr  # never overwrites a run by accident
     resumed = subprocess.run(_facekd("train", str(cfg), "--out", str(run), "--resume"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"after epoch {ckpt['epoch']}" in resumed.stdout
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # resuming cleared the torn temp files
 
     def losses(r: Path, kind: str) -> list[tuple]:
         return [(x["epoch"], x["step"], x["loss"]) for x in _records(r, kind)]

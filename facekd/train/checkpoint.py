@@ -213,9 +213,16 @@ def restore_run(ckpt: dict, cfg: TrainConfig, plain, optimizer, schedule, scaler
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite one."""
+    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite one.
+
+    Resuming first removes the temporary files a kill left half-written beside the
+    checkpoints (:func:`facekd.io_utils.atomic_open` names them ``.NAME.*.tmp``); the
+    checkpoints themselves are always whole."""
     last = run_dir / CHECKPOINT
     if resume:
+        for name in (CHECKPOINT, BEST):
+            for torn in (run_dir / name).parent.glob(f".{Path(name).name}.*.tmp"):
+                torn.unlink(missing_ok=True)
         return load_checkpoint(last) if last.is_file() else None
     if last.is_file() or (run_dir / "metrics.jsonl").is_file():
         raise FacekdError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
