@@ -1,7 +1,7 @@
 """The ``facekd`` compression commands beyond a new student: ``facekd prune`` (structured
-pruning with distillation recovery), ``facekd multiexit`` (train an anytime multi-exit
-embedder) and ``facekd exits`` (export its exits to ONNX, time them, pick one for a
-latency budget)."""
+pruning with distillation recovery), ``facekd soup`` (average recoveries of one network),
+``facekd multiexit`` (train an anytime multi-exit embedder) and ``facekd exits`` (export
+its exits to ONNX, time them, pick one for a latency budget)."""
 
 from __future__ import annotations
 
@@ -123,4 +123,31 @@ def _run_exits(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prune, _add_multiexit, _add_exits]
+def _add_soup(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "soup",
+        help="average the weights of models fine-tuned from one start (a uniform model soup)",
+        description="Average the weights of two or more facekd checkpoints of one network (for example "
+        "recoveries of one pruned or surgically changed model with other seeds or augmentations) into one "
+        "model-only checkpoint, which eval, export and board read like any other. Prints how far each "
+        "ingredient lies from the soup: a few percent for models fine-tuned from one start; far apart, "
+        "the average is no model.",
+    )
+    p.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT", help="facekd checkpoints of one network")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.set_defaults(func=_run_soup)
+
+
+def _run_soup(args: argparse.Namespace) -> int:
+    from facekd.train.checkpoint import save_checkpoint
+    from facekd.train.soup import make_soup
+
+    soup = make_soup(args.checkpoints)
+    save_checkpoint(args.out, soup.checkpoint)
+    for path, d in zip(args.checkpoints, soup.distances):
+        print(f"{path}: {100 * d:.2f}% of the soup's weight norm away from it")
+    print(f"soup of {len(args.checkpoints)}: {args.out} (evaluate: facekd eval lfw --model {args.out} --data LFW --flip)")
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prune, _add_soup, _add_multiexit, _add_exits]
