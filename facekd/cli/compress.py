@@ -130,8 +130,8 @@ def _add_soup(sub: argparse._SubParsersAction) -> None:
         description="Average the weights of two or more facekd checkpoints of one network (for example "
         "recoveries of one pruned or surgically changed model with other seeds or augmentations) into one "
         "model-only checkpoint, which eval, export and board read like any other. Prints how far each "
-        "ingredient lies from the soup: a few percent for models fine-tuned from one start; far apart, "
-        "the average is no model.",
+        "ingredient lies from the soup (models trained from different random starts lie far apart, and "
+        "their average is no model).",
     )
     p.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT", help="facekd checkpoints of one network")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
