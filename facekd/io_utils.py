@@ -18,6 +18,9 @@ def _umask() -> int:
     return mask
 
 
+_TEMP_SUFFIX = ".tmp"
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path | str) -> Iterator[BinaryIO]:
     """A binary file to write that appears at ``path`` only if the block completes.
@@ -27,7 +30,7 @@ def atomic_open(path: Path | str) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
@@ -38,6 +41,17 @@ def atomic_open(path: Path | str) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_torn_temps(path: Path | str) -> list[Path]:
+    """Removes the temporary files a killed :func:`atomic_open` of ``path`` left beside it
+    (``path`` itself is always whole); returns them. Only for a file no other process is
+    writing at the moment."""
+    path = Path(path)
+    torn = sorted(path.parent.glob(f".{path.name}.*{_TEMP_SUFFIX}"))
+    for t in torn:
+        t.unlink(missing_ok=True)
+    return torn
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

@@ -538,3 +538,20 @@ def test_regression_config_extending_a_missing_file(tmp_path):
     (tmp_path / "cfg.yaml").write_text("extends: base.yaml\n")
     with pytest.raises(FacekdError, match=r"cfg\.yaml: extends 'base\.yaml'"):
         load_config(TrainConfig, tmp_path / "cfg.yaml")
+
+
+def test_remove_torn_temps_takes_only_that_files_leftovers(tmp_path):
+    from facekd.io_utils import atomic_open, remove_torn_temps
+
+    target = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt), atomic_open(target) as f:  # an interrupted write cleans up itself
+        f.write(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"whole")
+    torn = [tmp_path / ".last.pt.k9x2ab.tmp", tmp_path / ".last.pt.q1.tmp"]  # what SIGKILL mid-write leaves
+    others = [tmp_path / ".best.pt.k9x2ab.tmp", tmp_path / "last.pt.tmp"]
+    for p in torn + others:
+        p.write_bytes(b"x")
+    assert remove_torn_temps(target) == sorted(torn)
+    assert sorted(tmp_path.iterdir()) == sorted([target, *others])

@@ -30,7 +30,7 @@ from torch import nn
 from facekd.config import from_dict, to_dict
 from facekd.errors import FacekdError
 from facekd.models.heads import build_head
-from facekd.io_utils import atomic_write_bytes
+from facekd.io_utils import atomic_write_bytes, remove_torn_temps
 from facekd.models import build_backbone
 from facekd.models.transforms import apply_transforms
 from facekd.models.transforms import records as transform_records
@@ -216,13 +216,12 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> dict | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to overwrite one.
 
     Resuming first removes the temporary files a kill left half-written beside the
-    checkpoints (:func:`facekd.io_utils.atomic_open` names them ``.NAME.*.tmp``); the
-    checkpoints themselves are always whole."""
+    checkpoints (:func:`facekd.io_utils.remove_torn_temps`); the checkpoints themselves
+    are always whole."""
     last = run_dir / CHECKPOINT
     if resume:
         for name in (CHECKPOINT, BEST):
-            for torn in (run_dir / name).parent.glob(f".{Path(name).name}.*.tmp"):
-                torn.unlink(missing_ok=True)
+            remove_torn_temps(run_dir / name)
         return load_checkpoint(last) if last.is_file() else None
     if last.is_file() or (run_dir / "metrics.jsonl").is_file():
         raise FacekdError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
