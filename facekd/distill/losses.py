@@ -27,8 +27,9 @@ from facekd.registry import Registry
 DISTILL_LOSSES: Registry[nn.Module] = Registry("distillation term")
 
 # What a term may read: the labels, the student's class logits (through its head), the
-# teacher's class logits, the teacher's embedding. The student's embedding is always there.
-NEEDS = frozenset({"labels", "student_logits", "teacher_logits", "teacher_embedding"})
+# teacher's class logits, the teacher's embedding, the outputs of named inner layers of
+# both networks (``features``). The student's embedding is always there.
+NEEDS = frozenset({"labels", "student_logits", "teacher_logits", "teacher_embedding", "teacher_features"})
 
 # The lowest cross-entropy Caffe reports, the source's MIN for teacher weighting.
 CAFFE_MIN_CE = -8.37665
@@ -49,6 +50,7 @@ class TermCfg:
     p: float | None = field(default=None, metadata=fraction())  # noisy_teacher
     a: float | None = None  # manual_teacher
     epsilon: float | None = field(default=None, metadata=fraction(high_open=True))  # label_smoothing
+    layers: tuple[str, ...] | None = None  # blocks
 
     def args(self) -> dict:
         """The term's keyword arguments: the weight and every argument given."""
@@ -65,12 +67,15 @@ class Outputs:
         margin_logits: (N, C) logits with the head's margin on the target class (what the
             hard term trains with); the same as ``logits`` for a softmax head.
         weight: (N,) per-sample teacher weight μ, or None (all ones).
+        features: Outputs of named inner layers (module name -> (N, ...) tensor), for
+            terms that read ``teacher_features``; None when nothing asked for them.
     """
 
     embedding: torch.Tensor
     logits: torch.Tensor | None = None
     margin_logits: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None
 
 
 def teacher_weights(
@@ -191,6 +196,39 @@ class FeatureNorm(_Term):
         return (s - t).pow(2).sum(dim=1)
 
 
+@DISTILL_LOSSES.register("blocks")
+class BlockMatch(_Term):
+    """Block-wise matching for a student of the teacher's own architecture (after a
+    surgery or pruning that keeps the named layers' output shapes): per sample, the mean
+    over ``layers`` of ``||B_S − B_T||² / mean(B_T²)``, each layer's squared error relative
+    to the teacher's mean square over the batch, so that every layer counts alike (FitNets'
+    hints at every block; the block reconstruction of post-training quantisation, BRECQ).
+
+    Args:
+        layers: Module names in both networks (``blocks.0``, ...); empty: every child of
+            the student's ``blocks`` (:func:`facekd.distill.features.feature_layers`).
+    """
+
+    name, needs = "blocks", frozenset({"teacher_features"})
+
+    def __init__(self, weight: float = 1.0, layers: tuple[str, ...] = ()) -> None:
+        super().__init__(weight)
+        self.layers = tuple(layers)
+
+    def per_sample(self, student, teacher, target):
+        if not student.features or not teacher.features:
+            raise FacekdError("distill term blocks: no inner-layer outputs reached it (the objective taps them)")
+        total = 0.0
+        for name in student.features:
+            s, t = student.features[name].float(), teacher.features[name].float()
+            if s.shape != t.shape:
+                raise FacekdError(f"distill term blocks: layer {name} gives {tuple(s.shape[1:])} in the student and "
+                                  f"{tuple(t.shape[1:])} in the teacher; name layers whose outputs keep their shape")
+            scale = t.pow(2).mean().clamp_min(1e-12)
+            total = total + (s - t).pow(2).flatten(1).mean(dim=1) / scale
+        return total / len(student.features)
+
+
 @DISTILL_LOSSES.register("hinton")
 class HintonKD(_Term):
     """Hinton et al. (2015): ``(1 − α)·H(y, p_S) + α·τ²·H(p_T^τ, p_S^τ)`` with α = 0.5 and
@@ -307,7 +345,7 @@ def needs_teacher(terms: list[nn.Module]) -> bool:
 
 
 def uses(terms: list[nn.Module], what: str) -> bool:
-    """Whether any term reads the teacher's ``logits`` or ``embedding`` (its ``needs``)."""
+    """Whether any term reads the teacher's ``logits``, ``embedding`` or ``features`` (its ``needs``)."""
     return any(f"teacher_{what}" in t.needs for t in terms)
 
 

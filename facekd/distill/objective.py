@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from facekd.distill.config import DistillCfg
+from facekd.distill.features import FeatureTap, feature_layers
 from facekd.distill.losses import Outputs, build_terms, needs_teacher, teacher_weights, uses
 from facekd.distill.teacher_sources import TEACHER_VIEWS, Teacher, teacher_for
 from facekd.errors import FacekdError
@@ -38,11 +39,14 @@ class DistillObjective(nn.Module):
         weighting: (k, MIN) of teacher weighting, or None.
         mixup: Beta concentration of the mixup blend in training (0: none); the student
             and the (online) teacher see the same blended batch.
+        tap: Keeps the student's inner-layer outputs for terms that read them (the
+            teacher's own tap gives the teacher's); None: no term does.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, terms: list[nn.Module], *,
                  teacher: Teacher | None = None, adapt_to: int | None = None,
-                 weighting: tuple[float, float] | None = None, mixup: float = 0.0) -> None:
+                 weighting: tuple[float, float] | None = None, mixup: float = 0.0,
+                 tap: FeatureTap | None = None) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.terms = nn.ModuleList(terms)
@@ -50,18 +54,20 @@ class DistillObjective(nn.Module):
         object.__setattr__(self, "teacher", teacher)  # outside the module tree
         self.weighting = weighting
         self.mixup = mixup
+        object.__setattr__(self, "tap", tap)  # hooks, not state
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.mixup and self.training:
             x = mixup_batch(x, self.mixup)
         emb = self.backbone(x)
+        features = self.tap.take() if self.tap is not None else None
         teacher = self.teacher(x, index) if self.teacher is not None else Outputs(emb.new_zeros(0))
         with full_precision(x):
             emb = emb.float()
             margin_logits = self.head(emb, y)
             logits = margin_logits if isinstance(self.head, SoftmaxHead) else self.head(emb)
             s_emb = self.adapter(emb) if self.adapter is not None else emb
-            student = Outputs(s_emb, logits, margin_logits)
+            student = Outputs(s_emb, logits, margin_logits, features=features)
             return self._terms(student, teacher, y)
 
     def _terms(self, student: Outputs, teacher: Outputs, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,6 +147,11 @@ def build_objective(backbone: nn.Module, head: nn.Module, teacher: Teacher | Non
     if not teaching:
         say("distill: no term follows a teacher; training from labels and designed targets only")
         return DistillObjective(backbone, head, terms)
+    tap = None
+    if uses(terms, "features"):
+        layers = feature_layers(backbone, next(t.layers for t in terms if "teacher_features" in t.needs))
+        teacher, tap = TEACHER_VIEWS.build("tapped", teacher=teacher, layers=layers), FeatureTap(backbone, layers)
+        say(f"distill: matching {len(layers)} inner layers ({layers[0]} ... {layers[-1]}) to the teacher's")
     student_dim = backbone.cfg.embedding_dim
     shown, adapt_to = match_width(teacher, student_dim, terms, distill.adapter)
     width = _width_note(teacher.embedding_dim, student_dim, distill.adapter) if uses(terms, "embedding") else ""
@@ -150,7 +161,7 @@ def build_objective(backbone: nn.Module, head: nn.Module, teacher: Teacher | Non
     if distill.mixup:
         say(f"distill: mixup, blend weights from Beta({distill.mixup:g}, {distill.mixup:g}); the teacher sees each blend")
     return DistillObjective(backbone, head, terms, teacher=shown, adapt_to=adapt_to, weighting=weighting,
-                            mixup=distill.mixup)
+                            mixup=distill.mixup, tap=tap)
 
 
 def make_distill_objective(cfg, data, device: torch.device, say: Callable[[str], None] = print) -> DistillObjective:
@@ -175,6 +186,7 @@ def _width_note(dim: int, student_dim: int, adapter: str) -> str:
 
 
 def _describe(term: nn.Module) -> str:
-    extras = {k: v for k, v in vars(term).items() if not k.startswith("_") and k not in ("training", "weight")}
+    extras = {k: v for k, v in vars(term).items()
+              if not k.startswith("_") and k not in ("training", "weight") and v != ()}
     args = ", ".join(f"{k}={v}" for k, v in extras.items())
     return f"{term.weight:g}·{type(term).__name__}" + (f"({args})" if args else "")

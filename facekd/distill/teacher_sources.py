@@ -16,8 +16,9 @@ Sources (:data:`TEACHER_SOURCES`, chosen by ``teacher.source``):
 - ``ensemble``: several teachers' L2-normalised embeddings, concatenated.
 
 Views of another teacher (:data:`TEACHER_VIEWS`): ``centred`` (the training set's mean
-output subtracted) and ``lifted`` (a narrower embedding put into the student's width by
-fixed orthonormal columns).
+output subtracted), ``lifted`` (a narrower embedding put into the student's width by
+fixed orthonormal columns) and ``tapped`` (an online teacher that also gives the outputs
+of named inner layers).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch import nn
 
 from facekd.distill.config import DistillConfig, TeacherCfg
 from facekd.distill.ensemble import combine
+from facekd.distill.features import FeatureTap
 from facekd.distill.losses import Outputs, build_terms, needs_teacher, uses
 from facekd.distill.teacher import (
     center_outputs,
@@ -151,6 +153,20 @@ class LiftedTeacher(Teacher):
         return replace(out, embedding=out.embedding.float() @ q.T)
 
 
+class TappedTeacher(Teacher):
+    """An online teacher whose outputs also carry its named inner layers' outputs of the
+    batch (:class:`~facekd.distill.features.FeatureTap` on its network)."""
+
+    def __init__(self, source: OnlineTeacher, layers: tuple[str, ...]) -> None:
+        self.source, self.tap = source, FeatureTap(source.backbone, layers)
+        for attr in ("name", "template", "mode", "cache_key", "head", "embedding_dim"):
+            setattr(self, attr, getattr(source, attr))
+
+    def outputs(self, x: torch.Tensor | None, index: torch.Tensor | None) -> Outputs:
+        out = self.source(x, index)
+        return replace(out, features=self.tap.take())
+
+
 TEACHER_VIEWS: Registry[Teacher] = Registry("teacher view")
 
 
@@ -172,6 +188,15 @@ def lifted(teacher: Teacher, width: int) -> LiftedTeacher:
         raise FacekdError(f"teacher {teacher.name}: a {teacher.embedding_dim}-d embedding cannot be lifted "
                           f"to {width}-d (use distill.adapter=learned)")
     return LiftedTeacher(teacher, teacher.embedding_dim, width)
+
+
+@TEACHER_VIEWS.register("tapped")
+def tapped(teacher: Teacher, layers: tuple[str, ...]) -> TappedTeacher:
+    """``teacher`` run online with the outputs of its ``layers`` kept for the terms."""
+    if not isinstance(teacher, OnlineTeacher):
+        raise FacekdError(f"teacher {teacher.name}: the blocks term reads the teacher's inner layers, which "
+                          "cached outputs do not hold; set distill.teacher_mode=online")
+    return TappedTeacher(teacher, layers)
 
 
 @dataclass(frozen=True)

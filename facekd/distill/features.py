@@ -1,0 +1,62 @@
+"""The outputs of named inner layers of a network, kept from its last forward pass, for
+terms that match a student's blocks to its teacher's (``blocks`` in
+:mod:`facekd.distill.losses`)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from facekd.errors import FacekdError
+
+
+def feature_layers(net: nn.Module, requested: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The layer names to tap in ``net``: ``requested``, or, when empty, every child of
+    its ``blocks`` container (MobileFaceNet's bottlenecks, a ResNet's residual blocks).
+
+    Raises:
+        FacekdError: a requested name is not a module of ``net``, or nothing was
+            requested and ``net`` has no ``blocks``.
+    """
+    modules = dict(net.named_modules())
+    if requested:
+        missing = [n for n in requested if n not in modules]
+        if missing:
+            raise FacekdError(f"distill term blocks: {type(net).__name__} has no layer(s) {', '.join(missing)} "
+                              f"(its top-level modules: {', '.join(n for n, _ in net.named_children())})")
+        return tuple(requested)
+    blocks = modules.get("blocks")
+    if blocks is None or not list(blocks.children()):
+        raise FacekdError(f"distill term blocks: {type(net).__name__} has no 'blocks' container; name the layers "
+                          "to match ({name: blocks, layers: [...]})")
+    return tuple(f"blocks.{name}" for name, _ in blocks.named_children())
+
+
+class FeatureTap:
+    """Forward hooks on ``net``'s modules ``names`` that keep each one's output of the
+    last forward pass; :meth:`take` hands them over (and forgets them)."""
+
+    def __init__(self, net: nn.Module, names: tuple[str, ...]) -> None:
+        modules = dict(net.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise FacekdError(f"{type(net).__name__} has no layer(s) {', '.join(missing)} to match")
+        self.names = tuple(names)
+        self.values: dict = {}
+        self._handles = [modules[n].register_forward_hook(self._keeper(n)) for n in self.names]
+
+    def _keeper(self, name: str):
+        def keep(module, args, output):
+            self.values[name] = output
+        return keep
+
+    def take(self) -> dict:
+        """The kept outputs by layer name, in ``names``' order."""
+        out = {n: self.values[n] for n in self.names if n in self.values}
+        self.values = {}
+        return out
+
+    def remove(self) -> None:
+        """Removes the hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
