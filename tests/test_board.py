@@ -118,7 +118,9 @@ def test_board_measures_a_model_end_to_end(tmp_path: Path) -> None:
     assert row["name"] == "mine" and row["form"] == "fp32" and row["on_front"]
     assert row["macs"] == count_macs(model) > 0
     assert row["ms"] > 0 and row["recorded"] == []
-    assert row["lfw_flip"] is not None and 50.0 <= row["lfw_plain"] <= 100.0
+    # the pairs are two noisy copies of each person's face: even a random network separates
+    # them (100.0 here); a pipeline that mixed up pairs or folds would sit near 50
+    assert row["lfw_plain"] >= 95.0 and row["lfw_flip"] >= 95.0
     assert (tmp_path / "board.png").stat().st_size > 0
 
 
@@ -147,7 +149,7 @@ def test_a_second_board_run_reuses_the_lfw_figures_of_the_same_model_bytes_only(
     kept.write_text("{not json")
     broken: list[str] = []
     row = run_board(spec, lfw, work=tmp_path / "w", rounds=1, say=broken.append).rows[0]
-    assert 50.0 <= row.lfw_flip <= 100.0
+    assert row.lfw_flip >= 95.0  # measured again (100.0 on these pairs), not the damaged file's
     assert any(str(kept) in line and "measuring again" in line for line in broken)
 
 
