@@ -102,3 +102,21 @@ def test_tap_keeps_the_last_pass_and_forgets_it_once_taken():
     tap.remove()
     net(x)
     assert tap.take() == {}
+
+
+def test_a_deep_copy_of_the_objective_taps_its_own_copies():
+    """``time_step`` times a deep copy of the objective and ``evaluate_lfw`` a deep copy of
+    the backbone: each copy's hooks must feed the copy's tap, not the original's."""
+    teacher_net, student = _surgery_pair()
+    teacher = OnlineTeacher("mfn", teacher_net, None, template="112x96", embedding_dim=128)
+    cfg = DistillCfg(terms=[{"name": "blocks", "layers": ["blocks.2"]}], teacher_mode="online")
+    obj = build_objective(student, build_head("cosface", 128, 3), teacher, cfg, say=lambda m: None)
+    x, y = torch.randn(2, 3, 112, 96), torch.tensor([0, 1])
+    want = obj(x, y)["blocks"].item()
+    twin = copy.deepcopy(obj)
+    assert twin(x, y)["blocks"].item() == pytest.approx(want, rel=1e-5)
+    assert obj.tap.values == {} and obj.teacher.tap.values == {}  # the copy's pass left the original's taps alone
+    net = copy.deepcopy(obj.backbone)
+    net(x)
+    assert obj.tap.values == {}
+    assert obj(x, y)["blocks"].item() == pytest.approx(want, rel=1e-5)

@@ -31,6 +31,18 @@ def feature_layers(net: nn.Module, requested: tuple[str, ...] = ()) -> tuple[str
     return tuple(f"blocks.{name}" for name, _ in blocks.named_children())
 
 
+class _Keeper:
+    """The forward hook of one layer: puts its output in its tap. An object rather than a
+    closure, so that a deep copy of the network (``time_step``, ``evaluate_lfw``) writes
+    into the copy of the tap made in the same copy, never into the original's."""
+
+    def __init__(self, tap: "FeatureTap", name: str) -> None:
+        self.tap, self.name = tap, name
+
+    def __call__(self, module, args, output) -> None:
+        self.tap.values[self.name] = output
+
+
 class FeatureTap:
     """Forward hooks on ``net``'s modules ``names`` that keep each one's output of the
     last forward pass; :meth:`take` hands them over (and forgets them)."""
@@ -42,12 +54,15 @@ class FeatureTap:
             raise FacekdError(f"{type(net).__name__} has no layer(s) {', '.join(missing)} to match")
         self.names = tuple(names)
         self.values: dict = {}
-        self._handles = [modules[n].register_forward_hook(self._keeper(n)) for n in self.names]
+        self._handles = [modules[n].register_forward_hook(_Keeper(self, n)) for n in self.names]
 
-    def _keeper(self, name: str):
-        def keep(module, args, output):
-            self.values[name] = output
-        return keep
+    def __deepcopy__(self, memo: dict) -> "FeatureTap":
+        # A copy starts empty (kept outputs belong to the original's graph) and owns no
+        # handles: the copied network's hooks find it through ``memo``.
+        new = FeatureTap.__new__(FeatureTap)
+        memo[id(self)] = new
+        new.names, new.values, new._handles = self.names, {}, []
+        return new
 
     def take(self) -> dict:
         """The kept outputs by layer name, in ``names``' order."""
