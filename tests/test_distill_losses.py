@@ -187,6 +187,9 @@ def _outputs_with(needs: frozenset[str], drop: str | None = None):
     teacher = Outputs(torch.tensor(FT) if "teacher_embedding" in have else None,
                       zt if "teacher_logits" in have else None)
     target = torch.tensor(Y) if "labels" in have else None
+    if "teacher_features" in have:  # one inner layer: a (2, 2, 1, 1) map per network
+        student.features = {"blocks.0": torch.tensor(FS)[:, :2, None, None]}
+        teacher.features = {"blocks.0": torch.tensor(FT)[:, :2, None, None]}
     return student, teacher, target
 
 
@@ -195,12 +198,13 @@ def test_each_term_reads_exactly_what_it_declares(name):
     """``needs`` is the contract the objective reads: the term runs on just those
     inputs, fails without any one of them, and logs under its registry name."""
     term = DISTILL_LOSSES.build(name)
-    assert term.needs and term.needs <= {"labels", "student_logits", "teacher_logits", "teacher_embedding"}
+    assert term.needs and term.needs <= {"labels", "student_logits", "teacher_logits", "teacher_embedding",
+                                         "teacher_features"}
     out = term(*_outputs_with(term.needs))
     assert all(torch.isfinite(v) for v in out.values())
     assert all(k == name or k.startswith(f"{name}_") for k in out), out.keys()
     for need in term.needs:
-        with pytest.raises((TypeError, AttributeError, RuntimeError)):
+        with pytest.raises((TypeError, AttributeError, RuntimeError, FacekdError)):
             term(*_outputs_with(term.needs, drop=need))
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from test_distill_run import _cfg, _synthetic_pack, _teacher_checkpoint
 
-from facekd.distill.teacher_sources import TEACHER_SOURCES, TEACHER_VIEWS, CachedTeacher, teacher_for
+from facekd.distill.teacher_sources import TEACHER_SOURCES, TEACHER_VIEWS, CachedTeacher, OnlineTeacher, teacher_for
 from facekd.errors import FacekdError
 from facekd.train.data import build_train_set
 
@@ -131,6 +131,19 @@ def test_every_teacher_view_changes_the_targets_as_it_says(name):
         view = TEACHER_VIEWS.build(name, teacher=base, say=lambda s: None)
         x = emb.float()
         torch.testing.assert_close(view(None, idx).embedding, x - x.mean(0), atol=1e-2, rtol=0)
+    elif name == "tapped":  # an online teacher's embedding as it is, plus its named layers' outputs
+        with pytest.raises(FacekdError, match="teacher_mode=online"):
+            TEACHER_VIEWS.build(name, teacher=base, layers=("0",))
+        net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 8)).eval()
+        online = OnlineTeacher("t", net, None, template="112x96", embedding_dim=8)
+        view = TEACHER_VIEWS.build(name, teacher=online, layers=("1",))
+        x = emb.float()
+        out = view(x, idx)
+        with torch.no_grad():
+            torch.testing.assert_close(out.embedding, net(x))
+            torch.testing.assert_close(out.features["1"], torch.tanh(x @ net[0].weight.T + net[0].bias))
+        assert view.name == "t" and view.mode == "online"
+        return
     else:
         view = TEACHER_VIEWS.build(name, teacher=base, width=32)
         out, raw = view(None, idx).embedding, emb.float()
