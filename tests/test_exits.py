@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from facekd.distill.losses import DISTILL_LOSSES, Outputs
+from facekd.distill.losses import DISTILL_LOSSES, Outputs, TermCfg
 from facekd.errors import FacekdError
 from facekd.models import build_backbone
 from facekd.models.exits import MultiExit, select_exit
@@ -325,7 +325,8 @@ def test_exits_refuse_what_they_cannot_honour():
     from facekd.multiexit.objective import make_multiexit_objective
 
     cfg = MultiExitConfig()
-    for change, name in ((dict(mixup=1.0), "distill.mixup"), (dict(teacher_weighting=True), "teacher_weighting")):
+    for change, name in ((dict(mixup=1.0), "distill.mixup"), (dict(teacher_weighting=True), "teacher_weighting"),
+                         (dict(terms=[TermCfg("blocks")]), "distill term blocks")):
         bad = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **change))
         with pytest.raises(FacekdError, match=name):
             make_multiexit_objective(bad, None, torch.device("cpu"))

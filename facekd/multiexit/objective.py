@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from facekd.distill.losses import DISTILL_LOSSES, Outputs, build_terms, needs_teacher
+from facekd.distill.losses import DISTILL_LOSSES, Outputs, build_terms, needs_teacher, uses
 from facekd.distill.objective import match_width
 from facekd.distill.teacher_sources import Teacher, teacher_for
 from facekd.errors import FacekdError
@@ -109,6 +109,8 @@ def make_multiexit_objective(cfg, data, device: torch.device, say: Callable[[str
         raise FacekdError("distill.teacher_weighting: not supported with exits (the weight μ is per exit)")
     if cfg.distill.mixup:
         raise FacekdError("distill.mixup: not supported with exits (set distill.mixup=0)")
+    if uses(terms, "features"):
+        raise FacekdError("distill term blocks: not supported with exits (they match embeddings, not inner layers)")
     model = MultiExit(build_backbone(cfg.model.backbone, **cfg.model.backbone_args), e.points)
     dim = model.cfg.embedding_dim
     heads = [build_head(cfg.model.head, dim, len(data.identities), **cfg.model.head_args) for _ in range(model.num_exits)]
