@@ -86,7 +86,12 @@ def test_refusals_name_what_is_wrong():
     with pytest.raises(FacekdError, match="teacher_mode=online"):
         build_objective(student, build_head("cosface", 128, 3), cached, cfg, say=lambda m: None)
     with pytest.raises(FacekdError, match="blocks.99"):
-        feature_layers(student, ("blocks.99",))
+        FeatureTap(student, ("blocks.99",))
+    with pytest.raises(FacekdError, match="blocks.99"):  # the objective taps the student before the teacher
+        build_objective(student, build_head("cosface", 128, 3),
+                        OnlineTeacher("mfn", teacher_net, None, template="112x96", embedding_dim=128),
+                        DistillCfg(terms=[{"name": "blocks", "layers": ["blocks.99"]}], teacher_mode="online"),
+                        say=lambda m: None)
     with pytest.raises(FacekdError, match="no 'blocks' container"):
         feature_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 

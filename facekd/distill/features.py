@@ -10,21 +10,16 @@ from facekd.errors import FacekdError
 
 
 def feature_layers(net: nn.Module, requested: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The layer names to tap in ``net``: ``requested``, or, when empty, every child of
-    its ``blocks`` container (MobileFaceNet's bottlenecks, a ResNet's residual blocks).
+    """The layer names to tap in ``net``: ``requested`` (checked by :class:`FeatureTap`),
+    or, when empty, every child of its ``blocks`` container (MobileFaceNet's bottlenecks,
+    a ResNet's residual blocks).
 
     Raises:
-        FacekdError: a requested name is not a module of ``net``, or nothing was
-            requested and ``net`` has no ``blocks``.
+        FacekdError: nothing was requested and ``net`` has no ``blocks``.
     """
-    modules = dict(net.named_modules())
     if requested:
-        missing = [n for n in requested if n not in modules]
-        if missing:
-            raise FacekdError(f"distill term blocks: {type(net).__name__} has no layer(s) {', '.join(missing)} "
-                              f"(its top-level modules: {', '.join(n for n, _ in net.named_children())})")
         return tuple(requested)
-    blocks = modules.get("blocks")
+    blocks = dict(net.named_modules()).get("blocks")
     if blocks is None or not list(blocks.children()):
         raise FacekdError(f"distill term blocks: {type(net).__name__} has no 'blocks' container; name the layers "
                           "to match ({name: blocks, layers: [...]})")
@@ -51,7 +46,8 @@ class FeatureTap:
         modules = dict(net.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
-            raise FacekdError(f"{type(net).__name__} has no layer(s) {', '.join(missing)} to match")
+            raise FacekdError(f"distill term blocks: {type(net).__name__} has no layer(s) {', '.join(missing)} "
+                              f"(its top-level modules: {', '.join(n for n, _ in net.named_children())})")
         self.names = tuple(names)
         self.values: dict = {}
         self._handles = [modules[n].register_forward_hook(_Keeper(self, n)) for n in self.names]

@@ -150,7 +150,8 @@ def build_objective(backbone: nn.Module, head: nn.Module, teacher: Teacher | Non
     tap = None
     if uses(terms, "features"):
         layers = feature_layers(backbone, next(t.layers for t in terms if "teacher_features" in t.needs))
-        teacher, tap = TEACHER_VIEWS.build("tapped", teacher=teacher, layers=layers), FeatureTap(backbone, layers)
+        tap = FeatureTap(backbone, layers)  # the student's first: a name it lacks leaves no hook on the teacher
+        teacher = TEACHER_VIEWS.build("tapped", teacher=teacher, layers=layers)
         say(f"distill: matching {len(layers)} inner layers ({layers[0]} ... {layers[-1]}) to the teacher's")
     student_dim = backbone.cfg.embedding_dim
     shown, adapt_to = match_width(teacher, student_dim, terms, distill.adapter)
