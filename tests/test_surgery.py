@@ -154,3 +154,41 @@ def test_a_record_naming_an_unknown_or_malformed_module_is_refused(kind) -> None
     record = {"name": "surgery", "ops": ["prelu_to_relu"], "replaced": {"head.act": kind}}
     with pytest.raises(FacekdError, match=f"cannot put a {kind} at 'head.act'"):
         apply_transforms(build_backbone("mobilefacenet"), [record])
+
+
+def test_a_scoped_surgery_rewrites_only_under_its_paths_and_keeps_the_rest_exact() -> None:
+    """``prelu_to_relu@blocks.0,blocks.1``: the four PReLUs of those two bottlenecks become
+    ReLUs; the stem's output is untouched and a fresh model replays the record."""
+    torch.manual_seed(0)
+    net = build_backbone("mobilefacenet").eval()
+    for m in net.modules():
+        if isinstance(m, nn.PReLU):
+            m.weight.data.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 112, 96)
+    stem_before = net.stem_dw(net.stem(x))
+    block0_before = net.blocks[0](stem_before)
+    n = _prelus(net)
+    apply_surgery(net, ["prelu_to_relu@blocks.0, blocks.1"])
+    relus = sorted(p for p, m in net.named_modules() if isinstance(m, nn.ReLU))
+    assert relus == ["blocks.0.depthwise.act", "blocks.0.expand.act", "blocks.1.depthwise.act", "blocks.1.expand.act"]
+    assert _prelus(net) == n - 4
+    assert torch.equal(net.stem_dw(net.stem(x)), stem_before)
+    assert not torch.allclose(net.blocks[0](stem_before), block0_before, atol=1e-3)  # the block's function changed
+    fresh = apply_transforms(build_backbone("mobilefacenet"), net.transforms)
+    assert sorted(p for p, m in fresh.named_modules() if isinstance(m, nn.ReLU)) == relus
+
+
+@pytest.mark.parametrize("op,message", [
+    ("prelu_to_relu@blocks.99", r"no module 'blocks\.99'"),
+    ("prelu_to_relu@", "no module path"),
+    ("nope@blocks.0", "prelu_to_relu"),  # an unknown surgery lists the known ones
+])
+def test_a_bad_scope_is_refused_by_name(op, message) -> None:
+    with pytest.raises(FacekdError, match=message):
+        apply_surgery(build_backbone("mobilefacenet"), [op])
+
+
+def test_a_scope_with_nothing_to_rewrite_names_it() -> None:
+    net = build_backbone("mobilefacenet")
+    with pytest.raises(FacekdError, match=r"nothing to rewrite .* under gdc"):
+        apply_surgery(net, ["prelu_to_relu@gdc"])

@@ -207,11 +207,42 @@ def _activations(model: nn.Module) -> dict[str, str]:
     return {path: _kind(m) for path, m in model.named_modules() if type(m).__name__ in _REPLACEMENTS}
 
 
+# An op names a surgery, optionally limited to some submodules: "prelu_to_relu" rewrites
+# the whole model, "prelu_to_relu@blocks.0,blocks.1" only what lies under those paths.
+SCOPE_SEP = "@"
+
+
+def parse_op(op: str) -> tuple[Surgery, tuple[str, ...]]:
+    """The surgery an op names and its scope (module paths; empty: the whole model).
+
+    Raises:
+        FacekdError: An unknown surgery (listing the known ones) or an empty scope.
+    """
+    name, sep, scope = op.partition(SCOPE_SEP)
+    paths = tuple(p.strip() for p in scope.split(",") if p.strip())
+    if sep and not paths:
+        raise FacekdError(f"surgery {op!r}: no module path after {SCOPE_SEP!r} (e.g. prelu_to_relu@blocks.0,blocks.1)")
+    return SURGERIES.build(name), paths
+
+
+def _apply_scoped(model: nn.Module, s: Surgery, scope: tuple[str, ...], op: str) -> int:
+    if not scope:
+        return s.apply(model)
+    modules = dict(model.named_modules())
+    count = 0
+    for path in scope:
+        if path not in modules:
+            raise FacekdError(f"surgery {op!r}: {type(model).__name__} has no module {path!r}")
+        count += s.apply(modules[path])
+    return count
+
+
 def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | None = None) -> nn.Module:
     """Applies the named surgeries in order, in place, and records them on ``model``: the
     record names every module replaced and by what, so a checkpoint rebuilds the same
     structure before its weights load (:func:`replay_surgery`), whatever the fresh
-    model's own parameters would make a surgery decide.
+    model's own parameters would make a surgery decide. An op ``name@path,path`` rewrites
+    only the modules under those paths (:func:`parse_op`).
 
     Exact surgeries are checked against a copy of the model on ``check_input`` (default:
     a deterministic random batch of the backbone's input size).
@@ -221,11 +252,12 @@ def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | 
             nothing, or an exact one that broke parity (naming the layer).
     """
     before_types = _activations(model)
-    for name in ops:
-        s = SURGERIES.build(name)
+    for op in ops:
+        s, scope = parse_op(op)
         before = copy.deepcopy(model) if s.exact else None
-        if s.apply(model) == 0:
-            raise FacekdError(f"surgery {name}: nothing to rewrite in {type(model).__name__}")
+        if _apply_scoped(model, s, scope, op) == 0:
+            where = f" under {', '.join(scope)}" if scope else ""
+            raise FacekdError(f"surgery {op}: nothing to rewrite in {type(model).__name__}{where}")
         if before is not None:
             if check_input is None:
                 g = torch.Generator().manual_seed(0)

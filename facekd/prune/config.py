@@ -70,7 +70,9 @@ class PruneCfg:
             head on the labels (a source without one gets a classifier fitted on its
             frozen embeddings, as a distillation teacher does).
         surgery: Surgeries (``facekd.models.surgery.SURGERIES``, e.g. ``prelu_to_relu``)
-            applied to the source before the first step, then recovered with it; with
+            applied to the source before the first step, then recovered with it; a
+            surgery limited to some submodules is written ``name@path,path``
+            (``prelu_to_relu@blocks.0,blocks.1``); with
             ``ratio: 0`` a run is surgery and recovery alone. ``ratio: 0`` without a
             surgery is recovery alone, from a teacher other than the source
             (``teacher.model``): it continues the recovery of an earlier run's model.

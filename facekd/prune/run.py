@@ -39,7 +39,7 @@ from facekd.hub import resolve
 from facekd.models.heads import build_head
 from facekd.models.fakequant import attach_fake_quant
 from facekd.models.profile import count_macs, count_params
-from facekd.models.surgery import SURGERIES, apply_surgery
+from facekd.models.surgery import apply_surgery, parse_op
 from facekd.prune.config import PruneConfig, QatCfg
 from facekd.prune.core import StepPlan, check_supported, prune_once, step_ratio
 from facekd.prune.importance import IMPORTANCES
@@ -125,8 +125,8 @@ def resolve_config(cfg: PruneConfig) -> tuple[PruneConfig, nn.Module, dict | Non
     if not (0 < p.ratio < 1 or (p.ratio == 0 and (p.surgery or own_teacher))) or p.steps < 1:
         raise FacekdError(f"prune.ratio must lie in (0, 1) (0 only with prune.surgery, or with a teacher other than "
                           f"the source: teacher.model) and prune.steps be >= 1 (got {p.ratio}, {p.steps})")
-    for name in p.surgery:
-        SURGERIES.get(name)  # an unknown name fails here, listing the known ones
+    for op in p.surgery:
+        parse_op(op)  # an unknown name fails here, listing the known ones
     src = resolve(p.source, p.weights)
     net = src.require_backbone("pruning")
     ckpt = src.checkpoint
