@@ -169,3 +169,10 @@ def test_mean_range_calibration_averages_batch_extremes_and_keeps_the_head_fp32(
     dq_outputs = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
     heads = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     assert [n.input[1] in dq_outputs for n in heads] == [True, True, True, False, False]
+    # The same ranges with the stem (first two convs) in FP32 as well: only the middle one is INT8.
+    stem = tmp_path / "stem.onnx"
+    apply_recipe(fp32, stem, INT8_RECIPES.build("qdq_all_mean_range_fp32_stem"), x)
+    g = onnx.load(str(stem)).graph
+    dq_outputs = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    assert [n.input[1] in dq_outputs for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")] == [
+        False, False, True, False, False]

@@ -63,10 +63,12 @@ class _Small(nn.Module):
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
         self.act = nn.PReLU(16)
         self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 1)  # a body between a two-conv stem and a two-layer head
+        self.conv4 = nn.Conv2d(16, 16, 1)
         self.fc = nn.Linear(16, 8)
 
     def forward(self, x):
-        return self.fc(self.conv2(self.act(self.conv(x))).mean((2, 3)))
+        return self.fc(self.conv4(self.conv3(self.conv2(self.act(self.conv(x))))).mean((2, 3)))
 
 
 @pytest.mark.parametrize("name", INT8_RECIPES.names())

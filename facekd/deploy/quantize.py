@@ -86,6 +86,9 @@ class QuantRecipe:
             an embedder's head (MobileFaceNet's global depthwise conv and its linear
             embedding), whose rounding lands in the embedding with nothing after it to
             average it out, at a cost of a few thousand MACs.
+        fp32_stem: The first this many Conv/Gemm/MatMul nodes stay FP32: a stem whose
+            rounding every later layer carries (in a network that keeps its stem's
+            PReLUs, which run in FP32 anyway, it saves their Q/DQ pairs too).
     """
 
     name: str
@@ -97,6 +100,7 @@ class QuantRecipe:
     prelu_fp32: bool = True
     range_batch: int = 0
     fp32_head: int = 0
+    fp32_stem: int = 0
     doc: str = ""
 
 
@@ -144,9 +148,20 @@ _register(
     )
 )
 
+_register(
+    QuantRecipe(
+        "qdq_all_mean_range_fp32_stem",
+        range_batch=2,
+        fp32_head=2,
+        fp32_stem=2,
+        doc="qdq_all_mean_range with the first two Conv/Gemm/MatMul (MobileFaceNet's stem conv and its depthwise "
+            "conv) in FP32 as well",
+    )
+)
+
 # Candidates tried per --int8 mode, in order.
 MODES: dict[str, tuple[str, ...]] = {
-    "static": ("qdq_all", "qdq_wide_convs", "qdq_all_mean_range"),
+    "static": ("qdq_all", "qdq_wide_convs", "qdq_all_mean_range", "qdq_all_mean_range_fp32_stem"),
     "dynamic": ("dynamic_all",),
 }
 
@@ -214,8 +229,11 @@ def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
     exclude = [name for name, k in _conv_macs_per_output(model).items() if k < recipe.min_conv_macs]
+    matmuls = [n.name for n in model.graph.node if n.op_type in HEAD_OPS]
     if recipe.fp32_head:
-        exclude += [n.name for n in model.graph.node if n.op_type in HEAD_OPS][-recipe.fp32_head:]
+        exclude += matmuls[-recipe.fp32_head:]
+    if recipe.fp32_stem:
+        exclude += matmuls[:recipe.fp32_stem]
     if recipe.prelu_fp32:
         exclude += [n.name for n in model.graph.node if n.name.startswith(PRELU_PREFIX)]
     common = dict(

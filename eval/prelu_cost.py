@@ -1,0 +1,106 @@
+"""What each PReLU a ReLU surgery keeps costs in INT8, and how far the surgery moves the
+function: the table behind choosing a scope for ``prelu_to_relu@...``.
+
+    python eval/prelu_cost.py --calib PACKS/dev_train_yunet_q85.fkpack --json cost.json
+
+For each scope (the PReLUs turned into ReLUs; the others stay and run in FP32 between a
+DequantizeLinear and a QuantizeLinear), the trained MobileFaceNet-CASIA goes through the
+surgery, facekd's export and the ``qdq_all_mean_range`` INT8 recipe, and is timed against
+the unchanged model's FP32 export (ONNX Runtime, batch 1, one thread, interleaved rounds,
+medians). "cosine after surgery" is the mean cosine of the surgery's embeddings to the
+unchanged model's on held-out crops, before any recovery: how much a recovery has to
+undo. "INT8 cosine" compares each model's INT8 with its own FP32 export on the same crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+STAGE1 = ",".join(f"blocks.{i}" for i in range(5))  # the bottlenecks at 28x24 (the largest maps)
+# Scope name -> surgery op (None: the unchanged model quantised as it is).
+SCOPES = {
+    "every PReLU kept": None,
+    "ReLU in blocks 0-4": f"prelu_to_relu@{STAGE1}",
+    "ReLU in every bottleneck": "prelu_to_relu@blocks",
+    "ReLU everywhere": "prelu_to_relu",
+}
+
+
+def _cosines(a, b):
+    import numpy as np
+
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calib", type=Path, required=True, help="aligned crops (folder or .fkpack) to calibrate and probe")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    ap.add_argument("--json", type=Path, help="write the rows here too")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from facekd.deploy.export import calibration_and_probe, export_onnx
+    from facekd.deploy.quantize import INT8_RECIPES, apply_recipe
+    from facekd.hub import resolve
+    from facekd.io_utils import atomic_write_json
+    from facekd.models.surgery import apply_surgery
+    from facekd.runtime.onnx import ort_session
+    from facekd.runtime.timing import measure_latency, median_ratio
+    from facekd.train.speed import cpu_info
+
+    src = resolve("mobilefacenet", "mobilefacenet_casia")
+    base = src.backbone.eval()
+    size = tuple(base.cfg.input_size)
+    calib, probe, _ = calibration_and_probe(args.calib, src.pre, size)
+    recipe = INT8_RECIPES.build("qdq_all_mean_range")
+    rows, files = [], {}
+    with tempfile.TemporaryDirectory(prefix="facekd-prelu-cost-") as tmp:
+        ref_path = Path(tmp) / "mobilefacenet.onnx"
+        export_onnx(base, ref_path, input_size=size)
+        files["MobileFaceNet FP32"] = ref_path
+        name_in = ort_session(ref_path).get_inputs()[0].name
+        ref = ort_session(ref_path).run(None, {name_in: probe})[0]
+        for i, (label, op) in enumerate(SCOPES.items()):
+            net = copy.deepcopy(base)
+            if op is not None:
+                apply_surgery(net, [op])
+            fp32, int8 = Path(tmp) / f"{i}.onnx", Path(tmp) / f"{i}.int8.onnx"
+            export_onnx(net.eval(), fp32, input_size=size)
+            apply_recipe(fp32, int8, recipe, calib)
+            e32 = ort_session(fp32).run(None, {name_in: probe})[0]
+            e8 = ort_session(int8).run(None, {name_in: probe})[0]
+            prelus = sum(isinstance(m, torch.nn.PReLU) for m in net.modules())
+            rows.append({"scope": label, "surgery": op, "prelus_kept": prelus,
+                         "cosine_after_surgery": round(float(_cosines(e32, ref).mean()), 4),
+                         "int8_cosine": round(float(_cosines(e8, e32).mean()), 4)})
+            files[label] = int8
+        timings = measure_latency({k: ort_session(v) for k, v in files.items()}, rounds=args.rounds, inputs=probe[:1])
+    base_t = timings["MobileFaceNet FP32"]
+    print(f"CPU: {cpu_info().describe()}; ONNX Runtime, batch 1, one thread, {args.rounds} interleaved rounds")
+    print(f"MobileFaceNet FP32: {base_t.median_ms:.2f} ms")
+    print(f"{'INT8, qdq_all_mean_range':<28} {'PReLUs':>6} {'ms':>6} {'x MFN':>6} {'cos after surgery':>18} {'INT8 cos':>9}")
+    for row in rows:
+        t = timings[row["scope"]]
+        row["int8_ms"] = round(t.median_ms, 3)
+        row["ratio"] = round(median_ratio(t, base_t)[0], 3)
+        print(f"{row['scope']:<28} {row['prelus_kept']:>6} {row['int8_ms']:>6.2f} {row['ratio']:>6.2f} "
+              f"{row['cosine_after_surgery']:>18.4f} {row['int8_cosine']:>9.4f}")
+    if args.json:
+        atomic_write_json(args.json, {
+            "cpu": cpu_info().describe(), "machine": platform.node(), "rounds": args.rounds,
+            "mobilefacenet_fp32_ms": round(base_t.median_ms, 3), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
