@@ -182,6 +182,7 @@ def test_a_scoped_surgery_rewrites_only_under_its_paths_and_keeps_the_rest_exact
     ("prelu_to_relu@blocks.99", r"no module 'blocks\.99'"),
     ("prelu_to_relu@", "no module path"),
     ("nope@blocks.0", "prelu_to_relu"),  # an unknown surgery lists the known ones
+    ("prelu_at_last_stride@blocks.0", "takes no @scope"),  # it runs the whole network to decide
 ])
 def test_a_bad_scope_is_refused_by_name(op, message) -> None:
     with pytest.raises(FacekdError, match=message):

@@ -38,12 +38,15 @@ class Surgery:
         exact: Whether the rewritten model computes the same function (then checked).
         apply: Rewrites the model in place; returns how many modules it replaced.
         doc: What it does and why.
+        scopable: Whether it can rewrite a submodule alone (``name@path``); one that
+            runs the whole network to decide (``prelu_at_last_stride``) cannot.
     """
 
     name: str
     exact: bool
     apply: Callable[[nn.Module], int]
     doc: str = ""
+    scopable: bool = True
 
 
 SURGERIES: Registry[Surgery] = Registry("surgery")
@@ -131,7 +134,7 @@ for _s in (
             doc="PReLUs whose slopes are all 0 become ReLU, all 1 an identity; any other PReLU is refused by name"),
     Surgery("prelu_at_last_stride", exact=True, apply=_prelu_at_last_stride,
             doc="every ReLU whose output has the network's smallest maps becomes a PReLU with slopes 0 (the same "
-                "function); recovery then learns slopes where an unfused activation costs least"),
+                "function); recovery then learns slopes where an unfused activation costs least", scopable=False),
 ):
     SURGERIES.register(_s.name)(lambda s=_s: s)
 
@@ -216,13 +219,17 @@ def parse_op(op: str) -> tuple[Surgery, tuple[str, ...]]:
     """The surgery an op names and its scope (module paths; empty: the whole model).
 
     Raises:
-        FacekdError: An unknown surgery (listing the known ones) or an empty scope.
+        FacekdError: An unknown surgery (listing the known ones), an empty scope, or a
+            scope given to a surgery that cannot take one.
     """
     name, sep, scope = op.partition(SCOPE_SEP)
     paths = tuple(p.strip() for p in scope.split(",") if p.strip())
     if sep and not paths:
         raise FacekdError(f"surgery {op!r}: no module path after {SCOPE_SEP!r} (e.g. prelu_to_relu@blocks.0,blocks.1)")
-    return SURGERIES.build(name), paths
+    surgery = SURGERIES.build(name)
+    if paths and not surgery.scopable:
+        raise FacekdError(f"surgery {op!r}: {name} decides from the whole network and takes no {SCOPE_SEP}scope")
+    return surgery, paths
 
 
 def _apply_scoped(model: nn.Module, s: Surgery, scope: tuple[str, ...], op: str) -> int:
