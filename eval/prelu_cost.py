@@ -41,12 +41,6 @@ SCOPES = {
 RECIPE = "qdq_all_mean_range_fp32_stem"
 
 
-def _cosines(a, b):
-    import numpy as np
-
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calib", type=Path, required=True, help="aligned crops (folder or .fkpack) to calibrate and probe")
@@ -61,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from facekd.hub import resolve
     from facekd.io_utils import atomic_write_json
     from facekd.models.surgery import apply_surgery
+    from facekd.preprocessing import cosine_rows
     from facekd.runtime.onnx import ort_session
     from facekd.runtime.timing import measure_latency, median_ratio
     from facekd.train.speed import cpu_info
@@ -70,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     size = tuple(base.cfg.input_size)
     calib, probe, _ = calibration_and_probe(args.calib, src.pre, size)
     recipe = INT8_RECIPES.build(RECIPE)
-    rows, files = [], {}
+    rows, sessions = [], {}
     with tempfile.TemporaryDirectory(prefix="facekd-prelu-cost-") as tmp:
         ref_path = Path(tmp) / "mobilefacenet.onnx"
         export_onnx(base, ref_path, input_size=size)
-        files["MobileFaceNet FP32"] = ref_path
-        name_in = ort_session(ref_path).get_inputs()[0].name
-        ref = ort_session(ref_path).run(None, {name_in: probe})[0]
+        sessions["MobileFaceNet FP32"] = ort_session(ref_path)
+        name_in = sessions["MobileFaceNet FP32"].get_inputs()[0].name
+        ref = sessions["MobileFaceNet FP32"].run(None, {name_in: probe})[0]
         for i, (label, op) in enumerate(SCOPES.items()):
             net = copy.deepcopy(base)
             if op is not None:
@@ -84,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             fp32, int8 = Path(tmp) / f"{i}.onnx", Path(tmp) / f"{i}.int8.onnx"
             export_onnx(net.eval(), fp32, input_size=size)
             apply_recipe(fp32, int8, recipe, calib)
+            sessions[label] = ort_session(int8)  # built once: embedded here, timed below
             e32 = ort_session(fp32).run(None, {name_in: probe})[0]
-            e8 = ort_session(int8).run(None, {name_in: probe})[0]
+            e8 = sessions[label].run(None, {name_in: probe})[0]
             prelus = sum(isinstance(m, torch.nn.PReLU) for m in net.modules())
             rows.append({"scope": label, "surgery": op, "prelus_kept": prelus,
-                         "cosine_after_surgery": round(float(_cosines(e32, ref).mean()), 4),
-                         "int8_cosine": round(float(_cosines(e8, e32).mean()), 4)})
-            files[label] = int8
-        timings = measure_latency({k: ort_session(v) for k, v in files.items()}, rounds=args.rounds, inputs=probe[:1])
+                         "cosine_after_surgery": round(float(cosine_rows(e32, ref).mean()), 4),
+                         "int8_cosine": round(float(cosine_rows(e8, e32).mean()), 4)})
+        timings = measure_latency(sessions, rounds=args.rounds, inputs=probe[:1])
     base_t, base_int8 = timings["MobileFaceNet FP32"], timings[rows[0]["scope"]]
     print(f"CPU: {cpu_info().describe()}; ONNX Runtime, batch 1, one thread, {args.rounds} interleaved rounds")
     print(f"MobileFaceNet FP32: {base_t.median_ms:.2f} ms")

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -37,9 +38,9 @@ sys.path.insert(0, str(REPO))
 
 def _fold(cb) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A ConvBN's conv with its batch norm folded in: (weight, bias, PReLU slopes or None)."""
-    s = cb.bn.weight / torch.sqrt(cb.bn.running_var + cb.bn.eps)
-    w = cb.conv.weight * s.view(-1, 1, 1, 1)
-    b = cb.bn.bias - cb.bn.running_mean * s
+    bn = cb.bn
+    w, b = fuse_conv_bn_weights(cb.conv.weight, cb.conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                bn.bias)
     a = cb.act.weight.detach() if isinstance(cb.act, nn.PReLU) else None
     return w.detach(), b.detach(), a
 
@@ -128,11 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args(argv)
 
-    import numpy as np
-
     from facekd.deploy.export import calibration_and_probe, export_onnx
     from facekd.deploy.quantize import INT8_RECIPES, apply_recipe
     from facekd.hub import resolve
+    from facekd.preprocessing import cosine_rows
     from facekd.runtime.onnx import ort_session
     from facekd.runtime.timing import measure_latency, median_ratio
     from facekd.train.speed import cpu_info
@@ -160,13 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             apply_recipe(fp32, int8, recipe, calib)
             files[f"{mode} FP32"], files[f"{mode} INT8"] = fp32, int8
             params[mode] = (sum(p.numel() for p in net.parameters()), diff)
-        name = ort_session(files["MobileFaceNet FP32"]).get_inputs()[0].name
-        e0 = ort_session(files["MobileFaceNet FP32"]).run(None, {name: probe})[0]
-        cos = {}
-        for k, f in files.items():
-            e = ort_session(f).run(None, {name: probe})[0]
-            cos[k] = float(((e * e0).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(e0, axis=1)).mean())
-        t = measure_latency({k: ort_session(v) for k, v in files.items()}, rounds=args.rounds, inputs=probe[:1])
+        sessions = {k: ort_session(f) for k, f in files.items()}  # built once: embedded, then timed
+        name = sessions["MobileFaceNet FP32"].get_inputs()[0].name
+        e0 = sessions["MobileFaceNet FP32"].run(None, {name: probe})[0]
+        cos = {k: float(cosine_rows(sess.run(None, {name: probe})[0], e0).mean()) for k, sess in sessions.items()}
+        t = measure_latency(sessions, rounds=args.rounds, inputs=probe[:1])
     base = t["MobileFaceNet FP32"]
     print(f"CPU: {cpu_info().describe()}; ONNX Runtime, batch 1, one thread, {args.rounds} interleaved rounds")
     for mode, (n, diff) in params.items():
