@@ -229,11 +229,11 @@ def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
     exclude = [name for name, k in _conv_macs_per_output(model).items() if k < recipe.min_conv_macs]
-    matmuls = [n.name for n in model.graph.node if n.op_type in HEAD_OPS]
+    weighted = [n.name for n in model.graph.node if n.op_type in HEAD_OPS]  # Conv/Gemm/MatMul, in graph order
     if recipe.fp32_head:
-        exclude += matmuls[-recipe.fp32_head:]
+        exclude += weighted[-recipe.fp32_head:]
     if recipe.fp32_stem:
-        exclude += matmuls[:recipe.fp32_stem]
+        exclude += weighted[:recipe.fp32_stem]
     if recipe.prelu_fp32:
         exclude += [n.name for n in model.graph.node if n.name.startswith(PRELU_PREFIX)]
     common = dict(
