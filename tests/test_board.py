@@ -267,3 +267,19 @@ def test_plot_labels_of_crowded_points_overlap_neither_each_other_nor_the_marker
     assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     assert boxes[-1].y0 == pytest.approx(before[-1].y0)  # a label with room keeps its place
     plt.close(fig)
+
+
+def test_the_zoom_panel_holds_exactly_the_rows_near_the_reference() -> None:
+    from facekd.experiments.board import Board, BoardRow
+    from facekd.experiments.board_view import near_reference
+
+    def row(name, ms, flip):
+        return BoardRow(name, "facekd", "int8", None, None, None, None, ms, None, flip, None, None)
+
+    rows = [row("mobilefacenet", 4.0, 99.0), row("half_as_fast", 2.0, 98.8), row("at_the_edge", 5.0, 98.4),
+            row("too_slow", 5.1, 99.2), row("too_weak", 1.0, 98.3), row("no_timing", None, 99.0)]
+    ref, near = near_reference(Board(rows, {}, ""), "mobilefacenet")
+    assert ref is rows[0]
+    # 1.25 x 4 ms = 5 ms and 99.0 - 0.6 = 98.4 % are the edges, both inside.
+    assert [r.name for r in near] == ["mobilefacenet", "half_as_fast", "at_the_edge"]
+    assert near_reference(Board(rows[1:], {}, ""), "mobilefacenet") == (None, [])

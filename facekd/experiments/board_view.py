@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facekd.experiments.board import Board
+from facekd.experiments.board import Board, BoardRow
 from facekd.evaluation.plots import pyplot
 
 
@@ -58,17 +58,44 @@ def _declutter(fig, ax, labels, step_px: float = 2.0, marker_px: float = 4.0, re
         placed.append(moved)
 
 
-def plot_board(board: Board, path: Path | str) -> Path:
-    """LFW flip against the fastest form's ms (log scale), the front joined by a line."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    pts = [r for r in board.rows if r.ms is not None and r.lfw_flip is not None]
+# The zoom panel: models within this share of the reference's ms and this many points of
+# its LFW flip, where a choice between them and the reference is made.
+ZOOM_MS = 1.25
+ZOOM_POINTS = 0.6
+
+
+def near_reference(board: Board, reference: str) -> tuple[BoardRow | None, list[BoardRow]]:
+    """The reference row (None if the board lacks it or its figures) and the rows the zoom
+    panel shows: at most ``ZOOM_MS`` x its ms and at least ``ZOOM_POINTS`` below its LFW flip."""
+    ref = next((r for r in board.rows if r.name == reference and r.ms and r.lfw_flip is not None), None)
+    if ref is None:
+        return None, []
+    near = [r for r in board.rows if r.ms is not None and r.lfw_flip is not None
+            and r.ms <= ZOOM_MS * ref.ms and r.lfw_flip >= ref.lfw_flip - ZOOM_POINTS]
+    return ref, near
+
+
+def _points(ax, rows: list[BoardRow], x, label) -> list:
     labels = []
-    for r in pts:
+    for r in rows:
         colour = "tab:blue" if r.kind == "ready" else "tab:red"
-        ax.scatter(r.ms, r.lfw_flip, c=colour, marker="o" if r.on_front else "x", zorder=3)
-        labels.append(ax.annotate(f"{r.name} ({r.form})", (r.ms, r.lfw_flip), textcoords="offset points", xytext=(5, 4),
+        ax.scatter(x(r), r.lfw_flip, c=colour, marker="o" if r.on_front else "x", zorder=3)
+        labels.append(ax.annotate(label(r), (x(r), r.lfw_flip), textcoords="offset points", xytext=(5, 4),
                                   fontsize=8, arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5}))
+    return labels
+
+
+def plot_board(board: Board, path: Path | str, reference: str = "mobilefacenet") -> Path:
+    """LFW flip against the fastest form's ms (log scale), the front joined by a line; where
+    the board holds ``reference``, a second panel zooms on the models near it, their ms as a
+    multiple of its fastest form's, with lines at 0.6x and 1.0x of it, its LFW flip and 0.2
+    point below that."""
+    plt = pyplot()
+    ref, near = near_reference(board, reference)
+    fig, axes = plt.subplots(1, 2 if ref else 1, figsize=(14, 5.5) if ref else (7.5, 5), squeeze=False)
+    ax = axes[0][0]
+    pts = [r for r in board.rows if r.ms is not None and r.lfw_flip is not None]
+    labels = _points(ax, pts, lambda r: r.ms, lambda r: f"{r.name} ({r.form})")
     front = sorted((r for r in pts if r.on_front), key=lambda r: r.ms)
     if len(front) > 1:
         ax.plot([r.ms for r in front], [r.lfw_flip for r in front], "k--", lw=1, zorder=2, label="front")
@@ -81,8 +108,24 @@ def plot_board(board: Board, path: Path | str) -> Path:
     cpu = board.machine.get("cpu", "?")
     ax.set_title(f"facekd board: {cpu}, {board.machine.get('cores')} cores", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
+    zoom_labels = []
+    if ref:
+        zx = axes[0][1]
+        zoom_labels = _points(zx, near, lambda r: r.ms / ref.ms, lambda r: r.name)
+        for v in (0.6, 1.0):
+            zx.axvline(v, color="0.4", ls=":", lw=1)
+        zx.axhline(ref.lfw_flip, color="tab:blue", ls=":", lw=1, label=f"{reference} ({ref.lfw_flip:.2f})")
+        zx.axhline(ref.lfw_flip - 0.2, color="0.4", ls="--", lw=0.8, label="0.2 point below it")
+        zx.set_xlabel(f"ms per face as a multiple of {reference}'s fastest form ({ref.form}, {ref.ms:.2f} ms)")
+        zx.set_ylabel("LFW View 2 accuracy, flip (%)")
+        zx.set_title(f"near {reference}: within {ZOOM_MS:g}x its ms and {ZOOM_POINTS:g} point of its LFW", fontsize=9)
+        zx.legend(loc="lower right", fontsize=8)
+        zx.grid(True, alpha=0.3)
+        zx.set_xlim(right=1.15 * max(r.ms / ref.ms for r in near))  # room for the labels at the right edge
     fig.tight_layout()
     _declutter(fig, ax, labels)
+    if ref:
+        _declutter(fig, axes[0][1], zoom_labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
