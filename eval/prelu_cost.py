@@ -11,6 +11,8 @@ the unchanged model's FP32 export and against its INT8 form, the first row (ONNX
 batch 1, one thread, interleaved rounds, medians). "cosine after surgery" is the mean cosine of the surgery's embeddings to the
 unchanged model's on held-out crops, before any recovery: how much a recovery has to
 undo. "INT8 cosine" compares each model's INT8 with its own FP32 export on the same crops.
+The last two rows make the PReLUs LeakyReLUs instead (one slope per layer), which ONNX
+Runtime keeps inside the INT8 graph as ``QLinearLeakyRelu``.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ def _blocks(last: int) -> str:
     return "prelu_to_relu@" + ",".join(f"blocks.{i}" for i in range(last + 1))
 
 
-# Scope name -> surgery op (None: the unchanged model quantised as it is).
+# Scope name -> surgery ops, applied in order (empty: the unchanged model quantised as it is).
 SCOPES = {
-    "every PReLU kept": None,
-    "ReLU in blocks 0-4": _blocks(4),  # the bottlenecks whose maps are 28x24, the largest
-    "ReLU in blocks 0-8": _blocks(8),
-    "ReLU in every bottleneck": "prelu_to_relu@blocks",
-    "ReLU everywhere": "prelu_to_relu",
+    "every PReLU kept": [],
+    "ReLU in blocks 0-4": [_blocks(4)],  # the bottlenecks whose maps are 28x24, the largest
+    "ReLU in blocks 0-8": [_blocks(8)],
+    "ReLU in every bottleneck": ["prelu_to_relu@blocks"],
+    "ReLU everywhere": ["prelu_to_relu"],
+    # A LeakyReLU stays in INT8 (QLinearLeakyRelu): what one slope per layer costs instead.
+    "ReLU in blocks 0-4, LeakyReLU elsewhere": [_blocks(4), "prelu_to_leaky"],
+    "LeakyReLU everywhere": ["prelu_to_leaky"],
 }
 RECIPE = "qdq_all_mean_range_fp32_stem"
 
@@ -72,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         sessions["MobileFaceNet FP32"] = ort_session(ref_path)
         name_in = sessions["MobileFaceNet FP32"].get_inputs()[0].name
         ref = sessions["MobileFaceNet FP32"].run(None, {name_in: probe})[0]
-        for i, (label, op) in enumerate(SCOPES.items()):
+        for i, (label, ops) in enumerate(SCOPES.items()):
             net = copy.deepcopy(base)
-            if op is not None:
-                apply_surgery(net, [op])
+            if ops:
+                apply_surgery(net, ops)
             fp32, int8 = Path(tmp) / f"{i}.onnx", Path(tmp) / f"{i}.int8.onnx"
             export_onnx(net.eval(), fp32, input_size=size)
             apply_recipe(fp32, int8, recipe, calib)
@@ -83,21 +88,21 @@ def main(argv: list[str] | None = None) -> int:
             e32 = ort_session(fp32).run(None, {name_in: probe})[0]
             e8 = sessions[label].run(None, {name_in: probe})[0]
             prelus = sum(isinstance(m, torch.nn.PReLU) for m in net.modules())
-            rows.append({"scope": label, "surgery": op, "prelus_kept": prelus,
+            rows.append({"scope": label, "surgery": ops, "prelus_kept": prelus,
                          "cosine_after_surgery": round(float(cosine_rows(e32, ref).mean()), 4),
                          "int8_cosine": round(float(cosine_rows(e8, e32).mean()), 4)})
         timings = measure_latency(sessions, rounds=args.rounds, inputs=probe[:1])
     base_t, base_int8 = timings["MobileFaceNet FP32"], timings[rows[0]["scope"]]
     print(f"CPU: {cpu_info().describe()}; ONNX Runtime, batch 1, one thread, {args.rounds} interleaved rounds")
     print(f"MobileFaceNet FP32: {base_t.median_ms:.2f} ms")
-    print(f"{'INT8, ' + RECIPE:<34} {'PReLUs':>6} {'ms':>6} {'x FP32':>7} {'x INT8':>7} {'cos after surgery':>18} "
+    print(f"{'INT8, ' + RECIPE:<42} {'PReLUs':>6} {'ms':>6} {'x FP32':>7} {'x INT8':>7} {'cos after surgery':>18} "
           f"{'INT8 cos':>9}")
     for row in rows:
         t = timings[row["scope"]]
         row["int8_ms"] = round(t.median_ms, 3)
         row["ratio_to_fp32"] = round(median_ratio(t, base_t)[0], 3)
         row["ratio_to_int8"] = round(median_ratio(t, base_int8)[0], 3)
-        print(f"{row['scope']:<34} {row['prelus_kept']:>6} {row['int8_ms']:>6.2f} {row['ratio_to_fp32']:>7.2f} "
+        print(f"{row['scope']:<42} {row['prelus_kept']:>6} {row['int8_ms']:>6.2f} {row['ratio_to_fp32']:>7.2f} "
               f"{row['ratio_to_int8']:>7.2f} {row['cosine_after_surgery']:>18.4f} {row['int8_cosine']:>9.4f}")
     if args.json:
         atomic_write_json(args.json, {
