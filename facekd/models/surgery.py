@@ -206,7 +206,7 @@ def _build(kind: str) -> nn.Module | None:
     return _REPLACEMENTS[name](arg) if name in _REPLACEMENTS else None
 
 
-def activation_kinds(model: nn.Module) -> dict[str, str]:
+def _activations(model: nn.Module) -> dict[str, str]:
     """Each activation a surgery may rewrite or a record may rebuild, by path: its kind
     (``ReLU``, ``PReLU:64``, ``LeakyReLU:0.25``, ``Identity``)."""
     return {path: _kind(m) for path, m in model.named_modules() if type(m).__name__ in _REPLACEMENTS}
@@ -260,7 +260,7 @@ def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | 
         FacekdError: An unknown surgery (listing the known ones), a surgery that replaced
             nothing, or an exact one that broke parity (naming the layer).
     """
-    before_types = activation_kinds(model)
+    before_types = _activations(model)
     for op in ops:
         s, scope = parse_op(op)
         before = copy.deepcopy(model) if s.exact else None
@@ -272,7 +272,7 @@ def apply_surgery(model: nn.Module, ops: list[str], check_input: torch.Tensor | 
                 g = torch.Generator().manual_seed(0)
                 check_input = torch.rand((4, 3, *model.cfg.input_size), generator=g) * 2 - 1
             check_exact(before, model, check_input)
-    replaced = {p: t for p, t in activation_kinds(model).items() if before_types.get(p) != t}
+    replaced = {p: t for p, t in _activations(model).items() if before_types.get(p) != t}
     return with_record(model, {"name": "surgery", "ops": list(ops), "replaced": replaced})
 
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from facekd.errors import FacekdError
 from facekd.models.profile import forward_once
-from facekd.models.surgery import SCOPE_SEP, activation_kinds, apply_surgery, parse_op
+from facekd.models.records import records
+from facekd.models.surgery import SCOPE_SEP, apply_surgery, parse_op
+from facekd.preprocessing import cosine_rows
 
 
 @dataclass(frozen=True)
@@ -80,28 +83,25 @@ def _candidates(model: nn.Module, surgery: str) -> dict[str, int]:
         raise FacekdError(f"surgery plan: give the surgery without a scope ({surgery!r}); the plan chooses it")
     if not s.scopable:
         raise FacekdError(f"surgery plan: {surgery} decides from the whole network and takes no scope")
-    after = copy.deepcopy(model)
-    s.apply(after)
-    before_kinds, after_kinds = activation_kinds(model), activation_kinds(after)
-    rewritten = [p for p, k in before_kinds.items() if after_kinds.get(p) != k]
-    if not rewritten:
-        raise FacekdError(f"surgery plan: {surgery} has nothing to rewrite in {type(model).__name__}")
+    # The surgery's own record names what it replaced (and it refuses a model with nothing to rewrite).
+    rewritten = list(records(apply_surgery(copy.deepcopy(model), [surgery]))[-1]["replaced"])
     modules = dict(model.named_modules())
     values: dict[str, int] = {}
     forward_once(model, [(modules[p], lambda m, i, o, p=p: values.__setitem__(p, int(o[0].numel()))) for p in rewritten])
     out: dict[str, int] = {}
     for p in rewritten:
-        parent = p.rpartition(".")[0]
-        out[parent] = out.get(parent, 0) + values.get(p, 0)
+        if values.get(p):  # a module the forward pass never reaches frees nothing
+            parent = p.rpartition(".")[0]
+            out[parent] = out.get(parent, 0) + values[p]
     if "" in out:
         raise FacekdError(f"surgery plan: {type(model).__name__} holds an activation at its top level, "
                           "which a scope cannot name")
     return out
 
 
-def _embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def _embed(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
-        return nn.functional.normalize(model.eval()(inputs).float(), dim=1)
+        return model.eval()(inputs).float().numpy()
 
 
 def plan_scope(model: nn.Module, surgery: str, inputs: torch.Tensor, share: float, progress: bool = True) -> SurgeryPlan:
@@ -127,15 +127,15 @@ def plan_scope(model: nn.Module, surgery: str, inputs: torch.Tensor, share: floa
     def cosine(paths: list[str]) -> float:
         net = copy.deepcopy(model)
         apply_surgery(net, [f"{surgery}{SCOPE_SEP}{','.join(paths)}"])
-        return float((_embed(net, inputs) * ref).sum(1).mean())
+        return float(cosine_rows(_embed(net, inputs), ref).mean())
 
     steps: list[PlanStep] = []
     chosen: list[str] = []
-    current = 1.0
+    current, freed = 1.0, 0
     target = share * total
     bar = tqdm(total=round(target), desc=f"plan {surgery}", unit="value", disable=not progress)
-    while sum(s.values for s in steps) < target:
-        left = [p for p in cands if p not in chosen and cands[p] > 0]
+    while freed < target:
+        left = [p for p in cands if p not in chosen]
         if not left:
             break
         tried = {p: cosine(chosen + [p]) for p in left}
@@ -144,6 +144,7 @@ def plan_scope(model: nn.Module, surgery: str, inputs: torch.Tensor, share: floa
         chosen.append(best)
         current = tried[best]
         steps.append(PlanStep(best, cands[best], current))
+        freed += cands[best]
         bar.update(min(cands[best], round(target) - bar.n))
     bar.close()
     return SurgeryPlan(surgery, tuple(steps), total)
