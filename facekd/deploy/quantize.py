@@ -43,6 +43,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from facekd.deploy.graph import PRELU_PREFIX
+from facekd.deploy.int8_prelu import flip_steep_slopes, integer_prelu
 from facekd.onnx_metadata import MODEL_META_KEY, ModelInfo, read_metadata, set_metadata
 from facekd.errors import FacekdError
 from facekd.io_utils import atomic_write_bytes
@@ -89,6 +90,9 @@ class QuantRecipe:
         fp32_stem: The first this many Conv/Gemm/MatMul nodes stay FP32: a stem whose
             rounding every later layer carries (in a network that keeps its stem's
             PReLUs, which run in FP32 anyway, it saves their Q/DQ pairs too).
+        prelu_int8: After quantizing, each PReLU that runs in FP32 between two
+            quantised convs becomes integer ``QLinearMul`` + ``Max``
+            (:mod:`facekd.deploy.int8_prelu`; slopes above 1 first rewritten exactly).
     """
 
     name: str
@@ -101,6 +105,7 @@ class QuantRecipe:
     range_batch: int = 0
     fp32_head: int = 0
     fp32_stem: int = 0
+    prelu_int8: bool = False
     doc: str = ""
 
 
@@ -159,9 +164,30 @@ _register(
     )
 )
 
+_register(
+    QuantRecipe(
+        "qdq_all_mean_range_int8_prelu",
+        range_batch=2,
+        fp32_head=2,
+        prelu_int8=True,
+        doc="qdq_all_mean_range with every PReLU between two quantised convs in INT8 (QLinearMul + Max)",
+    )
+)
+_register(
+    QuantRecipe(
+        "qdq_all_mean_range_fp32_stem_int8_prelu",
+        range_batch=2,
+        fp32_head=2,
+        fp32_stem=2,
+        prelu_int8=True,
+        doc="qdq_all_mean_range_fp32_stem with every PReLU between two quantised convs in INT8 (QLinearMul + Max)",
+    )
+)
+
 # Candidates tried per --int8 mode, in order.
 MODES: dict[str, tuple[str, ...]] = {
-    "static": ("qdq_all", "qdq_wide_convs", "qdq_all_mean_range", "qdq_all_mean_range_fp32_stem"),
+    "static": ("qdq_all", "qdq_wide_convs", "qdq_all_mean_range", "qdq_all_mean_range_fp32_stem",
+               "qdq_all_mean_range_int8_prelu", "qdq_all_mean_range_fp32_stem_int8_prelu"),
     "dynamic": ("dynamic_all",),
 }
 
@@ -226,6 +252,11 @@ def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np
     """Quantizes ``fp32_path`` into ``out_path`` (not atomic: a scratch file)."""
     logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer logs through the root logger
     prepared = out_path.with_suffix(".pre.onnx")
+    if recipe.prelu_int8:  # every slope at most 1 first (the same function), into a scratch file
+        flipped = onnx.load(str(fp32_path))
+        flip_steep_slopes(flipped)
+        fp32_path = out_path.with_suffix(".flipped.onnx")
+        onnx.save(flipped, str(fp32_path))
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
     exclude = [name for name, k in _conv_macs_per_output(model).items() if k < recipe.min_conv_macs]
@@ -259,6 +290,11 @@ def apply_recipe(fp32_path: Path, out_path: Path, recipe: QuantRecipe, calib: np
     else:
         quantize_dynamic(str(prepared), str(out_path), **common)
     prepared.unlink(missing_ok=True)
+    if recipe.prelu_int8:
+        fp32_path.unlink(missing_ok=True)
+        quantized = onnx.load(str(out_path))
+        integer_prelu(quantized)
+        onnx.save(quantized, str(out_path))
 
 
 def _measure(cand: Path, fp32, probe: np.ndarray, rounds: int) -> dict:
