@@ -3,6 +3,8 @@ rewrite, checked against ONNX Runtime's FP32 run of the same graph."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -13,8 +15,7 @@ from torch import nn
 from facekd.deploy.export import export_onnx
 from facekd.deploy.graph import PRELU_PREFIX
 from facekd.deploy.int8_prelu import flip_steep_slopes, integer_prelu
-from dataclasses import replace
-
+from facekd.deploy.macs import count_macs
 from facekd.deploy.quantize import INT8_RECIPES, apply_recipe
 from facekd.preprocessing import cosine_rows
 from facekd.runtime.onnx import ort_session
@@ -95,6 +96,7 @@ def test_integer_prelu_runs_the_prelu_between_quantised_convs_in_int8_and_stays_
     assert ops.count("QLinearMul") == 1 and ops.count("Max") == 1 and ops.count("QLinearConv") == 1
     assert [n.name for n in nodes if n.name.startswith(PRELU_PREFIX) and n.op_type == "Min"] == [
         f"{PRELU_PREFIX}/3/PRelu/min"]
+    assert count_macs(q) == count_macs(path)  # the written-out QLinearConv counts as its Conv
     x = rng.normal(size=(16, 3, 12, 10)).astype(np.float32)
     fp32, int8, ref = _run(path, x), _run(q, x), _run(q_ref, x)
     assert cosine_rows(int8, fp32).mean() > 0.99

@@ -5,7 +5,8 @@ Counted for the operators that carry nearly all of a face embedder's arithmetic:
 ``Gemm`` and ``MatMul``. Element-wise operators, pooling and normalisation are left out,
 as torch's FLOP counter leaves them out (``facekd models`` reports that counter / 2).
 Works on FP32 graphs and on QDQ INT8 graphs alike (their ``Conv`` nodes keep the float
-shapes), so a model and its INT8 form count the same.
+shapes; a ``QLinearConv`` written out by ``facekd.deploy.int8_prelu`` counts as its Conv),
+so a model and its INT8 form count the same.
 """
 
 from __future__ import annotations
@@ -34,7 +35,20 @@ def _fixed_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+# ONNX's shape inference does not know ONNX Runtime's contrib operators: each is stood in
+# for, in the copy that shapes are inferred on, by a standard one of the same output
+# shape (op type -> (standard op, the inputs it keeps)).
+_STAND_INS = {"QLinearMul": ("Mul", (0, 3))}
+
+
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    for node in model.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in _STAND_INS:
+            op, keep = _STAND_INS[node.op_type]
+            inputs = [node.input[i] for i in keep]
+            node.op_type, node.domain = op, ""
+            del node.input[:]
+            node.input.extend(inputs)
     inferred = shape_inference.infer_shapes(model)
     out = {}
     for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
@@ -48,7 +62,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 def _weight_shape(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]], producers: dict[str, onnx.NodeProto]):
     """The shape of a node's weight input, looking through a DequantizeLinear (QDQ)."""
-    name = node.input[1]
+    name = node.input[3 if node.op_type == "QLinearConv" else 1]
     if name not in shapes and name in producers and producers[name].op_type == "DequantizeLinear":
         name = producers[name].input[0]
     return shapes.get(name)
@@ -69,7 +83,7 @@ def count_macs(path: Path | str) -> int:
     producers = {o: n for n in model.graph.node for o in n.output}
     total = 0
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if node.op_type not in ("Conv", "QLinearConv", "ConvTranspose", "Gemm", "MatMul"):
             continue
         out = shapes.get(node.output[0])
         w = _weight_shape(node, shapes, producers)
@@ -78,7 +92,7 @@ def count_macs(path: Path | str) -> int:
             continue
         if out is None or w is None:
             raise FacekdError(f"{path}: cannot infer the shapes of {node.op_type} node {node.name!r}")
-        if node.op_type == "Conv":
+        if node.op_type in ("Conv", "QLinearConv"):
             total += int(np.prod(out)) * int(np.prod(w[1:]))
         elif node.op_type == "ConvTranspose":
             total += int(np.prod(shapes[node.input[0]])) * int(np.prod(w[1:]))
