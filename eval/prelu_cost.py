@@ -5,8 +5,9 @@ function: the table behind choosing a scope for ``prelu_to_relu@...``.
 
 For each scope (the PReLUs turned into ReLUs; the others stay and run in FP32 between a
 DequantizeLinear and a QuantizeLinear), the trained MobileFaceNet-CASIA goes through the
-surgery, facekd's export and the ``qdq_all_mean_range_fp32_stem`` INT8 recipe (the one
-that passes for these networks), and is timed against
+surgery, facekd's export and an INT8 recipe (``--recipe``; by default
+``qdq_all_mean_range_fp32_stem``, which passes for these networks and keeps the PReLUs in
+FP32; its ``_int8_prelu`` form runs them in INT8 too), and is timed against
 the unchanged model's FP32 export and against its INT8 form, the first row (ONNX Runtime,
 batch 1, one thread, interleaved rounds, medians). "cosine after surgery" is the mean cosine of the surgery's embeddings to the
 unchanged model's on held-out crops, before any recovery: how much a recovery has to
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calib", type=Path, required=True, help="aligned crops (folder or .fkpack) to calibrate and probe")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    ap.add_argument("--recipe", default=RECIPE, help=f"the INT8 recipe (default {RECIPE})")
     ap.add_argument("--json", type=Path, help="write the rows here too")
     args = ap.parse_args(argv)
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     base = src.backbone.eval()
     size = tuple(base.cfg.input_size)
     calib, probe, _ = calibration_and_probe(args.calib, src.pre, size)
-    recipe = INT8_RECIPES.build(RECIPE)
+    recipe = INT8_RECIPES.build(args.recipe)
     rows, sessions = [], {}
     with tempfile.TemporaryDirectory(prefix="facekd-prelu-cost-") as tmp:
         ref_path = Path(tmp) / "mobilefacenet.onnx"
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     base_t, base_int8 = timings["MobileFaceNet FP32"], timings[rows[0]["scope"]]
     print(f"CPU: {cpu_info().describe()}; ONNX Runtime, batch 1, one thread, {args.rounds} interleaved rounds")
     print(f"MobileFaceNet FP32: {base_t.median_ms:.2f} ms")
-    print(f"{'INT8, ' + RECIPE:<42} {'PReLUs':>6} {'ms':>6} {'x FP32':>7} {'x INT8':>7} {'cos after surgery':>18} "
+    print(f"{'INT8, ' + args.recipe:<42} {'PReLUs':>6} {'ms':>6} {'x FP32':>7} {'x INT8':>7} {'cos after surgery':>18} "
           f"{'INT8 cos':>9}")
     for row in rows:
         t = timings[row["scope"]]
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         atomic_write_json(args.json, {
             "cpu": cpu_info().describe(), "machine": platform.node(), "rounds": args.rounds,
-            "recipe": RECIPE, "mobilefacenet_fp32_ms": round(base_t.median_ms, 3), "rows": rows})
+            "recipe": args.recipe, "mobilefacenet_fp32_ms": round(base_t.median_ms, 3), "rows": rows})
     return 0
 
 
