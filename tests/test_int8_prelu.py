@@ -111,3 +111,18 @@ def test_integer_prelu_leaves_a_graph_without_quantised_prelus_alone(tmp_path):
     export_onnx(net, path, input_size=(8, 6))
     model = onnx.load(path)  # FP32: no DequantizeLinear before the PReLU
     assert integer_prelu(model) == 0
+
+
+@pytest.mark.parametrize("with_prelu", [True, False])
+def test_static_int8_tries_the_int8_prelu_recipes_only_on_a_graph_with_prelus(with_prelu, tmp_path):
+    from facekd.deploy.quantize import MODES, quantize_int8
+
+    act = _prelu(np.linspace(0.0, 0.9, 8)) if with_prelu else nn.ReLU()
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), act, nn.Conv2d(8, 8, 1), nn.Flatten()).eval()
+    path = tmp_path / "net.onnx"
+    export_onnx(net, path, input_size=(8, 6))
+    x = np.random.default_rng(0).normal(size=(16, 3, 8, 6)).astype(np.float32)
+    res = quantize_int8(path, tmp_path / "q.onnx", "static", calib=x, probe=x[:8], rounds=1, max_ratio=10.0)
+    tried = [t["recipe"] for t in res.tried]
+    expected = [n for n in MODES["static"] if with_prelu or not n.endswith("_int8_prelu")]
+    assert tried == expected

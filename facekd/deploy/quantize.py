@@ -26,6 +26,11 @@ is 0.4). ``qdq_all_mean_range`` sets each range from the mean of small calibrati
 batches' extremes instead of the global ones and keeps the embedding head in FP32:
 cosine to FP32 0.63 -> 0.99 on held-out faces, LFW flip 98.68 against FP32's 98.73, at
 0.57x the FP32 latency.
+
+The ``_int8_prelu`` recipes then run each PReLU between two quantised convs in INT8 as
+well (``facekd.deploy.int8_prelu``): on an AMD EPYC with AVX-512 VNNI, MobileFaceNet's INT8
+went from 0.73x to 0.45x its FP32 at the same cosine (docs/front.md, "A PReLU kept in
+INT8"). They are tried only on graphs that have PReLUs.
 """
 
 from __future__ import annotations
@@ -367,6 +372,8 @@ def quantize_int8(
         raise FacekdError(f"unknown INT8 mode {mode!r}; known: {', '.join(MODES)}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     recipes = [INT8_RECIPES.build(n) for n in candidates or MODES[mode]]
+    if not candidates and not any(n.name.startswith(PRELU_PREFIX) for n in onnx.load(str(fp32_path)).graph.node):
+        recipes = [r for r in recipes if not r.prelu_int8]  # the same graph as their base recipes
     fp32 = ort_session(fp32_path)
     tried: list[dict] = []
     best: tuple[float, dict, Path] | None = None
