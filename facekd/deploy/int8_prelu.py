@@ -18,6 +18,9 @@ A slope above 1 breaks ``max(x, a * x)``; :func:`flip_steep_slopes` first rewrit
 channels exactly, ``PReLU_a(z) = -a * PReLU_{1/a}(-z)``, negating the channel in the
 convolution before and scaling it by ``-a`` in the convolutions after. A PReLU whose
 neighbours do not allow either rewrite stays as it was, in FP32.
+
+``QLinearMul`` is an ONNX Runtime contrib operator (``com.microsoft``): a graph rewritten
+here runs in ONNX Runtime, not in every ONNX runtime.
 """
 
 from __future__ import annotations
