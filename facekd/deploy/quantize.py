@@ -169,25 +169,11 @@ _register(
     )
 )
 
-_register(
-    QuantRecipe(
-        "qdq_all_mean_range_int8_prelu",
-        range_batch=2,
-        fp32_head=2,
-        prelu_int8=True,
-        doc="qdq_all_mean_range with every PReLU between two quantised convs in INT8 (QLinearMul + Max)",
-    )
-)
-_register(
-    QuantRecipe(
-        "qdq_all_mean_range_fp32_stem_int8_prelu",
-        range_batch=2,
-        fp32_head=2,
-        fp32_stem=2,
-        prelu_int8=True,
-        doc="qdq_all_mean_range_fp32_stem with every PReLU between two quantised convs in INT8 (QLinearMul + Max)",
-    )
-)
+# The two above with each PReLU between two quantised convs in INT8 too (QLinearMul + Max).
+_register(QuantRecipe("qdq_all_mean_range_int8_prelu", range_batch=2, fp32_head=2, prelu_int8=True,
+                      doc="qdq_all_mean_range, PReLUs between quantised convs in INT8 (QLinearMul + Max)"))
+_register(QuantRecipe("qdq_all_mean_range_fp32_stem_int8_prelu", range_batch=2, fp32_head=2, fp32_stem=2,
+                      prelu_int8=True, doc="qdq_all_mean_range_fp32_stem, PReLUs between quantised convs in INT8"))
 
 # Candidates tried per --int8 mode, in order.
 MODES: dict[str, tuple[str, ...]] = {
