@@ -6,7 +6,15 @@ its LFW figures and its speed-up over its teacher measured, and a manifest entry
         --name student5_facenet_casia --lfw /tmp/lfw_pairs_q85.fkpack --calib /tmp/dev_train_q85.fkpack \
         --teacher-lfw /tmp/fkd11/teacher_lfw.json --reproduce "python eval/reproduce_paper.py ..."
 
-The teacher is the one the checkpoint's config names (``teacher.model``). Both are timed
+The teacher is the one the checkpoint's config names (``teacher.model``). With
+``--weights``, CHECKPOINT is a registered model instead and what ships is its own INT8
+form, timed against its FP32 (``--role``, e.g. "INT8 of mobilefacenet", names it in the
+demo's table):
+
+    python eval/ship_student.py mobilefacenet --weights mobilefacenet_casia --name mobilefacenet_casia_int8 \
+        --role "INT8 of mobilefacenet" --lfw ... --calib ... --teacher-lfw ... --reproduce "..."
+
+Both are timed
 with ONNX Runtime, batch 1, one thread, in interleaved rounds on this machine; the
 teacher's LFW figure comes from ``--teacher-lfw`` (eval/teacher_lfw.py, on its own crops).
 """
@@ -27,16 +35,16 @@ sys.path.insert(0, str(REPO))
 from facekd.errors import FacekdError  # noqa: E402
 
 
-def _export(ckpt: Path, dest: Path, calib: Path, lfw: Path) -> dict:
+def _export(model: str, weights: str | None, dest: Path, calib: Path, lfw: Path) -> dict:
     """INT8 when a recipe is faster and faithful, else FP32; the export report."""
     from facekd.deploy.export import ExportRequest, run_export
 
     try:
-        return run_export(ExportRequest(model=str(ckpt), onnx=dest.with_suffix(".int8.onnx"), int8="static",
-                                        calib=calib, lfw=lfw))
+        return run_export(ExportRequest(model=model, weights=weights, onnx=dest.with_suffix(".int8.onnx"),
+                                        int8="static", calib=calib, lfw=lfw))
     except FacekdError as exc:
         print(f"INT8 not shipped ({exc}); shipping FP32")
-        return run_export(ExportRequest(model=str(ckpt), onnx=dest, calib=calib, lfw=lfw))
+        return run_export(ExportRequest(model=model, weights=weights, onnx=dest, calib=calib, lfw=lfw))
 
 
 def _lfw(path: Path, lfw: Path) -> dict:
@@ -62,7 +70,9 @@ def _teacher_ms(teacher: str, weights: str | None, student: Path, tmp: Path) -> 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("checkpoint", type=Path, help="a facekd checkpoint (or, with --weights, a registered model)")
+    ap.add_argument("--weights", help="weights of a registered model: ship that model itself (its INT8 form)")
+    ap.add_argument("--role", help="what the demo's table calls it (default: student of its teacher)")
     ap.add_argument("--name", required=True, help="manifest name, e.g. student5_facenet_casia")
     ap.add_argument("--lfw", type=Path, required=True, help="LFW pack or folder (figures and the verify threshold)")
     ap.add_argument("--calib", type=Path, required=True, help="aligned training crops (INT8 calibration)")
@@ -77,10 +87,14 @@ def main() -> int:
     from facekd.io_utils import atomic_write_bytes
     from facekd.weights import _manifest_path
 
-    ckpt_cfg = resolve(args.checkpoint).checkpoint["config"]
-    teacher, weights = ckpt_cfg["teacher"]["model"], ckpt_cfg["teacher"].get("weights")
+    if args.weights:  # a registered model shipped as itself: its own teacher
+        teacher, weights, architecture = str(args.checkpoint), args.weights, str(args.checkpoint)
+    else:
+        ckpt_cfg = resolve(args.checkpoint).checkpoint["config"]
+        teacher, weights = ckpt_cfg["teacher"]["model"], ckpt_cfg["teacher"].get("weights")
+        architecture = ckpt_cfg["model"]["backbone"]
     dest = REPO / "weights" / f"{args.name}.onnx"
-    report = _export(args.checkpoint, dest, args.calib, args.lfw)
+    report = _export(str(args.checkpoint), args.weights, dest, args.calib, args.lfw)
     shipped = Path(report["onnx"])
     fp32_lfw = _lfw(Path(report["fp32"]), args.lfw) if "int8" in report else None  # what INT8 costs in accuracy
     if shipped != dest:  # the INT8 file takes the plain name; the FP32 one is not shipped
@@ -93,7 +107,7 @@ def main() -> int:
     t_lfw = json.loads(args.teacher_lfw.read_text())
     tkey = next(k for k in (f"{teacher} flip", f"{teacher} plain") if k in t_lfw)
     entry = {
-        "architecture": ckpt_cfg["model"]["backbone"], "format": "onnx", "shipped": dest.name, "filename": dest.name,
+        "architecture": architecture, "format": "onnx", "shipped": dest.name, "filename": dest.name,
         "sha256": sha256_of(dest),
         "description": args.description,
         "licence": "the teacher's and the training photos' terms (CelebA: non-commercial research)",
@@ -102,6 +116,7 @@ def main() -> int:
         "lfw": {**lfw, "data": str(args.lfw.name), "protocol": "LFW View 2, 10 folds, MTCNN crops (JPEG q85 pack)"},
         "lfw_fp32": fp32_lfw,
         "reproduce": args.reproduce,
+        **({"role": args.role} if args.role else {}),
         "teacher": {"model": teacher, **({"weights": weights} if weights else {}),
                     "recorded": {"lfw_flip" if "flip" in tkey else "lfw_plain": round(t_lfw[tkey]["accuracy"], 2),
                                  "lfw_flip_std": round(t_lfw[tkey]["std"], 2), "ms": round(t_ms, 2), "params": t_params,

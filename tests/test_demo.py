@@ -69,6 +69,16 @@ def test_a_student_gets_its_teachers_recorded_latency_as_speed_up_when_the_teach
     assert "studentoft" in lines[2].replace(" ", "")
 
 
+def test_a_shipped_model_that_says_what_it_is_keeps_that_role_and_its_speed_up(tmp_path):
+    """A teacher's own INT8 (manifest role "INT8 of t") is not called its student."""
+    q = ComparedModel("t_int8", "INT8 of t", _onnx_model("q", _matmul_model(tmp_path / "q.onnx", 16, 1)), teacher="t")
+    teacher = ComparedModel("t", "teacher", None, recorded={"ms": 100.0})
+    rows = {r.model: r for r in compare([teacher, q], tmp_path / "onnx")}
+    assert rows["t_int8"].speedup == pytest.approx(100.0 / rows["t_int8"].ms)
+    line = comparison_table([rows["t"], rows["t_int8"]])[2]
+    assert "INT8 of t" in line and "student" not in line
+
+
 def test_a_registered_backbone_is_exported_for_timing(tmp_path):
     import torch
 

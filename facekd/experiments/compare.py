@@ -38,7 +38,8 @@ class ComparedModel:
 
     Attributes:
         name: What the table calls it.
-        role: "reference", "teacher" or "student".
+        role: "reference", "teacher", "student", or what a shipped model says it is
+            (its manifest's ``role``, e.g. "INT8 of mobilefacenet").
         resolved: The model (None: only ``recorded`` figures, e.g. its package is missing).
         teacher: For a student, the name of the teacher it was distilled from.
         recorded: Figures from the manifest for what is not measured here
@@ -96,7 +97,8 @@ def shipped_students(say: Callable[[str], None] = print,
             say(f"{t['model']} cannot be loaded here ({exc}); its recorded figures are shown")
             teacher_model = None
         teacher = ComparedModel(t["model"], "teacher", teacher_model, recorded=t.get("recorded", {}))
-        student = ComparedModel(name, "student", resolve(name), teacher=t["model"])
+        # A shipped model may say what it is ("INT8 of mobilefacenet"); by default a student.
+        student = ComparedModel(name, manifest()[name].get("role", "student"), resolve(name), teacher=t["model"])
         out.append((student, teacher))
     return out
 
@@ -190,7 +192,7 @@ def comparison_table(rows: list[ComparisonRow]) -> list[str]:
         def star(key: str) -> str:
             return "*" if key in r.recorded else " "
 
-        role = f"student of {r.teacher}" if r.teacher else r.role
+        role = f"student of {r.teacher}" if r.teacher and r.role == "student" else r.role
         flip = "-" if r.lfw_flip is None else f"{r.lfw_flip:.2f} ± {r.lfw_flip_std or 0:.2f}"
         lines.append(
             f"{r.model:<{w}}{role[:27]:<28}{_fmt(r.params and r.params / 1e6, '.2f', ' M'):>8}{star('params')}"
