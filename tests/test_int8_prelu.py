@@ -126,3 +126,37 @@ def test_static_int8_tries_the_int8_prelu_recipes_only_on_a_graph_with_prelus(wi
     tried = [t["recipe"] for t in res.tried]
     expected = [n for n in MODES["static"] if with_prelu or not n.endswith("_int8_prelu")]
     assert tried == expected
+
+
+def test_a_prelu_read_by_something_other_than_a_quantised_conv_is_dequantised_from_its_new_grid(tmp_path):
+    """The reader of the integer PReLU here is an Identity before the conv: no QLinearConv is
+    written, the DequantizeLinear reads the Max output on the widened grid instead."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _prelu(np.linspace(-0.9, 0.9, 16)),
+                        nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 8, 1), nn.Flatten()).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(-1.0)
+    path, q_ref = tmp_path / "net.onnx", tmp_path / "ref.int8.onnx"
+    export_onnx(net, path, input_size=(12, 10))
+    rng = np.random.default_rng(2)
+    calib = rng.normal(size=(32, 3, 12, 10)).astype(np.float32)
+    apply_recipe(path, q_ref, INT8_RECIPES.build("qdq_all_mean_range"), calib)  # PReLU in FP32
+    model = onnx.load(q_ref)
+    q_b = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and "PRelu" in n.input[0])
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q_b.output[0])
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0] == dq.output[0])
+    conv.input[0] = "between"
+    identity = onnx.helper.make_node("Identity", [dq.output[0]], ["between"])
+    model.graph.node.insert(list(model.graph.node).index(conv), identity)
+
+    assert integer_prelu(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QLinearMul") == 1 and ops.count("QLinearConv") == 0
+    dq_now = next(n for n in model.graph.node if n.output[0] == dq.output[0])
+    assert dq_now.input[1].endswith("/int8_scale")  # reads the Max output on the new grid
+    q = tmp_path / "q.int8.onnx"
+    onnx.save(model, q)
+    x = rng.normal(size=(16, 3, 12, 10)).astype(np.float32)
+    fp32, int8, ref = _run(path, x), _run(q, x), _run(q_ref, x)
+    assert cosine_rows(int8, fp32).mean() > 0.99
+    assert np.abs(int8 - fp32).mean() < 1.5 * np.abs(ref - fp32).mean()
