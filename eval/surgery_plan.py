@@ -7,8 +7,8 @@ Each step turns the activations under one more module into ReLUs (``--surgery``)
 the module that loses the least embedding cosine (to the unchanged network, on the 64
 held-out crops of ``--calib`` that ``facekd export`` checks parity on) per activation value
 it frees; it stops once the freed values reach
-``--share`` of all the surgery could free. In an INT8 graph a kept PReLU runs in FP32 and
-its price follows its values (``eval/prelu_cost.py``), so the share is a proxy for the
+``--share`` of all the surgery could free. In an INT8 graph a kept PReLU's price follows
+its values, in FP32 or in INT8 (``eval/prelu_cost.py --recipe``), so the share is a proxy for the
 latency a step saves; time the result with ``facekd board``.
 """
 

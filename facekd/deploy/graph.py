@@ -23,7 +23,7 @@ PRELU_PREFIX = "facekd_prelu/"
 GraphRewrite = Callable[["onnx.ModelProto"], int]  # noqa: F821 - returns nodes rewritten
 
 
-def _replace_nodes(model, nodes: list) -> None:
+def replace_nodes(model, nodes: list) -> None:
     """Sets the graph's node list (copies first: protobuf detaches deleted messages)."""
     copies = []
     for node in nodes:
@@ -34,11 +34,11 @@ def _replace_nodes(model, nodes: list) -> None:
     model.graph.node.extend(copies)
 
 
-def _initializers(model) -> dict:
+def initializers(model) -> dict:
     return {t.name: t for t in model.graph.initializer}
 
 
-def _consumers(model) -> dict[str, list]:
+def consumers_of(model) -> dict[str, list]:
     out: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -57,8 +57,8 @@ def pool_before_prelu(model) -> int:
     Returns:
         The number of pairs swapped.
     """
-    inits = _initializers(model)
-    consumers = _consumers(model)
+    inits = initializers(model)
+    consumers = consumers_of(model)
     graph_outputs = {o.name for o in model.graph.output}
     swapped = 0
     for node in model.graph.node:
@@ -86,7 +86,7 @@ def decompose_prelu(model) -> int:
     Returns:
         The number of PReLUs rewritten.
     """
-    inits = _initializers(model)
+    inits = initializers(model)
     zero = "facekd_zero"
     nodes, done, shifted = [], 0, {}
     for node in model.graph.node:
@@ -108,13 +108,16 @@ def decompose_prelu(model) -> int:
         done += 1
     if done:
         model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
-        _replace_nodes(model, nodes)
-        # The PRelu slopes are no longer used.
-        used = {name for n in model.graph.node for name in n.input}
-        unused = [t for t in model.graph.initializer if t.name not in used]
-        for t in unused:
-            model.graph.initializer.remove(t)
+        replace_nodes(model, nodes)
+        drop_unused_initializers(model)  # the PRelu slopes
     return done
+
+
+def drop_unused_initializers(model) -> None:
+    """Removes the initializers no node reads any more."""
+    used = {name for n in model.graph.node for name in n.input}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(t)
 
 
 def _topological_sort(model) -> None:
@@ -133,7 +136,7 @@ def _topological_sort(model) -> None:
         if len(rest) == len(pending):
             raise ValueError("graph has a cycle or a missing input after a rewrite")
         pending = rest
-    _replace_nodes(model, ordered)
+    replace_nodes(model, ordered)
 
 
 # Applied in this order by ``optimize_graph``; pooling first so fewer values are decomposed.

@@ -28,19 +28,19 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from facekd.deploy.graph import PRELU_PREFIX
+from facekd.deploy.graph import (
+    PRELU_PREFIX,
+    consumers_of,
+    drop_unused_initializers,
+    initializers,
+    replace_nodes,
+)
 
 MS_DOMAIN = "com.microsoft"
 
 
 def _index(model):
-    inits = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-    return inits, producer, consumers
+    return initializers(model), {o: n for n in model.graph.node for o in n.output}, consumers_of(model)
 
 
 def _prelus(model, consumers):
@@ -54,6 +54,11 @@ def _prelus(model, consumers):
                 if len(add) == 1 and add[0].op_type == "Add":
                     out.append((node, mul[0], add[0]))
     return out
+
+
+def _slopes(inits, mul) -> np.ndarray:
+    """A decomposed PReLU's slopes (``decompose_prelu`` stores slope - 1 in its Mul)."""
+    return numpy_helper.to_array(inits[mul.input[1]]).astype(np.float32) + np.float32(1.0)
 
 
 def _set(model, inits, name: str, value: np.ndarray) -> None:
@@ -85,7 +90,7 @@ def flip_steep_slopes(model) -> int:
         x, y, shifted = mn.input[0], add.output[0], mul.input[1]
         if not _private(inits, consumers, shifted):
             continue
-        a = numpy_helper.to_array(inits[shifted]).astype(np.float32) + np.float32(1.0)
+        a = _slopes(inits, mul)
         steep = a.reshape(-1) > 1.0
         if not steep.any():
             continue
@@ -164,7 +169,7 @@ def integer_prelu(model) -> int:
         q_b = q_b[0]
         if numpy_helper.to_array(inits[q_a.input[2]]).dtype != np.uint8 or mul.input[1] not in inits:
             continue
-        a = numpy_helper.to_array(inits[mul.input[1]]).astype(np.float32) + np.float32(1.0)
+        a = _slopes(inits, mul)
         if float(a.max()) > 1.0 + 1e-6:
             continue
         readers = consumers.get(q_b.output[0], [])
@@ -217,13 +222,10 @@ def integer_prelu(model) -> int:
                 nodes += replace[id(n)]
             elif id(n) not in drop:
                 nodes.append(n)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+        replace_nodes(model, nodes)
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-        used = {i for n in model.graph.node for i in n.input}
-        for t in [t for t in model.graph.initializer if t.name not in used]:
-            model.graph.initializer.remove(t)
+        drop_unused_initializers(model)
     return done
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
+from facekd.deploy.int8_prelu import MS_DOMAIN
 from facekd.errors import FacekdError
 
 
@@ -43,7 +44,7 @@ _STAND_INS = {"QLinearMul": ("Mul", (0, 3))}
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     for node in model.graph.node:
-        if node.domain == "com.microsoft" and node.op_type in _STAND_INS:
+        if node.domain == MS_DOMAIN and node.op_type in _STAND_INS:
             op, keep = _STAND_INS[node.op_type]
             inputs = [node.input[i] for i in keep]
             node.op_type, node.domain = op, ""
