@@ -35,7 +35,7 @@ def _rate(fn, batches, threads: int, seconds: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mobilefacenet")
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--seconds", type=float, default=5.0)

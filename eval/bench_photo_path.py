@@ -36,7 +36,7 @@ def _pairs(lfw: Path, n: int) -> list[tuple[Path, Path]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--lfw", type=Path, required=True)
     ap.add_argument("--detectors", nargs="+", default=["yunet,mtcnn", "mtcnn"])

@@ -81,7 +81,7 @@ def markdown(table: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, required=True)
     ap.add_argument("--cmumit", type=Path, nargs="+", required=True)
     ap.add_argument("--json", type=Path)

@@ -146,7 +146,7 @@ def run_cli(args, path: Path) -> list[dict]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="synthetic", choices=["synthetic", "cli"])
     ap.add_argument("--kills", type=int, default=20)

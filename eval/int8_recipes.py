@@ -20,7 +20,7 @@ def main() -> None:
     from facekd.preprocessing import to_input
     from facekd.errors import FacekdError
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="registered name (with --weights) or facekd checkpoint")
     ap.add_argument("--weights")
     ap.add_argument("--calib", type=Path, required=True, help="aligned crops to calibrate on")

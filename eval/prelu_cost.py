@@ -48,7 +48,7 @@ RECIPE = "qdq_all_mean_range_fp32_stem"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calib", type=Path, required=True, help="aligned crops (folder or .fkpack) to calibrate and probe")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     ap.add_argument("--recipe", default=RECIPE, help=f"the INT8 recipe (default {RECIPE})")

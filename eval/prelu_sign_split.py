@@ -124,7 +124,7 @@ class SignSplitMobileFaceNet(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calib", type=Path, required=True, help="aligned crops (folder or .fkpack) to calibrate and probe")
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args(argv)

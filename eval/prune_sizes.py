@@ -20,7 +20,7 @@ from facekd.prune.core import StepPlan, prune_once
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     args = ap.parse_args(argv)

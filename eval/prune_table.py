@@ -27,7 +27,7 @@ from facekd.runtime.timing import measure_latency
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="facekd prune run folders")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", type=Path, help="write the rows here")

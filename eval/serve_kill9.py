@@ -92,7 +92,7 @@ def _check(path: Path, sent: dict[str, int], answered: dict[str, list[int]]) -> 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REPO / "weights" / "student5_mobilefacenet_casia.onnx")
     ap.add_argument("--lfw", type=Path, default=Path(os.environ.get("FACEKD_DATA", REPO.parent / "shared" / "data")) / "lfw")
     ap.add_argument("--kills", type=int, default=20)

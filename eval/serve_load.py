@@ -194,7 +194,7 @@ def _report(args: argparse.Namespace, pre: list[Call], calls: list[Call], wall: 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REPO / "weights" / "student5_mobilefacenet_casia.onnx")
     ap.add_argument("--lfw", type=Path, default=Path(os.environ.get("FACEKD_DATA", REPO.parent / "shared" / "data")) / "lfw")
     ap.add_argument("--clients", type=int, default=16)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a facekd checkpoint or a registered model (e.g. mobilefacenet)")
     ap.add_argument("--weights", help="weights for a registered model (e.g. mobilefacenet_casia)")
     ap.add_argument("--calib", type=Path, required=True, help="aligned training crops (folder or .fkpack)")
