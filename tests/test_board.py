@@ -242,7 +242,8 @@ def test_each_model_is_calibrated_on_the_first_calib_source_its_template_can_rea
 
 def test_plot_labels_of_crowded_points_overlap_neither_each_other_nor_the_markers() -> None:
     """Six models within 0.1 point and 10% of each other (the crowded top of a real board):
-    after placement no two labels' boxes overlap, none covers a point, all stay in the axes."""
+    after placement no two labels' boxes overlap, none covers a point, all stay in the axes,
+    and the labels keep their points' order from bottom to top."""
     from facekd.evaluation.plots import pyplot
     from facekd.experiments.board_view import _declutter
 
@@ -266,6 +267,9 @@ def test_plot_labels_of_crowded_points_overlap_neither_each_other_nor_the_marker
         assert not any(b.x0 <= px <= b.x1 and b.y0 <= py <= b.y1 for b in boxes)
     assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     assert boxes[-1].y0 == pytest.approx(before[-1].y0)  # a label with room keeps its place
+    # The crowded five keep their points' vertical order, so their grey lines do not cross.
+    crowded = range(5)
+    assert sorted(crowded, key=lambda i: boxes[i].y0) == sorted(crowded, key=lambda i: ys[i])
     plt.close(fig)
 
 

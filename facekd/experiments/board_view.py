@@ -33,29 +33,40 @@ def board_lines(board: Board) -> list[str]:
 
 
 def _declutter(fig, ax, labels, step_px: float = 2.0, marker_px: float = 4.0, reach_px: float = 300.0) -> None:
-    """Moves point labels up or down (a grey line back to the point) to the nearest place
-    inside the axes where they overlap no other label and no point's marker; from the
-    lowest point's label up. A label with no free place within ``reach_px`` stays."""
+    """Moves point labels (a grey line back to the point) to the nearest place inside the
+    axes where they overlap no other label and no point's marker. Labels of points in the
+    upper half of the axes are placed from the highest point down, each looking downwards
+    first; those in the lower half from the lowest point up, each looking upwards first: a
+    crowded cluster near either edge keeps its points' order, so the lines do not cross.
+    A label with no free place within ``reach_px`` either way stays."""
     from matplotlib.transforms import Bbox
 
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     points_per_px = 72.0 / fig.dpi
     frame = ax.get_window_extent(renderer)
-    placed = [Bbox.from_extents(x - marker_px, y - marker_px, x + marker_px, y + marker_px)
-              for x, y in ax.transData.transform([t.xy for t in labels])]
-    shifts = [0.0] + [sign * k * step_px for k in range(1, int(reach_px / step_px) + 1) for sign in (1, -1)]
-    for label in sorted(labels, key=lambda t: t.get_window_extent(renderer).y0):
-        box = label.get_window_extent(renderer)
-        for shift in shifts:
-            moved = box.translated(0, shift)
-            if frame.y0 <= moved.y0 and moved.y1 <= frame.y1 and not any(b.overlaps(moved) for b in placed):
-                break
-        else:
-            shift, moved = 0.0, box
-        dx, dy = label.xyann
-        label.xyann = (dx, dy + shift * points_per_px)
-        placed.append(moved)
+    at = ax.transData.transform([t.xy for t in labels])
+    placed = [Bbox.from_extents(x - marker_px, y - marker_px, x + marker_px, y + marker_px) for x, y in at]
+    steps = [k * step_px for k in range(1, int(reach_px / step_px) + 1)]
+    middle = (frame.y0 + frame.y1) / 2
+    upper = sorted((i for i in range(len(labels)) if at[i][1] >= middle), key=lambda i: -at[i][1])
+    lower = sorted((i for i in range(len(labels)) if at[i][1] < middle), key=lambda i: at[i][1])
+    for order, sign in ((upper, -1.0), (lower, 1.0)):
+        shifts = [0.0] + [sign * d for d in steps] + [-sign * d for d in steps]
+        earlier: list = []  # this pass's labels so far: a later one may not pass one it shares columns with
+        for i in order:
+            box = labels[i].get_window_extent(renderer)
+            for shift in shifts:
+                moved = box.translated(0, shift)
+                if (frame.y0 <= moved.y0 and moved.y1 <= frame.y1 and not any(b.overlaps(moved) for b in placed)
+                        and all(sign * (moved.y0 - e.y0) >= 0 for e in earlier if e.x0 < moved.x1 and moved.x0 < e.x1)):
+                    break
+            else:
+                shift, moved = 0.0, box
+            dx, dy = labels[i].xyann
+            labels[i].xyann = (dx, dy + shift * points_per_px)
+            placed.append(moved)
+            earlier.append(moved)
 
 
 # The zoom panel: models within this share of the reference's ms and this many points of
