@@ -8,8 +8,9 @@ DequantizeLinear and a QuantizeLinear), the trained MobileFaceNet-CASIA goes thr
 surgery, facekd's export and an INT8 recipe (``--recipe``; by default
 ``qdq_all_mean_range_fp32_stem``, which passes for these networks and keeps the PReLUs in
 FP32; its ``_int8_prelu`` form runs them in INT8 too), and is timed against
-the unchanged model's FP32 export and against its INT8 form, the first row (ONNX Runtime,
-batch 1, one thread, interleaved rounds, medians). "cosine after surgery" is the mean cosine of the surgery's embeddings to the
+the unchanged model's FP32 export, against its INT8 form (the first row) and against its own
+FP32 export ("x own FP32": under 1 where its INT8 pays on this CPU) (ONNX Runtime, batch 1,
+one thread, interleaved rounds, medians). "cosine after surgery" is the mean cosine of the surgery's embeddings to the
 unchanged model's on held-out crops, before any recovery: how much a recovery has to
 undo. "INT8 cosine" compares each model's INT8 with its own FP32 export on the same crops.
 The last two rows make the PReLUs LeakyReLUs instead (one slope per layer), which ONNX
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             export_onnx(net.eval(), fp32, input_size=size)
             apply_recipe(fp32, int8, recipe, calib)
             sessions[label] = ort_session(int8)  # built once: embedded here, timed below
-            e32 = ort_session(fp32).run(None, {name_in: probe})[0]
+            if i:  # the first scope is MobileFaceNet itself, whose FP32 session is the reference
+                sessions[f"{label} FP32"] = ort_session(fp32)
+            e32 = sessions.get(f"{label} FP32", sessions["MobileFaceNet FP32"]).run(None, {name_in: probe})[0]
             e8 = sessions[label].run(None, {name_in: probe})[0]
             prelus = sum(isinstance(m, torch.nn.PReLU) for m in net.modules())
             rows.append({"scope": label, "surgery": ops, "prelus_kept": prelus,
@@ -97,15 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     base_t, base_int8 = timings["MobileFaceNet FP32"], timings[rows[0]["scope"]]
     print(f"CPU: {cpu_info().describe()}; ONNX Runtime, batch 1, one thread, {args.rounds} interleaved rounds")
     print(f"MobileFaceNet FP32: {base_t.median_ms:.2f} ms")
-    print(f"{'INT8, ' + args.recipe:<42} {'PReLUs':>6} {'ms':>6} {'x FP32':>7} {'x INT8':>7} {'cos after surgery':>18} "
-          f"{'INT8 cos':>9}")
+    print(f"{'INT8, ' + args.recipe:<42} {'PReLUs':>6} {'ms':>6} {'x FP32':>7} {'x INT8':>7} {'own FP32 ms':>11} "
+          f"{'x own FP32':>10} {'cos after surgery':>18} {'INT8 cos':>9}")
     for row in rows:
         t = timings[row["scope"]]
+        own = timings.get(f"{row['scope']} FP32", base_t)
         row["int8_ms"] = round(t.median_ms, 3)
+        row["fp32_ms"] = round(own.median_ms, 3)
+        row["ratio_to_own_fp32"] = round(median_ratio(t, own)[0], 3)
         row["ratio_to_fp32"] = round(median_ratio(t, base_t)[0], 3)
         row["ratio_to_int8"] = round(median_ratio(t, base_int8)[0], 3)
         print(f"{row['scope']:<42} {row['prelus_kept']:>6} {row['int8_ms']:>6.2f} {row['ratio_to_fp32']:>7.2f} "
-              f"{row['ratio_to_int8']:>7.2f} {row['cosine_after_surgery']:>18.4f} {row['int8_cosine']:>9.4f}")
+              f"{row['ratio_to_int8']:>7.2f} {row['fp32_ms']:>11.2f} {row['ratio_to_own_fp32']:>10.2f} "
+              f"{row['cosine_after_surgery']:>18.4f} {row['int8_cosine']:>9.4f}")
     if args.json:
         atomic_write_json(args.json, {
             "cpu": cpu_info().describe(), "machine": platform.node(), "rounds": args.rounds,
