@@ -91,12 +91,19 @@ def test_integer_prelu_runs_the_prelu_between_quantised_convs_in_int8_and_stays_
     apply_recipe(path, q, recipe, calib)
     apply_recipe(path, q_ref, replace(recipe, prelu_int8=False), calib)  # the same, PReLUs in FP32
 
-    nodes = onnx.load(q).graph.node
+    model = onnx.load(q)
+    nodes = model.graph.node
     ops = [n.op_type for n in nodes]
-    assert ops.count("QLinearMul") == 1 and ops.count("Max") == 1 and ops.count("QLinearConv") == 1
+    # The slopes' depthwise 1x1 QLinearConv, the Max, and the conv after it written out.
+    assert ops.count("Max") == 1 and ops.count("QLinearConv") == 2 and "QLinearMul" not in ops
+    slope = next(n for n in nodes if n.op_type == "QLinearConv" and n.output[0] in
+                 next(m for m in nodes if m.op_type == "Max").input)
+    assert onnx.helper.get_attribute_value(next(a for a in slope.attribute if a.name == "group")) == 16
+    assert all(n.domain in ("", "ai.onnx") for n in nodes)  # standard ONNX only: no com.microsoft
     assert [n.name for n in nodes if n.name.startswith(PRELU_PREFIX) and n.op_type == "Min"] == [
         f"{PRELU_PREFIX}/3/PRelu/min"]
-    assert count_macs(q) == count_macs(path)  # the written-out QLinearConv counts as its Conv
+    # The written-out QLinearConv counts as its Conv, the slope multiply (like a PReLU) not at all.
+    assert count_macs(q) == count_macs(path)
     x = rng.normal(size=(16, 3, 12, 10)).astype(np.float32)
     fp32, int8, ref = _run(path, x), _run(q, x), _run(q_ref, x)
     assert cosine_rows(int8, fp32).mean() > 0.99
@@ -151,7 +158,7 @@ def test_a_prelu_read_by_something_other_than_a_quantised_conv_is_dequantised_fr
 
     assert integer_prelu(model) == 1
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QLinearMul") == 1 and ops.count("QLinearConv") == 0
+    assert ops.count("Max") == 1 and ops.count("QLinearConv") == 1  # the slopes' only
     dq_now = next(n for n in model.graph.node if n.output[0] == dq.output[0])
     assert dq_now.input[1].endswith("/int8_scale")  # reads the Max output on the new grid
     q = tmp_path / "q.int8.onnx"

@@ -1,5 +1,5 @@
-"""PReLU kept in INT8: ``QLinearMul`` by the slopes and a ``Max``, in the uint8 grid of
-the value it rectifies.
+"""PReLU kept in INT8: the slopes as a depthwise 1x1 ``QLinearConv`` and a ``Max``, in the
+uint8 grid of the value it rectifies.
 
 ONNX Runtime has no integer PReLU, so a static QDQ graph runs each one in FP32 between a
 DequantizeLinear and a QuantizeLinear (``facekd.deploy.graph`` writes it as Min/Mul/Add):
@@ -7,20 +7,23 @@ five passes over the activation map, about half of an INT8 MobileFaceNet's time.
 slope ``a <= 1``, ``PReLU(x) = max(x, a * x)``, and a max commutes with an affine uint8
 grid (scale > 0), so in the grid of ``x``:
 
-    y_q = Max(x_q, QLinearMul(x_q, a_q))
+    y_q = Max(x_q, QLinearConv_depthwise_1x1(x_q, a_q))
 
-two integer passes, and the next convolution reads ``y_q`` directly as a ``QLinearConv``
-(written out here: ONNX Runtime's QDQ fusion leaves a DequantizeLinear fed by anything but
-a QuantizeLinear in FP32). The grid of ``x`` is widened to cover the PReLU's output range
-as calibrated (a negative slope maps negative inputs above zero).
+two integer passes (the depthwise conv multiplies each channel by its slope), and the next
+convolution reads ``y_q`` directly as a ``QLinearConv`` (written out here: ONNX Runtime's
+QDQ fusion leaves a DequantizeLinear fed by anything but a QuantizeLinear in FP32). The
+grid of ``x`` is widened to cover the PReLU's output range as calibrated (a negative slope
+maps negative inputs above zero).
 
 A slope above 1 breaks ``max(x, a * x)``; :func:`flip_steep_slopes` first rewrites those
 channels exactly, ``PReLU_a(z) = -a * PReLU_{1/a}(-z)``, negating the channel in the
 convolution before and scaling it by ``-a`` in the convolutions after. A PReLU whose
 neighbours do not allow either rewrite stays as it was, in FP32.
 
-``QLinearMul`` is an ONNX Runtime contrib operator (``com.microsoft``): a graph rewritten
-here runs in ONNX Runtime, not in every ONNX runtime.
+Every operator written here is standard ONNX. Earlier versions wrote ONNX Runtime's
+contrib ``QLinearMul`` (``com.microsoft``, :data:`MS_DOMAIN`) for the slopes instead: the
+same integers, but ONNX Runtime only; such files still run and count.
+:func:`is_slope_conv` tells the slope multiply from a real conv.
 """
 
 from __future__ import annotations
@@ -184,20 +187,20 @@ def integer_prelu(model) -> int:
         z = np.uint8(np.clip(np.round(-lo / s), 0, 255))
         sn, zn = base + "_scale", base + "_zero_point"
         slope_s = np.float32(max(float(np.abs(a).max()), 1e-8) / 127.0)
-        slope_q = (np.clip(np.round(a / slope_s), -127, 127) + 128).astype(np.uint8)
+        slope_q = np.clip(np.round(a / slope_s), -127, 127).astype(np.int8).reshape(-1, 1, 1, 1)
         model.graph.initializer.extend([
             numpy_helper.from_array(np.array(s, np.float32), sn), numpy_helper.from_array(np.array(z, np.uint8), zn),
             numpy_helper.from_array(slope_q, base + "_slope"),
             numpy_helper.from_array(np.array(slope_s, np.float32), base + "_slope_scale"),
-            numpy_helper.from_array(np.array(128, np.uint8), base + "_slope_zero_point"),
+            numpy_helper.from_array(np.array(0, np.int8), base + "_slope_zero_point"),
         ])
         node, at = writer.get(xq, (q_a, 1))
         node.input[at], node.input[at + 1] = sn, zn
         yq = q_b.output[0]
         new = [
-            helper.make_node("QLinearMul", [xq, sn, zn, base + "_slope", base + "_slope_scale",
-                                            base + "_slope_zero_point", sn, zn],
-                             [base + "_ax"], name=base + "/mul", domain=MS_DOMAIN),
+            helper.make_node("QLinearConv", [xq, sn, zn, base + "_slope", base + "_slope_scale",
+                                             base + "_slope_zero_point", sn, zn],
+                             [base + "_ax"], name=base + "/slope", group=len(slope_q), kernel_shape=[1, 1]),
             helper.make_node("Max", [xq, base + "_ax"], [yq], name=base + "/max"),
         ]
         model.graph.value_info.extend([helper.make_tensor_value_info(base + "_ax", TensorProto.UINT8, None)])
@@ -223,10 +226,21 @@ def integer_prelu(model) -> int:
             elif id(n) not in drop:
                 nodes.append(n)
         replace_nodes(model, nodes)
-        if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         drop_unused_initializers(model)
     return done
+
+
+def is_slope_conv(node, consumers) -> bool:
+    """Whether ``node`` is the slope multiply of an integer PReLU (a depthwise 1x1
+    ``QLinearConv`` read only by a ``Max`` that also reads the conv's own input), or the
+    ``QLinearMul`` of an older file: arithmetic of an activation, not a layer's MACs."""
+    if node.op_type == "QLinearMul" and node.domain == MS_DOMAIN:
+        return True
+    kernel = [helper.get_attribute_value(a) for a in node.attribute if a.name == "kernel_shape"]
+    if node.op_type != "QLinearConv" or kernel != [[1, 1]]:
+        return False
+    readers = consumers.get(node.output[0], [])
+    return len(readers) == 1 and readers[0].op_type == "Max" and node.input[0] in readers[0].input
 
 
 def _as_qlinear_conv(inits, producer, consumers, dq, conv, s: float, sn: str, zn: str):

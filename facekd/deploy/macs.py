@@ -5,8 +5,9 @@ Counted for the operators that carry nearly all of a face embedder's arithmetic:
 ``Gemm`` and ``MatMul``. Element-wise operators, pooling and normalisation are left out,
 as torch's FLOP counter leaves them out (``facekd models`` reports that counter / 2).
 Works on FP32 graphs and on QDQ INT8 graphs alike (their ``Conv`` nodes keep the float
-shapes; a ``QLinearConv`` written out by ``facekd.deploy.int8_prelu`` counts as its Conv),
-so a model and its INT8 form count the same.
+shapes; a ``QLinearConv`` written out by ``facekd.deploy.int8_prelu`` counts as its Conv,
+and the depthwise 1x1 one that multiplies a PReLU's slopes, like the PReLU, not at all), so
+a model and its INT8 form count the same.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from facekd.deploy.int8_prelu import MS_DOMAIN
+from facekd.deploy.graph import consumers_of
+from facekd.deploy.int8_prelu import MS_DOMAIN, is_slope_conv
 from facekd.errors import FacekdError
 
 
@@ -82,9 +84,12 @@ def count_macs(path: Path | str) -> int:
     model = _fixed_batch(model)
     shapes = _shapes(model)
     producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = consumers_of(model)
     total = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "QLinearConv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        if is_slope_conv(node, consumers):
             continue
         out = shapes.get(node.output[0])
         w = _weight_shape(node, shapes, producers)

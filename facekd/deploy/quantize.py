@@ -96,7 +96,7 @@ class QuantRecipe:
             rounding every later layer carries (in a network that keeps its stem's
             PReLUs, which run in FP32 anyway, it saves their Q/DQ pairs too).
         prelu_int8: After quantizing, each PReLU that runs in FP32 between two
-            quantised convs becomes integer ``QLinearMul`` + ``Max``
+            quantised convs becomes an integer multiply by its slopes + ``Max``
             (:mod:`facekd.deploy.int8_prelu`; slopes above 1 first rewritten exactly).
     """
 
@@ -169,9 +169,9 @@ _register(
     )
 )
 
-# The two above with each PReLU between two quantised convs in INT8 too (QLinearMul + Max).
+# The two above with each PReLU between two quantised convs in INT8 too (slopes + Max).
 _register(QuantRecipe("qdq_all_mean_range_int8_prelu", range_batch=2, fp32_head=2, prelu_int8=True,
-                      doc="qdq_all_mean_range, PReLUs between quantised convs in INT8 (QLinearMul + Max)"))
+                      doc="qdq_all_mean_range, PReLUs between quantised convs in INT8 (slopes + Max)"))
 _register(QuantRecipe("qdq_all_mean_range_fp32_stem_int8_prelu", range_batch=2, fp32_head=2, fp32_stem=2,
                       prelu_int8=True, doc="qdq_all_mean_range_fp32_stem, PReLUs between quantised convs in INT8"))
 
