@@ -38,6 +38,11 @@ def initializers(model) -> dict:
     return {t.name: t for t in model.graph.initializer}
 
 
+def producers_of(model) -> dict:
+    """The node that writes each tensor, by tensor name."""
+    return {o: n for n in model.graph.node for o in n.output}
+
+
 def consumers_of(model) -> dict[str, list]:
     out: dict[str, list] = {}
     for node in model.graph.node:

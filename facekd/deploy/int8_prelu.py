@@ -36,6 +36,7 @@ from facekd.deploy.graph import (
     consumers_of,
     drop_unused_initializers,
     initializers,
+    producers_of,
     replace_nodes,
 )
 
@@ -43,7 +44,7 @@ MS_DOMAIN = "com.microsoft"
 
 
 def _index(model):
-    return initializers(model), {o: n for n in model.graph.node for o in n.output}, consumers_of(model)
+    return initializers(model), producers_of(model), consumers_of(model)
 
 
 def _prelus(model, consumers):

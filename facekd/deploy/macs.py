@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from facekd.deploy.graph import consumers_of
+from facekd.deploy.graph import consumers_of, producers_of
 from facekd.deploy.int8_prelu import MS_DOMAIN, is_slope_conv
 from facekd.errors import FacekdError
 
@@ -83,7 +83,7 @@ def count_macs(path: Path | str) -> int:
         raise FacekdError(f"{path}: cannot read the ONNX model ({exc})") from None
     model = _fixed_batch(model)
     shapes = _shapes(model)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers = producers_of(model)
     consumers = consumers_of(model)
     total = 0
     for node in model.graph.node:
