@@ -7,12 +7,12 @@ For each scope (the PReLUs turned into ReLUs; the others stay and run in FP32 be
 DequantizeLinear and a QuantizeLinear), the trained MobileFaceNet-CASIA goes through the
 surgery, facekd's export and an INT8 recipe (``--recipe``; by default
 ``qdq_all_mean_range_fp32_stem``, which passes for these networks and keeps the PReLUs in
-FP32; its ``_int8_prelu`` form runs them in INT8 too), and is timed against
-the unchanged model's FP32 export, against its INT8 form (the first row) and against its own
-FP32 export ("x own FP32": under 1 where its INT8 pays on this CPU) (ONNX Runtime, batch 1,
-one thread, interleaved rounds, medians). "cosine after surgery" is the mean cosine of the surgery's embeddings to the
-unchanged model's on held-out crops, before any recovery: how much a recovery has to
-undo. "INT8 cosine" compares each model's INT8 with its own FP32 export on the same crops.
+FP32; its ``_int8_prelu`` form runs them in INT8 too), and is timed against the unchanged
+model's FP32 export, against its INT8 form (the first row) and against its own FP32 export
+("x own FP32": under 1 where its INT8 pays on this CPU); ONNX Runtime, batch 1, one
+thread, interleaved rounds, medians. "cosine after surgery" is the mean cosine of the
+surgery's embeddings to the unchanged model's on held-out crops, before any recovery: how
+much a recovery has to undo. "INT8 cosine" compares each model's INT8 with its own FP32 export on the same crops.
 The last two rows make the PReLUs LeakyReLUs instead (one slope per layer), which ONNX
 Runtime keeps inside the INT8 graph as ``QLinearLeakyRelu``.
 """

@@ -136,8 +136,9 @@ def test_static_int8_tries_the_int8_prelu_recipes_only_on_a_graph_with_prelus(wi
 
 
 def test_a_prelu_read_by_something_other_than_a_quantised_conv_is_dequantised_from_its_new_grid(tmp_path):
-    """The reader of the integer PReLU here is an Identity before the conv: no QLinearConv is
-    written, the DequantizeLinear reads the Max output on the widened grid instead."""
+    """The reader of the integer PReLU here is an Identity before the conv: the conv is not
+    written out as a QLinearConv (only the slopes' is), the DequantizeLinear reads the Max
+    output on the widened grid instead."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _prelu(np.linspace(-0.9, 0.9, 16)),
                         nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 8, 1), nn.Flatten()).eval()

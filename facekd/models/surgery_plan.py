@@ -1,9 +1,9 @@
 """Where a scoped surgery costs the function least: a greedy plan of its scope.
 
 A kept PReLU in an INT8 graph runs in FP32 between a DequantizeLinear and a
-QuantizeLinear (or, with the ``_int8_prelu`` recipes, as an integer multiply + Max at about a third
-of that price), so its price grows with the activation values it touches, and what making
-it a ReLU costs the function differs from layer to layer: in the first-stage ReLU
+QuantizeLinear (or, with the ``_int8_prelu`` recipes, as an integer multiply + Max at about
+a third of that price), so its price grows with the activation values it touches, and
+what making it a ReLU costs the function differs from layer to layer: in the first-stage ReLU
 MobileFaceNet (docs/front.md) bottleneck 5's expansion PReLU alone leaves cosine 0.934 for
 its 172k values, its depthwise PReLU 0.904 for 43k, six times the loss per value.
 :func:`plan_scope` turns the activations of a trained network into ReLUs (or whatever a
