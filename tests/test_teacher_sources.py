@@ -281,3 +281,13 @@ def test_mixup_blends_one_view_for_student_and_teacher():
     labelled = dataclasses.replace(cfg, terms=[TermCfg(name="hard"), TermCfg(name="featurenorm")])
     with pytest.raises(FacekdError, match="term\\(s\\) hard read labels"):
         build_objective(backbone, build_head("softmax", 512, 3), Recording(), labelled, say=lambda s: None)
+
+
+def test_the_teacher_pass_draws_a_progress_bar_with_the_teachers_name(tmp_path, capsys):
+    from facekd.distill.teacher import load_teacher, teacher_embeddings
+
+    cfg, data = _setup(tmp_path)
+    t = load_teacher(cfg.teacher, data.identities, CPU)
+    teacher_embeddings(t, data, say=lambda s: None)
+    err = capsys.readouterr().err
+    assert f"teacher outputs ({t.name})" in err and "12/12" in err

@@ -23,6 +23,7 @@ from facekd.errors import FacekdError
 from facekd.models.heads import build_head
 from facekd.hub import resolve
 from facekd.paths import cache_dir
+from facekd.progress import progress_bar
 from facekd.train.checkpoint import load_checkpoint, save_checkpoint
 
 Progress = Callable[[int, int], None]
@@ -133,6 +134,7 @@ def teacher_embeddings(teacher: TeacherModel, data, progress: Progress | None = 
 
     Computed once per (teacher weights, training crops, preprocessing) and kept under
     the cache (``$FACEKD_CACHE/teacher_outputs``); every run that can use them reuses them.
+    Without ``progress`` the pass draws a progress bar (minutes for a large teacher).
     """
     key = hashlib.sha256(
         json.dumps(
@@ -152,7 +154,8 @@ def teacher_embeddings(teacher: TeacherModel, data, progress: Progress | None = 
     say(f"teacher outputs: embedding {len(data)} crops with {teacher.name} (once; cached at {path})")
 
     have, want = get_template(data.template), get_template(teacher.template)
-    emb = embed_images(teacher.embedder, lambda i: adapt_crop(data.image(i), have, want), len(data), progress=progress)
+    bar = progress or progress_bar(f"teacher outputs ({teacher.name})")
+    emb = embed_images(teacher.embedder, lambda i: adapt_crop(data.image(i), have, want), len(data), progress=bar)
     out = torch.from_numpy(emb).to(torch.float16)
 
     save_checkpoint(path, {"embeddings": out, "teacher": teacher.name, "crops": len(data)})
