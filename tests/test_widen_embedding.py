@@ -57,3 +57,31 @@ def test_a_width_that_does_not_grow_is_refused(tmp_path: Path, capsys: pytest.Ca
     assert widen_embedding.main([str(tmp_path / "src.pt"), "--width", "128", "--out", str(tmp_path / "w.pt")]) == 2
     assert "must exceed the source's embedding width (128)" in capsys.readouterr().err
     assert not (tmp_path / "w.pt").exists()
+
+
+def test_a_probe_of_the_source_itself_reproduces_its_embedding_in_the_new_slice(tmp_path: Path) -> None:
+    """MobileFaceNet's embedding is linear in what its embedding layer reads, so a ridge
+    probe of the source itself (almost no ridge) must give the new outputs the trained
+    ones on the crops it was fitted on: the fit, its scale and the batch norm that
+    carries it checked together."""
+    from test_distill_run import _synthetic_pack
+
+    from facekd.hub import resolve
+    from facekd.preprocessing import to_input
+    from facekd.train.config import DataCfg
+    from facekd.train.data import build_train_set
+
+    import numpy as np
+
+    _source(tmp_path / "src.pt")
+    _synthetic_pack(tmp_path / "p.fkpack", n=24)
+    assert widen_embedding.main([
+        str(tmp_path / "src.pt"), "--width", "256", "--out", str(tmp_path / "wide.pt"),
+        "--probe-teacher", str(tmp_path / "src.pt"), "--probe-data", str(tmp_path / "p.fkpack"), "--ridge", "1e-9"]) == 0
+    ref = resolve(tmp_path / "wide.pt")
+    data = build_train_set(DataCfg(train=[str(tmp_path / "p.fkpack")]), "112x96")
+    x = torch.from_numpy(to_input(np.stack([data.image(i) for i in range(len(data))]), ref.pre))
+    with torch.no_grad():
+        out = ref.backbone.eval()(x)
+    old, new = out[:, :128], out[:, 128:]
+    assert float((new - old).norm(dim=1).max() / old.norm(dim=1).min()) < 1e-3
