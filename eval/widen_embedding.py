@@ -117,14 +117,15 @@ def _linear_probe(net, pre, args, width: int) -> dict:
     """Ridge regression from the input of ``net.embed`` to the probe teacher's unit
     embeddings times the norm of ``net``'s own embedding, as the new rows' conv weights
     and a batch norm that passes them through (its statistics are those of the fit)."""
-    import numpy as np
+    import copy
+
     import torch
 
     from facekd.distill.config import TeacherCfg
     from facekd.distill.teacher import center_outputs, load_teacher, teacher_embeddings
     from facekd.distill.teacher_crops import teacher_inputs
     from facekd.errors import FacekdError
-    from facekd.preprocessing import to_input
+    from facekd.evaluation.embed import TorchEmbedder, embed_images
     from facekd.progress import progress_bar
     from facekd.train.config import DataCfg
     from facekd.train.data import build_train_set
@@ -138,21 +139,24 @@ def _linear_probe(net, pre, args, width: int) -> dict:
     if target.shape[1] != width:
         raise FacekdError(f"--probe-teacher {args.probe_teacher}: its embedding has {target.shape[1]} values, the new "
                           f"outputs {width} (--width must be the source's width plus the teacher's)")
-    seen: dict = {}
-    hook = net.embed.register_forward_hook(lambda m, i, o: seen.update(g=i[0].flatten(1), e=o.flatten(1)))
-    feats, norms, n, bar = [], [], len(data), progress_bar("probe features")
-    try:
-        with torch.no_grad():
-            for s in range(0, n, 256):
-                idx = range(s, min(n, s + 256))
-                net(torch.from_numpy(to_input(np.stack([data.image(i) for i in idx]), pre)))
-                feats.append(seen["g"].double())
-                norms.append(seen["e"].double().norm(dim=1, keepdim=True))
-                bar(idx.stop, n)
-    finally:
-        hook.remove()
-    g = torch.cat(feats)
-    y = torch.nn.functional.normalize(target.double(), dim=1) * torch.cat(norms)
+    # The source with its embedding layer tapped: it returns what the layer reads beside
+    # what it writes, and runs through the evaluation's batched, threaded embedding pass.
+    class Tap(torch.nn.Module):
+        def __init__(self, layer: torch.nn.Module) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, self.layer(x)], dim=1)
+
+    tapped = copy.deepcopy(net)
+    tapped.embed = Tap(tapped.embed)
+    gdim = net.embed.conv.in_channels
+    out = embed_images(TorchEmbedder(tapped, pre, "probe features"), data.image, len(data),
+                       progress=progress_bar("probe features"))
+    feats = torch.from_numpy(out).double()
+    g, n = feats[:, :gdim], len(data)
+    y = torch.nn.functional.normalize(target.double(), dim=1) * feats[:, gdim:].norm(dim=1, keepdim=True)
     held = torch.arange(n) % 10 == 0
 
     def fit(rows):
